@@ -1,0 +1,3 @@
+"""syncd: change-data-capture from SQLite + ChromaDB to PostgreSQL + pgvector."""
+
+__version__ = "0.1.0"

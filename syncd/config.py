@@ -1,0 +1,265 @@
+"""TOML config -> frozen, validated objects. Parsed once, passed down.
+
+``${NAME}`` is replaced by the environment variable NAME and ``${file:/path}``
+by the stripped contents of that file (systemd ``LoadCredential=``), so that no
+password has to be written in the config. Every error names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from syncd.errors import ConfigError
+
+_VAR = re.compile(r"\$\{([^}]+)\}")
+_NO_PK = ("rowid", "refuse")
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteSource:
+    path: Path
+    tables: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    no_primary_key: Literal["rowid", "refuse"] = "rowid"
+
+
+@dataclass(frozen=True, slots=True)
+class ChromaSource:
+    url: str | None = None
+    path: Path | None = None
+    collections: tuple[str, ...] | None = None
+    tenant: str = "default_tenant"
+    database: str = "default_database"
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionTarget:
+    name: str
+    table: str
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    dsn: str
+    schema: str = "public"
+    strict: bool = False
+    column_types: Mapping[str, str] = field(default_factory=dict)
+    """``"table.column" -> postgres type`` overrides of the type mapping."""
+    collections: tuple[CollectionTarget, ...] = ()
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn == "embedded"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    batch_size: int = 2000
+    chunk_rows: int = 5000
+    poll_interval: float = 1.0
+    prune_interval: float = 5.0
+    retry_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    listen: str = "127.0.0.1:8085"
+    max_lag_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    target: Target
+    state_dir: Path
+    sqlite: SqliteSource | None = None
+    chroma: ChromaSource | None = None
+    stream: StreamOptions = StreamOptions()
+    health: Health = Health()
+    path: Path | None = None
+
+
+def interpolate(value: str, key: str, env: Mapping[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name.startswith("file:"):
+            file = Path(name[5:])
+            try:
+                return file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot read {file}: {exc.strerror}") from exc
+        if name not in env:
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+        return env[name]
+
+    return _VAR.sub(sub, value)
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name the full key."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, env: Mapping[str, str]) -> None:
+        self.data, self.prefix, self.env = data, prefix, env
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            want = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{self.key(name)}: expected {want}, got {value!r}")
+        if isinstance(value, str):
+            value = interpolate(value, self.key(name), self.env)
+        return value
+
+    def require(self, name: str, kind: type) -> Any:
+        if name not in self.data:
+            raise ConfigError(f"{self.key(name)}: required key is missing")
+        return self.get(name, kind)
+
+    def strings(self, name: str) -> tuple[str, ...] | None:
+        value = self.get(name, list)
+        if value is None:
+            return None
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self.key(name)}: expected a list of strings")
+        return tuple(value)
+
+    def positive(self, name: str, kind: type, default: Any) -> Any:
+        value = self.get(name, kind, default)
+        if value <= 0:
+            raise ConfigError(f"{self.key(name)}: must be > 0, got {value}")
+        return value
+
+    def table(self, name: str) -> _Reader:
+        value = self.get(name, dict, {})
+        return _Reader(value, self.key(name), self.env)
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+
+
+def _path(value: str, base: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Config:
+    """Build a :class:`Config` from parsed TOML; relative paths resolve against *base*."""
+    root = _Reader(data, "", env)
+    source = root.table("source")
+    sqlite = chroma = None
+    if "sqlite" in source.data:
+        s = source.table("sqlite")
+        no_pk = s.get("no_primary_key", str, "rowid")
+        if no_pk not in _NO_PK:
+            raise ConfigError(f"source.sqlite.no_primary_key: expected one of {_NO_PK}, got {no_pk!r}")
+        sqlite = SqliteSource(
+            path=_path(s.require("path", str), base),
+            tables=s.strings("tables"),
+            exclude=s.strings("exclude") or (),
+            no_primary_key=no_pk,
+        )
+        s.check_unknown()
+    if "chroma" in source.data:
+        c = source.table("chroma")
+        path = c.get("path", str)
+        chroma = ChromaSource(
+            url=c.get("url", str),
+            path=_path(path, base) if path else None,
+            collections=c.strings("collections"),
+            tenant=c.get("tenant", str, "default_tenant"),
+            database=c.get("database", str, "default_database"),
+        )
+        if chroma.url is None and chroma.path is None:
+            raise ConfigError("source.chroma: set url (a Chroma server) or path (its persist directory)")
+        c.check_unknown()
+    source.check_unknown()
+    if sqlite is None and chroma is None:
+        raise ConfigError("source: configure [source.sqlite] and/or [source.chroma]")
+
+    t = root.table("target")
+    column_types = t.table("column_types")
+    for k, v in column_types.data.items():
+        if "." not in k or not isinstance(v, str):
+            raise ConfigError(f"target.column_types.{k}: expected \"table.column\" = \"postgres type\"")
+    collections = []
+    for i, item in enumerate(t.get("collections", list, [])):
+        c = _Reader(item, f"target.collections[{i}]", env)
+        cols = c.get("columns", dict, {})
+        if not all(isinstance(v, str) for v in cols.values()):
+            raise ConfigError(f"target.collections[{i}].columns: values must be strings")
+        collections.append(
+            CollectionTarget(name=c.require("name", str), table=c.require("table", str), columns=cols)
+        )
+        c.check_unknown()
+    target = Target(
+        dsn=t.require("dsn", str),
+        schema=t.get("schema", str, "public"),
+        strict=t.get("strict", bool, False),
+        column_types=dict(column_types.data),
+        collections=tuple(collections),
+        connect_timeout=t.positive("connect_timeout", float, 10.0),
+        command_timeout=t.positive("command_timeout", float, 60.0),
+    )
+    t.check_unknown()
+
+    st = root.table("state")
+    state_dir = _path(st.get("dir", str, "/var/lib/syncd"), base)
+    st.check_unknown()
+
+    so = root.table("stream")
+    stream = StreamOptions(
+        batch_size=so.positive("batch_size", int, 2000),
+        chunk_rows=so.positive("chunk_rows", int, 5000),
+        poll_interval=so.positive("poll_interval", float, 1.0),
+        prune_interval=so.positive("prune_interval", float, 5.0),
+        retry_max_seconds=so.positive("retry_max_seconds", float, 30.0),
+    )
+    so.check_unknown()
+
+    h = root.table("health")
+    health = Health(
+        listen=h.get("listen", str, "127.0.0.1:8085"),
+        max_lag_seconds=h.positive("max_lag_seconds", float, 5.0),
+    )
+    h.check_unknown()
+    root.seen.add("cutover")  # reserved for syncd cutover
+    root.check_unknown()
+    return Config(target=target, state_dir=state_dir, sqlite=sqlite, chroma=chroma,
+                  stream=stream, health=health)
+
+
+def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at *path*."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+    cfg = parse(data, base=path.resolve().parent, env=os.environ if env is None else env)
+    return Config(target=cfg.target, state_dir=cfg.state_dir, sqlite=cfg.sqlite, chroma=cfg.chroma,
+                  stream=cfg.stream, health=cfg.health, path=path)

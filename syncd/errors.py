@@ -1,0 +1,86 @@
+"""Every error syncd raises on purpose.
+
+    SyncdError                      root; str() is one line an operator can act on
+    ├── ConfigError                 bad or missing config: names the key
+    ├── FatalError                  the stream cannot go on; fix something, restart
+    │   ├── SchemaError             tables / types cannot be mapped or adopted
+    │   ├── CaptureError            triggers / changelog missing or broken
+    │   ├── SourceError             source missing, unreadable, not a database
+    │   └── StrictModeStop          strict = true and a row was rejected
+    ├── RetryableError              passes by itself: retried with backoff
+    │   ├── TargetUnavailable       PostgreSQL refused / lost the connection
+    │   └── SourceBusy              SQLite "database is locked"
+    └── RowError                    one row cannot be written: goes to the reject table
+
+Adapters translate driver errors (asyncpg, sqlite3, chromadb) at their edge with
+``raise X(...) from exc``; nothing above the adapters sees a driver exception.
+Messages never contain a password: DSNs go through :func:`redact` first.
+"""
+
+from __future__ import annotations
+
+import re
+
+_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_PASSWORD_KV = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
+
+
+def redact(text: str) -> str:
+    """Remove passwords from URLs and ``password=...`` pairs in *text*."""
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _PASSWORD_KV.sub(r"\1***", text)
+
+
+class SyncdError(Exception):
+    """Root of syncd's errors. The message is redacted on construction."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(SyncdError):
+    """The configuration is invalid; the message names the key."""
+
+
+class FatalError(SyncdError):
+    """The stream cannot continue until an operator fixes something."""
+
+
+class SchemaError(FatalError):
+    """A table or column cannot be mapped to, or adopted in, the target."""
+
+
+class CaptureError(FatalError):
+    """Change capture is not installed or is broken."""
+
+
+class SourceError(FatalError):
+    """The source store is missing or unreadable."""
+
+
+class StrictModeStop(FatalError):
+    """strict = true and a row could not be written."""
+
+
+class RetryableError(SyncdError):
+    """A condition that passes by itself (network, locks); retried with backoff."""
+
+
+class TargetUnavailable(RetryableError):
+    """PostgreSQL is unreachable or the connection was lost."""
+
+
+class SourceBusy(RetryableError):
+    """SQLite answered 'database is locked'."""
+
+
+class RowError(SyncdError):
+    """One row cannot be written to the target; it goes to the reject table."""
+
+    def __init__(self, message: str, *, column: str | None = None) -> None:
+        super().__init__(message)
+        self.column = column

@@ -1,0 +1,102 @@
+"""The two interfaces every stream is built from.
+
+A :class:`Source` yields the rows it holds (snapshot) and the changes after a
+position (log); a :class:`Sink` writes both and owns the checkpoint, committing
+it in the same transaction as the rows. Adapters live in ``syncd.sources`` and
+``syncd.sinks``; in-memory ones for tests in ``syncd.testing``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from syncd.model import Batch, Checkpoint, Key, Position, SnapshotState
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A run of snapshot rows of one object, in key order.
+
+    ``rows`` are tuples in ``columns`` order; ``last_key`` is the key of the last
+    row, from which the next chunk starts.
+    """
+
+    object: str
+    columns: tuple[str, ...]
+    rows: Sequence[tuple[Any, ...]]
+    last_key: Key
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Changes a source holds after a position, and the oldest one's commit time."""
+
+    count: int
+    oldest_committed_at: float | None
+    head: Position
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    applied: int
+    rejected: int
+
+
+class Source(Protocol):
+    """Where changes come from."""
+
+    async def head(self) -> Position:
+        """The position of the newest change in the log (``START`` if none)."""
+        ...
+
+    def snapshot_objects(self) -> Sequence[str]:
+        """Objects to copy, in copy order."""
+        ...
+
+    def snapshot_chunks(self, obj: str, after: Key | None, rows: int) -> AsyncIterator[Chunk]:
+        """Chunks of *obj* in key order, starting after key *after*."""
+        ...
+
+    async def changes(self, after: Position, limit: int) -> Batch:
+        """Up to *limit* changes after *after*, in position order (may be empty)."""
+        ...
+
+    async def pending(self, after: Position) -> Pending:
+        ...
+
+    async def wait(self, timeout: float) -> None:
+        """Return when new changes may exist, or after *timeout* seconds."""
+        ...
+
+    async def prune(self, upto: Position) -> int:
+        """Drop log entries at or below *upto*; return how many."""
+        ...
+
+
+class Sink(Protocol):
+    """Where changes go. Writes and the checkpoint commit together."""
+
+    async def load_checkpoint(self, stream: str) -> Checkpoint | None:
+        ...
+
+    async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
+        """Record the snapshot's start position before any row is copied."""
+        ...
+
+    async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult:
+        """Write *chunk* and the updated *state* in one transaction."""
+        ...
+
+    async def finish_snapshot(self, stream: str, state: SnapshotState) -> None:
+        """Mark the snapshot complete (checkpoint = ``state.start``)."""
+        ...
+
+    async def apply(self, stream: str, batch: Batch) -> ApplyResult:
+        """Apply *batch* idempotently; checkpoint ``batch.position`` in the same transaction."""
+        ...
+
+    async def after_catch_up(self, stream: str) -> None:
+        """Build what waits for a consistent target: secondary indexes, foreign keys."""
+        ...
