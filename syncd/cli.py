@@ -1,0 +1,91 @@
+"""syncd's command line: parse, call, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from syncd import __version__
+from syncd.errors import ConfigError, SyncdError, redact
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="syncd", description=__doc__)
+    p.add_argument("--config", "-c", type=Path, help="config file (default: $SYNCD_CONFIG)")
+    p.add_argument("--log-level", default=os.environ.get("SYNCD_LOG_LEVEL", "info"))
+    p.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="validate config, create target schema, install capture")
+    r = sub.add_parser("run", help="the daemon: snapshot, catch-up, streaming")
+    r.add_argument("--until-caught-up", action="store_true",
+                   help="exit 0 once every stream has copied its snapshot and has no pending change")
+    s = sub.add_parser("status", help="per stream: phase, positions, pending, lag, rejects")
+    s.add_argument("--json", action="store_true")
+    sub.add_parser("uninstall", help="remove capture triggers and the changelog from the sources")
+    rj = sub.add_parser("rejects", help="list rows that could not be written")
+    rj.add_argument("--json", action="store_true")
+    rj.add_argument("--limit", type=int, default=100)
+    d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
+    d.add_argument("--dir", type=Path, default=None, help="where to create the demo (default: a new temp dir)")
+    return p
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        return Path(args.config)
+    env = os.environ.get("SYNCD_CONFIG")
+    if env:
+        return Path(env)
+    raise ConfigError("no config: pass --config FILE or set SYNCD_CONFIG")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from syncd import commands, logs
+
+    logs.configure(args.log_level)
+    try:
+        if args.command == "demo":
+            return asyncio.run(commands.demo(args.dir))
+        from syncd import config as config_mod
+
+        cfg = config_mod.load(_config_path(args))
+        if args.command == "init":
+            return asyncio.run(commands.init(cfg))
+        if args.command == "run":
+            return asyncio.run(commands.run(cfg, until_caught_up=args.until_caught_up))
+        if args.command == "status":
+            return asyncio.run(commands.status(cfg, as_json=args.json))
+        if args.command == "uninstall":
+            return asyncio.run(commands.uninstall(cfg))
+        if args.command == "rejects":
+            return asyncio.run(commands.rejects(cfg, as_json=args.json, limit=args.limit))
+    except ConfigError as exc:
+        print(f"syncd: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SyncdError as exc:
+        print(f"syncd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: still one line, never a password
+        print(f"syncd: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        if os.environ.get("SYNCD_DEBUG"):
+            raise
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

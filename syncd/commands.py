@@ -1,0 +1,141 @@
+"""What each subcommand does; the CLI parses and prints, this module acts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from syncd import supervisor
+from syncd.config import Config
+from syncd.errors import FatalError
+from syncd.pg import close_quietly, connect
+from syncd.sinks import pgstate
+from syncd.sinks.postgres import PostgresSink
+from syncd.sources.sqlite import SqliteSource
+
+
+async def init(cfg: Config) -> int:
+    """Validate config, create the target schema, install capture. Idempotent."""
+    dsn = await supervisor.target_dsn(cfg)
+    if cfg.sqlite is None:
+        raise FatalError("nothing to initialise: configure [source.sqlite]")
+    source = await SqliteSource.open(cfg.sqlite, check_capture=False)
+    try:
+        conn = await connect(cfg.target, dsn)
+        try:
+            tables = await PostgresSink.prepare(conn, supervisor.SQLITE_STREAM,
+                                                list(source.tables.values()), cfg.target)
+        finally:
+            await close_quietly(conn)
+        changed = await source.install_capture()
+    finally:
+        await source.close()
+    for tt in tables:
+        how = "created" if tt.created else "adopted"
+        print(f"table {tt.name}: {how} {tt.qualified}, key ({', '.join(tt.source.pk)})")
+    print(f"capture: triggers {'installed on ' + ', '.join(changed) if changed else 'already current'}"
+          f" in {cfg.sqlite.path}")
+    return 0
+
+
+async def run(cfg: Config, *, until_caught_up: bool) -> int:
+    return await supervisor.run(cfg, until_caught_up=until_caught_up)
+
+
+async def stored_status(cfg: Config) -> list[dict[str, Any]]:
+    """Per-stream status from the stores themselves (works with the daemon stopped)."""
+    dsn = await supervisor.target_dsn(cfg)
+    out: list[dict[str, Any]] = []
+    if cfg.sqlite is None:
+        return out
+    conn = await connect(cfg.target, dsn)
+    try:
+        checkpoint = None
+        rejects = 0
+        if await pgstate.has_state(conn):
+            checkpoint = await pgstate.load_checkpoint(conn, supervisor.SQLITE_STREAM)
+            rejects = await pgstate.count_rejects(conn, supervisor.SQLITE_STREAM)
+    finally:
+        await close_quietly(conn)
+    source = await SqliteSource.open(cfg.sqlite, check_capture=False)
+    try:
+        position = checkpoint.position if checkpoint else None
+        from syncd.model import START
+
+        pending = await source.pending(position or START)
+    finally:
+        await source.close()
+    snap = checkpoint.snapshot if checkpoint else None
+    if checkpoint is None:
+        phase = "not-started"
+    elif snap is not None and not snap.complete:
+        phase = "snapshot"
+    elif pending.count:
+        phase = "catch-up"
+    else:
+        phase = "streaming"
+    lag = 0.0 if not pending.count or pending.oldest_committed_at is None \
+        else max(0.0, time.time() - pending.oldest_committed_at)
+    out.append({
+        "name": supervisor.SQLITE_STREAM,
+        "phase": phase,
+        "source_position": pending.head.offset,
+        "checkpoint": position.offset if position else None,
+        "pending": pending.count,
+        "lag_seconds": round(lag, 3),
+        "rejects": rejects,
+        "snapshot_copied": sum(snap.copied.values()) if snap else None,
+        "daemon": "not running",
+    })
+    return out
+
+
+async def status(cfg: Config, *, as_json: bool) -> int:
+    streams = await stored_status(cfg)
+    if as_json:
+        print(json.dumps({"streams": streams}, indent=2))
+        return 0
+    for s in streams:
+        print(f"{s['name']}: {s['phase']}, checkpoint {s['checkpoint']} of {s['source_position']}, "
+              f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects")
+    return 0
+
+
+async def uninstall(cfg: Config) -> int:
+    if cfg.sqlite is None:
+        return 0
+    source = await SqliteSource.open(cfg.sqlite, check_capture=False)
+    try:
+        dropped = await source.uninstall_capture()
+    finally:
+        await source.close()
+    print(f"capture removed from {cfg.sqlite.path}: {len(dropped)} triggers, changelog dropped")
+    print("syncd's state in the target (schema syncd) is kept; DROP SCHEMA syncd CASCADE to remove it")
+    return 0
+
+
+async def rejects(cfg: Config, *, as_json: bool, limit: int) -> int:
+    dsn = await supervisor.target_dsn(cfg)
+    conn = await connect(cfg.target, dsn)
+    try:
+        rows = await pgstate.list_rejects(conn, None, limit) if await pgstate.has_state(conn) else []
+    finally:
+        await close_quietly(conn)
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for r in rows:
+            print(f"#{r['id']} {r['stream']} {r['object']} key={r['key']} at {r['position']}: {r['error']}")
+        print(f"{len(rows)} open rejects")
+    return 0
+
+
+async def demo(directory: Any) -> int:
+    from syncd.demo import run_demo
+
+    return await run_demo(directory)
+
+
+__all__ = ["asyncio", "init", "rejects", "run", "status", "stored_status", "uninstall"]

@@ -1,0 +1,80 @@
+"""Connecting to PostgreSQL, and translating asyncpg errors at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from syncd.config import Target
+from syncd.errors import FatalError, RowError, SyncdError, TargetUnavailable, redact
+
+# SQLSTATE classes: 22 data exception, 23 integrity constraint violation.
+_ROW_CLASSES = ("22", "23")
+_RETRY_STATES = {"57P01", "57P02", "57P03", "53300", "40001", "40P01"}
+
+
+def describe_dsn(dsn: str) -> str:
+    return redact(dsn)
+
+
+def translate(exc: BaseException, where: str) -> SyncdError:
+    """The SyncdError for an asyncpg / socket error raised while doing *where*."""
+    if isinstance(exc, SyncdError):
+        return exc
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return FatalError(f"{where}: authentication failed: {exc}; check the password / user in target.dsn")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return FatalError(f"{where}: {exc}; create the database or fix target.dsn")
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return FatalError(f"{where}: {exc}; grant the privilege to syncd's user")
+    if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError | asyncpg.PostgresConnectionError
+                  | asyncpg.InterfaceError | ConnectionError) or state in _RETRY_STATES:
+        text = str(exc) or type(exc).__name__
+        return TargetUnavailable(f"{where}: PostgreSQL unreachable: {text}")
+    if isinstance(state, str) and state[:2] in _ROW_CLASSES:
+        return RowError(str(exc))
+    if isinstance(exc, asyncpg.DataError):  # client-side encoding of a value
+        return RowError(str(exc))
+    return FatalError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def is_row_error(exc: BaseException) -> bool:
+    return isinstance(translate(exc, ""), RowError)
+
+
+async def connect(target: Target, dsn: str) -> asyncpg.Connection:
+    """Open one connection; errors come out as SyncdErrors naming the (redacted) server."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=target.connect_timeout,
+                                     command_timeout=target.command_timeout,
+                                     server_settings={"application_name": "syncd"})
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise translate(exc, f"connecting to {describe_dsn(dsn)}") from None
+    return conn
+
+
+def resolve_dsn(target: Target, state_dir: Path) -> str:
+    """The DSN to use: the configured one, or the embedded server's under *state_dir*."""
+    if not target.embedded:
+        return target.dsn
+    from syncd.embedded import embedded_dsn
+
+    return embedded_dsn(state_dir)
+
+
+async def close_quietly(conn: Any) -> None:
+    if conn is None:
+        return
+    try:
+        await asyncio.wait_for(conn.close(), timeout=2)
+    except BaseException as exc:  # noqa: BLE001 - closing is best effort; fall back to terminate
+        if isinstance(exc, asyncio.CancelledError):
+            conn.terminate()
+            raise
+        conn.terminate()

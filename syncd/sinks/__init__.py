@@ -1,0 +1,1 @@
+"""Sink adapters: where changes are written, with the checkpoint."""

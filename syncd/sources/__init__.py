@@ -1,0 +1,1 @@
+"""Source adapters: where changes are read from."""

@@ -1,0 +1,172 @@
+"""Change capture in SQLite: triggers write full row images into ``_syncd_changelog``.
+
+The triggers run inside the app's own transaction, so a change is logged if and
+only if it commits. Row images are JSON objects; values JSON cannot carry
+exactly are tagged: a REAL is ``["r", quote(x)]`` (20 significant digits, exact
+round trip; ``json_object`` alone keeps 15) and a BLOB is ``["b", hex(x)]``.
+
+Origin tagging: syncd's own writes (reverse sync) set ``_syncd_origin.suppress``
+to 1 inside their transaction; the triggers skip while it is 1. SQLite has one
+writer at a time, so no app write can run while the flag is set, and a crash
+rolls the flag back with the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from syncd.errors import CaptureError
+from syncd.sources.sqlite_schema import Table, qi, ql
+
+CHANGELOG = "_syncd_changelog"
+ORIGIN = "_syncd_origin"
+META = "_syncd_meta"
+TRIGGER_PREFIX = "_syncd_"
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_MAX_PAIRS = 60  # json_object takes at most 127 arguments in older SQLite builds
+
+SETUP = f"""
+CREATE TABLE IF NOT EXISTS {CHANGELOG} (
+    id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    op  TEXT NOT NULL,
+    pk  TEXT NOT NULL,
+    row TEXT,
+    ts  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {ORIGIN} (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    suppress INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO {ORIGIN} (id, suppress) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS {META} (
+    tbl TEXT PRIMARY KEY,
+    signature TEXT NOT NULL
+);
+"""
+
+
+def _enc(expr: str) -> str:
+    return (f"CASE typeof({expr}) WHEN 'real' THEN json_array('r', quote({expr})) "
+            f"WHEN 'blob' THEN json_array('b', hex({expr})) ELSE {expr} END")
+
+
+def _key_expr(table: Table, ref: str) -> str:
+    if table.synthetic_key:
+        return f"json_array({ref}.rowid)"
+    return "json_array(" + ", ".join(_enc(f"{ref}.{qi(c)}") for c in table.pk) + ")"
+
+
+def _row_expr(table: Table, ref: str) -> str:
+    pairs = [f"{ql(c)}, {_enc(f'{ref}.{qi(c)}')}" for c in table.column_names]
+    objs = ["json_object(" + ", ".join(pairs[i:i + _MAX_PAIRS]) + ")"
+            for i in range(0, len(pairs), _MAX_PAIRS)] or ["json_object()"]
+    expr = objs[0]
+    for o in objs[1:]:
+        expr = f"json_patch({expr}, {o})"
+    return expr
+
+
+def trigger_names(table: Table) -> list[str]:
+    return [f"{TRIGGER_PREFIX}{kind}_{table.name}" for kind in ("ins", "upd", "del")]
+
+
+def trigger_ddl(table: Table) -> list[str]:
+    t, name = qi(table.name), ql(table.name)
+    ins, upd, dele = (qi(n) for n in trigger_names(table))
+    when = f"WHEN (SELECT suppress FROM {ORIGIN}) = 0"
+    log = f"INSERT INTO {CHANGELOG} (tbl, op, pk, row, ts)"
+    if table.synthetic_key:
+        key_changed = "OLD.rowid IS NOT NEW.rowid"
+    else:
+        key_changed = " OR ".join(f"OLD.{qi(c)} IS NOT NEW.{qi(c)}" for c in table.pk)
+    return [
+        f"CREATE TRIGGER {ins} AFTER INSERT ON {t} {when} BEGIN "
+        f"{log} VALUES ({name}, 'I', {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
+        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} {when} BEGIN "
+        f"{log} SELECT {name}, 'D', {_key_expr(table, 'OLD')}, NULL, {_NOW} WHERE {key_changed}; "
+        f"{log} VALUES ({name}, 'U', {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
+        f"CREATE TRIGGER {dele} AFTER DELETE ON {t} {when} BEGIN "
+        f"{log} VALUES ({name}, 'D', {_key_expr(table, 'OLD')}, NULL, {_NOW}); END",
+    ]
+
+
+def install(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
+    """Create the changelog and (re)create triggers whose table changed; return tables touched.
+
+    Runs in one IMMEDIATE transaction: either all triggers exist afterwards or none changed.
+    """
+    changed: list[str] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SETUP.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for table in tables:
+            row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (table.name,)).fetchone()
+            present = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?", (table.name,))}
+            if row and row[0] == table.signature() and set(trigger_names(table)) <= present:
+                continue
+            for trig in trigger_names(table):
+                conn.execute(f"DROP TRIGGER IF EXISTS {qi(trig)}")
+            for ddl in trigger_ddl(table):
+                conn.execute(ddl)
+            conn.execute(f"INSERT OR REPLACE INTO {META} (tbl, signature) VALUES (?, ?)",
+                         (table.name, table.signature()))
+            changed.append(table.name)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return changed
+
+
+def uninstall(conn: sqlite3.Connection) -> list[str]:
+    """Drop every syncd trigger and table from the database; return the triggers dropped."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        triggers = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '\\_syncd\\_%' ESCAPE '\\'")]
+        for trig in triggers:
+            conn.execute(f"DROP TRIGGER {qi(trig)}")
+        for tbl in (CHANGELOG, ORIGIN, META):
+            conn.execute(f"DROP TABLE IF EXISTS {tbl}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return triggers
+
+
+def check_installed(conn: sqlite3.Connection, tables: Iterable[Table]) -> None:
+    """Raise :class:`CaptureError` unless capture is installed and current for every table."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type IN ('table','trigger')")}
+    if CHANGELOG not in have:
+        raise CaptureError("change capture is not installed in the SQLite database: run `syncd init`")
+    sigs = dict(conn.execute(f"SELECT tbl, signature FROM {META}").fetchall())
+    for table in tables:
+        if not set(trigger_names(table)) <= have:
+            raise CaptureError(f"capture triggers for table {table.name!r} are missing: run `syncd init`")
+        if sigs.get(table.name) != table.signature():
+            raise CaptureError(
+                f"table {table.name!r} changed since `syncd init` (columns now: "
+                f"{', '.join(table.column_names)}); run `syncd init` again to update capture")
+
+
+def decode_value(v: Any) -> Any:
+    """Undo the trigger's tagging of REAL and BLOB values."""
+    if isinstance(v, list) and len(v) == 2 and v[0] in ("r", "b") and isinstance(v[1], str):
+        return float(v[1]) if v[0] == "r" else bytes.fromhex(v[1])
+    return v
+
+
+def decode_row(text: str) -> dict[str, Any]:
+    return {k: decode_value(v) for k, v in json.loads(text).items()}
+
+
+def decode_key(text: str) -> tuple[Any, ...]:
+    return tuple(decode_value(v) for v in json.loads(text))

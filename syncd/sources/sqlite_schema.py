@@ -1,0 +1,181 @@
+"""What a SQLite database holds: tables, columns, keys, indexes, foreign keys."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from syncd.errors import SchemaError
+
+ROWID_COLUMN = "_syncd_rowid"
+"""Target column that holds the rowid of a source table without a primary key."""
+
+INTERNAL_PREFIXES = ("sqlite_", "_syncd_")
+
+
+def qi(name: str) -> str:
+    """Quote an SQL identifier (same rules in SQLite and PostgreSQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def ql(text: str) -> str:
+    """Quote an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    declared: str
+    notnull: bool
+    pk_index: int  # 0 if not part of the primary key, else its 1-based position
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    name: str
+    columns: tuple[str, ...]
+    unique: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]
+    on_delete: str
+    on_update: str
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    pk: tuple[str, ...]
+    """Primary-key columns; ``(ROWID_COLUMN,)`` when keyed by rowid."""
+    rowid_key: bool
+    """True when the key is the rowid (no declared primary key, or INTEGER PRIMARY KEY)."""
+    without_rowid: bool
+    indexes: tuple[Index, ...]
+    foreign_keys: tuple[ForeignKey, ...]
+    skipped_indexes: tuple[str, ...] = ()
+    """Expression or partial indexes syncd does not recreate (logged)."""
+
+    @property
+    def synthetic_key(self) -> bool:
+        """The target gets a ``_syncd_rowid`` column that the source does not have."""
+        return self.pk == (ROWID_COLUMN,)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def target_columns(self) -> tuple[str, ...]:
+        """Columns as written to the target, synthetic key first."""
+        names = self.column_names
+        return ((ROWID_COLUMN,) + names) if self.synthetic_key else names
+
+    def signature(self) -> str:
+        """Changes when columns change: triggers must then be rebuilt."""
+        return "|".join(f"{c.name}:{c.declared}" for c in self.columns)
+
+
+def list_tables(conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name"
+    ).fetchall()
+    return [r[0] for r in rows if not r[0].startswith(INTERNAL_PREFIXES)]
+
+
+def _is_virtual(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT sql FROM sqlite_schema WHERE type='table' AND name=?", (name,)).fetchone()
+    return bool(row and row[0] and row[0].lstrip().upper().startswith("CREATE VIRTUAL"))
+
+
+def describe(conn: sqlite3.Connection, name: str, *, no_primary_key: str) -> Table:
+    """Read one table's structure; refuse what cannot be captured, with the reason."""
+    if _is_virtual(conn, name):
+        raise SchemaError(f"table {name!r} is a virtual table (FTS/R-tree): triggers cannot capture it; "
+                          "add it to source.sqlite.exclude")
+    cols = conn.execute(f"PRAGMA table_xinfo({qi(name)})").fetchall()
+    if not cols:
+        raise SchemaError(f"table {name!r} does not exist in the SQLite database")
+    columns = tuple(
+        Column(name=c[1], declared=c[2] or "", notnull=bool(c[3]), pk_index=c[5])
+        for c in cols if c[6] == 0  # hidden == 0: skip generated columns' hidden kinds
+    )
+    generated = [c[1] for c in cols if c[6] in (2, 3)]
+    if generated:
+        raise SchemaError(f"table {name!r} has generated columns {generated}: not supported yet; "
+                          "add the table to source.sqlite.exclude")
+    pk_cols = tuple(c.name for c in sorted((c for c in columns if c.pk_index), key=lambda c: c.pk_index))
+    without_rowid = bool(conn.execute(
+        "SELECT 1 FROM pragma_table_list WHERE name = ? AND wr = 1", (name,)
+    ).fetchone()) if _has_table_list(conn) else False
+    integer_pk = (len(pk_cols) == 1 and not without_rowid
+                  and next(c for c in columns if c.name == pk_cols[0]).declared.upper() == "INTEGER")
+    if not pk_cols:
+        if no_primary_key == "refuse":
+            raise SchemaError(f"table {name!r} has no primary key; give it one, exclude it, or set "
+                              "source.sqlite.no_primary_key = \"rowid\" to key it by rowid")
+        pk = (ROWID_COLUMN,)
+        rowid_key = True
+    else:
+        pk = pk_cols
+        rowid_key = integer_pk
+
+    indexes: list[Index] = []
+    skipped: list[str] = []
+    for _seq, iname, unique, origin, partial in conn.execute(f"PRAGMA index_list({qi(name)})"):
+        if origin == "pk":
+            continue
+        info = conn.execute(f"PRAGMA index_xinfo({qi(iname)})").fetchall()
+        keycols = [r for r in info if r[5] == 1]
+        if partial or any(r[1] < 0 for r in keycols):
+            skipped.append(iname)
+            continue
+        idx_cols = tuple(r[2] for r in keycols)
+        indexes.append(Index(name=iname if origin == "c" else f"{name}_{'_'.join(idx_cols)}_key",
+                             columns=idx_cols, unique=bool(unique)))
+    fks: dict[int, list[tuple[str, str, str, str, str]]] = {}
+    for row in conn.execute(f"PRAGMA foreign_key_list({qi(name)})"):
+        fk_id, _seq, ref_table, from_col, to_col, on_update, on_delete = row[:7]
+        fks.setdefault(fk_id, []).append((from_col, ref_table, to_col, on_update, on_delete))
+    foreign_keys = []
+    for parts in fks.values():
+        ref_table = parts[0][1]
+        ref_cols = tuple(p[2] for p in parts)
+        if any(c is None for c in ref_cols):  # REFERENCES parent (no columns): the parent's PK
+            ref_cols = tuple(r[1] for r in sorted(
+                (r for r in conn.execute(f"PRAGMA table_info({qi(ref_table)})") if r[5]),
+                key=lambda r: r[5]))
+        foreign_keys.append(ForeignKey(columns=tuple(p[0] for p in parts), ref_table=ref_table,
+                                       ref_columns=ref_cols, on_update=parts[0][3],
+                                       on_delete=parts[0][4]))
+    return Table(name=name, columns=columns, pk=pk, rowid_key=rowid_key, without_rowid=without_rowid,
+                 indexes=tuple(indexes), foreign_keys=tuple(foreign_keys),
+                 skipped_indexes=tuple(skipped))
+
+
+def _has_table_list(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1 FROM pragma_table_list LIMIT 1").fetchall()
+        return True
+    except sqlite3.OperationalError:
+        return False
+
+
+def discover(conn: sqlite3.Connection, *, tables: tuple[str, ...] | None, exclude: tuple[str, ...],
+             no_primary_key: str) -> list[Table]:
+    """The tables to sync, described; names given in config must exist."""
+    present = list_tables(conn)
+    if tables is not None:
+        missing = [t for t in tables if t not in present]
+        if missing:
+            raise SchemaError(f"source.sqlite.tables names {missing}, not in the database "
+                              f"(it has {present})")
+        chosen = list(tables)
+    else:
+        chosen = [t for t in present if t not in exclude]
+    return [describe(conn, t, no_primary_key=no_primary_key) for t in chosen]

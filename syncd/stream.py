@@ -1,0 +1,259 @@
+"""The one loop: source -> batch -> sink.apply, with snapshot and catch-up first.
+
+Phases: snapshot -> catch-up -> streaming. The position lives in the sink: it is
+read from there at start and after every error (never trusted from memory), and
+it only moves when the sink commits a batch with it. Retryable errors (network,
+locks) are retried with exponential backoff and jitter; the stream reports
+``degraded`` meanwhile. Fatal errors end the stream in phase ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+import tenacity
+
+from syncd.config import StreamOptions
+from syncd.errors import FatalError, RetryableError, TargetUnavailable
+from syncd.model import Batch, Checkpoint, Key, Phase, Position, SnapshotState, transition
+from syncd.ports import ApplyResult, Chunk, Pending
+from syncd.status import StreamStatus
+
+log = structlog.get_logger("syncd.stream")
+
+
+class StreamSource(Protocol):
+    async def head(self) -> Position: ...
+    def snapshot_objects(self) -> list[str] | Any: ...
+    async def count(self, obj: str) -> int: ...
+    def snapshot_chunks(self, obj: str, after: Key | None, rows: int) -> Any: ...
+    async def changes(self, after: Position, limit: int) -> Batch: ...
+    async def pending(self, after: Position) -> Pending: ...
+    async def wait(self, timeout: float) -> None: ...
+    async def prune(self, upto: Position) -> int: ...
+
+
+class StreamSink(Protocol):
+    async def load_checkpoint(self, stream: str) -> Checkpoint | None: ...
+    async def begin_snapshot(self, stream: str, state: SnapshotState) -> None: ...
+    async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult: ...
+    async def finish_snapshot(self, stream: str, state: SnapshotState) -> None: ...
+    async def apply(self, stream: str, batch: Batch) -> ApplyResult: ...
+    async def after_catch_up(self, stream: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+def encode_key(key: Key) -> list[Any]:
+    return [{"$hex": v.hex()} if isinstance(v, bytes) else v for v in key]
+
+
+def decode_key(key: list[Any]) -> Key:
+    return tuple(bytes.fromhex(v["$hex"]) if isinstance(v, dict) else v for v in key)
+
+
+class Stream:
+    """One source -> sink stream. Only the stream mutates its status."""
+
+    def __init__(self, name: str, source: StreamSource, open_sink: Callable[[], Awaitable[StreamSink]],
+                 options: StreamOptions, *, rejects: int = 0,
+                 on_progress: Callable[[StreamStatus], None] | None = None,
+                 on_chunk: Callable[[str, Chunk], Awaitable[None]] | None = None,
+                 on_batch: Callable[[Batch], Awaitable[None]] | None = None) -> None:
+        self.name = name
+        self.source = source
+        self.open_sink = open_sink
+        self.options = options
+        self.sink: StreamSink | None = None
+        self.status = StreamStatus(name=name, phase=Phase.STARTING, rejects=rejects,
+                                   updated_at=time.time())
+        self.on_progress = on_progress
+        self.on_chunk = on_chunk  # test hooks: kill points after a chunk / batch committed
+        self.on_batch = on_batch
+        self._wait = tenacity.wait_exponential_jitter(initial=0.2, max=options.retry_max_seconds)
+        self._rate_window: list[tuple[float, int]] = []
+        self._last_pending_check = 0.0
+
+    # --- status -------------------------------------------------------------------------
+
+    def _publish(self, **changes: Any) -> None:
+        if "phase" in changes and changes["phase"] is not self.status.phase:
+            old = self.status.phase
+            changes["phase"] = transition(old, changes["phase"])
+            log.info("phase", stream=self.name, phase=changes["phase"].value, previous=old.value)
+        self.status = dataclasses.replace(self.status, updated_at=time.time(), **changes)
+        if self.on_progress:
+            self.on_progress(self.status)
+
+    def count_rejects(self, n: int) -> None:
+        self._publish(rejects=self.status.rejects + n)
+
+    def _rate(self, n: int) -> float:
+        now = time.monotonic()
+        self._rate_window.append((now, n))
+        self._rate_window = [(t, k) for t, k in self._rate_window if now - t <= 10.0]
+        span = max(now - self._rate_window[0][0], 1e-3)
+        return sum(k for _, k in self._rate_window) / span if len(self._rate_window) > 1 else 0.0
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, until_caught_up: bool = False) -> None:
+        """Run until *stop* is set (or caught up); raise FatalError if the stream cannot go on."""
+        attempt = 0
+        try:
+            while not stop.is_set():
+                progress_before = self.status.applied + self.status.snapshot_copied
+                try:
+                    if self.sink is None:
+                        self.sink = await self.open_sink()
+                    await self._run(stop, until_caught_up)
+                    return
+                except RetryableError as exc:
+                    if self.status.applied + self.status.snapshot_copied > progress_before:
+                        attempt = 0
+                    attempt += 1
+                    delay = self._backoff(attempt)
+                    log.warning("retrying", stream=self.name, error=str(exc), attempt=attempt,
+                                delay=round(delay, 2), position=self.status.checkpoint)
+                    self._publish(degraded=True, last_error=str(exc), retries=self.status.retries + 1)
+                    if isinstance(exc, TargetUnavailable):
+                        await self._drop_sink()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+        except FatalError as exc:
+            log.error("stream stopped", stream=self.name, error=str(exc))
+            self._publish(phase=Phase.FAILED, last_error=str(exc))
+            raise
+        finally:
+            await self._drop_sink()
+        if self.status.phase not in (Phase.FAILED,):
+            self._publish(phase=Phase.STOPPED)
+
+    def _backoff(self, attempt: int) -> float:
+        state = tenacity.RetryCallState(retry_object=tenacity.AsyncRetrying(), fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        return float(self._wait(state))
+
+    async def _drop_sink(self) -> None:
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            with contextlib.suppress(Exception):
+                await sink.close()
+
+    async def _run(self, stop: asyncio.Event, until_caught_up: bool) -> None:
+        assert self.sink is not None
+        checkpoint = await self.sink.load_checkpoint(self.name)  # never trust memory
+        if checkpoint is None or (checkpoint.snapshot and not checkpoint.snapshot.complete):
+            state = checkpoint.snapshot if checkpoint and checkpoint.snapshot else None
+            done = await self._snapshot(stop, state)
+            if not done:
+                return
+            checkpoint = await self.sink.load_checkpoint(self.name)
+            assert checkpoint is not None
+        elif self.status.phase is Phase.STARTING:
+            self._publish(phase=Phase.CATCH_UP)
+        await self._stream(stop, checkpoint.position, until_caught_up)
+
+    async def _snapshot(self, stop: asyncio.Event, state: SnapshotState | None) -> bool:
+        assert self.sink is not None
+        if state is None:
+            state = SnapshotState(start=await self.source.head())
+            await self.sink.begin_snapshot(self.name, state)
+            log.info("snapshot start", stream=self.name, position=state.start.offset)
+        else:
+            log.info("snapshot resume", stream=self.name, position=state.start.offset,
+                     done=state.done, copied=sum(state.copied.values()))
+        objects = list(self.source.snapshot_objects())
+        totals = {o: await self.source.count(o) for o in objects}
+        total = sum(max(totals[o], state.copied.get(o, 0)) if o not in state.done else state.copied.get(o, 0)
+                    for o in objects)
+        started, copied0 = time.monotonic(), sum(state.copied.values())
+        if self.status.phase is not Phase.SNAPSHOT:
+            self._publish(phase=Phase.SNAPSHOT, snapshot_total=total, snapshot_copied=copied0,
+                          checkpoint=state.start.offset, degraded=False)
+        for obj in objects:
+            if obj in state.done:
+                continue
+            after = decode_key(state.last_key[obj]) if obj in state.last_key else None
+            async for chunk in self.source.snapshot_chunks(obj, after, self.options.chunk_rows):
+                if stop.is_set():
+                    return False
+                state.last_key[obj] = encode_key(chunk.last_key)
+                state.copied[obj] = state.copied.get(obj, 0) + len(chunk.rows)
+                result = await self.sink.copy_chunk(self.name, chunk, state)
+                copied = sum(state.copied.values())
+                elapsed = time.monotonic() - started
+                speed = (copied - copied0) / elapsed if elapsed > 0 else 0.0
+                eta = (total - copied) / speed if speed > 0 else None
+                self._publish(snapshot_copied=copied, rows_per_second=speed,
+                              snapshot_eta_seconds=eta, degraded=False, last_error=None,
+                              applied=self.status.applied + result.applied)
+                log.debug("chunk", stream=self.name, table=obj, rows=len(chunk.rows),
+                          copied=copied, total=total)
+                if self.on_chunk:
+                    await self.on_chunk(obj, chunk)
+            state.done.append(obj)
+            state.last_key.pop(obj, None)
+            log.info("table copied", stream=self.name, table=obj, rows=state.copied.get(obj, 0))
+        await self.sink.finish_snapshot(self.name, state)
+        log.info("snapshot done", stream=self.name, rows=sum(state.copied.values()),
+                 seconds=round(time.monotonic() - started, 2))
+        self._publish(phase=Phase.CATCH_UP, snapshot_copied=sum(state.copied.values()),
+                      snapshot_eta_seconds=0.0)
+        return True
+
+    async def _stream(self, stop: asyncio.Event, position: Position, until_caught_up: bool) -> None:
+        assert self.sink is not None
+        self._publish(checkpoint=position.offset, degraded=False)
+        last_prune = 0.0
+        while not stop.is_set():
+            batch = await self.source.changes(position, self.options.batch_size)
+            if batch.position > position:
+                result = await self.sink.apply(self.name, batch)
+                position = batch.position
+                self._publish(checkpoint=position.offset, applied=self.status.applied + result.applied,
+                              rows_per_second=self._rate(len(batch)), last_checkpoint_at=time.time(),
+                              degraded=False, last_error=None)
+                log.debug("batch", stream=self.name, changes=len(batch), position=position.offset)
+                if self.on_batch:
+                    await self.on_batch(batch)
+                await self._update_pending(position, force=False)
+                continue
+            await self._update_pending(position, force=True)
+            if self.status.phase is Phase.CATCH_UP:
+                await self.sink.after_catch_up(self.name)
+                self._publish(phase=Phase.STREAMING)
+                log.info("caught up", stream=self.name, position=position.offset)
+            if until_caught_up:
+                return
+            now = time.monotonic()
+            if now - last_prune >= self.options.prune_interval:
+                pruned = await self.source.prune(position)
+                if pruned:
+                    log.debug("pruned changelog", stream=self.name, rows=pruned, upto=position.offset)
+                last_prune = now
+            wake = asyncio.ensure_future(self.source.wait(self.options.poll_interval))
+            halt = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({wake, halt}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (wake, halt):
+                    if not t.done():
+                        t.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await t
+
+    async def _update_pending(self, position: Position, *, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_pending_check < 0.5:
+            return
+        self._last_pending_check = now
+        pending = await self.source.pending(position)
+        lag = 0.0 if not pending.count or pending.oldest_committed_at is None \
+            else max(0.0, time.time() - pending.oldest_committed_at)
+        self._publish(pending=pending.count, lag_seconds=lag, source_position=pending.head.offset)

@@ -1,0 +1,139 @@
+"""Builds streams from config, runs them, and stops them in order.
+
+First SIGTERM / SIGINT: stop intake; each stream finishes the batch it is
+applying (batch and checkpoint commit together), then connections close.
+A second signal cancels the streams at once: an open transaction is rolled
+back, so the checkpoint can never run ahead of committed data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from syncd.config import Config
+from syncd.errors import FatalError, SyncdError
+from syncd.model import Phase
+from syncd.pg import close_quietly, connect, resolve_dsn
+from syncd.sinks import pgstate
+from syncd.sinks.postgres import PostgresSink
+from syncd.sources.sqlite import SqliteSource
+from syncd.status import StreamStatus
+from syncd.stream import Stream, StreamSink
+
+log = structlog.get_logger("syncd.supervisor")
+
+SQLITE_STREAM = "sqlite"
+
+
+@dataclass
+class Runtime:
+    """Everything `syncd run` started, for the health server and for tests."""
+
+    config: Config
+    dsn: str
+    streams: list[Stream] = field(default_factory=list)
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def statuses(self) -> Sequence[StreamStatus]:
+        return [s.status for s in self.streams]
+
+
+async def target_dsn(config: Config) -> str:
+    """The target DSN; starting the embedded server runs in a thread (it blocks)."""
+    return await asyncio.to_thread(resolve_dsn, config.target, config.state_dir)
+
+
+async def open_sqlite_stream(config: Config, dsn: str) -> tuple[Stream, SqliteSource]:
+    assert config.sqlite is not None
+    source = await SqliteSource.open(config.sqlite)
+    rejects = 0
+    try:
+        conn = await connect(config.target, dsn)
+        try:
+            if await pgstate.has_state(conn):
+                rejects = await pgstate.count_rejects(conn, SQLITE_STREAM)
+        finally:
+            await close_quietly(conn)
+    except BaseException:
+        await source.close()
+        raise
+
+    stream: Stream
+
+    async def open_sink() -> StreamSink:
+        conn = await connect(config.target, dsn)
+        try:
+            tables = await PostgresSink.prepare(conn, SQLITE_STREAM, list(source.tables.values()),
+                                                config.target)
+        except BaseException:
+            await close_quietly(conn)
+            raise
+        return PostgresSink(conn, tables, strict=config.target.strict, on_reject=stream.count_rejects)
+
+    stream = Stream(SQLITE_STREAM, source, open_sink, config.stream, rejects=rejects)
+    return stream, source
+
+
+async def run(config: Config, *, until_caught_up: bool = False,
+              install_signals: bool = True) -> int:
+    """`syncd run`. Returns the exit code: 0 clean, 1 if a stream failed."""
+    dsn = await target_dsn(config)
+    sources: list[SqliteSource] = []
+    streams: list[Stream] = []
+    if config.sqlite is not None:
+        stream, source = await open_sqlite_stream(config, dsn)
+        streams.append(stream)
+        sources.append(source)
+    if not streams:
+        raise FatalError("no stream to run: configure [source.sqlite]")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(stop, until_caught_up=until_caught_up), name=s.name)
+             for s in streams]
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("stopping: finishing the current batch (signal again to stop at once)")
+            stop.set()
+        else:
+            log.warning("stopping at once: the open batch is rolled back")
+            for t in tasks:
+                t.cancel()
+
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+    failed = False
+    try:
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for s, r in zip(streams, results, strict=True):
+            if isinstance(r, SyncdError):
+                failed = True
+                log.error("stream failed", stream=s.name, error=str(r))
+            elif isinstance(r, asyncio.CancelledError):
+                log.warning("stream cancelled", stream=s.name)
+            elif isinstance(r, BaseException):
+                failed = True
+                log.error("stream crashed", stream=s.name, error=repr(r))
+    finally:
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        for src in sources:
+            with contextlib.suppress(Exception):
+                await src.close()
+    if failed or any(s.status.phase is Phase.FAILED for s in streams):
+        for s in streams:
+            if s.status.phase is Phase.FAILED:
+                print(f"syncd: stream {s.name} stopped: {s.status.last_error}")
+        return 1
+    return 0
