@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
@@ -39,6 +39,8 @@ Statuses = Callable[[], Sequence[StreamStatus]]
 LOOP = "event-loop"
 """The Liveness name the loop ticker beats under."""
 
+_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The classic text format, which every Prometheus version scrapes."""
 _REQUEST_TIMEOUT = 10.0
 _MAX_HEADER_BYTES = 16 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -347,7 +349,7 @@ class HealthServer:
                 "uptime_seconds": round(self._clock() - self._started, 3),
             })
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, _METRICS_TYPE, generate_latest(self.registry)
         return _json(404, {"error": f"no such endpoint: {path}",
                            "endpoints": ["/healthz", "/readyz", "/status", "/metrics"]})
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import FatalError, SyncdError
 from syncd.model import Phase
@@ -76,7 +77,9 @@ async def open_sqlite_stream(config: Config, dsn: str) -> tuple[Stream, SqliteSo
             raise
         return PostgresSink(conn, tables, strict=config.target.strict, on_reject=stream.count_rejects)
 
-    stream = Stream(SQLITE_STREAM, source, open_sink, config.stream, rejects=rejects)
+    kill = killpoints.from_environment()
+    stream = Stream(SQLITE_STREAM, source, open_sink, config.stream, rejects=rejects,
+                    on_chunk=kill.get("chunk"), on_batch=kill.get("batch"))
     return stream, source
 
 

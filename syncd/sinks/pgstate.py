@@ -52,6 +52,8 @@ def jsonable(value: Any) -> Any:
     """A JSON-safe form of a raw source value (blobs as ``{"$base64": ...}``)."""
     if isinstance(value, bytes):
         return {"$base64": base64.b64encode(value).decode()}
+    if isinstance(value, str) and "\x00" in value:  # jsonb cannot hold NUL
+        return {"$text_base64": base64.b64encode(value.encode("utf-8", "surrogatepass")).decode()}
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return {"$float": repr(value)}
     if isinstance(value, list | tuple):

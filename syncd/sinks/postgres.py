@@ -8,7 +8,8 @@ replaying the batch change by change under savepoints, and goes to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ import asyncpg
 import structlog
 
 from syncd.config import Target
-from syncd.errors import RowError, SchemaError, StrictModeStop
+from syncd.errors import FatalError, RowError, SchemaError, StrictModeStop, SyncdError
 from syncd.mapping import ColumnMap, Converter, can_hold, converter, pg_type_for
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.pg import translate
@@ -26,6 +27,20 @@ from syncd.sinks.pgstate import Reject
 from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, qi, ql
 
 log = structlog.get_logger("syncd.sink.postgres")
+
+
+@asynccontextmanager
+async def guarded(where: str) -> AsyncIterator[None]:
+    """Translate driver errors escaping a sink operation; a row error here is fatal."""
+    try:
+        yield
+    except SyncdError:
+        raise
+    except Exception as exc:
+        err = translate(exc, where)
+        if isinstance(err, RowError):
+            raise FatalError(f"{where}: {err.message}") from exc
+        raise err from exc
 
 
 @dataclass(slots=True)
@@ -174,6 +189,10 @@ class PostgresSink:
 
     async def after_catch_up(self, stream: str) -> None:
         """Create secondary indexes, unique constraints and foreign keys on tables syncd made."""
+        async with guarded("creating indexes and foreign keys"):
+            await self._create_indexes_and_keys()
+
+    async def _create_indexes_and_keys(self) -> None:
         for tt in self.tables.values():
             if not tt.created:
                 continue
@@ -226,10 +245,11 @@ class PostgresSink:
     # --- checkpoint ---------------------------------------------------------------------
 
     async def load_checkpoint(self, stream: str) -> Checkpoint | None:
-        return await pgstate.load_checkpoint(self.conn, stream)
+        async with guarded("reading the checkpoint"):
+            return await pgstate.load_checkpoint(self.conn, stream)
 
     async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
-        async with self.conn.transaction():
+        async with guarded("starting the snapshot"), self.conn.transaction():
             for tt in self.tables.values():
                 if tt.source.name in state.done or tt.source.name in state.last_key:
                     continue
@@ -241,7 +261,8 @@ class PostgresSink:
 
     async def finish_snapshot(self, stream: str, state: SnapshotState) -> None:
         state.complete = True
-        await pgstate.save_checkpoint(self.conn, stream, state.start, state)
+        async with guarded("finishing the snapshot"):
+            await pgstate.save_checkpoint(self.conn, stream, state.start, state)
 
     # --- snapshot -----------------------------------------------------------------------
 
@@ -258,7 +279,7 @@ class PostgresSink:
                                       dict(zip(chunk.columns, raw, strict=True)), exc.message))
         self._check_strict(rejects)
         names = [c.name for c in tt.columns]
-        async with self.conn.transaction():
+        async with guarded(f"copying into {tt.qualified}"), self.conn.transaction():
             await self._copy_isolating(tt, names, good, pk_idx, chunk.columns, rejects)
             self._check_strict(rejects)
             await pgstate.insert_rejects(self.conn, stream, rejects)
@@ -300,7 +321,7 @@ class PostgresSink:
             err = translate(exc, "applying changes")
             if not isinstance(err, RowError):
                 raise err from exc
-            async with self.conn.transaction():
+            async with guarded("applying changes one by one"), self.conn.transaction():
                 applied = await self._apply_one_by_one(prepared, rejects)
                 self._check_strict(rejects)
                 await self._finish_batch(stream, batch, applied, rejects)
@@ -363,12 +384,20 @@ class PostgresSink:
                             applied: list[tuple[TargetTable, Change, tuple[Any, ...]]],
                             rejects: list[Reject]) -> None:
         await pgstate.insert_rejects(self.conn, stream, rejects)
-        rejected_keys = {(r.object, tuple(r.key)) for r in rejects}
-        by_table: dict[str, list[tuple[Any, ...]]] = {}
-        for tt, ch, _ in applied:
-            if (tt.name, tuple(ch.key)) not in rejected_keys:
-                by_table.setdefault(tt.name, []).append(tuple(ch.key))
         if await self._has_open_rejects(stream):
+            # a key's open reject is resolved when its last change in the batch was applied
+            last: dict[tuple[str, tuple[Any, ...]], tuple[int, bool]] = {}
+            for tt, ch, _ in applied:
+                last[(tt.name, tuple(ch.key))] = max(last.get((tt.name, tuple(ch.key)), (-1, False)),
+                                                     (ch.position.offset, True))
+            for r in rejects:
+                pos = r.position.offset if r.position else -1
+                last[(r.object, tuple(r.key))] = max(last.get((r.object, tuple(r.key)), (-1, False)),
+                                                     (pos, False))
+            by_table: dict[str, list[tuple[Any, ...]]] = {}
+            for (name, key), (_, ok) in last.items():
+                if ok:
+                    by_table.setdefault(name, []).append(key)
             for name, keys in by_table.items():
                 await pgstate.resolve_rejects(self.conn, stream, name, keys)
         await pgstate.save_checkpoint(self.conn, stream, batch.position, None)
