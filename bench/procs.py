@@ -67,7 +67,8 @@ class Measured:
     def check(self) -> Measured:
         if self.returncode != 0:
             tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{' '.join(self.argv)} exited {self.returncode}; log {self.log}:\n{tail}")
+            cmd = " ".join(self.argv)
+            raise RuntimeError(f"{cmd} exited {self.returncode}; log {self.log}:\n{tail}")
         return self
 
 

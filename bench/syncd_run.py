@@ -10,16 +10,17 @@ triggers and a changelog into it and the streaming benchmark then writes to it.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import sqlite3
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from bench import pg
-from bench.procs import run_measured, warm_file
+from bench.procs import RssSampler, run_measured, warm_file
 from bench.schema import TABLES
 
 SYNCD = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "syncd"
@@ -69,14 +70,14 @@ def copy_database(src: Path, dst: Path) -> None:
         conn.close()
 
 
-async def prepare(server: pg.Server, source: Path, work: Path, database: str) -> Setup:
+def prepare(server: pg.Server, source: Path, work: Path, database: str) -> Setup:
     """Fresh work dir, database copy, empty target database and config file."""
     work = work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     sqlite_path = work / "app.sqlite"
     copy_database(source, sqlite_path)
-    dsn = await pg.recreate_database(server, database)
+    dsn = pg.recreate_database(server, database)
     health = f"127.0.0.1:{free_port()}"
     config = work / "syncd.toml"
     config.write_text(
@@ -92,29 +93,6 @@ async def prepare(server: pg.Server, source: Path, work: Path, database: str) ->
     return Setup(sqlite_path, config, work / "state", database, dsn, health, work)
 
 
-async def describe_target(dsn: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        counts = {t: await conn.fetchval(f'SELECT count(*) FROM "{t}"') for t in TABLES}
-        cols = await conn.fetch(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = 'public' AND table_name = ANY($1::text[]) "
-            "ORDER BY table_name, ordinal_position", list(TABLES))
-        indexes = await conn.fetch(
-            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname")
-        fks = await conn.fetchval(
-            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
-            "AND connamespace = 'public'::regnamespace")
-    finally:
-        await conn.close()
-    return {
-        "rows": counts,
-        "types": {f"{r['table_name']}.{r['column_name']}": r["data_type"] for r in cols},
-        "indexes": [r["indexdef"] for r in indexes],
-        "foreign_keys": fks,
-    }
-
-
 def source_counts(sqlite_path: Path) -> dict[str, int]:
     conn = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
     try:
@@ -123,16 +101,16 @@ def source_counts(sqlite_path: Path) -> dict[str, int]:
         conn.close()
 
 
-async def snapshot(server: pg.Server, source: Path, work: Path, database: str,
-                   timeout: float = 1800.0) -> tuple[Setup, dict[str, Any]]:
+def snapshot(server: pg.Server, source: Path, work: Path, database: str,
+             time_limit: float = 1800.0) -> tuple[Setup, dict[str, Any]]:
     """``init`` then a timed ``run --until-caught-up``; returns the setup for streaming."""
-    setup = await prepare(server, source, work, database)
-    init = run_measured(setup.argv("init"), work / "init.log", timeout=300).check()
+    setup = prepare(server, source, work, database)
+    init = run_measured(setup.argv("init"), setup.work / "init.log", timeout=300).check()
     warm_file(setup.sqlite)
-    await pg.checkpoint(server)
-    run = run_measured(setup.argv("run", "--until-caught-up"), work / "snapshot.log",
-                       timeout=timeout).check()
-    target = await describe_target(setup.dsn)
+    pg.checkpoint(server)
+    run = run_measured(setup.argv("run", "--until-caught-up"), setup.work / "snapshot.log",
+                       timeout=time_limit).check()
+    target = pg.describe(server, database, TABLES)
     expected = source_counts(setup.sqlite)
     return setup, {
         "init_seconds": init.seconds,
@@ -142,3 +120,48 @@ async def snapshot(server: pg.Server, source: Path, work: Path, database: str,
         "complete": target["rows"] == expected,
         **target,
     }
+
+
+class Daemon:
+    """``syncd run`` in the background, with its process tree's RSS sampled throughout."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.log = setup.work / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sampler: RssSampler | None = None
+        self.returncode: int | None = None
+        self.stop_seconds: float | None = None
+
+    def __enter__(self) -> Daemon:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(self.setup.argv("run"), stdout=out,
+                                         stderr=subprocess.STDOUT)
+        self.sampler = RssSampler(self.proc.pid).__enter__()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None and self.sampler is not None
+        t0 = time.perf_counter()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stop_seconds = time.perf_counter() - t0
+        self.returncode = self.proc.returncode
+        self.sampler.__exit__()
+
+    def summary(self) -> dict[str, Any]:
+        assert self.sampler is not None
+        return {
+            "peak_rss": self.sampler.peak,
+            "exit_code": self.returncode,
+            "sigterm_to_exit_seconds": self.stop_seconds,
+            "log": str(self.log),
+        }

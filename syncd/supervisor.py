@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import structlog
 
@@ -30,19 +29,6 @@ from syncd.stream import Stream, StreamSink
 log = structlog.get_logger("syncd.supervisor")
 
 SQLITE_STREAM = "sqlite"
-
-
-@dataclass
-class Runtime:
-    """Everything `syncd run` started, for the health server and for tests."""
-
-    config: Config
-    dsn: str
-    streams: list[Stream] = field(default_factory=list)
-    closers: list[Callable[[], object]] = field(default_factory=list)
-
-    def statuses(self) -> Sequence[StreamStatus]:
-        return [s.status for s in self.streams]
 
 
 async def target_dsn(config: Config) -> str:
@@ -83,21 +69,71 @@ async def open_sqlite_stream(config: Config, dsn: str) -> tuple[Stream, SqliteSo
     return stream, source
 
 
-async def run(config: Config, *, until_caught_up: bool = False,
-              install_signals: bool = True) -> int:
+class Supervisor:
+    """Owns the streams of one `syncd run`: starts them, reports them, stops them in order."""
+
+    def __init__(self, config: Config, *, until_caught_up: bool = False) -> None:
+        self.config = config
+        self.until_caught_up = until_caught_up
+        self.streams: list[Stream] = []
+        self.stop_event = asyncio.Event()
+        self._sources: list[SqliteSource] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dsn = ""
+
+    def statuses(self) -> Sequence[StreamStatus]:
+        return [s.status for s in self.streams]
+
+    async def start(self) -> None:
+        self.dsn = await target_dsn(self.config)
+        if self.config.sqlite is not None:
+            stream, source = await open_sqlite_stream(self.config, self.dsn)
+            self.streams.append(stream)
+            self._sources.append(source)
+        if not self.streams:
+            raise FatalError("no stream to run: configure [source.sqlite]")
+        self._tasks = [asyncio.create_task(s.run(self.stop_event, until_caught_up=self.until_caught_up),
+                                           name=s.name) for s in self.streams]
+
+    def request_stop(self) -> None:
+        """Stop intake; each stream finishes the batch it is applying."""
+        self.stop_event.set()
+
+    def force_stop(self) -> None:
+        """Cancel at once; open transactions roll back."""
+        for t in self._tasks:
+            t.cancel()
+
+    async def wait(self) -> int:
+        """Wait for every stream to end; close the sources; return the exit code."""
+        failed = False
+        try:
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            for s, r in zip(self.streams, results, strict=True):
+                if isinstance(r, SyncdError):
+                    failed = True
+                    log.error("stream failed", stream=s.name, error=str(r))
+                elif isinstance(r, asyncio.CancelledError):
+                    log.warning("stream cancelled", stream=s.name)
+                elif isinstance(r, BaseException):
+                    failed = True
+                    log.error("stream crashed", stream=s.name, error=repr(r))
+        finally:
+            for src in self._sources:
+                with contextlib.suppress(Exception):
+                    await src.close()
+        if failed or any(s.status.phase is Phase.FAILED for s in self.streams):
+            for s in self.streams:
+                if s.status.phase is Phase.FAILED:
+                    print(f"syncd: stream {s.name} stopped: {s.status.last_error}")
+            return 1
+        return 0
+
+
+async def run(config: Config, *, until_caught_up: bool = False, install_signals: bool = True) -> int:
     """`syncd run`. Returns the exit code: 0 clean, 1 if a stream failed."""
-    dsn = await target_dsn(config)
-    sources: list[SqliteSource] = []
-    streams: list[Stream] = []
-    if config.sqlite is not None:
-        stream, source = await open_sqlite_stream(config, dsn)
-        streams.append(stream)
-        sources.append(source)
-    if not streams:
-        raise FatalError("no stream to run: configure [source.sqlite]")
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(s.run(stop, until_caught_up=until_caught_up), name=s.name)
-             for s in streams]
+    sup = Supervisor(config, until_caught_up=until_caught_up)
+    await sup.start()
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -106,37 +142,17 @@ async def run(config: Config, *, until_caught_up: bool = False,
         signals += 1
         if signals == 1:
             log.info("stopping: finishing the current batch (signal again to stop at once)")
-            stop.set()
+            sup.request_stop()
         else:
             log.warning("stopping at once: the open batch is rolled back")
-            for t in tasks:
-                t.cancel()
+            sup.force_stop()
 
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-    failed = False
     try:
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for s, r in zip(streams, results, strict=True):
-            if isinstance(r, SyncdError):
-                failed = True
-                log.error("stream failed", stream=s.name, error=str(r))
-            elif isinstance(r, asyncio.CancelledError):
-                log.warning("stream cancelled", stream=s.name)
-            elif isinstance(r, BaseException):
-                failed = True
-                log.error("stream crashed", stream=s.name, error=repr(r))
+        return await sup.wait()
     finally:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        for src in sources:
-            with contextlib.suppress(Exception):
-                await src.close()
-    if failed or any(s.status.phase is Phase.FAILED for s in streams):
-        for s in streams:
-            if s.status.phase is Phase.FAILED:
-                print(f"syncd: stream {s.name} stopped: {s.status.last_error}")
-        return 1
-    return 0

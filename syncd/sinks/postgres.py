@@ -110,19 +110,19 @@ def plan_table(table: Table, target: Target, existing: dict[str, str] | None) ->
     if existing is None:
         return TargetTable(table, target.schema, table.name, tuple(cols), created=True)
     adopted: list[ColumnMap] = []
-    for c in cols:
-        if c.name not in existing:
+    for cm in cols:
+        if cm.name not in existing:
             raise SchemaError(
-                f"target table {target.schema}.{table.name} has no column {c.name!r} "
-                f"(SQLite {table.name}.{c.name} {c.declared or 'untyped'}); add the column or "
+                f"target table {target.schema}.{table.name} has no column {cm.name!r} "
+                f"(SQLite {table.name}.{cm.name} {cm.declared or 'untyped'}); add the column or "
                 "drop the table so syncd creates it")
-        have = existing[c.name]
-        if not can_hold(c.pg_type, have):
+        have = existing[cm.name]
+        if not can_hold(cm.pg_type, have):
             raise SchemaError(
-                f"target column {target.schema}.{table.name}.{c.name} is {have}, which cannot hold "
-                f"SQLite {c.declared or 'untyped'} values (syncd maps them to {c.pg_type}); change "
-                f"the column, or set target.column_types.\"{table.name}.{c.name}\"")
-        adopted.append(ColumnMap(c.name, c.declared, have, c.nullable))
+                f"target column {target.schema}.{table.name}.{cm.name} is {have}, which cannot hold "
+                f"SQLite {cm.declared or 'untyped'} values (syncd maps them to {cm.pg_type}); change "
+                f"the column, or set target.column_types.\"{table.name}.{cm.name}\"")
+        adopted.append(ColumnMap(cm.name, cm.declared, have, cm.nullable))
     return TargetTable(table, target.schema, table.name, tuple(adopted), created=False)
 
 

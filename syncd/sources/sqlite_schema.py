@@ -119,7 +119,7 @@ def describe(conn: sqlite3.Connection, name: str, *, no_primary_key: str) -> Tab
         if no_primary_key == "refuse":
             raise SchemaError(f"table {name!r} has no primary key; give it one, exclude it, or set "
                               "source.sqlite.no_primary_key = \"rowid\" to key it by rowid")
-        pk = (ROWID_COLUMN,)
+        pk: tuple[str, ...] = (ROWID_COLUMN,)
         rowid_key = True
     else:
         pk = pk_cols
