@@ -75,7 +75,7 @@ class Stream:
         self.on_progress = on_progress
         self.on_chunk = on_chunk  # test hooks: kill points after a chunk / batch committed
         self.on_batch = on_batch
-        self._wait = tenacity.wait_exponential_jitter(initial=0.2, max=options.retry_max_seconds)
+        self._wait = tenacity.wait_exponential_jitter(multiplier=0.2, max=options.retry_max_seconds)
         self._rate_window: list[tuple[float, int]] = []
         self._last_pending_check = 0.0
 
@@ -112,7 +112,7 @@ class Stream:
                     if self.sink is None:
                         self.sink = await self.open_sink()
                     await self._run(stop, until_caught_up)
-                    return
+                    break
                 except RetryableError as exc:
                     if self.status.applied + self.status.snapshot_copied > progress_before:
                         attempt = 0
@@ -183,9 +183,11 @@ class Stream:
             async for chunk in self.source.snapshot_chunks(obj, after, self.options.chunk_rows):
                 if stop.is_set():
                     return False
-                state.last_key[obj] = encode_key(chunk.last_key)
-                state.copied[obj] = state.copied.get(obj, 0) + len(chunk.rows)
-                result = await self.sink.copy_chunk(self.name, chunk, state)
+                step = SnapshotState.from_json(state.to_json())  # adopted only once committed
+                step.last_key[obj] = encode_key(chunk.last_key)
+                step.copied[obj] = step.copied.get(obj, 0) + len(chunk.rows)
+                result = await self.sink.copy_chunk(self.name, chunk, step)
+                state = step
                 copied = sum(state.copied.values())
                 elapsed = time.monotonic() - started
                 speed = (copied - copied0) / elapsed if elapsed > 0 else 0.0

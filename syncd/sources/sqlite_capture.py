@@ -4,6 +4,8 @@ The triggers run inside the app's own transaction, so a change is logged if and
 only if it commits. Row images are JSON objects; values JSON cannot carry
 exactly are tagged: a REAL is ``["r", quote(x)]`` (20 significant digits, exact
 round trip; ``json_object`` alone keeps 15) and a BLOB is ``["b", hex(x)]``.
+Tables wider than 60 columns are imaged in parts merged with ``json_patch``,
+which leaves out keys whose value is NULL: in an image, an absent column is NULL.
 
 Origin tagging: syncd's own writes (reverse sync) set ``_syncd_origin.suppress``
 to 1 inside their transaction; the triggers skip while it is 1. SQLite has one

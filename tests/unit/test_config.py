@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syncd.config import load, parse
+from syncd.errors import ConfigError
+
+BASE = {"source": {"sqlite": {"path": "data/dev.sqlite"}}, "target": {"dsn": "embedded"}}
+
+
+def test_defaults_and_relative_paths() -> None:
+    cfg = parse(BASE, base=Path("/etc/syncd"), env={})
+    assert cfg.sqlite is not None and cfg.sqlite.path == Path("/etc/syncd/data/dev.sqlite")
+    assert cfg.target.embedded and cfg.target.schema == "public" and not cfg.target.strict
+    assert cfg.health.listen == "127.0.0.1:8085"
+
+
+def test_env_and_file_interpolation(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    data = {**BASE, "target": {"dsn": "postgresql://u:${PW}@h/db?x=${file:" + str(secret) + "}"}}
+    cfg = parse(data, base=tmp_path, env={"PW": "s3cret"})
+    assert cfg.target.dsn == "postgresql://u:s3cret@h/db?x=from-file"
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({**BASE, "target": {"dsn": "${NOPE}"}}, "target.dsn: environment variable NOPE"),
+    ({**BASE, "target": {}}, "target.dsn: required"),
+    ({**BASE, "stream": {"batch_size": 0}}, "stream.batch_size: must be > 0"),
+    ({**BASE, "stream": {"batch_size": "many"}}, "stream.batch_size: expected int"),
+    ({**BASE, "stream": {"bacth_size": 5}}, "stream.bacth_size: unknown key"),
+    ({"target": {"dsn": "embedded"}}, "source:"),
+    ({**BASE, "source": {"sqlite": {"path": "x", "no_primary_key": "skip"}}}, "no_primary_key"),
+    ({**BASE, "target": {"dsn": "embedded", "column_types": {"nodot": "text"}}}, "column_types.nodot"),
+])
+def test_errors_name_the_key(data: dict[str, object], words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(data, base=Path("/"), env={})
+    assert words in str(err.value)
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[source\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)
+
+
+def test_example_config_parses() -> None:
+    cfg = load(Path(__file__).resolve().parents[2] / "config.example.toml", env={"POSTGRES_PASSWORD": "pw"})
+    assert cfg.chroma is not None and cfg.chroma.url == "http://127.0.0.1:8000"
+    assert "pw@" in cfg.target.dsn
