@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     rj.add_argument("--json", action="store_true")
     rj.add_argument("--limit", type=int, default=100)
     d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
-    d.add_argument("--dir", type=Path, default=None, help="where to create the demo (default: a new temp dir)")
+    d.add_argument("--dir", type=Path, default=None, help="demo directory (default: a new temp dir)")
     return p
 
 
@@ -50,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from syncd import commands, logs
 
-    logs.configure(args.log_level)
     try:
+        logs.configure(args.log_level)
         if args.command == "demo":
             return asyncio.run(commands.demo(args.dir))
         from syncd import config as config_mod

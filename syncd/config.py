@@ -73,7 +73,10 @@ class StreamOptions:
 @dataclass(frozen=True, slots=True)
 class Health:
     listen: str = "127.0.0.1:8085"
+    """``host:port``; an empty string turns the health server off."""
     max_lag_seconds: float = 5.0
+    stale_after_seconds: float = 60.0
+    """/healthz fails when a stream or the event loop has shown no progress for this long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +243,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
     health = Health(
         listen=h.get("listen", str, "127.0.0.1:8085"),
         max_lag_seconds=h.positive("max_lag_seconds", float, 5.0),
+        stale_after_seconds=h.positive("stale_after_seconds", float, 60.0),
     )
     h.check_unknown()
     root.seen.add("cutover")  # reserved for syncd cutover

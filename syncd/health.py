@@ -84,6 +84,18 @@ class Liveness:
         self._beats.pop(name, None)
         self._busy.pop(name, None)
 
+    def observe(self, status: StreamStatus) -> None:
+        """Use as a stream's ``on_progress``: every published status is a beat.
+
+        Streams publish after every chunk, batch, idle poll and retry, so a live
+        stream beats at least every poll interval. A stopped or failed stream is
+        forgotten: it is not stuck (/readyz reports a failure).
+        """
+        if status.phase in (Phase.STOPPED, Phase.FAILED):
+            self.forget(status.name)
+        else:
+            self.beat(status.name)
+
     @contextlib.contextmanager
     def busy(self, name: str, doing: str, limit: float | None = None) -> Iterator[None]:
         """Within this block *name* is stuck only after *limit* seconds (never if None)."""

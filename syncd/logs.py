@@ -2,12 +2,12 @@
 
 Logs go to stderr, so that ``syncd status --json`` keeps stdout for its output;
 systemd's journal and ``docker logs`` collect both. :func:`configure` is called
-once by the CLI. structlog events and records from
-the standard ``logging`` module (asyncpg, chromadb, watchfiles) go through the
-same chain and the same handler, so that every line is shaped alike and every
-line is redacted: :class:`Redactor` runs each string value -- the event, the
-fields, a rendered traceback -- through :func:`syncd.errors.redact`, and can
-also blank out literal secrets the daemon knows (the resolved database password).
+once by the CLI. structlog events and records of the standard ``logging`` module
+(asyncpg, chromadb, watchfiles) go through the same chain and the same handler,
+so every line is shaped alike and every line is redacted: :class:`Redactor` runs
+each string value -- the event, the fields, a rendered traceback -- through
+:func:`syncd.errors.redact`, and can also blank out literal secrets the daemon
+knows (the resolved database password).
 """
 
 from __future__ import annotations
@@ -60,16 +60,11 @@ class Redactor:
         return {key: self.value(v) for key, v in event_dict.items()}
 
 
-def parse_level(level: str, key: str = "log.level") -> int:
+def parse_level(level: str, key: str = "log level (--log-level, SYNCD_LOG_LEVEL)") -> int:
     try:
         return LEVELS[level.strip().lower()]
     except KeyError:
         raise ConfigError(f"{key}: expected one of {', '.join(LEVELS)}, got {level!r}") from None
-
-
-def _drop_color_message(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
-    event_dict.pop("color_message", None)  # uvicorn-style duplicates of the message
-    return event_dict
 
 
 def configure(level: str = "info", json: bool | None = None, *, stream: TextIO | None = None,
@@ -96,7 +91,6 @@ def configure(level: str = "info", json: bool | None = None, *, stream: TextIO |
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            _drop_color_message,
             structlog.processors.StackInfoRenderer(),
             # Tracebacks become text before redaction: an exception message may hold a DSN.
             structlog.processors.format_exc_info,

@@ -185,6 +185,8 @@ def _text(pg_type: str) -> Converter:
     limit = int(m.group(1)) if m else None
 
     def convert(v: Any) -> str:
+        if type(v) is str and "\x00" not in v and (limit is None or len(v) <= limit):
+            return v
         if isinstance(v, bytes):
             try:
                 v = v.decode("utf-8")

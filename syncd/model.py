@@ -73,7 +73,8 @@ class Change:
 
     def __post_init__(self) -> None:
         if (self.op is Op.DELETE) != (self.row is None):
-            raise ValueError(f"{self.op.name} change must {'not ' if self.op is Op.DELETE else ''}carry a row")
+            must = "must not" if self.op is Op.DELETE else "must"
+            raise ValueError(f"{self.op.name} change {must} carry a row")
 
 
 @dataclass(frozen=True, slots=True)

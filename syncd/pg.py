@@ -73,7 +73,7 @@ async def close_quietly(conn: Any) -> None:
         return
     try:
         await asyncio.wait_for(conn.close(), timeout=2)
-    except BaseException as exc:  # noqa: BLE001 - closing is best effort; fall back to terminate
+    except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError):
             conn.terminate()
             raise

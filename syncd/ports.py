@@ -8,7 +8,7 @@ it in the same transaction as the rows. Adapters live in ``syncd.sources`` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +27,9 @@ class Chunk:
     columns: tuple[str, ...]
     rows: Sequence[tuple[Any, ...]]
     last_key: Key
+    prepared: Any = None
+    """What the sink's ``prepare_chunk`` made of ``rows``, when the source ran it for the sink
+    on its reading thread (so that converting a chunk overlaps writing the previous one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +58,10 @@ class Source(Protocol):
         """Objects to copy, in copy order."""
         ...
 
-    def snapshot_chunks(self, obj: str, after: Key | None, rows: int) -> AsyncIterator[Chunk]:
-        """Chunks of *obj* in key order, starting after key *after*."""
+    def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
+                        prepare: Callable[[Chunk], Any] | None = None) -> AsyncIterator[Chunk]:
+        """Chunks of *obj* in key order, starting after key *after*; *prepare* is applied to each
+        chunk off the event loop and its result stored in ``Chunk.prepared``."""
         ...
 
     async def changes(self, after: Position, limit: int) -> Batch:
@@ -83,6 +88,10 @@ class Sink(Protocol):
 
     async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
         """Record the snapshot's start position before any row is copied."""
+        ...
+
+    def prepare_chunk(self, chunk: Chunk) -> Any:
+        """Convert a chunk's rows for writing; pure and thread-safe."""
         ...
 
     async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult:

@@ -32,7 +32,8 @@ class StreamSource(Protocol):
     async def head(self) -> Position: ...
     def snapshot_objects(self) -> list[str] | Any: ...
     async def count(self, obj: str) -> int: ...
-    def snapshot_chunks(self, obj: str, after: Key | None, rows: int) -> Any: ...
+    def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
+                        prepare: Callable[[Chunk], Any] | None = None) -> Any: ...
     async def changes(self, after: Position, limit: int) -> Batch: ...
     async def pending(self, after: Position) -> Pending: ...
     async def wait(self, timeout: float) -> None: ...
@@ -42,6 +43,7 @@ class StreamSource(Protocol):
 class StreamSink(Protocol):
     async def load_checkpoint(self, stream: str) -> Checkpoint | None: ...
     async def begin_snapshot(self, stream: str, state: SnapshotState) -> None: ...
+    def prepare_chunk(self, chunk: Chunk) -> Any: ...
     async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult: ...
     async def finish_snapshot(self, stream: str, state: SnapshotState) -> None: ...
     async def apply(self, stream: str, batch: Batch) -> ApplyResult: ...
@@ -64,7 +66,8 @@ class Stream:
                  options: StreamOptions, *, rejects: int = 0,
                  on_progress: Callable[[StreamStatus], None] | None = None,
                  on_chunk: Callable[[str, Chunk], Awaitable[None]] | None = None,
-                 on_batch: Callable[[Batch], Awaitable[None]] | None = None) -> None:
+                 on_batch: Callable[[Batch], Awaitable[None]] | None = None,
+                 busy: Callable[[str, str], contextlib.AbstractContextManager[None]] | None = None) -> None:
         self.name = name
         self.source = source
         self.open_sink = open_sink
@@ -75,6 +78,8 @@ class Stream:
         self.on_progress = on_progress
         self.on_chunk = on_chunk  # test hooks: kill points after a chunk / batch committed
         self.on_batch = on_batch
+        self.busy = busy or (lambda _name, _doing: contextlib.nullcontext())
+        """Marks a long step that publishes no progress (index builds), for the liveness check."""
         self._wait = tenacity.wait_exponential_jitter(multiplier=0.2, max=options.retry_max_seconds)
         self._rate_window: list[tuple[float, int]] = []
         self._last_pending_check = 0.0
@@ -180,7 +185,9 @@ class Stream:
             if obj in state.done:
                 continue
             after = decode_key(state.last_key[obj]) if obj in state.last_key else None
-            async for chunk in self.source.snapshot_chunks(obj, after, self.options.chunk_rows):
+            chunks = self.source.snapshot_chunks(obj, after, self.options.chunk_rows,
+                                                 prepare=self.sink.prepare_chunk)
+            async for chunk in chunks:
                 if stop.is_set():
                     return False
                 step = SnapshotState.from_json(state.to_json())  # adopted only once committed
@@ -228,7 +235,8 @@ class Stream:
                 continue
             await self._update_pending(position, force=True)
             if self.status.phase is Phase.CATCH_UP:
-                await self.sink.after_catch_up(self.name)
+                with self.busy(self.name, "creating indexes and foreign keys"):
+                    await self.sink.after_catch_up(self.name)
                 self._publish(phase=Phase.STREAMING)
                 log.info("caught up", stream=self.name, position=position.offset)
             if until_caught_up:

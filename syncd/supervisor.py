@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
 from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import FatalError, SyncdError
+from syncd.health import Liveness, serve, tick
 from syncd.model import Phase
+from syncd.notify import Notifier, summarize, watchdog_interval, watchdog_loop
 from syncd.pg import close_quietly, connect, resolve_dsn
 from syncd.sinks import pgstate
 from syncd.sinks.postgres import PostgresSink
@@ -36,7 +39,8 @@ async def target_dsn(config: Config) -> str:
     return await asyncio.to_thread(resolve_dsn, config.target, config.state_dir)
 
 
-async def open_sqlite_stream(config: Config, dsn: str) -> tuple[Stream, SqliteSource]:
+async def open_sqlite_stream(config: Config, dsn: str, liveness: Liveness | None = None
+                             ) -> tuple[Stream, SqliteSource]:
     assert config.sqlite is not None
     source = await SqliteSource.open(config.sqlite)
     rejects = 0
@@ -65,15 +69,19 @@ async def open_sqlite_stream(config: Config, dsn: str) -> tuple[Stream, SqliteSo
 
     kill = killpoints.from_environment()
     stream = Stream(SQLITE_STREAM, source, open_sink, config.stream, rejects=rejects,
-                    on_chunk=kill.get("chunk"), on_batch=kill.get("batch"))
+                    on_chunk=kill.get("chunk"), on_batch=kill.get("batch"),
+                    on_progress=liveness.observe if liveness else None,
+                    busy=liveness.busy if liveness else None)
     return stream, source
 
 
 class Supervisor:
     """Owns the streams of one `syncd run`: starts them, reports them, stops them in order."""
 
-    def __init__(self, config: Config, *, until_caught_up: bool = False) -> None:
+    def __init__(self, config: Config, *, until_caught_up: bool = False,
+                 liveness: Liveness | None = None) -> None:
         self.config = config
+        self.liveness = liveness
         self.until_caught_up = until_caught_up
         self.streams: list[Stream] = []
         self.stop_event = asyncio.Event()
@@ -87,7 +95,7 @@ class Supervisor:
     async def start(self) -> None:
         self.dsn = await target_dsn(self.config)
         if self.config.sqlite is not None:
-            stream, source = await open_sqlite_stream(self.config, self.dsn)
+            stream, source = await open_sqlite_stream(self.config, self.dsn, self.liveness)
             self.streams.append(stream)
             self._sources.append(source)
         if not self.streams:
@@ -130,10 +138,15 @@ class Supervisor:
         return 0
 
 
-async def run(config: Config, *, until_caught_up: bool = False, install_signals: bool = True) -> int:
-    """`syncd run`. Returns the exit code: 0 clean, 1 if a stream failed."""
-    sup = Supervisor(config, until_caught_up=until_caught_up)
-    await sup.start()
+async def run(config: Config, *, until_caught_up: bool = False, install_signals: bool = True,
+              env: Mapping[str, str] | None = None) -> int:
+    """`syncd run`: streams, the health server and systemd notification. Returns the exit code."""
+    env = os.environ if env is None else env
+    liveness = Liveness(stale_after=config.health.stale_after_seconds)
+    sup = Supervisor(config, until_caught_up=until_caught_up, liveness=liveness)
+    notifier = Notifier.from_env(env)
+    server = None
+    duties: list[asyncio.Task[None]] = []
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -142,6 +155,7 @@ async def run(config: Config, *, until_caught_up: bool = False, install_signals:
         signals += 1
         if signals == 1:
             log.info("stopping: finishing the current batch (signal again to stop at once)")
+            notifier.stopping("stopping: finishing the current batch")
             sup.request_stop()
         else:
             log.warning("stopping at once: the open batch is rolled back")
@@ -151,8 +165,26 @@ async def run(config: Config, *, until_caught_up: bool = False, install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
     try:
+        if config.health.listen:
+            server = await serve(config.health.listen, sup.statuses, liveness,
+                                 max_lag_seconds=config.health.max_lag_seconds)
+        await sup.start()
+        duties.append(asyncio.create_task(tick(liveness), name="syncd-tick"))
+        duties.append(asyncio.create_task(watchdog_loop(
+            notifier, watchdog_interval(env), status=lambda: summarize(sup.statuses()),
+            healthy=liveness.healthy), name="syncd-watchdog"))
+        notifier.ready(summarize(sup.statuses()))
         return await sup.wait()
     finally:
+        for t in duties:
+            t.cancel()
+        for t in duties:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if server is not None:
+            await server.close()
+        notifier.stopping()
+        notifier.close()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -8,7 +8,7 @@ the rows). Either can be told to fail on the next call, to exercise retries.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +50,16 @@ class MemorySource:
     async def count(self, obj: str) -> int:
         return len(self.rows.get(obj, {}))
 
-    async def snapshot_chunks(self, obj: str, after: Key | None, rows: int) -> AsyncIterator[Chunk]:
+    async def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
+                              prepare: Callable[[Chunk], Any] | None = None) -> AsyncIterator[Chunk]:
         keys = sorted(k for k in self.rows.get(obj, {}) if after is None or k > after)
         for i in range(0, len(keys), rows):
             self._maybe_fail()
             part = keys[i:i + rows]
-            yield Chunk(obj, ("key", "row"), [(k, dict(self.rows[obj][k])) for k in part], part[-1])
+            chunk = Chunk(obj, ("key", "row"), [(k, dict(self.rows[obj][k])) for k in part], part[-1])
+            if prepare is not None:
+                chunk = Chunk(chunk.object, chunk.columns, chunk.rows, chunk.last_key, prepare(chunk))
+            yield chunk
 
     async def changes(self, after: Position, limit: int) -> Batch:
         self._maybe_fail()
@@ -99,6 +103,9 @@ class MemorySink:
 
     async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
         self.checkpoints[stream] = Checkpoint(state.start, SnapshotState.from_json(state.to_json()))
+
+    def prepare_chunk(self, chunk: Chunk) -> Any:
+        return None
 
     async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult:
         self._maybe_fail()

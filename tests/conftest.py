@@ -86,6 +86,7 @@ def make_config(tmp_path: Path, pg_dsn: str) -> Callable[..., Path]:
             "[source.sqlite]", f'path = "{db}"', "",
             "[target]", f'dsn = "{pg_dsn}"', "",
             "[state]", f'dir = "{tmp_path / "state"}"', "",
+            "[health]", 'listen = "127.0.0.1:0"', "",
             "[stream]", "poll_interval = 0.2", "prune_interval = 0.5",
         ]
         lines += [f"{k} = {v!r}" for k, v in stream.items()]
@@ -104,5 +105,6 @@ def run_syncd(*args: str, timeout: float = 120, check: bool = True) -> subproces
     proc = subprocess.run(syncd_cmd(*args), capture_output=True, text=True, timeout=timeout,
                           cwd=REPO)
     if check and proc.returncode != 0:
-        raise AssertionError(f"syncd {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"syncd {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

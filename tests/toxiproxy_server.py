@@ -54,7 +54,7 @@ class ApiError(Exception):
         self.status = status
 
 
-@dataclass
+@dataclass(eq=False)
 class Toxic:
     name: str
     type: str
@@ -84,7 +84,7 @@ class Pipe:
         self.queue: asyncio.Queue[object] = asyncio.Queue(maxsize=16)
         self.wake = asyncio.Event()
         self.sent: dict[int, int] = {}  # limit_data toxic serial -> bytes let through
-        self._get: asyncio.Future[object] | None = None
+        self._get: asyncio.Future[Any] | None = None
 
     async def read(self) -> None:
         try:
@@ -94,14 +94,16 @@ class Pipe:
             pass
         await self.queue.put(_EOF)
 
-    async def next(self, timeout: float | None = None) -> object:
+    async def next(self, within: float | None = None) -> object:
         """The next (timestamp, bytes) chunk, _EOF, or _WAKE when toxics changed / timed out."""
         if self._get is None:
             self._get = asyncio.ensure_future(self.queue.get())
-        waker = asyncio.ensure_future(self.wake.wait())
-        done, _ = await asyncio.wait({self._get, waker}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        waker.cancel()
+        waker: asyncio.Future[Any] = asyncio.ensure_future(self.wake.wait())
+        try:
+            done, _ = await asyncio.wait({self._get, waker}, timeout=within,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
         if self._get in done:
             item, self._get = self._get.result(), None
             return item
@@ -112,6 +114,9 @@ class Pipe:
             await self._run()
         except (ConnectionError, OSError):
             self.link.close()
+        finally:
+            if self._get is not None:
+                self._get.cancel()
 
     async def _run(self) -> None:
         while True:
@@ -171,12 +176,12 @@ class Pipe:
     async def _timeout(self, toxic: Toxic) -> None:
         """Drop everything; close when the timeout fires or the toxic goes away."""
         deadline = time.monotonic() + toxic.ms("timeout") if toxic.ms("timeout") > 0 else None
-        while toxic in self.link.toxics(self.direction):
+        while any(t is toxic for t in self.link.toxics(self.direction)):
             self.wake.clear()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            item = await self.next(timeout=left)
+            item = await self.next(within=left)
             if item is _EOF:
                 break
         self.link.close()
@@ -322,6 +327,11 @@ class ToxiproxyServer:
             self._api.close()
         for proxy in list(self.proxies.values()):
             await proxy.stop()
+        current = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not current]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -347,7 +357,10 @@ class ToxiproxyServer:
 
     async def handle(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         parts = [unquote(p) for p in path.strip("/").split("/")]
-        data = json.loads(body) if body.strip() else {}
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            raise ApiError(400, f"bad request body: {exc}") from exc
         match method, parts:
             case "GET", ["version"]:
                 return 200, {"version": VERSION}

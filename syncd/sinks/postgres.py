@@ -78,13 +78,16 @@ class TargetTable:
         return f"{qi(self.schema)}.{qi(self.name)}"
 
     def convert_row(self, values: Sequence[Any]) -> tuple[Any, ...]:
-        out = []
+        try:
+            return tuple([conv(v) for conv, v in zip(self.converters, values, strict=True)])
+        except RowError:
+            pass
         for col, conv, v in zip(self.columns, self.converters, values, strict=True):
             try:
-                out.append(conv(v))
-            except RowError as exc:
+                conv(v)
+            except RowError as exc:  # name the column
                 raise RowError(f"column {col.name!r}: {exc.message}", column=col.name) from None
-        return tuple(out)
+        raise AssertionError("unreachable")
 
     def convert_key(self, key: Sequence[Any]) -> tuple[Any, ...]:
         out = []
@@ -266,7 +269,8 @@ class PostgresSink:
 
     # --- snapshot -----------------------------------------------------------------------
 
-    async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult:
+    def prepare_chunk(self, chunk: Chunk) -> tuple[list[tuple[Any, ...]], list[Reject]]:
+        """Convert a chunk's rows (pure: safe on the source's reading thread)."""
         tt = self.tables[chunk.object]
         good: list[tuple[Any, ...]] = []
         rejects: list[Reject] = []
@@ -277,6 +281,12 @@ class PostgresSink:
             except RowError as exc:
                 rejects.append(Reject(tt.name, [raw[i] for i in pk_idx],
                                       dict(zip(chunk.columns, raw, strict=True)), exc.message))
+        return good, rejects
+
+    async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult:
+        tt = self.tables[chunk.object]
+        good, rejects = chunk.prepared if chunk.prepared is not None else self.prepare_chunk(chunk)
+        pk_idx = [tt.source.target_columns.index(k) for k in tt.source.pk]
         self._check_strict(rejects)
         names = [c.name for c in tt.columns]
         async with guarded(f"copying into {tt.qualified}"), self.conn.transaction():

@@ -161,30 +161,36 @@ class SqliteSource:
             where = "" if first else f"WHERE ({order}) > ({', '.join('?' for _ in table.pk)})"
         return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order} LIMIT ?"
 
-    def _read_chunk(self, table: Table, after: Key | None, rows: int) -> list[tuple[Any, ...]]:
+    def _read_chunk(self, table: Table, after: Key | None, rows: int,
+                    prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
         sql = self._chunk_sql(table, after is None)
         params = (*(after or ()), rows)
-        return self._conn.execute(sql, params).fetchall()
-
-    async def snapshot_chunks(self, obj: str, after: Key | None, rows: int) -> AsyncIterator[Chunk]:
-        """Chunks in key order; the next chunk is read while the caller writes this one."""
-        table = self.tables[obj]
+        batch = self._conn.execute(sql, params).fetchall()
+        if not batch:
+            return None
         columns = table.target_columns
-        pk_idx = [columns.index(k) for k in table.pk]
-        if table.rowid_key and not table.synthetic_key:
-            pk_idx = [columns.index(table.pk[0])]
-        next_read = asyncio.ensure_future(self._call(self._read_chunk, table, after, rows))
+        last_key: Key = tuple(batch[-1][columns.index(k)] for k in table.pk)
+        chunk = Chunk(table.name, columns, batch, last_key)
+        if prepare is not None:
+            chunk = Chunk(table.name, columns, batch, last_key, prepared=prepare(chunk))
+        return chunk
+
+    async def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
+                              prepare: Callable[[Chunk], Any] | None = None) -> AsyncIterator[Chunk]:
+        """Chunks in key order; the next chunk is read (and prepared) while the caller writes this one."""
+        table = self.tables[obj]
+        next_read = asyncio.ensure_future(self._call(self._read_chunk, table, after, rows, prepare))
         try:
             while True:
-                batch = await next_read
-                if not batch:
+                chunk = await next_read
+                if chunk is None:
                     return
-                last = batch[-1]
-                last_key: Key = tuple(last[i] for i in pk_idx)
-                if len(batch) == rows:
-                    next_read = asyncio.ensure_future(self._call(self._read_chunk, table, last_key, rows))
-                yield Chunk(obj, columns, batch, last_key)
-                if len(batch) < rows:
+                full = len(chunk.rows) == rows
+                if full:
+                    next_read = asyncio.ensure_future(
+                        self._call(self._read_chunk, table, chunk.last_key, rows, prepare))
+                yield chunk
+                if not full:
                     return
         finally:
             if not next_read.done():

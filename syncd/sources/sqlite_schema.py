@@ -74,7 +74,7 @@ class Table:
     def target_columns(self) -> tuple[str, ...]:
         """Columns as written to the target, synthetic key first."""
         names = self.column_names
-        return ((ROWID_COLUMN,) + names) if self.synthetic_key else names
+        return (ROWID_COLUMN, *names) if self.synthetic_key else names
 
     def signature(self) -> str:
         """Changes when columns change: triggers must then be rebuilt."""

@@ -119,6 +119,18 @@ def test_busy_suspends_the_staleness_limit_until_its_own(clock: Clock) -> None:
         assert live.healthy()
 
 
+def test_observe_beats_on_every_status_and_forgets_ended_streams(clock: Clock) -> None:
+    live = Liveness(stale_after=10, clock=clock)
+    live.observe(streaming("a"))
+    live.observe(StreamStatus(name="b", phase=Phase.SNAPSHOT))
+    clock.now += 11
+    live.observe(streaming("a"))
+    assert live.stuck() == {"b": "no heartbeat for 11.0 s (limit 10 s)"}
+    live.observe(StreamStatus(name="b", phase=Phase.FAILED, last_error="boom"))
+    assert live.healthy()
+    assert list(live.ages()) == ["a"]
+
+
 def test_liveness_rejects_a_non_positive_limit() -> None:
     with pytest.raises(ValueError, match="stale_after"):
         Liveness(stale_after=0)

@@ -141,7 +141,8 @@ def test_bound_context_is_added() -> None:
 
 
 def test_bad_level_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"^log\.level: expected one of debug, info"):
+    with pytest.raises(ConfigError, match=r"^log level \(--log-level, SYNCD_LOG_LEVEL\): expected "
+                                          r"one of debug, info, warning, error, critical, got 'loud'"):
         logs.configure("loud")
 
 
