@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from typing import Any
 
 from syncd import supervisor
@@ -92,14 +93,35 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
     return out
 
 
+def daemon_status(cfg: Config, timeout: float = 2.0) -> list[dict[str, Any]] | None:
+    """The running daemon's own view (its /status), or None when it does not answer."""
+    listen = cfg.health.listen
+    if not listen or listen.endswith(":0"):
+        return None
+    host, _, port = listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=timeout) as resp:
+            data = json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+    streams = data.get("streams") if isinstance(data, dict) else None
+    if not isinstance(streams, list):
+        return None
+    for s in streams:
+        s["daemon"] = "running"
+    return streams
+
+
 async def status(cfg: Config, *, as_json: bool) -> int:
-    streams = await stored_status(cfg)
+    streams = await asyncio.to_thread(daemon_status, cfg) or await stored_status(cfg)
     if as_json:
         print(json.dumps({"streams": streams}, indent=2))
         return 0
     for s in streams:
         print(f"{s['name']}: {s['phase']}, checkpoint {s['checkpoint']} of {s['source_position']}, "
-              f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects")
+              f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects "
+              f"(daemon {s.get('daemon', 'not running')})")
     return 0
 
 
