@@ -9,7 +9,9 @@
     │   └── StrictModeStop          strict = true and a row was rejected
     ├── RetryableError              passes by itself: retried with backoff
     │   ├── TargetUnavailable       PostgreSQL refused / lost the connection
-    │   └── SourceBusy              SQLite "database is locked"
+    │   ├── SourceBusy              SQLite "database is locked"
+    │   ├── SourceUnavailable       a source server (Chroma) is unreachable
+    │   └── LogGap                  the source purged changes syncd had not read: reconcile
     └── RowError                    one row cannot be written: goes to the reject table
 
 Adapters translate driver errors (asyncpg, sqlite3, chromadb) at their edge with
@@ -76,6 +78,15 @@ class TargetUnavailable(RetryableError):
 
 class SourceBusy(RetryableError):
     """SQLite answered 'database is locked'."""
+
+
+class SourceUnavailable(RetryableError):
+    """A source server (Chroma over HTTP) is unreachable or answered with a server error."""
+
+
+class LogGap(RetryableError):
+    """The source's log lost changes after the checkpoint (Chroma purged them); the stream
+    reconciles that object from the source's current contents, then goes on."""
 
 
 class RowError(SyncdError):

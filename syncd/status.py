@@ -31,6 +31,10 @@ class StreamStatus:
     snapshot_copied: int = 0
     snapshot_total: int | None = None
     snapshot_eta_seconds: float | None = None
+    snapshot_object: str | None = None
+    """The table / collection being copied now, with its own progress."""
+    snapshot_object_copied: int = 0
+    snapshot_object_total: int | None = None
     last_checkpoint_at: float | None = None
     updated_at: float = 0.0
 

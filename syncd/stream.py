@@ -185,6 +185,8 @@ class Stream:
             if obj in state.done:
                 continue
             after = decode_key(state.last_key[obj]) if obj in state.last_key else None
+            self._publish(snapshot_object=obj, snapshot_object_copied=state.copied.get(obj, 0),
+                          snapshot_object_total=max(totals[obj], state.copied.get(obj, 0)))
             chunks = self.source.snapshot_chunks(obj, after, self.options.chunk_rows,
                                                  prepare=self.sink.prepare_chunk)
             async for chunk in chunks:
@@ -201,7 +203,9 @@ class Stream:
                 eta = (total - copied) / speed if speed > 0 else None
                 self._publish(snapshot_copied=copied, rows_per_second=speed,
                               snapshot_eta_seconds=eta, degraded=False, last_error=None,
-                              applied=self.status.applied + result.applied)
+                              applied=self.status.applied + result.applied,
+                              snapshot_object_copied=state.copied[obj],
+                              snapshot_object_total=max(totals[obj], state.copied[obj]))
                 log.debug("chunk", stream=self.name, table=obj, rows=len(chunk.rows),
                           copied=copied, total=total)
                 if self.on_chunk:
@@ -213,7 +217,7 @@ class Stream:
         log.info("snapshot done", stream=self.name, rows=sum(state.copied.values()),
                  seconds=round(time.monotonic() - started, 2))
         self._publish(phase=Phase.CATCH_UP, snapshot_copied=sum(state.copied.values()),
-                      snapshot_eta_seconds=0.0)
+                      snapshot_eta_seconds=0.0, snapshot_object=None)
         return True
 
     async def _stream(self, stop: asyncio.Event, position: Position, until_caught_up: bool) -> None:

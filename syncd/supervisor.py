@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
-from syncd import killpoints
+from syncd import killpoints, progress
 from syncd.config import Config
 from syncd.errors import FatalError, SyncdError
 from syncd.health import Liveness, serve, tick
@@ -170,6 +170,7 @@ async def run(config: Config, *, until_caught_up: bool = False, install_signals:
                                  max_lag_seconds=config.health.max_lag_seconds)
         await sup.start()
         duties.append(asyncio.create_task(tick(liveness), name="syncd-tick"))
+        duties.append(asyncio.create_task(progress.show(sup.statuses), name="syncd-progress"))
         duties.append(asyncio.create_task(watchdog_loop(
             notifier, watchdog_interval(env), status=lambda: summarize(sup.statuses()),
             healthy=liveness.healthy), name="syncd-watchdog"))
