@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,33 @@ async def connect(target: Target, dsn: str) -> asyncpg.Connection:
             raise
         raise translate(exc, f"connecting to {describe_dsn(dsn)}") from None
     return conn
+
+
+_CONNECTION_LOST = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """``conn.transaction()``, except that a connection which stopped answering is dropped.
+
+    When a statement times out (``command_timeout``), asyncpg cancels it, and the ROLLBACK
+    of ``async with conn.transaction()`` then waits up to another ``command_timeout`` for the
+    server to acknowledge the cancellation, which a hung network never does. Terminating
+    the connection instead (the server rolls back when it goes) reports a hang after one
+    ``command_timeout``, and with its own error rather than the rollback's.
+    """
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        yield
+    except BaseException as exc:
+        if not conn.is_closed():
+            if isinstance(exc, _CONNECTION_LOST):
+                conn.terminate()
+            else:
+                await tx.rollback()
+        raise
+    await tx.commit()
 
 
 def resolve_dsn(target: Target, state_dir: Path) -> str:

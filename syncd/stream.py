@@ -27,6 +27,9 @@ from syncd.status import StreamStatus
 
 log = structlog.get_logger("syncd.stream")
 
+IDLE_PING_SECONDS = 5.0
+"""While no change arrives, the sink is still checked this often."""
+
 
 class StreamSource(Protocol):
     async def head(self) -> Position: ...
@@ -48,6 +51,7 @@ class StreamSink(Protocol):
     async def finish_snapshot(self, stream: str, state: SnapshotState) -> None: ...
     async def apply(self, stream: str, batch: Batch) -> ApplyResult: ...
     async def after_catch_up(self, stream: str) -> None: ...
+    async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -223,12 +227,13 @@ class Stream:
     async def _stream(self, stop: asyncio.Event, position: Position, until_caught_up: bool) -> None:
         assert self.sink is not None
         self._publish(checkpoint=position.offset, degraded=False)
-        last_prune = 0.0
+        last_prune = last_contact = time.monotonic()
         while not stop.is_set():
             batch = await self.source.changes(position, self.options.batch_size)
             if batch.position > position:
                 result = await self.sink.apply(self.name, batch)
                 position = batch.position
+                last_contact = time.monotonic()
                 self._publish(checkpoint=position.offset, applied=self.status.applied + result.applied,
                               rows_per_second=self._rate(len(batch)), last_checkpoint_at=time.time(),
                               degraded=False, last_error=None)
@@ -246,6 +251,9 @@ class Stream:
             if until_caught_up:
                 return
             now = time.monotonic()
+            if now - last_contact >= IDLE_PING_SECONDS:
+                await self.sink.ping()  # an outage shows in health even when nothing changes
+                last_contact = now
             if now - last_prune >= self.options.prune_interval:
                 pruned = await self.source.prune(position)
                 if pruned:

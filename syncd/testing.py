@@ -140,6 +140,9 @@ class MemorySink:
     async def after_catch_up(self, stream: str) -> None:
         pass
 
+    async def ping(self) -> None:
+        self._maybe_fail()
+
     async def close(self) -> None:
         self.closed = True
 

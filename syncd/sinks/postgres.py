@@ -20,7 +20,7 @@ from syncd.config import Target
 from syncd.errors import FatalError, RowError, SchemaError, StrictModeStop, SyncdError
 from syncd.mapping import ColumnMap, Converter, can_hold, converter, pg_type_for
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
-from syncd.pg import translate
+from syncd.pg import transaction, translate
 from syncd.ports import ApplyResult, Chunk
 from syncd.sinks import pgstate
 from syncd.sinks.pgstate import Reject
@@ -139,6 +139,10 @@ class PostgresSink:
         self.strict = strict
         self.on_reject = on_reject
 
+    async def ping(self) -> None:
+        async with guarded("checking the target"):
+            await self.conn.fetchval("SELECT 1")
+
     async def close(self) -> None:
         from syncd.pg import close_quietly
 
@@ -252,7 +256,7 @@ class PostgresSink:
             return await pgstate.load_checkpoint(self.conn, stream)
 
     async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
-        async with guarded("starting the snapshot"), self.conn.transaction():
+        async with guarded("starting the snapshot"), transaction(self.conn):
             for tt in self.tables.values():
                 if tt.source.name in state.done or tt.source.name in state.last_key:
                     continue
@@ -289,7 +293,7 @@ class PostgresSink:
         pk_idx = [tt.source.target_columns.index(k) for k in tt.source.pk]
         self._check_strict(rejects)
         names = [c.name for c in tt.columns]
-        async with guarded(f"copying into {tt.qualified}"), self.conn.transaction():
+        async with guarded(f"copying into {tt.qualified}"), transaction(self.conn):
             await self._copy_isolating(tt, names, good, pk_idx, chunk.columns, rejects)
             self._check_strict(rejects)
             await pgstate.insert_rejects(self.conn, stream, rejects)
@@ -303,7 +307,7 @@ class PostgresSink:
         if not rows:
             return
         try:
-            async with self.conn.transaction():
+            async with transaction(self.conn):
                 await self.conn.copy_records_to_table(
                     tt.name, records=rows, columns=names, schema_name=tt.schema)
         except Exception as exc:
@@ -324,14 +328,14 @@ class PostgresSink:
         prepared, rejects = self._prepare(batch.changes)
         self._check_strict(rejects)
         try:
-            async with self.conn.transaction():
+            async with transaction(self.conn):
                 await self._apply_runs(prepared)
                 await self._finish_batch(stream, batch, prepared, rejects)
         except Exception as exc:
             err = translate(exc, "applying changes")
             if not isinstance(err, RowError):
                 raise err from exc
-            async with guarded("applying changes one by one"), self.conn.transaction():
+            async with guarded("applying changes one by one"), transaction(self.conn):
                 applied = await self._apply_one_by_one(prepared, rejects)
                 self._check_strict(rejects)
                 await self._finish_batch(stream, batch, applied, rejects)
@@ -380,7 +384,7 @@ class PostgresSink:
         applied = []
         for tt, ch, args in prepared:
             try:
-                async with self.conn.transaction():
+                async with transaction(self.conn):
                     await self.conn.execute(tt.delete_sql if ch.op is Op.DELETE else tt.upsert_sql, *args)
                 applied.append((tt, ch, args))
             except Exception as exc:
