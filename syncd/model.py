@@ -168,3 +168,5 @@ class Checkpoint:
 
     position: Position
     snapshot: SnapshotState | None
+    source_id: str | None = None
+    """Which change log the position counts in (changes when capture is reinstalled)."""

@@ -34,7 +34,8 @@ def translate(exc: BaseException, where: str) -> SyncdError:
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         return FatalError(f"{where}: {exc}; grant the privilege to syncd's user")
     if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError | asyncpg.PostgresConnectionError
-                  | asyncpg.InterfaceError | ConnectionError) or state in _RETRY_STATES:
+                  | asyncpg.InterfaceError | ConnectionError | asyncpg.exceptions.InternalClientError
+                  ) or state in _RETRY_STATES:
         text = str(exc) or type(exc).__name__
         return TargetUnavailable(f"{where}: PostgreSQL unreachable: {text}")
     if isinstance(state, str) and state[:2] in _ROW_CLASSES:
@@ -86,6 +87,21 @@ async def transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
                 await tx.rollback()
         raise
     await tx.commit()
+
+
+async def try_replica_role(conn: asyncpg.Connection) -> bool:
+    """Set ``session_replication_role = replica`` for syncd's session, if allowed.
+
+    Then PostgreSQL fires no triggers for syncd's writes: foreign-key checks and cascades
+    (the source already applied its own, and they arrive as changes, in the source's order)
+    and user triggers (so reverse capture does not see them). Needs superuser, or on
+    PostgreSQL 15+ ``GRANT SET ON PARAMETER session_replication_role``.
+    """
+    try:
+        await conn.execute("SET session_replication_role = replica")
+    except (asyncpg.InsufficientPrivilegeError, asyncpg.CantChangeRuntimeParamError):
+        return False
+    return True
 
 
 def resolve_dsn(target: Target, state_dir: Path) -> str:

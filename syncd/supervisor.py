@@ -13,21 +13,25 @@ import contextlib
 import os
 import signal
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from syncd import killpoints, progress
 from syncd.config import Config
-from syncd.errors import FatalError, SyncdError
+from syncd.errors import FatalError, RetryableError, SyncdError
 from syncd.health import Liveness, serve, tick
 from syncd.model import Phase
 from syncd.notify import Notifier, summarize, watchdog_interval, watchdog_loop
-from syncd.pg import close_quietly, connect, resolve_dsn
+from syncd.pg import close_quietly, connect, resolve_dsn, try_replica_role
 from syncd.sinks import pgstate
 from syncd.sinks.postgres import PostgresSink
 from syncd.sources.sqlite import SqliteSource
 from syncd.status import StreamStatus
 from syncd.stream import Stream, StreamSink
+
+if TYPE_CHECKING:
+    from syncd.chroma_streams import ChromaStreams
 
 log = structlog.get_logger("syncd.supervisor")
 
@@ -39,40 +43,51 @@ async def target_dsn(config: Config) -> str:
     return await asyncio.to_thread(resolve_dsn, config.target, config.state_dir)
 
 
-async def open_sqlite_stream(config: Config, dsn: str, liveness: Liveness | None = None
-                             ) -> tuple[Stream, SqliteSource]:
+async def open_sqlite_source(config: Config, stop: asyncio.Event) -> SqliteSource | None:
+    """Open the SQLite source, waiting out "database is locked" (None if stopped meanwhile)."""
     assert config.sqlite is not None
-    source = await SqliteSource.open(config.sqlite)
-    rejects = 0
-    try:
-        conn = await connect(config.target, dsn)
+    attempt = 0
+    while True:
         try:
-            if await pgstate.has_state(conn):
-                rejects = await pgstate.count_rejects(conn, SQLITE_STREAM)
-        finally:
-            await close_quietly(conn)
-    except BaseException:
-        await source.close()
-        raise
+            return await SqliteSource.open(config.sqlite)
+        except RetryableError as exc:
+            attempt += 1
+            delay = min(config.stream.retry_max_seconds, 0.2 * 2 ** attempt)
+            log.warning("retrying", stream=SQLITE_STREAM, error=str(exc), attempt=attempt, delay=delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return None
 
+
+def sqlite_stream(config: Config, dsn: str, source: SqliteSource,
+                  liveness: Liveness | None = None) -> Stream:
     stream: Stream
+    replica_warned = False
 
     async def open_sink() -> StreamSink:
+        nonlocal replica_warned
         conn = await connect(config.target, dsn)
         try:
             tables = await PostgresSink.prepare(conn, SQLITE_STREAM, list(source.tables.values()),
                                                 config.target)
+            stream.count_rejects(await pgstate.count_rejects(conn, SQLITE_STREAM) - stream.status.rejects)
+            if not await try_replica_role(conn) and not replica_warned:
+                replica_warned = True
+                log.warning("not allowed to set session_replication_role: foreign keys syncd creates "
+                            "are deferred to commit, and target triggers fire for syncd's writes")
         except BaseException:
             await close_quietly(conn)
             raise
-        return PostgresSink(conn, tables, strict=config.target.strict, on_reject=stream.count_rejects)
+        return PostgresSink(conn, tables, strict=config.target.strict, on_reject=stream.count_rejects,
+                            source_id=source.source_id)
 
     kill = killpoints.from_environment()
-    stream = Stream(SQLITE_STREAM, source, open_sink, config.stream, rejects=rejects,
+    stream = Stream(SQLITE_STREAM, source, open_sink, config.stream,
                     on_chunk=kill.get("chunk"), on_batch=kill.get("batch"),
                     on_progress=liveness.observe if liveness else None,
                     busy=liveness.busy if liveness else None)
-    return stream, source
+    return stream
 
 
 class Supervisor:
@@ -88,20 +103,31 @@ class Supervisor:
         self._sources: list[SqliteSource] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.dsn = ""
+        self.chroma: ChromaStreams | None = None  # the Chroma streams follow the catalog themselves
+        self._chroma_task: asyncio.Task[None] | None = None
 
     def statuses(self) -> Sequence[StreamStatus]:
-        return [s.status for s in self.streams]
+        return [s.status for s in self.streams] + (self.chroma.statuses() if self.chroma else [])
 
     async def start(self) -> None:
         self.dsn = await target_dsn(self.config)
         if self.config.sqlite is not None:
-            stream, source = await open_sqlite_stream(self.config, self.dsn, self.liveness)
-            self.streams.append(stream)
+            source = await open_sqlite_source(self.config, self.stop_event)
+            if source is None:
+                return
+            self.streams.append(sqlite_stream(self.config, self.dsn, source, self.liveness))
             self._sources.append(source)
-        if not self.streams:
-            raise FatalError("no stream to run: configure [source.sqlite]")
+        if self.config.chroma is not None:
+            from syncd.chroma_streams import open_chroma_streams
+
+            self.chroma = await open_chroma_streams(self.config, self.dsn, self.liveness)
+        if not self.streams and self.chroma is None:
+            raise FatalError("no stream to run: configure [source.sqlite] or [source.chroma]")
         self._tasks = [asyncio.create_task(s.run(self.stop_event, until_caught_up=self.until_caught_up),
                                            name=s.name) for s in self.streams]
+        if self.chroma is not None:
+            self._chroma_task = asyncio.create_task(
+                self.chroma.run(self.stop_event, until_caught_up=self.until_caught_up), name="chroma")
 
     def request_stop(self) -> None:
         """Stop intake; each stream finishes the batch it is applying."""
@@ -111,6 +137,8 @@ class Supervisor:
         """Cancel at once; open transactions roll back."""
         for t in self._tasks:
             t.cancel()
+        if self._chroma_task is not None:
+            self._chroma_task.cancel()
 
     async def wait(self) -> int:
         """Wait for every stream to end; close the sources; return the exit code."""
@@ -126,14 +154,25 @@ class Supervisor:
                 elif isinstance(r, BaseException):
                     failed = True
                     log.error("stream crashed", stream=s.name, error=repr(r))
+            if self._chroma_task is not None:
+                (r,) = await asyncio.gather(self._chroma_task, return_exceptions=True)
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    failed = True
+                    text = str(r) if isinstance(r, SyncdError) else repr(r)
+                    log.error("chroma streams stopped", error=text)
+                    print(f"syncd: chroma streams stopped: {r}")
         finally:
             for src in self._sources:
                 with contextlib.suppress(Exception):
                     await src.close()
-        if failed or any(s.status.phase is Phase.FAILED for s in self.streams):
-            for s in self.streams:
-                if s.status.phase is Phase.FAILED:
-                    print(f"syncd: stream {s.name} stopped: {s.status.last_error}")
+            if self.chroma is not None:
+                with contextlib.suppress(Exception):
+                    await self.chroma.close()
+        statuses = self.statuses()
+        if failed or any(s.phase is Phase.FAILED for s in statuses):
+            for st in statuses:
+                if st.phase is Phase.FAILED:
+                    print(f"syncd: stream {st.name} stopped: {st.last_error}")
             return 1
         return 0
 

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.checkpoints (
     snapshot   jsonb,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE {STATE_SCHEMA}.checkpoints ADD COLUMN IF NOT EXISTS source_id text;
 CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.rejects (
     id          bigserial PRIMARY KEY,
     stream      text NOT NULL,
@@ -80,21 +81,24 @@ async def ensure(conn: asyncpg.Connection) -> None:
 
 async def load_checkpoint(conn: asyncpg.Connection, stream: str) -> Checkpoint | None:
     row = await conn.fetchrow(
-        f"SELECT position, snapshot FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1", stream)
+        f"SELECT position, snapshot, source_id FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1", stream)
     if row is None:
         return None
     snap = SnapshotState.from_json(json.loads(row["snapshot"])) if row["snapshot"] else None
-    return Checkpoint(position=Position(row["position"]), snapshot=snap)
+    return Checkpoint(position=Position(row["position"]), snapshot=snap, source_id=row["source_id"])
 
 
 async def save_checkpoint(conn: asyncpg.Connection, stream: str, position: Position,
-                          snapshot: SnapshotState | None) -> None:
+                          snapshot: SnapshotState | None, source_id: str | None = None) -> None:
+    """Upsert the checkpoint; *source_id* names the source's change log (capture generation)."""
     await conn.execute(
-        f"""INSERT INTO {STATE_SCHEMA}.checkpoints (stream, position, snapshot, updated_at)
-            VALUES ($1, $2, $3::jsonb, now())
+        f"""INSERT INTO {STATE_SCHEMA}.checkpoints (stream, position, snapshot, source_id, updated_at)
+            VALUES ($1, $2, $3::jsonb, $4, now())
             ON CONFLICT (stream) DO UPDATE
-            SET position = EXCLUDED.position, snapshot = EXCLUDED.snapshot, updated_at = now()""",
-        stream, position.offset, json.dumps(snapshot.to_json()) if snapshot else None)
+            SET position = EXCLUDED.position, snapshot = EXCLUDED.snapshot,
+                source_id = coalesce(EXCLUDED.source_id, {STATE_SCHEMA}.checkpoints.source_id),
+                updated_at = now()""",
+        stream, position.offset, json.dumps(snapshot.to_json()) if snapshot else None, source_id)
 
 
 async def insert_rejects(conn: asyncpg.Connection, stream: str, rejects: Sequence[Reject]) -> None:

@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 
 from syncd.config import Target
-from syncd.errors import FatalError, RowError, SchemaError, StrictModeStop, SyncdError
+from syncd.errors import CaptureError, FatalError, RowError, SchemaError, StrictModeStop, SyncdError
 from syncd.mapping import ColumnMap, Converter, can_hold, converter, pg_type_for
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.pg import transaction, translate
@@ -56,6 +56,13 @@ class TargetTable:
     key_converters: tuple[Converter, ...] = field(default_factory=tuple)
     upsert_sql: str = ""
     delete_sql: str = ""
+    unique_deletes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Per source UNIQUE index: delete rows holding the new row's unique value under another key.
+
+    SQLite's INSERT OR REPLACE removes such a row without firing its DELETE trigger (unless
+    the app enabled recursive_triggers), so the log never says so. In the source no other row
+    can hold the value at that point, so any such row in the target is stale.
+    """
 
     def __post_init__(self) -> None:
         self.converters = tuple(converter(c.pg_type) for c in self.columns)
@@ -72,6 +79,17 @@ class TargetTable:
         self.upsert_sql = f"INSERT INTO {qt} ({cols}) VALUES ({params}) ON CONFLICT ({pk}) {action}"
         where = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, 1))
         self.delete_sql = f"DELETE FROM {qt} WHERE {where}"
+        deletes = []
+        for idx in self.source.indexes:
+            if not idx.unique or not set(idx.columns) <= set(names) or set(idx.columns) == set(self.source.pk):
+                continue
+            by = [*idx.columns, *self.source.pk]
+            n = len(idx.columns)
+            same = " AND ".join(f"{qi(c)} = ${i}" for i, c in enumerate(idx.columns, 1))
+            other = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, n + 1))
+            deletes.append((f"DELETE FROM {qt} WHERE {same} AND NOT ({other})",
+                            tuple(names.index(c) for c in by)))
+        self.unique_deletes = tuple(deletes)
 
     @property
     def qualified(self) -> str:
@@ -133,8 +151,9 @@ class PostgresSink:
     """Writes one SQLite database's tables into PostgreSQL."""
 
     def __init__(self, conn: asyncpg.Connection, tables: Sequence[TargetTable], *, strict: bool,
-                 on_reject: Callable[[int], None] | None = None) -> None:
+                 on_reject: Callable[[int], None] | None = None, source_id: str | None = None) -> None:
         self.conn = conn
+        self.source_id = source_id
         self.tables = {t.source.name: t for t in tables}
         self.strict = strict
         self.on_reject = on_reject
@@ -231,7 +250,8 @@ class PostgresSink:
                     if action and action.upper() not in ("NO ACTION", "NONE"))
                 sql = (f"ALTER TABLE {tt.qualified} ADD CONSTRAINT {qi(cname)} FOREIGN KEY "
                        f"({', '.join(qi(c) for c in fk.columns)}) REFERENCES {ref.qualified} "
-                       f"({', '.join(qi(c) for c in fk.ref_columns)}){actions} NOT VALID")
+                       f"({', '.join(qi(c) for c in fk.ref_columns)}){actions} "
+                       "DEFERRABLE INITIALLY DEFERRED NOT VALID")
                 if await self._best_effort(sql, f"foreign key {cname}"):
                     await self._best_effort(
                         f"ALTER TABLE {tt.qualified} VALIDATE CONSTRAINT {qi(cname)}",
@@ -253,7 +273,13 @@ class PostgresSink:
 
     async def load_checkpoint(self, stream: str) -> Checkpoint | None:
         async with guarded("reading the checkpoint"):
-            return await pgstate.load_checkpoint(self.conn, stream)
+            cp = await pgstate.load_checkpoint(self.conn, stream)
+        if cp is not None and cp.source_id and self.source_id and cp.source_id != self.source_id:
+            raise CaptureError(
+                f"capture in the source was reinstalled since stream {stream!r} checkpointed (its "
+                "changelog restarted, so positions no longer match): copy again — TRUNCATE the synced "
+                f"tables and DELETE FROM syncd.checkpoints WHERE stream = '{stream}' — then `syncd run`")
+        return cp
 
     async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
         async with guarded("starting the snapshot"), transaction(self.conn):
@@ -264,12 +290,12 @@ class PostgresSink:
                     raise SchemaError(
                         f"target table {tt.schema}.{tt.name} already has rows, and syncd copies into "
                         f"empty tables; empty it (TRUNCATE {tt.qualified}) and run again")
-            await pgstate.save_checkpoint(self.conn, stream, state.start, state)
+            await pgstate.save_checkpoint(self.conn, stream, state.start, state, self.source_id)
 
     async def finish_snapshot(self, stream: str, state: SnapshotState) -> None:
         state.complete = True
         async with guarded("finishing the snapshot"):
-            await pgstate.save_checkpoint(self.conn, stream, state.start, state)
+            await pgstate.save_checkpoint(self.conn, stream, state.start, state, self.source_id)
 
     # --- snapshot -----------------------------------------------------------------------
 
@@ -297,7 +323,7 @@ class PostgresSink:
             await self._copy_isolating(tt, names, good, pk_idx, chunk.columns, rejects)
             self._check_strict(rejects)
             await pgstate.insert_rejects(self.conn, stream, rejects)
-            await pgstate.save_checkpoint(self.conn, stream, state.start, state)
+            await pgstate.save_checkpoint(self.conn, stream, state.start, state, self.source_id)
         self._count(rejects)
         return ApplyResult(applied=len(chunk.rows) - len(rejects), rejected=len(rejects))
 
@@ -376,6 +402,9 @@ class PostgresSink:
                     break
                 args.append(aj)
                 j += 1
+            if ch.op is not Op.DELETE:
+                for dsql, idxs in tt.unique_deletes:
+                    await self.conn.executemany(dsql, [tuple(a[k] for k in idxs) for a in args])
             await self.conn.executemany(sql, args)
             i = j
 
@@ -385,6 +414,9 @@ class PostgresSink:
         for tt, ch, args in prepared:
             try:
                 async with transaction(self.conn):
+                    if ch.op is not Op.DELETE:
+                        for dsql, idxs in tt.unique_deletes:
+                            await self.conn.execute(dsql, *(args[k] for k in idxs))
                     await self.conn.execute(tt.delete_sql if ch.op is Op.DELETE else tt.upsert_sql, *args)
                 applied.append((tt, ch, args))
             except Exception as exc:
@@ -414,7 +446,7 @@ class PostgresSink:
                     by_table.setdefault(name, []).append(key)
             for name, keys in by_table.items():
                 await pgstate.resolve_rejects(self.conn, stream, name, keys)
-        await pgstate.save_checkpoint(self.conn, stream, batch.position, None)
+        await pgstate.save_checkpoint(self.conn, stream, batch.position, None, self.source_id)
 
     async def _has_open_rejects(self, stream: str) -> bool:
         return bool(await self.conn.fetchval(

@@ -42,6 +42,8 @@ def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
                                isolation_level=None, check_same_thread=False)
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise SourceBusy(f"SQLite database {path}: {exc}") from exc
         raise SourceError(f"SQLite database {path}: {exc} (source.sqlite.path)") from exc
     return conn
 
@@ -68,6 +70,7 @@ class SqliteSource:
         self._woken = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watch = asyncio.Event()
+        self.source_id: str | None = None
 
     @classmethod
     async def open(cls, config: SqliteConfig, *, check_capture: bool = True) -> SqliteSource:
@@ -94,7 +97,10 @@ class SqliteSource:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(config, conn, tables, executor)
+        source = cls(config, conn, tables, executor)
+        if check_capture:
+            source.source_id = await source._call(capture.generation, conn)
+        return source
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -2,8 +2,8 @@
 
 The triggers run inside the app's own transaction, so a change is logged if and
 only if it commits. Row images are JSON objects; values JSON cannot carry
-exactly are tagged: a REAL is ``["r", quote(x)]`` (20 significant digits, exact
-round trip; ``json_object`` alone keeps 15) and a BLOB is ``["b", hex(x)]``.
+exactly are tagged: a REAL is ``["r", printf('%!.20e', x)]`` (21 significant digits,
+exact round trip; ``json_object`` and ``quote`` may keep 15) and a BLOB is ``["b", hex(x)]``.
 Tables wider than 60 columns are imaged in parts merged with ``json_patch``,
 which leaves out keys whose value is NULL: in an image, an absent column is NULL.
 
@@ -48,11 +48,14 @@ CREATE TABLE IF NOT EXISTS {META} (
     tbl TEXT PRIMARY KEY,
     signature TEXT NOT NULL
 );
+INSERT OR IGNORE INTO {META} (tbl, signature) VALUES ('', lower(hex(randomblob(16))));
 """
+GENERATION_KEY = ""
+"""The ``_syncd_meta`` row whose signature names this changelog; new on every install."""
 
 
 def _enc(expr: str) -> str:
-    return (f"CASE typeof({expr}) WHEN 'real' THEN json_array('r', quote({expr})) "
+    return (f"CASE typeof({expr}) WHEN 'real' THEN json_array('r', printf('%!.20e', {expr})) "
             f"WHEN 'blob' THEN json_array('b', hex({expr})) ELSE {expr} END")
 
 
@@ -72,6 +75,14 @@ def _row_expr(table: Table, ref: str) -> str:
     return expr
 
 
+CAPTURE_VERSION = 2
+"""Bumped when the trigger bodies change, so that `syncd init` rebuilds older ones."""
+
+
+def signature(table: Table) -> str:
+    return f"v{CAPTURE_VERSION}|{table.signature()}"
+
+
 def trigger_names(table: Table) -> list[str]:
     return [f"{TRIGGER_PREFIX}{kind}_{table.name}" for kind in ("ins", "upd", "del")]
 
@@ -84,7 +95,8 @@ def trigger_ddl(table: Table) -> list[str]:
     if table.synthetic_key:
         key_changed = "OLD.rowid IS NOT NEW.rowid"
     else:
-        key_changed = " OR ".join(f"OLD.{qi(c)} IS NOT NEW.{qi(c)}" for c in table.pk)
+        # BINARY: under a NOCASE key, 'Alice' -> 'alice' is a new key in PostgreSQL
+        key_changed = " OR ".join(f"OLD.{qi(c)} IS NOT NEW.{qi(c)} COLLATE BINARY" for c in table.pk)
     return [
         f"CREATE TRIGGER {ins} AFTER INSERT ON {t} {when} BEGIN "
         f"{log} VALUES ({name}, 'I', {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
@@ -111,14 +123,14 @@ def install(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
             row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (table.name,)).fetchone()
             present = {r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?", (table.name,))}
-            if row and row[0] == table.signature() and set(trigger_names(table)) <= present:
+            if row and row[0] == signature(table) and set(trigger_names(table)) <= present:
                 continue
             for trig in trigger_names(table):
                 conn.execute(f"DROP TRIGGER IF EXISTS {qi(trig)}")
             for ddl in trigger_ddl(table):
                 conn.execute(ddl)
             conn.execute(f"INSERT OR REPLACE INTO {META} (tbl, signature) VALUES (?, ?)",
-                         (table.name, table.signature()))
+                         (table.name, signature(table)))
             changed.append(table.name)
         conn.execute("COMMIT")
     except BaseException:
@@ -153,10 +165,15 @@ def check_installed(conn: sqlite3.Connection, tables: Iterable[Table]) -> None:
     for table in tables:
         if not set(trigger_names(table)) <= have:
             raise CaptureError(f"capture triggers for table {table.name!r} are missing: run `syncd init`")
-        if sigs.get(table.name) != table.signature():
+        if sigs.get(table.name) != signature(table):
             raise CaptureError(
                 f"table {table.name!r} changed since `syncd init` (columns now: "
                 f"{', '.join(table.column_names)}); run `syncd init` again to update capture")
+
+
+def generation(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (GENERATION_KEY,)).fetchone()
+    return str(row[0]) if row else None
 
 
 def decode_value(v: Any) -> Any:
