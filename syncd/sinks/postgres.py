@@ -81,7 +81,8 @@ class TargetTable:
         self.delete_sql = f"DELETE FROM {qt} WHERE {where}"
         deletes = []
         for idx in self.source.indexes:
-            if not idx.unique or not set(idx.columns) <= set(names) or set(idx.columns) == set(self.source.pk):
+            cols_set = set(idx.columns)
+            if not idx.unique or not cols_set <= set(names) or cols_set == set(self.source.pk):
                 continue
             by = [*idx.columns, *self.source.pk]
             n = len(idx.columns)
