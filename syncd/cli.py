@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     rj = sub.add_parser("rejects", help="list rows that could not be written")
     rj.add_argument("--json", action="store_true")
     rj.add_argument("--limit", type=int, default=100)
+    v = sub.add_parser("verify", help="compare the sources with PostgreSQL; exit 0 only if all match")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--table", action="append", metavar="NAME", help="only this table (repeatable)")
+    v.add_argument("--collection", action="append", metavar="NAME", help="only this collection (repeatable)")
+    v.add_argument("--chunk-rows", type=int, default=None, help="rows per checksum chunk (default 5000)")
+    v.add_argument("--counts", action="store_true", help="row counts only (the quick cutover check)")
     d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
     d.add_argument("--dir", type=Path, default=None, help="demo directory (default: a new temp dir)")
     return p
@@ -65,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(commands.status(cfg, as_json=args.json))
         if args.command == "uninstall":
             return asyncio.run(commands.uninstall(cfg))
+        if args.command == "verify":
+            return asyncio.run(commands.verify(cfg, as_json=args.json, tables=args.table,
+                                               collections=args.collection, chunk_rows=args.chunk_rows,
+                                               counts_only=args.counts))
         if args.command == "rejects":
             return asyncio.run(commands.rejects(cfg, as_json=args.json, limit=args.limit))
     except ConfigError as exc:

@@ -10,7 +10,7 @@ from typing import Any
 
 from syncd import supervisor
 from syncd.config import Config
-from syncd.errors import FatalError
+from syncd.errors import ConfigError, FatalError
 from syncd.pg import close_quietly, connect
 from syncd.sinks import pgstate
 from syncd.sinks.postgres import PostgresSink
@@ -20,6 +20,13 @@ from syncd.sources.sqlite import SqliteSource
 async def init(cfg: Config) -> int:
     """Validate config, create the target schema, install capture. Idempotent."""
     dsn = await supervisor.target_dsn(cfg)
+    if cfg.chroma is not None:
+        from syncd.chroma_streams import init_chroma
+
+        for line in await init_chroma(cfg, dsn):
+            print(line)
+        if cfg.sqlite is None:
+            return 0
     if cfg.sqlite is None:
         raise FatalError("nothing to initialise: configure [source.sqlite]")
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
@@ -49,8 +56,13 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
     """Per-stream status from the stores themselves (works with the daemon stopped)."""
     dsn = await supervisor.target_dsn(cfg)
     out: list[dict[str, Any]] = []
+    chroma: list[dict[str, Any]] = []
+    if cfg.chroma is not None:
+        from syncd.chroma_streams import chroma_stored_status
+
+        chroma = await chroma_stored_status(cfg, dsn)
     if cfg.sqlite is None:
-        return out
+        return chroma
     conn = await connect(cfg.target, dsn)
     try:
         checkpoint = None
@@ -90,7 +102,7 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
         "snapshot_copied": sum(snap.copied.values()) if snap else None,
         "daemon": "not running",
     })
-    return out
+    return out + chroma
 
 
 def daemon_status(cfg: Config, timeout: float = 2.0) -> list[dict[str, Any]] | None:
@@ -126,6 +138,11 @@ async def status(cfg: Config, *, as_json: bool) -> int:
 
 
 async def uninstall(cfg: Config) -> int:
+    if cfg.chroma is not None:
+        from syncd.chroma_streams import uninstall_chroma
+
+        for line in await uninstall_chroma(cfg):
+            print(line)
     if cfg.sqlite is None:
         return 0
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
@@ -154,10 +171,31 @@ async def rejects(cfg: Config, *, as_json: bool, limit: int) -> int:
     return 0
 
 
+async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collections: list[str] | None,
+                 chunk_rows: int | None, counts_only: bool) -> int:
+    """Compare the stores; print a summary (or JSON); exit 0 only when everything matches."""
+    import sys
+
+    from syncd import verify as verify_mod
+    from syncd.verify_report import render
+
+    if chunk_rows is not None and chunk_rows < 2:
+        raise ConfigError("--chunk-rows: must be at least 2")
+    options = verify_mod.TableOptions(chunk_rows=chunk_rows or 5000)
+    report = await verify_mod.verify(cfg, await supervisor.target_dsn(cfg),
+                                     mode="counts" if counts_only else "full", tables=tables,
+                                     collections=collections, options=options, progress_to=sys.stderr)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))
+    else:
+        print("\n".join(render(report)))
+    return 0 if report.ok else 1
+
+
 async def demo(directory: Any) -> int:
     from syncd.demo import run_demo
 
     return await run_demo(directory)
 
 
-__all__ = ["asyncio", "init", "rejects", "run", "status", "stored_status", "uninstall"]
+__all__ = ["asyncio", "init", "rejects", "run", "status", "stored_status", "uninstall", "verify"]

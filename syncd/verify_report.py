@@ -1,0 +1,167 @@
+"""What ``syncd verify`` found: one result per check, and how it is printed.
+
+A check is one table (or, later, one collection). Its status is ``match``,
+``differ`` (persistent differences or quarantined rows), ``unsettled`` (rows
+kept changing until the settle deadline, so no verdict), ``error`` (the check
+could not run) or ``skipped`` (not implemented for this kind yet).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MATCH, DIFFER, UNSETTLED, ERROR, SKIPPED = "match", "differ", "unsettled", "error", "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One row that differs: ``missing`` / ``extra`` in the target, or ``changed`` columns."""
+
+    key: list[Any]
+    kind: str
+    columns: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        cols = f" ({', '.join(self.columns)})" if self.columns else ""
+        what = {"missing": "missing in PostgreSQL", "extra": "extra in PostgreSQL",
+                "changed": "changed"}.get(self.kind, self.kind)
+        return f"key {json.dumps(self.key, default=str, ensure_ascii=False)}: {what}{cols}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A source row quarantined in ``syncd.rejects``, or one the mapping cannot write."""
+
+    key: list[Any]
+    error: str
+    recorded: bool
+    """True when the row is in ``syncd.rejects``; False when verify found it unwritable itself."""
+
+    def describe(self) -> str:
+        where = "" if self.recorded else " (not in syncd.rejects)"
+        return f"key {json.dumps(self.key, default=str, ensure_ascii=False)}: {self.error}{where}"
+
+
+@dataclass(slots=True)
+class CheckResult:
+    kind: str
+    """``table`` or ``collection``."""
+    name: str
+    status: str = MATCH
+    key_columns: list[str] = field(default_factory=list)
+    """What the keys of ``differences`` / ``rejected`` / ``unsettled`` are made of."""
+    source_rows: int | None = None
+    target_rows: int | None = None
+    differences: list[Difference] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    unsettled: list[list[Any]] = field(default_factory=list)
+    """Keys still changing at the settle deadline."""
+    counts_differ: bool = False
+    """Row counts differ (and the difference is not a change in flight)."""
+    truncated: bool = False
+    """The scan stopped at the suspect limit: the rest of the table was not compared."""
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == MATCH
+
+    def decide(self) -> None:
+        """Set the status from what was found (an error or skip is kept)."""
+        if self.status in (ERROR, SKIPPED):
+            return
+        if self.differences or self.rejected or self.counts_differ:
+            self.status = DIFFER
+        elif self.unsettled or self.truncated:
+            self.status = UNSETTLED
+        else:
+            self.status = MATCH
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+@dataclass(slots=True)
+class Report:
+    mode: str
+    """``full`` (counts and checksums) or ``counts``."""
+    checks: list[CheckResult] = field(default_factory=list)
+    seconds: float = 0.0
+    required: frozenset[str] = frozenset()
+    """Names of skipped checks the operator asked for by name: those count as failures."""
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok or (c.status == SKIPPED and c.name not in self.required) for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "mode": self.mode, "seconds": round(self.seconds, 3),
+                "checks": [c.to_json() for c in self.checks]}
+
+
+_MARK = {MATCH: "✓", DIFFER: "✗", UNSETTLED: "✗", ERROR: "✗", SKIPPED: "–"}
+SHOWN = 20
+"""Rows listed per check in the human output (all of them are in ``--json``)."""
+
+
+def _summary(c: CheckResult) -> str:
+    if c.status == ERROR:
+        return f"error: {c.detail}"
+    if c.status == SKIPPED:
+        return c.detail
+    same = c.source_rows == c.target_rows or c.target_rows is None or c.status == MATCH
+    counts = (f"{c.source_rows or 0:,} rows" if same
+              else f"{c.source_rows or 0:,} rows in SQLite, {c.target_rows:,} in PostgreSQL")
+    parts = [counts]
+    if c.differences:
+        parts.append(f"{len(c.differences):,}{'+' if c.truncated else ''} differ")
+    if c.rejected:
+        parts.append(f"{len(c.rejected):,} rejected (quarantined)")
+    if c.unsettled:
+        parts.append(f"{len(c.unsettled):,} still changing, not verified")
+    if c.detail:
+        parts.append(c.detail)
+    return ", ".join(parts)
+
+
+def render(report: Report) -> list[str]:
+    """The human summary: one line per check, then what differs and what is quarantined."""
+    width = max((len(c.name) for c in report.checks), default=0)
+    lines = [f"{_MARK[c.status]} {c.kind} {c.name:<{width}}  {_summary(c)}" for c in report.checks]
+    for c in report.checks:
+        sections: Sequence[tuple[str, Sequence[str]]] = (
+            ("differences", [d.describe() for d in c.differences]),
+            ("rejected (quarantined, not counted as differences)", [r.describe() for r in c.rejected]),
+            ("still changing", [json.dumps(k, default=str) for k in c.unsettled]),
+        )
+        for title, items in sections:
+            if not items:
+                continue
+            keyed = f" (key: {', '.join(c.key_columns)})" if c.key_columns else ""
+            lines.append(f"{c.name}: {title}{keyed}:")
+            lines += [f"  {item}" for item in items[:SHOWN]]
+            if len(items) > SHOWN:
+                lines.append(f"  ... {len(items) - SHOWN:,} more (--json lists them all)")
+    statuses = {c.status for c in report.checks}
+    if report.ok:
+        verdict = "everything matches"
+    elif DIFFER in statuses:
+        verdict = "differences found"
+    elif ERROR in statuses:
+        verdict = "not verified: a check could not run"
+    elif UNSETTLED in statuses:
+        verdict = "not verified: rows kept changing; run again"
+    else:
+        verdict = "not verified: nothing that was asked for could be checked"
+    lines.append(f"{verdict} ({report.mode} verify, {report.seconds:.1f} s)")
+    return lines
+
+
+__all__ = ["DIFFER", "ERROR", "MATCH", "SKIPPED", "UNSETTLED", "CheckResult", "Difference", "Rejected",
+           "Report", "render"]
