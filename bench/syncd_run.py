@@ -122,6 +122,13 @@ def snapshot(server: pg.Server, source: Path, work: Path, database: str,
     }
 
 
+def catch_up(setup: Setup, time_limit: float = 900.0) -> dict[str, Any]:
+    """A timed ``run --until-caught-up`` of an already-snapshotted stream."""
+    run = run_measured(setup.argv("run", "--until-caught-up"), setup.work / "catch-up.log",
+                       timeout=time_limit).check()
+    return {"seconds": run.seconds, "peak_rss": run.peak_rss}
+
+
 class Daemon:
     """``syncd run`` in the background, with its process tree's RSS sampled throughout."""
 
