@@ -16,7 +16,7 @@ def test_bars_in_a_terminal_only(tmp_path: Path, make_config: Any) -> None:
     db = tmp_path / "app.sqlite"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.executemany("INSERT INTO users VALUES (?, ?)", [(i, "x" * 50) for i in range(20000)])
+    conn.executemany("INSERT INTO users VALUES (?, ?)", [(i, "x" * 50) for i in range(150000)])
     conn.commit()
     conn.close()
     cfg = make_config(db, chunk_rows=1000)
@@ -39,7 +39,7 @@ def test_bars_in_a_terminal_only(tmp_path: Path, make_config: Any) -> None:
     assert proc.wait(timeout=60) == 0
     os.close(controller)
     text = seen.decode(errors="replace")
-    assert "users" in text and "20,000/20,000 rows" in text and "rows/s" in text, text[-500:]
+    assert "users" in text and "150,000/150,000 rows" in text and "rows/s" in text, text[-500:]
 
     # plain output (pipes): no bars
     conn = sqlite3.connect(db)
