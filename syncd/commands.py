@@ -21,7 +21,7 @@ async def init(cfg: Config) -> int:
     """Validate config, create the target schema, install capture. Idempotent."""
     dsn = await supervisor.target_dsn(cfg)
     if cfg.chroma is not None:
-        from syncd.chroma_streams import init_chroma
+        from syncd.chroma_admin import init_chroma
 
         for line in await init_chroma(cfg, dsn):
             print(line)
@@ -58,7 +58,7 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     chroma: list[dict[str, Any]] = []
     if cfg.chroma is not None:
-        from syncd.chroma_streams import chroma_stored_status
+        from syncd.chroma_admin import chroma_stored_status
 
         chroma = await chroma_stored_status(cfg, dsn)
     if cfg.sqlite is None:
@@ -139,7 +139,7 @@ async def status(cfg: Config, *, as_json: bool) -> int:
 
 async def uninstall(cfg: Config) -> int:
     if cfg.chroma is not None:
-        from syncd.chroma_streams import uninstall_chroma
+        from syncd.chroma_admin import uninstall_chroma
 
         for line in await uninstall_chroma(cfg):
             print(line)

@@ -36,6 +36,8 @@ class ChromaSource:
     collections: tuple[str, ...] | None = None
     tenant: str = "default_tenant"
     database: str = "default_database"
+    on_delete: Literal["keep", "drop"] = "keep"
+    """What happens to a collection's table when the collection is deleted in Chroma."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,12 +187,16 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
     if "chroma" in source.data:
         c = source.table("chroma")
         path = c.get("path", str)
+        on_delete = c.get("on_delete", str, "keep")
+        if on_delete not in ("keep", "drop"):
+            raise ConfigError(f"source.chroma.on_delete: expected \"keep\" or \"drop\", got {on_delete!r}")
         chroma = ChromaSource(
             url=c.get("url", str),
             path=_path(path, base) if path else None,
             collections=c.strings("collections"),
             tenant=c.get("tenant", str, "default_tenant"),
             database=c.get("database", str, "default_database"),
+            on_delete=on_delete,
         )
         if chroma.url is None and chroma.path is None:
             raise ConfigError("source.chroma: set url (a Chroma server) or path (its persist directory)")

@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from syncd import commands, compare, config, logs, supervisor
+from syncd import commands, compare, config, demo_chroma, logs, supervisor
 from syncd.model import Phase
 from syncd.pg import close_quietly, connect
 from syncd.sinks.postgres import PostgresSink
@@ -105,8 +105,22 @@ async def run_demo(directory: Path | None) -> int:
     rng = random.Random(7)
     print(f"demo: building an app database in {db}")
     ids = build_app_db(db, users=200, documents=1000, rng=rng)
+    chroma = demo_chroma.start(base)  # the app's Chroma server, with one collection
+    if chroma is not None:
+        print(f"demo: building a Chroma collection ({chroma.url}, persist directory {chroma.path})")
+        await asyncio.to_thread(demo_chroma.build, chroma, 2000, rng)
+    try:
+        return await _run_demo(base, db, ids, chroma, rng)
+    finally:
+        if chroma is not None:
+            chroma.stop()
+
+
+async def _run_demo(base: Path, db: Path, ids: list[str], chroma: demo_chroma.DemoChroma | None,
+                    rng: random.Random) -> int:
     cfg_path = base / "syncd.toml"
-    cfg_path.write_text(f'[source.sqlite]\npath = "{db}"\n\n[target]\ndsn = "embedded"\n\n'
+    cfg_path.write_text(f'[source.sqlite]\npath = "{db}"\n\n{chroma.config() if chroma else ""}'
+                        '[target]\ndsn = "embedded"\n\n'
                         f'[state]\ndir = "{base / "state"}"\n\n[stream]\npoll_interval = 0.2\n')
     cfg = config.load(cfg_path)
     print("demo: starting the embedded PostgreSQL and installing capture (syncd init)")
@@ -115,14 +129,20 @@ async def run_demo(directory: Path | None) -> int:
     sup = supervisor.Supervisor(cfg)
     await sup.start()
     started = time.monotonic()
-    while not all(s.status.phase is Phase.STREAMING for s in sup.streams):
-        if any(s.status.phase is Phase.FAILED for s in sup.streams) or time.monotonic() - started > 120:
+    while not all(s.phase is Phase.STREAMING for s in sup.statuses()):
+        if any(s.phase is Phase.FAILED for s in sup.statuses()) or time.monotonic() - started > 120:
             sup.request_stop()
             return await sup.wait() or 1
         await asyncio.sleep(0.05)
     print(f"demo: snapshot copied in {time.monotonic() - started:.2f} s; the app keeps writing...")
-    changes = await asyncio.to_thread(live_changes, db, ids, rng, 2.0)
-    print(f"demo: the app made {changes} changes while syncd streamed")
+    if chroma is not None:
+        changes, items = await asyncio.gather(asyncio.to_thread(live_changes, db, ids, rng, 2.0),
+                                              asyncio.to_thread(demo_chroma.live_changes, chroma,
+                                                                random.Random(8), 2.0))
+        print(f"demo: the app made {changes} changes in SQLite and {items} in Chroma while syncd streamed")
+    else:
+        changes = await asyncio.to_thread(live_changes, db, ids, rng, 2.0)
+        print(f"demo: the app made {changes} changes while syncd streamed")
     while True:
         status = await commands.stored_status(cfg)
         if all(s["pending"] == 0 for s in status):
@@ -154,7 +174,8 @@ async def run_demo(directory: Path | None) -> int:
                   f"{'equal row by row' if not found else f'{len(found)} differences'}")
             for d in found[:5]:
                 print(f"         {d}")
+        chroma_equal = await demo_chroma.compare(chroma, conn) if chroma is not None else True
     finally:
         await close_quietly(conn)
     print(f"demo: files in {base} (config: {cfg_path})")
-    return 0 if code == 0 and not any(diffs.values()) else 1
+    return 0 if code == 0 and not any(diffs.values()) and chroma_equal else 1

@@ -10,8 +10,9 @@ operation that took effect per item) and to the HNSW index. The catalog is in
 Reads run on one read-only connection (``mode=ro``, busy timeout 5 s), each a
 short read transaction, on one worker thread: Chroma's journal mode is
 ``delete``, so a long read would stall its writer. The two writes syncd makes —
-the retention switch and pruning rows it has checkpointed past — go through a
-second connection, in short transactions, and give way when Chroma is writing.
+the retention switch (:mod:`syncd.chroma_retention`) and pruning rows it has
+checkpointed past — go through a second connection (:attr:`ChromaLog.rw`), in
+short transactions, on the same thread.
 """
 
 from __future__ import annotations
@@ -112,13 +113,6 @@ class Gap:
     after: int
     before: int
     missing: int
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeEvidence:
-    automatically_purge: bool
-    config_text: str | None
-    vacuums: int
 
 
 def seq_value(raw: Any) -> int:
@@ -263,7 +257,7 @@ class ChromaLog:
                                        check_same_thread=False)
         return self._rw
 
-    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run *fn* in one short read transaction (a consistent view)."""
         conn = self.ro
         conn.execute("BEGIN")
@@ -305,7 +299,7 @@ class ChromaLog:
                     metadata_segment=segs["METADATA"], vector_segment=segs.get("VECTOR")))
             return out
 
-        return self._read(read)
+        return self.read(read)
 
     async def catalog(self, tenant: str, database: str) -> list[CollectionInfo]:
         """The collections of one tenant / database, by name."""
@@ -351,7 +345,7 @@ class ChromaLog:
                 return 0
             return min(applied, int(newest))
 
-        return self._read(read)
+        return self.read(read)
 
     async def consistent_head(self, info: CollectionInfo) -> int:
         """A position P such that every operation at or below P is visible in the metadata segment,
@@ -360,7 +354,7 @@ class ChromaLog:
 
     async def applied(self, info: CollectionInfo) -> int | None:
         """The metadata segment's ``max_seq_id``: the last operation Chroma applied."""
-        return await self.call(lambda: self._read(lambda c: self._applied(c, info)))
+        return await self.call(lambda: self.read(lambda c: self._applied(c, info)))
 
     def _pending(self, info: CollectionInfo, after: int) -> tuple[int, float | None, int]:
         row = self.ro.execute(
@@ -387,7 +381,7 @@ class ChromaLog:
                         (after, self.topic(info.id), limit))]
             return rows, self._gap(conn, info, after, rows[0].seq if rows else None) if check_gap else None
 
-        return self._read(read)
+        return self.read(read)
 
     def _gap(self, conn: sqlite3.Connection, info: CollectionInfo, after: int,
              first: int | None) -> Gap | None:
@@ -433,7 +427,7 @@ class ChromaLog:
                       if changed_after is None or seq > changed_after]
             return ItemPage(keys=keys, items=self._images(conn, info, wanted))
 
-        return self._read(read)
+        return self.read(read)
 
     def _images(self, conn: sqlite3.Connection, info: CollectionInfo,
                 wanted: list[tuple[int, str, int]]) -> list[Item]:
@@ -479,7 +473,7 @@ class ChromaLog:
                 (info.metadata_segment, json.dumps(list(ids)))).fetchall()
             return self._images(conn, info, [(int(r[0]), r[1], seq_value(r[2])) for r in rows])
 
-        return self._read(read)
+        return self.read(read)
 
     async def items_by_ids(self, info: CollectionInfo, ids: Sequence[str]) -> list[Item]:
         """The current images of *ids* that the collection holds."""
@@ -499,74 +493,6 @@ class ChromaLog:
             return int(self.ro.execute("SELECT count(*) FROM embeddings WHERE segment_id = ?",
                                        (info.metadata_segment,)).fetchone()[0])
         return await self.call(run)
-
-    # --- retention -----------------------------------------------------------------------
-
-    def _config_text(self, conn: sqlite3.Connection) -> str | None:
-        row = conn.execute(
-            "SELECT config_json_str FROM embeddings_queue_config ORDER BY id LIMIT 1").fetchone()
-        return str(row[0]) if row and row[0] is not None else None
-
-    def _evidence(self) -> PurgeEvidence:
-        def read(conn: sqlite3.Connection) -> PurgeEvidence:
-            text = self._config_text(conn)
-            try:
-                purge = bool(json.loads(text or "{}").get("automatically_purge", True))
-            except (ValueError, AttributeError):
-                purge = True
-            try:
-                vacuums = int(conn.execute(
-                    "SELECT count(*) FROM maintenance_log WHERE operation = 'vacuum'").fetchone()[0])
-            except sqlite3.OperationalError:
-                vacuums = 0
-            return PurgeEvidence(automatically_purge=purge, config_text=text, vacuums=vacuums)
-
-        return self._read(read)
-
-    async def purge_evidence(self) -> PurgeEvidence:
-        """Chroma's purge switch and how many times ``chroma vacuum`` ran."""
-        return await self.call(self._evidence)
-
-    def _set_purge(self, enabled: bool) -> str | None:
-        conn = self.rw
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            before = self._config_text(conn)
-            try:
-                config = json.loads(before) if before else {}
-            except ValueError:
-                config = {}
-            if not isinstance(config, dict):
-                config = {}
-            config.setdefault("_type", "EmbeddingsQueueConfigurationInternal")
-            config["automatically_purge"] = enabled
-            text = json.dumps(config, separators=(",", ":"))
-            if conn.execute("SELECT count(*) FROM embeddings_queue_config").fetchone()[0]:
-                conn.execute("UPDATE embeddings_queue_config SET config_json_str = ?", (text,))
-            else:
-                conn.execute("INSERT INTO embeddings_queue_config (id, config_json_str) VALUES (1, ?)",
-                             (text,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return before
-
-    async def set_purge(self, enabled: bool) -> str | None:
-        """Turn Chroma's automatic purging of its log on or off; return the config text before."""
-        return await self.call(self._set_purge, enabled)
-
-    async def restore_config(self, text: str) -> None:
-        def run() -> None:
-            conn = self.rw
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("UPDATE embeddings_queue_config SET config_json_str = ?", (text,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        await self.call(run)
 
     # --- pruning -------------------------------------------------------------------------
 

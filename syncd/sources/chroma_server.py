@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -106,6 +107,9 @@ class ChromaServer:
     def _connect(self) -> None:
         import chromadb
         from chromadb.config import Settings
+
+        for name in ("httpx", "httpcore"):  # one line per request at INFO: noise, not events
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self._client = chromadb.HttpClient(
             host=self.address.host, port=self.address.port, ssl=self.address.ssl, tenant=self.tenant,
