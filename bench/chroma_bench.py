@@ -7,7 +7,8 @@ and an exact search.
 
 Each set is written to a fresh `chroma run` server *before* `syncd init` (Chroma purges
 its log as it indexes, as for an app that has been running: most vectors then come from
-the server), then copied by `syncd run --until-caught-up` into the embedded PostgreSQL.
+the server; with --after-init, after it: the log holds them), then copied by
+`syncd run --until-caught-up` into the embedded PostgreSQL.
 Results: bench/out/chroma/results.json and a table on stdout.
 """
 
@@ -158,12 +159,13 @@ def start_daemon(cfg: Path) -> subprocess.Popen[bytes]:
 async def streaming_lag(cfg: Path, dsn: str, table: str, col: Any, data: np.ndarray, rate: int,
                         seconds: float) -> dict[str, Any]:
     """Upserts of existing ids at *rate* per second while syncd streams; lag = visible in PostgreSQL
-    minus acknowledged by Chroma, per batch of 10."""
+    minus acknowledged by Chroma, per upsert call of 25 ids."""
     daemon = start_daemon(cfg)
     conn = await asyncpg.connect(dsn)
     try:
         await asyncio.sleep(3)  # daemon start-up: imports, connections, catch-up check
-        batch, interval = 10, 10 / rate
+        batch = 25
+        interval = batch / rate
         written: list[tuple[int, list[str], float]] = []
         lock = threading.Lock()
         rng = np.random.default_rng(3)
@@ -216,7 +218,7 @@ async def streaming_lag(cfg: Path, dsn: str, table: str, col: Any, data: np.ndar
 
 
 async def one_set(n: int, dim: int, server: bench_pg.Server, args: argparse.Namespace) -> dict[str, Any]:
-    name = f"bench_{n // 1000}k_{dim}"
+    name = f"bench_{n // 1000}k_{dim}{'_log' if args.after_init else ''}"
     work = OUT / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -227,13 +229,6 @@ async def one_set(n: int, dim: int, server: bench_pg.Server, args: argparse.Name
     try:
         col = client(port).get_or_create_collection(name, embedding_function=None,
                                                     configuration={"hnsw": {"space": "cosine"}})
-        began = time.perf_counter()
-        for start in range(0, n, 2000):
-            end = min(start + 2000, n)
-            col.add(ids=[f"id{i:07d}" for i in range(start, end)], embeddings=data[start:end],
-                    documents=[f"document {i}" for i in range(start, end)],
-                    metadatas=[{"i": i, "topic": i % 97} for i in range(start, end)])
-        result["chroma_ingest_items_per_s"] = n / (time.perf_counter() - began)
         database = name
         server.psql(bench_pg.ADMIN_DB, f"DROP DATABASE IF EXISTS {database}")
         server.psql(bench_pg.ADMIN_DB, f"CREATE DATABASE {database}")
@@ -244,6 +239,18 @@ async def one_set(n: int, dim: int, server: bench_pg.Server, args: argparse.Name
                        f'[state]\ndir = "{work / "state"}"\n\n'
                        '[stream]\npoll_interval = 0.05\nbatch_size = 500\n\n'
                        '[health]\nlisten = "127.0.0.1:0"\n')
+        if args.after_init:  # purging off from the start: the log holds every vector
+            col.add(ids=["first"], embeddings=data[:1])
+            syncd(cfg, "init")
+            col.delete(ids=["first"])
+        began = time.perf_counter()
+        for start in range(0, n, 2000):
+            end = min(start + 2000, n)
+            col.add(ids=[f"id{i:07d}" for i in range(start, end)], embeddings=data[start:end],
+                    documents=[f"document {i}" for i in range(start, end)],
+                    metadatas=[{"i": i, "topic": i % 97} for i in range(start, end)])
+        result["chroma_ingest_items_per_s"] = n / (time.perf_counter() - began)
+        result["vectors_from"] = "log" if args.after_init else "server (log purged before init)"
         syncd(cfg, "init")
         began = time.perf_counter()
         proc = syncd(cfg, "run", "--until-caught-up")
@@ -291,6 +298,9 @@ async def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--lag-seconds", type=float, default=30.0)
+    parser.add_argument("--after-init", action="store_true",
+                        help="write the set after `syncd init` (its log kept): the snapshot reads vectors "
+                             "from the log instead of the server")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     server = bench_pg.start(OUT / "pgdata")
@@ -299,7 +309,8 @@ async def main() -> None:
         n, dim = (int(x) for x in spec.split("x"))
         print(f"chroma bench: {n:,} x {dim}-d ...", flush=True)
         results.append(await one_set(n, dim, server, args))
-        (OUT / "results.json").write_text(json.dumps(results, indent=2))
+        out = OUT / ("results-after-init.json" if args.after_init else "results.json")
+        out.write_text(json.dumps(results, indent=2))
     print(report(results))
 
 

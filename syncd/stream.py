@@ -20,7 +20,7 @@ import structlog
 import tenacity
 
 from syncd.config import StreamOptions
-from syncd.errors import FatalError, RetryableError, TargetUnavailable
+from syncd.errors import RetryableError, SyncdError, TargetUnavailable
 from syncd.model import Batch, Checkpoint, Key, Phase, Position, SnapshotState, transition
 from syncd.ports import ApplyResult, Chunk, Pending
 from syncd.status import StreamStatus
@@ -134,7 +134,7 @@ class Stream:
                         await self._drop_sink()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
-        except FatalError as exc:
+        except SyncdError as exc:  # not retryable: fatal, config, strict mode
             log.error("stream stopped", stream=self.name, error=str(exc))
             self._publish(phase=Phase.FAILED, last_error=str(exc))
             raise
