@@ -26,7 +26,7 @@ import structlog
 from syncd.config import Target
 from syncd.errors import RowError, SchemaError, StrictModeStop, SyncdError
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
-from syncd.pg import close_quietly, translate
+from syncd.pg import close_quietly, transaction, translate
 from syncd.ports import ApplyResult, Chunk
 from syncd.sinks import pgstate
 from syncd.sinks.pgstate import STATE_SCHEMA, Reject
@@ -82,7 +82,7 @@ async def ensure_state(conn: asyncpg.Connection) -> None:
     """The vector extension, syncd's schema and tables, and pgvector's binary codec on *conn*."""
     from pgvector.asyncpg import register_vector
 
-    async with conn.transaction():
+    async with transaction(conn):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         await pgstate.ensure(conn)
@@ -111,7 +111,7 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollectionSource
     info = source.info
     warnings: list[str] = []
     try:
-        async with conn.transaction():
+        async with transaction(conn):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(target.schema)}")
             record = await conn.fetchrow(
@@ -215,7 +215,7 @@ class PgvectorSink:
 
     async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
         t = self.table
-        async with guarded("starting the snapshot"), self.conn.transaction():
+        async with guarded("starting the snapshot"), transaction(self.conn):
             if await self.conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {t.qualified})"):
                 raise SchemaError(
                     f"target table {t.schema}.{t.name} already has rows, and syncd copies collection "
@@ -261,7 +261,7 @@ class PgvectorSink:
         records, raws, rejects = chunk.prepared if chunk.prepared is not None else self.prepare_chunk(chunk)
         seen = [(row[0], row[4]) for row in chunk.rows if row[4] > state.start.offset]
         self._check_strict(rejects)
-        async with guarded(f"copying into {self.table.qualified}"), self.conn.transaction():
+        async with guarded(f"copying into {self.table.qualified}"), transaction(self.conn):
             await self._copy_isolating(records, raws, rejects)
             self._check_strict(rejects)
             await self._save_seen(stream, seen)
@@ -276,7 +276,7 @@ class PgvectorSink:
             return
         t = self.table
         try:
-            async with self.conn.transaction():
+            async with transaction(self.conn):
                 await self.conn.copy_records_to_table(t.name, records=records, columns=t.columns,
                                                       schema_name=t.schema)
         except Exception as exc:
@@ -365,14 +365,14 @@ class PgvectorSink:
                     raw_image(item.id, item.vector, item.document, item.metadata), exc.message, ch.position))
         self._check_strict(rejects)
         try:
-            async with self.conn.transaction():
+            async with transaction(self.conn):
                 await self._apply_runs(prepared)
                 await self._finish_batch(stream, batch, suspect, seen, rejects)
         except Exception as exc:
             err = translate(exc, f"applying changes to {self.table.qualified}")
             if not isinstance(err, RowError):
                 raise err from exc
-            async with guarded("applying changes one by one"), self.conn.transaction():
+            async with guarded("applying changes one by one"), transaction(self.conn):
                 prepared = await self._apply_one_by_one(prepared, rejects)
                 self._check_strict(rejects)
                 await self._finish_batch(stream, batch, suspect, seen, rejects)
@@ -422,7 +422,7 @@ class PgvectorSink:
         applied = []
         for kind, args, ch in prepared:
             try:
-                async with self.conn.transaction():
+                async with transaction(self.conn):
                     await self.conn.execute(self._sql[kind], *args)
                 applied.append((kind, args, ch))
             except Exception as exc:
@@ -470,7 +470,7 @@ class PgvectorSink:
                       f"AND ($2::text IS NULL OR {key} <= $2::text) "
                       f"AND NOT ({qi(t.id_col)}{text_id} = ANY($3::text[]))")
         async with guarded(f"reconciling {t.qualified}"):
-            async with self.conn.transaction():
+            async with transaction(self.conn):
                 await self.conn.execute(f"DELETE FROM {STATE_SCHEMA}.chroma_seen WHERE stream = $1", stream)
             after: str | None = None
             async for page in self.source.pages(None, self.chunk_rows, changed_after=checkpoint.offset):
@@ -479,7 +479,7 @@ class PgvectorSink:
                 records, _, seen, rejects = self._records(rows, start.offset)
                 self._check_strict(rejects)
                 keys = [str(t.convert_id(k)) for k, _ in page.keys if _convertible(t, k)]
-                async with self.conn.transaction():
+                async with transaction(self.conn):
                     upto = None if last_page else page.last_key
                     status = await self.conn.execute(delete_sql, after, upto, keys)
                     deleted += int(status.split()[-1])
@@ -491,7 +491,7 @@ class PgvectorSink:
                 rejects_total += len(rejects)
                 self._count(rejects)
                 after = page.last_key or after
-            async with self.conn.transaction():
+            async with transaction(self.conn):
                 await pgstate.save_checkpoint(self.conn, stream, start, None)
         self.source.gap_resolved()
         self._max_seen = None
@@ -522,7 +522,7 @@ class PgvectorSink:
             rows = int(await self.conn.fetchval(f"SELECT count(*) FROM {t.qualified}"))
             mem_mb = min(4096, max(64, int(rows * (t.dim * 4 + 256) * 1.3 / 2**20)))
             began = time.monotonic()
-            async with self.conn.transaction():
+            async with transaction(self.conn):
                 await self.conn.execute(f"SET LOCAL maintenance_work_mem = '{mem_mb}MB'")
                 await self.conn.execute(sql, timeout=INDEX_TIMEOUT)
             await self.conn.execute(f"ANALYZE {t.qualified}", timeout=INDEX_TIMEOUT)
