@@ -34,6 +34,7 @@ import structlog
 import watchfiles
 
 from syncd.errors import SourceBusy, SourceError, SyncdError
+from syncd.sources.worker import call_on
 
 log = structlog.get_logger("syncd.source.chroma")
 T = TypeVar("T")
@@ -221,11 +222,7 @@ class ChromaLog:
         self._ro = conn
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
+        return await call_on(self._executor, lambda exc: translate(exc, self.path), fn, *args)
 
     async def close(self) -> None:
         self._stop_watch.set()

@@ -27,6 +27,7 @@ from syncd.model import START, Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
 from syncd.sources import sqlite_capture as capture
 from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, discover, qi
+from syncd.sources.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
@@ -103,11 +104,7 @@ class SqliteSource:
         return source
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
+        return await call_on(self._executor, lambda exc: translate(exc, self.path), fn, *args)
 
     async def close(self) -> None:
         self._stop_watch.set()
