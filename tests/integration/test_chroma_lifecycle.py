@@ -142,6 +142,8 @@ async def test_collections_deleted_recreated_renamed(tmp_path: Path, chroma: Chr
         async def same(*cols: Any) -> None:
             for c in cols:
                 space = "l2" if c.name == "tmp" else "ip"
+                # between moving a deleted collection's table aside and creating the new one
+                assert await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", f'public."{c.name}"')
                 assert_same(await table_items(pg, c.name), chroma_items(c), space=space)
 
         await wait_until(lambda: same(keep, tmp))
