@@ -16,6 +16,22 @@
 5. one value changed in PostgreSQL behind syncd's back, and ``verify`` again: found?
 
 Results go to ``bench/out/verify-<users>-<documents>.json`` and a summary to stderr.
+
+Collections (``--collection-items N``, e.g. 100000 with ``--dim 384``):
+
+    .venv/bin/python -m bench.verify_bench --collection-items 100000 --dim 384
+
+1. N clustered float32 vectors (with documents and metadata) are written straight into a
+   Chroma persist directory by a ``PersistentClient`` in a child process, which exits;
+   then ``chroma run`` serves the directory and syncd copies it (``init`` +
+   ``run --until-caught-up``, HNSW index included);
+2. ``syncd verify --json --collection C`` without search parity (``--sample-size 0``),
+   with it (``--sample-size 100``), and ``--counts``, each timed with its peak RSS;
+3. the baseline: pull every row of the pgvector table (id, vector, document, metadata)
+   over the wire with asyncpg and drop it;
+4. one float of one vector changed in PostgreSQL; verify again: found?
+
+Results go to ``bench/out/verify-chroma-<N>x<dim>.json``.
 """
 
 from __future__ import annotations
@@ -206,10 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mbit", type=float, default=1000.0, help="link speed the proxy paces at")
     ap.add_argument("--work", type=Path, default=OUT / "verify")
     ap.add_argument("--baseline", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
+    ap.add_argument("--collection-items", type=int, default=0,
+                    help="benchmark a Chroma collection of this many vectors instead of the app database")
+    ap.add_argument("--dim", type=int, default=384, help="dimension of the collection's vectors")
+    ap.add_argument("--write-chroma", nargs=3, metavar=("DIR", "N", "DIM"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.baseline:
         baseline(args.baseline[0], Path(args.baseline[1]))
         return 0
+    if args.write_chroma:
+        write_chroma(Path(args.write_chroma[0]), int(args.write_chroma[1]), int(args.write_chroma[2]))
+        return 0
+    if args.collection_items:
+        return collection_bench(args.collection_items, args.dim)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     source = source_db(args.users, args.documents, work)
@@ -261,6 +286,126 @@ def print_summary(r: dict[str, Any], mbit: float) -> None:
         f"one changed value: {found}",
     ]
     print("\n".join(lines), file=sys.stderr)
+
+
+# --- collections ------------------------------------------------------------------------------
+
+COLLECTION = "bench_vectors"
+
+
+def write_chroma(path: Path, n: int, dim: int) -> None:
+    """Child process: write *n* vectors into a persist directory with a PersistentClient."""
+    import chromadb
+    from chromadb.config import Settings
+
+    from bench.chroma_bench import dataset
+
+    data = dataset(n, dim, seed=n + dim)
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    col = client.get_or_create_collection(COLLECTION, embedding_function=None,
+                                          configuration={"hnsw": {"space": "cosine"}})
+    batch = 5000
+    for start in range(0, n, batch):
+        end = min(start + batch, n)
+        col.add(ids=[f"id{i:07d}" for i in range(start, end)], embeddings=data[start:end],
+                documents=[f"document {i} " + "lorem ipsum " * (i % 20) for i in range(start, end)],
+                metadatas=[{"i": i, "topic": i % 97, "lang": ["en", "de", "fr"][i % 3]}
+                           for i in range(start, end)])
+
+
+async def _pull_vectors(dsn: str, table: str) -> int:
+    """Every row of the pgvector table over the wire, dropped: the floor of any row-pulling check."""
+    import asyncpg
+    from pgvector.asyncpg import register_vector
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await register_vector(conn)
+        n = 0
+        async with conn.transaction():
+            async for _ in conn.cursor(f'SELECT id, embedding, document, metadata FROM "{table}"',
+                                       prefetch=5000):
+                n += 1
+        return n
+    finally:
+        await conn.close()
+
+
+def collection_verify(config: Path, *args: str) -> dict[str, Any]:
+    m = measured([str(syncd_run.SYNCD), "--config", str(config), "verify", "--json", "--collection",
+                  COLLECTION, *args])
+    if not m["stdout"]:
+        raise RuntimeError(f"syncd verify exited {m['returncode']}: {m['stderr']}")
+    report = json.loads(m.pop("stdout"))
+    m["ok"] = report["ok"]
+    m["checks"] = {f"{c['kind']}:{c['name']}": {k: c[k] for k in ("status", "source_rows", "target_rows",
+                                                                   "seconds", "search", "detail")}
+                   | {"differences": c["differences"][:5]} for c in report["checks"]}
+    return m
+
+
+def collection_bench(n: int, dim: int) -> int:
+    import shutil
+    import signal
+
+    from bench.chroma_bench import start_chroma
+
+    work = (OUT / f"verify-chroma-{n}x{dim}").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    r: dict[str, Any] = {"items": n, "dim": dim, "space": "cosine"}
+    log(f"writing {n:,} x {dim} vectors into a Chroma persist directory")
+    began = time.perf_counter()
+    subprocess.run([str(PYTHON), "-m", "bench.verify_bench", "--write-chroma", str(work / "chroma"), str(n),
+                    str(dim)], check=True)
+    r["chroma_write_seconds"] = round(time.perf_counter() - began, 1)
+    server = pg.start(work / "pgdata")
+    database = "bench_verify_chroma"
+    server.psql(pg.ADMIN_DB, f"DROP DATABASE IF EXISTS {database}")
+    server.psql(pg.ADMIN_DB, f"CREATE DATABASE {database}")
+    dsn = server.dsn(database)
+    port = syncd_run.free_port()
+    chroma = start_chroma(work / "chroma", port)
+    try:
+        cfg = work / "syncd.toml"
+        cfg.write_text(f'[source.chroma]\nurl = "http://127.0.0.1:{port}"\npath = "{work / "chroma"}"\n\n'
+                       f'[target]\ndsn = "{dsn}"\ncommand_timeout = 3600\n\n'
+                       f'[state]\ndir = "{work / "state"}"\n\n'
+                       '[stream]\nbatch_size = 2000\n\n[health]\nlisten = "127.0.0.1:0"\n')
+        syncd_cmd = [str(syncd_run.SYNCD), "--config", str(cfg)]
+        subprocess.run([*syncd_cmd, "init"], check=True, capture_output=True)
+        log("syncd run --until-caught-up (snapshot and HNSW index)")
+        began = time.perf_counter()
+        subprocess.run([*syncd_cmd, "run", "--until-caught-up"], check=True, capture_output=True)
+        r["sync_seconds"] = round(time.perf_counter() - began, 1)
+        log("verify without search parity, with it, and --counts")
+        r["verify_full_no_search"] = collection_verify(cfg, "--sample-size", "0")
+        r["verify_full_search100"] = collection_verify(cfg, "--sample-size", "100")
+        r["verify_counts"] = collection_verify(cfg, "--counts")
+        log("baseline: pull every row of the table")
+        began = time.perf_counter()
+        pulled = asyncio.run(_pull_vectors(dsn, COLLECTION))
+        r["baseline_pull"] = {"seconds": round(time.perf_counter() - began, 3), "rows": pulled}
+        server.psql(database, f"UPDATE {COLLECTION} SET embedding = (SELECT array_agg(CASE WHEN i = 7 "
+                              "THEN x + 0.001 ELSE x END ORDER BY i)::real[]::vector "
+                              "FROM unnest(embedding::real[]) WITH ORDINALITY u(x, i)) "
+                              f"WHERE id = 'id{n // 2:07d}'")
+        log("one float of one vector changed in PostgreSQL; verify again")
+        r["verify_one_change"] = collection_verify(cfg, "--sample-size", "0")
+    finally:
+        chroma.send_signal(signal.SIGTERM)
+        chroma.wait(timeout=60)
+    out = OUT / f"verify-chroma-{n}x{dim}.json"
+    out.write_text(json.dumps(r, indent=2, default=str))
+    pg.drop_database(server, database)
+    search = r["verify_full_search100"]["checks"][f"search:{COLLECTION}"]["search"]
+    log(f"verify (no search) {r['verify_full_no_search']['seconds']:.1f} s, "
+        f"peak RSS {r['verify_full_no_search']['peak_rss_mb']:.0f} MB; with 100 queries "
+        f"{r['verify_full_search100']['seconds']:.1f} s; --counts {r['verify_counts']['seconds']:.2f} s; "
+        f"pull every row {r['baseline_pull']['seconds']:.1f} s; search {search}")
+    log(f"one change: {r['verify_one_change']['checks'][f'collection:{COLLECTION}']['differences']}")
+    log(f"results in {out}")
+    return 0
 
 
 if __name__ == "__main__":

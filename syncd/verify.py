@@ -1,15 +1,18 @@
 """``syncd verify``: evidence that PostgreSQL holds what the old stores hold.
 
-A verify run is a list of *checks*, one per table (and, later, one per Chroma
-collection); each returns a :class:`~syncd.verify_report.CheckResult`. Two
-modes: ``counts`` (row counts; what the cutover preflight runs by default) and
-``full`` (counts, chunked checksums computed in PostgreSQL, the differing keys
-and columns). Rows that differ only because a change is in flight are
+A verify run is a list of *checks*, one per table, one per Chroma collection,
+and one search-parity check per collection; each returns a
+:class:`~syncd.verify_report.CheckResult`. Two modes: ``counts`` (row and item
+counts; what the cutover preflight runs by default) and ``full`` (counts,
+chunked checksums computed in PostgreSQL, the differing keys and columns; for
+collections ids, documents, metadata, float32 vectors bit for bit, and search
+recall). Rows that differ only because a change is in flight are
 re-checked once the stream has passed them; only persistent differences are
 reported, and quarantined rows (``syncd.rejects``) are listed apart.
 
-How a table is compared: :mod:`syncd.verify_tables`; the canonical encoding
-both sides hash: :mod:`syncd.verify_canon`; decisions: ``docs/verify.md``.
+How a table is compared: :mod:`syncd.verify_tables`; a collection:
+:mod:`syncd.verify_collections` and :mod:`syncd.verify_search`; the canonical
+encoding both sides hash: :mod:`syncd.verify_canon`; decisions: ``docs/verify.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from syncd.sinks.postgres import PostgresSink, TargetTable, plan_table
 from syncd.sources.sqlite_schema import Table, discover
 from syncd.supervisor import SQLITE_STREAM
 from syncd.verify_canon import SESSION_SETTINGS
+from syncd.verify_collection_setup import ChromaVerify
+from syncd.verify_collections import CollectionOptions
 from syncd.verify_report import ERROR, SKIPPED, CheckResult, Report
 from syncd.verify_rows import Stall, TableContext, TableOptions
 from syncd.verify_sqlite import SqliteReader
@@ -42,11 +47,11 @@ _BYTE_ORDER = {"c", "posix", "c.utf8", "c.utf-8"}
 
 
 class Check(Protocol):
-    """One thing verify compares: a table now; a collection is the next kind."""
+    """One thing verify compares: a table, a collection, or a collection's search parity."""
 
     @property
     def kind(self) -> str:
-        """``table`` or ``collection``."""
+        """``table``, ``collection`` or ``search``."""
         ...
 
     @property
@@ -206,24 +211,18 @@ async def _table_checks(cfg: Config, conn: asyncpg.Connection, reader: SqliteRea
     return out
 
 
-def _collection_checks(cfg: Config, names: Sequence[str] | None, narrowed: bool) -> list[Check]:
-    """Collections are not verified yet: each requested (or configured) one is reported as skipped."""
-    if names:
-        wanted: Sequence[str] = names
-    elif narrowed or cfg.chroma is None:
-        wanted = []
-    else:
-        wanted = list(cfg.chroma.collections or ["(all collections)"])
-    return [Skipped("collection", n, "not implemented for collections yet") for n in wanted]
-
-
 async def verify(cfg: Config, dsn: str, *, mode: str = "full", tables: Sequence[str] | None = None,
                  collections: Sequence[str] | None = None, options: TableOptions | None = None,
-                 progress_to: TextIO | None = None) -> Report:
-    """Compare the configured sources with PostgreSQL; never writes to either store."""
+                 progress_to: TextIO | None = None,
+                 collection_options: CollectionOptions | None = None) -> Report:
+    """Compare the configured sources with PostgreSQL; never writes to either store.
+
+    ``--table`` alone narrows the run to tables, ``--collection`` alone to collections.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     options = options or TableOptions()
+    chroma: ChromaVerify | None = None
     started = time.monotonic()
     report = Report(mode=mode, required=frozenset(collections or ()))
     progress = Progress(progress_to)
@@ -239,7 +238,11 @@ async def verify(cfg: Config, dsn: str, *, mode: str = "full", tables: Sequence[
             checks += await _table_checks(cfg, conn, reader, chosen, options, progress)
         elif tables:
             raise ConfigError("--table: no [source.sqlite] is configured")
-        checks += _collection_checks(cfg, collections, narrowed=bool(tables))
+        if cfg.chroma is not None and not (tables and not collections):
+            chroma = ChromaVerify(cfg, dsn, mode, collection_options or CollectionOptions(), progress.advance)
+            checks += await chroma.checks(collections)
+        elif collections:
+            raise ConfigError("--collection: no [source.chroma] is configured")
         for check in checks:
             report.checks.append(await _run(check, mode, progress, reader))
     finally:
@@ -247,6 +250,8 @@ async def verify(cfg: Config, dsn: str, *, mode: str = "full", tables: Sequence[
         if reader is not None:
             await reader.close()
         await close_quietly(conn)
+        if chroma is not None:
+            await chroma.close()
     report.seconds = time.monotonic() - started
     return report
 
@@ -264,11 +269,12 @@ async def _run(check: Check | CheckResult, mode: str, progress: Progress,
         result = await check.run(mode)
     except SyncdError as exc:
         result = CheckResult(check.kind, check.name, status=ERROR, detail=exc.message)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         err = translate(exc, f"verifying {check.kind} {check.name}")
         result = CheckResult(check.kind, check.name, status=ERROR, detail=err.message)
     result.seconds = round(time.monotonic() - started, 3)
     return result
 
 
-__all__ = ["MODES", "Check", "Progress", "Skipped", "TableOptions", "discover_tables", "verify"]
+__all__ = ["MODES", "Check", "CollectionOptions", "Progress", "Skipped", "TableOptions", "discover_tables",
+           "verify"]

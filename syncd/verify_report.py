@@ -1,9 +1,11 @@
 """What ``syncd verify`` found: one result per check, and how it is printed.
 
-A check is one table (or, later, one collection). Its status is ``match``,
-``differ`` (persistent differences or quarantined rows), ``unsettled`` (rows
-kept changing until the settle deadline, so no verdict), ``error`` (the check
-could not run) or ``skipped`` (not implemented for this kind yet).
+A check is one table, one Chroma collection, or the search parity of one
+collection (kind ``search``). Its status is ``match``, ``differ`` (persistent
+differences, quarantined rows or items, or a problem of the whole check such as
+a dimension mismatch or a recall below the threshold), ``unsettled`` (rows kept
+changing until the settle deadline, so no verdict), ``error`` (the check could
+not run) or ``skipped`` (not asked for, or not possible here).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ class Difference:
     key: list[Any]
     kind: str
     columns: list[str] = field(default_factory=list)
+    detail: str = ""
+    """What differs, when verify can say more than the columns (a vector component, a metadata key)."""
 
     def describe(self) -> str:
         cols = f" ({', '.join(self.columns)})" if self.columns else ""
         what = {"missing": "missing in PostgreSQL", "extra": "extra in PostgreSQL",
                 "changed": "changed"}.get(self.kind, self.kind)
-        return f"key {json.dumps(self.key, default=str, ensure_ascii=False)}: {what}{cols}"
+        more = f": {self.detail}" if self.detail else ""
+        return f"key {json.dumps(self.key, default=str, ensure_ascii=False)}: {what}{cols}{more}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +53,7 @@ class Rejected:
 @dataclass(slots=True)
 class CheckResult:
     kind: str
-    """``table`` or ``collection``."""
+    """``table``, ``collection`` or ``search``."""
     name: str
     status: str = MATCH
     key_columns: list[str] = field(default_factory=list)
@@ -63,6 +68,10 @@ class CheckResult:
     """Row counts differ (and the difference is not a change in flight)."""
     truncated: bool = False
     """The scan stopped at the suspect limit: the rest of the table was not compared."""
+    problems: list[str] = field(default_factory=list)
+    """Persistent problems of the check as a whole (a dimension mismatch, recall below the threshold)."""
+    search: dict[str, Any] | None = None
+    """Search parity numbers (kind ``search``): recalls, latencies, the settings used."""
     detail: str = ""
     seconds: float = 0.0
 
@@ -74,7 +83,7 @@ class CheckResult:
         """Set the status from what was found (an error or skip is kept)."""
         if self.status in (ERROR, SKIPPED):
             return
-        if self.differences or self.rejected or self.counts_differ:
+        if self.differences or self.rejected or self.counts_differ or self.problems:
             self.status = DIFFER
         elif self.unsettled or self.truncated:
             self.status = UNSETTLED
@@ -94,11 +103,13 @@ class Report:
     checks: list[CheckResult] = field(default_factory=list)
     seconds: float = 0.0
     required: frozenset[str] = frozenset()
-    """Names of skipped checks the operator asked for by name: those count as failures."""
+    """Names of skipped checks the operator asked for by name: those count as failures (a skipped
+    search-parity check does not: the table has no HNSW index to compare)."""
 
     @property
     def ok(self) -> bool:
-        return all(c.ok or (c.status == SKIPPED and c.name not in self.required) for c in self.checks)
+        return all(c.ok or (c.status == SKIPPED and (c.kind == "search" or c.name not in self.required))
+                   for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "mode": self.mode, "seconds": round(self.seconds, 3),
@@ -115,10 +126,13 @@ def _summary(c: CheckResult) -> str:
         return f"error: {c.detail}"
     if c.status == SKIPPED:
         return c.detail
+    if c.kind == "search":
+        return "; ".join([*c.problems, c.detail] if c.detail else c.problems)
+    unit, source = ("items", "Chroma") if c.kind == "collection" else ("rows", "SQLite")
     same = c.source_rows == c.target_rows or c.target_rows is None or c.status == MATCH
-    counts = (f"{c.source_rows or 0:,} rows" if same
-              else f"{c.source_rows or 0:,} rows in SQLite, {c.target_rows:,} in PostgreSQL")
-    parts = [counts]
+    counts = (f"{c.source_rows or 0:,} {unit}" if same
+              else f"{c.source_rows or 0:,} {unit} in {source}, {c.target_rows:,} in PostgreSQL")
+    parts = [counts, *c.problems]
     if c.differences:
         parts.append(f"{len(c.differences):,}{'+' if c.truncated else ''} differ")
     if c.rejected:
@@ -133,7 +147,8 @@ def _summary(c: CheckResult) -> str:
 def render(report: Report) -> list[str]:
     """The human summary: one line per check, then what differs and what is quarantined."""
     width = max((len(c.name) for c in report.checks), default=0)
-    lines = [f"{_MARK[c.status]} {c.kind} {c.name:<{width}}  {_summary(c)}" for c in report.checks]
+    kinds = max((len(c.kind) for c in report.checks), default=0)
+    lines = [f"{_MARK[c.status]} {c.kind:<{kinds}} {c.name:<{width}}  {_summary(c)}" for c in report.checks]
     for c in report.checks:
         sections: Sequence[tuple[str, Sequence[str]]] = (
             ("differences", [d.describe() for d in c.differences]),

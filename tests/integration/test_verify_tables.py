@@ -320,8 +320,7 @@ async def test_narrowing_and_collections(tmp_path: Path, make_config: Any) -> No
     proc = run_syncd("--config", str(cfg), "verify", "--table", "nope", check=False)
     assert proc.returncode == 2 and "--table nope: not a synced table" in proc.stderr
     proc = run_syncd("--config", str(cfg), "verify", "--collection", "docs", check=False)
-    assert proc.returncode == 1
-    assert "– collection docs" in proc.stdout and "not implemented for collections yet" in proc.stdout
+    assert proc.returncode == 2 and "--collection: no [source.chroma] is configured" in proc.stderr
 
 
 async def test_before_the_first_run_verify_says_why(tmp_path: Path, make_config: Any) -> None:
