@@ -50,11 +50,32 @@ def is_row_error(exc: BaseException) -> bool:
 
 
 async def connect(target: Target, dsn: str) -> asyncpg.Connection:
-    """Open one connection; errors come out as SyncdErrors naming the (redacted) server."""
+    """Open one connection, tagged as syncd's (``syncd.origin``); errors come out as
+    SyncdErrors naming the (redacted) server.
+
+    ``syncd.origin = syncd`` goes in the startup packet (PostgreSQL accepts a custom dotted
+    parameter there); a pooler that refuses unknown startup parameters (PgBouncer without
+    ``ignore_startup_parameters``) gets a ``SET`` after connecting instead. The reverse-capture
+    triggers skip writes made under it, so syncd's own writes are never captured back (see
+    :mod:`syncd.pg_capture`).
+    """
+    settings = {"application_name": "syncd", "syncd.origin": "syncd"}
     try:
-        conn = await asyncpg.connect(dsn, timeout=target.connect_timeout,
-                                     command_timeout=target.command_timeout,
-                                     server_settings={"application_name": "syncd"})
+        try:
+            conn = await asyncpg.connect(dsn, timeout=target.connect_timeout,
+                                         command_timeout=target.command_timeout,
+                                         server_settings=settings)
+        except asyncpg.PostgresError as exc:
+            if "startup parameter" not in str(exc):
+                raise
+            conn = await asyncpg.connect(dsn, timeout=target.connect_timeout,
+                                         command_timeout=target.command_timeout,
+                                         server_settings={"application_name": "syncd"})
+            try:
+                await conn.execute("SET syncd.origin = 'syncd'")
+            except BaseException:
+                conn.terminate()
+                raise
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError):
             raise
