@@ -338,8 +338,16 @@ class PgvectorSink:
         holds for it): its current image is read from the source and written whole, and
         its old rejects resolved — or, if it still cannot be written, replaced by one.
         """
+        from syncd.sinks.chroma import forget_echoes, take_echoes
+
         async with guarded("reading skipped changes"):
             skipped = await self._skipped(stream, batch)
+            # the reverse stream's own writes coming back from Chroma's log (syncd.chroma_echo)
+            echoed, echoes = await take_echoes(self.conn, self.table.collection_id,
+                                               [ch for i, ch in enumerate(batch.changes) if i not in skipped])
+            if echoed:
+                kept = [i for i in range(len(batch.changes)) if i not in skipped]
+                skipped |= {kept[j] for j in echoed}
             suspect = await self._rejected_ids(stream, batch)
         current = await self.source.current_items(sorted(suspect)) if suspect else {}
         last = {str(ch.key[0]): i for i, ch in enumerate(batch.changes) if i not in skipped}
@@ -367,6 +375,7 @@ class PgvectorSink:
         try:
             async with transaction(self.conn):
                 await self._apply_runs(prepared)
+                await forget_echoes(self.conn, self.table.collection_id, echoes)
                 await self._finish_batch(stream, batch, suspect, seen, rejects)
         except Exception as exc:
             err = translate(exc, f"applying changes to {self.table.qualified}")
@@ -375,6 +384,7 @@ class PgvectorSink:
             async with guarded("applying changes one by one"), transaction(self.conn):
                 prepared = await self._apply_one_by_one(prepared, rejects)
                 self._check_strict(rejects)
+                await forget_echoes(self.conn, self.table.collection_id, echoes)
                 await self._finish_batch(stream, batch, suspect, seen, rejects)
         if seen:
             self._max_seen = max([self._max_seen or 0, *(seq for _, seq in seen)])
