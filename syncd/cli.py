@@ -38,6 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--collection", action="append", metavar="NAME", help="only this collection (repeatable)")
     v.add_argument("--chunk-rows", type=int, default=None, help="rows per checksum chunk (default 5000)")
     v.add_argument("--counts", action="store_true", help="row counts only (the quick cutover check)")
+    v.add_argument("--sample-size", type=int, default=None, metavar="N",
+                   help="query vectors per collection for search parity (default 20; 0 with --counts)")
+    v.add_argument("--k", type=int, default=10, help="top-k of the search parity queries (default 10)")
+    v.add_argument("--min-recall", type=float, default=0.9,
+                   help="recall@k of pgvector's HNSW index vs exact search below this fails (default 0.9)")
+    for name, what in (("cutover", "switch the app to PostgreSQL: fence, drain, flip its config, reload"),
+                       ("rollback", "switch the app back to SQLite/Chroma, losing nothing")):
+        c = sub.add_parser(name, help=what)
+        c.add_argument("--dry-run", action="store_true", help="run the preflight and print the plan only")
+        c.add_argument("--resume", action="store_true", help=f"finish a {name} that stopped part-way")
+        c.add_argument("--json", action="store_true")
     d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
     d.add_argument("--dir", type=Path, default=None, help="demo directory (default: a new temp dir)")
     return p
@@ -74,7 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "verify":
             return asyncio.run(commands.verify(cfg, as_json=args.json, tables=args.table,
                                                collections=args.collection, chunk_rows=args.chunk_rows,
-                                               counts_only=args.counts))
+                                               counts_only=args.counts, sample_size=args.sample_size,
+                                               k=args.k, min_recall=args.min_recall))
+        if args.command in ("cutover", "rollback"):
+            from syncd.switch import command
+
+            return asyncio.run(command(args.command, cfg, dry_run=args.dry_run, resume=args.resume,
+                                       as_json=args.json))
         if args.command == "rejects":
             return asyncio.run(commands.rejects(cfg, as_json=args.json, limit=args.limit))
     except ConfigError as exc:

@@ -8,7 +8,7 @@ import time
 import urllib.request
 from typing import Any
 
-from syncd import supervisor
+from syncd import fence, pg_capture, supervisor
 from syncd.config import Config
 from syncd.errors import ConfigError, FatalError
 from syncd.pg import close_quietly, connect
@@ -22,9 +22,13 @@ async def init(cfg: Config) -> int:
     dsn = await supervisor.target_dsn(cfg)
     if cfg.chroma is not None:
         from syncd.chroma_admin import init_chroma
+        from syncd.reverse_chroma import install_reverse_capture
 
         for line in await init_chroma(cfg, dsn):
             print(line)
+        captured = await install_reverse_capture(cfg, dsn)
+        print("reverse capture (for rollback): "
+              f"{'on ' + ', '.join(captured) if captured else 'no collection table yet'}")
         if cfg.sqlite is None:
             return 0
     if cfg.sqlite is None:
@@ -35,6 +39,7 @@ async def init(cfg: Config) -> int:
         try:
             tables = await PostgresSink.prepare(conn, supervisor.SQLITE_STREAM,
                                                 list(source.tables.values()), cfg.target)
+            reverse = await pg_capture.install(conn, cfg.target.schema, [tt.name for tt in tables])
         finally:
             await close_quietly(conn)
         changed = await source.install_capture()
@@ -45,6 +50,8 @@ async def init(cfg: Config) -> int:
         print(f"table {tt.name}: {how} {tt.qualified}, key ({', '.join(tt.source.pk)})")
     print(f"capture: triggers {'installed on ' + ', '.join(changed) if changed else 'already current'}"
           f" in {cfg.sqlite.path}")
+    print(f"reverse capture (for rollback): {'installed on ' + ', '.join(reverse) if reverse else 'current'}"
+          " in PostgreSQL")
     return 0
 
 
@@ -147,10 +154,20 @@ async def uninstall(cfg: Config) -> int:
         return 0
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
+        names = list(source.tables)
         dropped = await source.uninstall_capture()
     finally:
         await source.close()
-    print(f"capture removed from {cfg.sqlite.path}: {len(dropped)} triggers, changelog dropped")
+    print(f"capture removed from {cfg.sqlite.path}: {len(dropped)} triggers (fences included), "
+          "changelog dropped")
+    dsn = await supervisor.target_dsn(cfg)
+    conn = await connect(cfg.target, dsn)
+    try:
+        await pg_capture.uninstall(conn, cfg.target.schema, names)
+        await fence.remove_pg(conn, cfg.target.schema, names)
+    finally:
+        await close_quietly(conn)
+    print("reverse capture and fences removed from PostgreSQL")
     print("syncd's state in the target (schema syncd) is kept; DROP SCHEMA syncd CASCADE to remove it")
     return 0
 
@@ -172,7 +189,8 @@ async def rejects(cfg: Config, *, as_json: bool, limit: int) -> int:
 
 
 async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collections: list[str] | None,
-                 chunk_rows: int | None, counts_only: bool) -> int:
+                 chunk_rows: int | None, counts_only: bool, sample_size: int | None = None, k: int = 10,
+                 min_recall: float = 0.9) -> int:
     """Compare the stores; print a summary (or JSON); exit 0 only when everything matches."""
     import sys
 
@@ -181,10 +199,18 @@ async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collec
 
     if chunk_rows is not None and chunk_rows < 2:
         raise ConfigError("--chunk-rows: must be at least 2")
+    if sample_size is not None and sample_size < 0:
+        raise ConfigError("--sample-size: must be 0 (no search parity) or more")
+    if k < 1:
+        raise ConfigError("--k: must be at least 1")
+    if not 0.0 <= min_recall <= 1.0:
+        raise ConfigError("--min-recall: must be between 0 and 1")
     options = verify_mod.TableOptions(chunk_rows=chunk_rows or 5000)
+    coll_options = verify_mod.CollectionOptions(sample_size=sample_size, k=k, min_recall=min_recall)
     report = await verify_mod.verify(cfg, await supervisor.target_dsn(cfg),
                                      mode="counts" if counts_only else "full", tables=tables,
-                                     collections=collections, options=options, progress_to=sys.stderr)
+                                     collections=collections, options=options, progress_to=sys.stderr,
+                                     collection_options=coll_options)
     if as_json:
         print(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))
     else:

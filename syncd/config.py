@@ -7,6 +7,7 @@ password has to be written in the config. Every error names the key.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -82,6 +83,31 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class Cutover:
+    """``[cutover]``: what `syncd cutover` and `syncd rollback` flip, run and check."""
+
+    app_config: Path | None = None
+    """The app's config file to flip (``.env``, YAML or TOML)."""
+    format: str | None = None
+    """``env``, ``yaml`` or ``toml``; by default from the file name."""
+    forward: Mapping[str, str] = field(default_factory=dict)
+    """Keys (dotted paths in YAML/TOML) and the values cutover writes."""
+    rollback: Mapping[str, str] = field(default_factory=dict)
+    """Keys and the values rollback writes back."""
+    reload_command: tuple[str, ...] = ()
+    """Run after the flip (argv, no shell); must exit 0 within ``reload_timeout``."""
+    reload_timeout: float = 10.0
+    max_lag_seconds: float = 2.0
+    """Preflight refuses when a stream is further behind than this."""
+    drain_timeout: float = 10.0
+    """How long the fenced streams may take to reach zero pending changes before the fence is undone."""
+    lock_timeout: float = 5.0
+    """How long to wait for SQLite's write lock when fencing."""
+    verify: str = "counts"
+    """Preflight comparison: ``counts``, ``full`` (checksums too) or ``off``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     target: Target
     state_dir: Path
@@ -90,6 +116,7 @@ class Config:
     stream: StreamOptions = StreamOptions()
     health: Health = Health()
     path: Path | None = None
+    cutover: Cutover = Cutover()
 
 
 def interpolate(value: str, key: str, env: Mapping[str, str]) -> str:
@@ -252,10 +279,63 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         stale_after_seconds=h.positive("stale_after_seconds", float, 60.0),
     )
     h.check_unknown()
-    root.seen.add("cutover")  # reserved for syncd cutover
+    cutover = _cutover(root.table("cutover"), base)
     root.check_unknown()
     return Config(target=target, state_dir=state_dir, sqlite=sqlite, chroma=chroma,
-                  stream=stream, health=health)
+                  stream=stream, health=health, cutover=cutover)
+
+
+_VERIFY = ("counts", "full", "off")
+
+
+def _values(r: _Reader, name: str) -> dict[str, str]:
+    values = r.table(name)
+    for k, v in values.data.items():
+        if not isinstance(v, str | int | float | bool):
+            raise ConfigError(f"{values.key(k)}: expected a string, got {v!r}")
+    return {k: interpolate(v, values.key(k), r.env) if isinstance(v, str) else
+            (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in values.data.items()}
+
+
+def _cutover(c: _Reader, base: Path) -> Cutover:
+    app_config = c.get("app_config", str)
+    fmt = c.get("format", str)
+    if fmt is not None and fmt not in ("env", "yaml", "toml"):
+        raise ConfigError(f"cutover.format: expected \"env\", \"yaml\" or \"toml\", got {fmt!r}")
+    command = c.get("reload_command", (str, list))
+    if isinstance(command, list):
+        if not command or not all(isinstance(a, str) for a in command):
+            raise ConfigError("cutover.reload_command: expected a command line or a list of strings")
+        argv = tuple(interpolate(a, "cutover.reload_command", c.env) for a in command)
+    else:
+        import shlex
+
+        argv = tuple(shlex.split(command)) if command else ()
+    verify = c.get("verify", str, "counts")
+    if verify not in _VERIFY:
+        raise ConfigError(f"cutover.verify: expected one of {_VERIFY}, got {verify!r}")
+    forward, rollback = _values(c, "forward"), _values(c, "rollback")
+    if app_config is not None and not forward:
+        raise ConfigError("cutover.forward: set the app config keys cutover writes, "
+                          "e.g. RELATIONAL_DB_PROVIDER = \"postgres\"")
+    missing = sorted(set(forward) - set(rollback))
+    if missing:
+        raise ConfigError(f"cutover.rollback.{missing[0]}: missing; every key cutover.forward "
+                          "changes needs the value rollback writes back")
+    cutover = Cutover(
+        app_config=_path(app_config, base) if app_config else None,
+        format=fmt,
+        forward=forward,
+        rollback=rollback,
+        reload_command=argv,
+        reload_timeout=c.positive("reload_timeout", float, 10.0),
+        max_lag_seconds=c.positive("max_lag_seconds", float, 2.0),
+        drain_timeout=c.positive("drain_timeout", float, 10.0),
+        lock_timeout=c.positive("lock_timeout", float, 5.0),
+        verify=verify,
+    )
+    c.check_unknown()
+    return cutover
 
 
 def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
@@ -271,5 +351,4 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
     cfg = parse(data, base=path.resolve().parent, env=os.environ if env is None else env)
-    return Config(target=cfg.target, state_dir=cfg.state_dir, sqlite=cfg.sqlite, chroma=cfg.chroma,
-                  stream=cfg.stream, health=cfg.health, path=path)
+    return dataclasses.replace(cfg, path=path)

@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import asyncpg
 import structlog
 
 from syncd import killpoints, progress
 from syncd.config import Config
+from syncd.cutover_state import FORWARD, REVERSE
 from syncd.errors import FatalError, RetryableError, SyncdError
 from syncd.health import Liveness, serve, tick
 from syncd.model import Phase
@@ -94,13 +96,15 @@ class Supervisor:
     """Owns the streams of one `syncd run`: starts them, reports them, stops them in order."""
 
     def __init__(self, config: Config, *, until_caught_up: bool = False,
-                 liveness: Liveness | None = None) -> None:
+                 liveness: Liveness | None = None, direction: str = FORWARD) -> None:
         self.config = config
+        self.direction = direction
         self.liveness = liveness
         self.until_caught_up = until_caught_up
         self.streams: list[Stream] = []
         self.stop_event = asyncio.Event()
         self._sources: list[SqliteSource] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.dsn = ""
         self.chroma: ChromaStreams | None = None  # the Chroma streams follow the catalog themselves
@@ -111,6 +115,9 @@ class Supervisor:
 
     async def start(self) -> None:
         self.dsn = await target_dsn(self.config)
+        if self.direction == REVERSE:
+            await self._start_reverse()
+            return
         if self.config.sqlite is not None:
             source = await open_sqlite_source(self.config, self.stop_event)
             if source is None:
@@ -128,6 +135,24 @@ class Supervisor:
         if self.chroma is not None:
             self._chroma_task = asyncio.create_task(
                 self.chroma.run(self.stop_event, until_caught_up=self.until_caught_up), name="chroma")
+
+    async def _start_reverse(self) -> None:
+        """After a cutover: stream PostgreSQL back into SQLite and pgvector back into Chroma."""
+        if self.config.sqlite is not None:
+            from syncd.reverse import reverse_source, reverse_table_stream
+
+            source = reverse_source(self.config, self.dsn, self.config.sqlite)
+            self.streams.append(reverse_table_stream(self.config, self.dsn, self.config.sqlite, self.liveness,
+                                                     source))
+            self._closers.append(source.close)
+        if self.config.chroma is not None:
+            from syncd.reverse_chroma import open_reverse_chroma_streams
+
+            chroma = await open_reverse_chroma_streams(self.config, self.dsn, self.liveness)
+            self.streams += chroma
+            self._closers.append(chroma.close)
+        self._tasks = [asyncio.create_task(s.run(self.stop_event, until_caught_up=self.until_caught_up),
+                                           name=s.name) for s in self.streams]
 
     def request_stop(self) -> None:
         """Stop intake; each stream finishes the batch it is applying."""
@@ -165,6 +190,9 @@ class Supervisor:
             for src in self._sources:
                 with contextlib.suppress(Exception):
                     await src.close()
+            for close in self._closers:
+                with contextlib.suppress(Exception):
+                    await close()
             if self.chroma is not None:
                 with contextlib.suppress(Exception):
                     await self.chroma.close()
@@ -177,12 +205,115 @@ class Supervisor:
         return 0
 
 
+class Director:
+    """Runs the streams of the direction ``syncd.cutover`` names, and switches when it changes.
+
+    Forward (the app on SQLite/Chroma) runs sqlite → postgres and chroma → pgvector; reverse
+    (after `syncd cutover`) runs postgres → sqlite and pgvector → chroma. `syncd cutover` and
+    `syncd rollback` change the direction and NOTIFY; the director also polls, so a missed
+    notification delays the switch by at most ``poll`` seconds.
+    """
+
+    def __init__(self, config: Config, *, until_caught_up: bool, liveness: Liveness,
+                 poll: float = 1.0) -> None:
+        self.config, self.until_caught_up, self.liveness, self.poll = config, until_caught_up, liveness, poll
+        self.current: Supervisor | None = None
+        self.stopping = False
+        self.forced = False
+
+    def statuses(self) -> Sequence[StreamStatus]:
+        return self.current.statuses() if self.current else []
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        if self.current:
+            self.current.request_stop()
+
+    def force_stop(self) -> None:
+        self.stopping = self.forced = True
+        if self.current:
+            self.current.force_stop()
+
+    async def _direction(self, dsn: str) -> str:
+        from syncd import cutover_state
+
+        conn = await connect(self.config.target, dsn)
+        try:
+            return await cutover_state.direction(conn)
+        finally:
+            await close_quietly(conn)
+
+    async def _watch(self, dsn: str, running: str) -> None:
+        """Return when the stored direction is no longer *running*."""
+        from syncd import cutover_state
+
+        conn: asyncpg.Connection | None = None
+        woke = asyncio.Event()
+        try:
+            while True:
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await connect(self.config.target, dsn)
+                        await conn.add_listener(cutover_state.CHANNEL, lambda *_: woke.set())
+                    if await cutover_state.direction(conn) != running:
+                        return
+                except SyncdError as exc:
+                    log.warning("cannot read the cutover state", error=str(exc))
+                    conn = None
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("cannot read the cutover state", error=str(exc))
+                    if conn is not None:
+                        conn.terminate()
+                    conn = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woke.wait(), self.poll)
+                woke.clear()
+        finally:
+            await close_quietly(conn)
+
+    async def run(self, on_started: Callable[[], None]) -> int:
+        dsn = await target_dsn(self.config)
+        started = False
+        while True:
+            try:
+                direction = await self._direction(dsn)
+            except RetryableError as exc:
+                log.warning("cannot read the cutover state; retrying", error=str(exc))
+                await asyncio.sleep(min(self.config.stream.retry_max_seconds, 2.0))
+                if self.stopping:
+                    return 0
+                continue
+            sup = Supervisor(self.config, until_caught_up=self.until_caught_up, liveness=self.liveness,
+                             direction=direction)
+            self.current = sup
+            if self.stopping:
+                return 0
+            log.info("streaming", direction=direction)
+            await sup.start()
+            if not started:
+                started = True
+                on_started()
+            waiter = asyncio.create_task(sup.wait(), name="syncd-streams")
+            watcher = asyncio.create_task(self._watch(dsn, direction), name="syncd-direction")
+            done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                return waiter.result()
+            log.info("direction changed: stopping the streams of this direction", direction=direction)
+            sup.request_stop()
+            code = await waiter
+            if code != 0 or self.stopping:
+                return code
+
+
 async def run(config: Config, *, until_caught_up: bool = False, install_signals: bool = True,
               env: Mapping[str, str] | None = None) -> int:
     """`syncd run`: streams, the health server and systemd notification. Returns the exit code."""
     env = os.environ if env is None else env
     liveness = Liveness(stale_after=config.health.stale_after_seconds)
-    sup = Supervisor(config, until_caught_up=until_caught_up, liveness=liveness)
+    director = Director(config, until_caught_up=until_caught_up, liveness=liveness)
     notifier = Notifier.from_env(env)
     server = None
     duties: list[asyncio.Task[None]] = []
@@ -195,26 +326,27 @@ async def run(config: Config, *, until_caught_up: bool = False, install_signals:
         if signals == 1:
             log.info("stopping: finishing the current batch (signal again to stop at once)")
             notifier.stopping("stopping: finishing the current batch")
-            sup.request_stop()
+            director.request_stop()
         else:
             log.warning("stopping at once: the open batch is rolled back")
-            sup.force_stop()
+            director.force_stop()
+
+    def on_started() -> None:
+        duties.append(asyncio.create_task(tick(liveness), name="syncd-tick"))
+        duties.append(asyncio.create_task(progress.show(director.statuses), name="syncd-progress"))
+        duties.append(asyncio.create_task(watchdog_loop(
+            notifier, watchdog_interval(env), status=lambda: summarize(director.statuses()),
+            healthy=liveness.healthy), name="syncd-watchdog"))
+        notifier.ready(summarize(director.statuses()))
 
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
     try:
         if config.health.listen:
-            server = await serve(config.health.listen, sup.statuses, liveness,
+            server = await serve(config.health.listen, director.statuses, liveness,
                                  max_lag_seconds=config.health.max_lag_seconds)
-        await sup.start()
-        duties.append(asyncio.create_task(tick(liveness), name="syncd-tick"))
-        duties.append(asyncio.create_task(progress.show(sup.statuses), name="syncd-progress"))
-        duties.append(asyncio.create_task(watchdog_loop(
-            notifier, watchdog_interval(env), status=lambda: summarize(sup.statuses()),
-            healthy=liveness.healthy), name="syncd-watchdog"))
-        notifier.ready(summarize(sup.statuses()))
-        return await sup.wait()
+        return await director.run(on_started)
     finally:
         for t in duties:
             t.cancel()
