@@ -32,14 +32,17 @@ def free_port() -> int:
 
 
 class Migration:
-    def __init__(self, tmp_path: Path, pg_dsn: str, *, vectors: bool = False, dim: int = 8,
-                 extra_cutover: str = "") -> None:
+    def __init__(self, tmp_path: Path, pg_dsn: str, *, chroma_url: str | None = None,
+                 chroma_dir: Path | None = None, dim: int = 8, extra_cutover: str = "") -> None:
+        """With *chroma_url* (a `chroma run --path chroma_dir` server) the app also writes
+        embeddings, and syncd reads that server's persist directory."""
         self.dir = tmp_path
         self.pg_dsn = pg_dsn
-        self.vectors = vectors
+        self.vectors = chroma_url is not None
+        self.chroma_url = chroma_url
         self.dim = dim
         self.db = tmp_path / "app.sqlite"
-        self.chroma_dir = tmp_path / "chroma"
+        self.chroma_dir = chroma_dir or tmp_path / "chroma"
         self.env = tmp_path / "app.env"
         self.logs: list[Path] = []
         self.pidfile = tmp_path / "app.pid"
@@ -58,13 +61,14 @@ class Migration:
                  f"RELATIONAL_DB_URL={self.pg_dsn}",
                  "",
                  f"VECTOR_DB_PROVIDER={'chromadb' if self.vectors else 'none'}",
-                 f"VECTOR_DB_CHROMA_PATH={self.chroma_dir}",
+                 f"VECTOR_DB_CHROMA_URL={self.chroma_url or ''}",
                  f"VECTOR_DB_DIMENSIONS={self.dim}  # must match the embedding model",
                  "VECTOR_DB_COLLECTION=embeddings", ""]
         return "\n".join(lines)
 
     def _config_text(self, extra_cutover: str) -> str:
-        chroma = f'[source.chroma]\npath = "{self.chroma_dir}"\n\n' if self.vectors else ""
+        chroma = (f'[source.chroma]\nurl = "{self.chroma_url}"\npath = "{self.chroma_dir}"\n\n'
+                  if self.vectors else "")
         vector_keys = 'VECTOR_DB_PROVIDER = "pgvector"\n' if self.vectors else ""
         vector_back = 'VECTOR_DB_PROVIDER = "chromadb"\n' if self.vectors else ""
         return (
