@@ -132,11 +132,28 @@ def daemon_status(cfg: Config, timeout: float = 2.0) -> list[dict[str, Any]] | N
     return streams
 
 
+async def switch_state(cfg: Config) -> dict[str, Any]:
+    """Which stores the app uses, and a cutover / rollback stopped part-way, if any."""
+    from syncd import cutover_state
+
+    conn = await connect(cfg.target, await supervisor.target_dsn(cfg))
+    try:
+        state = await cutover_state.load(conn)
+    finally:
+        await close_quietly(conn)
+    return {"direction": state.direction, "operation": state.operation, "step": state.step}
+
+
 async def status(cfg: Config, *, as_json: bool) -> int:
     streams = await asyncio.to_thread(daemon_status, cfg) or await stored_status(cfg)
+    switch = await switch_state(cfg)
     if as_json:
-        print(json.dumps({"streams": streams}, indent=2))
+        print(json.dumps({"switch": switch, "streams": streams}, indent=2))
         return 0
+    uses = "SQLite/Chroma (forward)" if switch["direction"] == "forward" else "PostgreSQL (reverse: cut over)"
+    print(f"app uses {uses}" + (f"; a {switch['operation']} stopped after step {switch['step']}: "
+                               f"run `syncd {switch['operation']} --resume` or `syncd rollback`"
+                               if switch["operation"] else ""))
     for s in streams:
         print(f"{s['name']}: {s['phase']}, checkpoint {s['checkpoint']} of {s['source_position']}, "
               f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects "

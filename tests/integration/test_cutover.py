@@ -215,6 +215,8 @@ async def test_cutover_killed_then_resumed(migration: Migration, step: str) -> N
     proc = m.command("cutover", env={"SYNCD_KILL_AT": f"cutover:{step}"})
     assert proc.returncode == -9, proc.stdout + proc.stderr
     assert (await direction(m.pg_dsn))[1] == "cutover"
+    shown = m.command("status").stdout
+    assert f"a cutover stopped after step {step}: run `syncd cutover --resume`" in shown, shown
     # the lock and the uncommitted fence died with the process: the app is not stuck
     assert sqlite_fences(m.db) == []
     await asyncio.sleep(0.5)

@@ -54,3 +54,32 @@ def test_example_config_parses() -> None:
     cfg = load(Path(__file__).resolve().parents[2] / "config.example.toml", env={"POSTGRES_PASSWORD": "pw"})
     assert cfg.chroma is not None and cfg.chroma.url == "http://127.0.0.1:8000"
     assert "pw@" in cfg.target.dsn
+    assert cfg.cutover.forward["RELATIONAL_DB_PROVIDER"] == "postgres"
+    assert cfg.cutover.reload_command == ("systemctl", "reload", "backend")
+
+
+def test_cutover_section() -> None:
+    cfg = parse({**BASE, "cutover": {
+        "app_config": "app/.env", "reload_command": ["kill", "-HUP", "${PID}"],
+        "forward": {"RELATIONAL_DB_PROVIDER": "postgres", "VECTOR_DB_DIMENSIONS": 384},
+        "rollback": {"RELATIONAL_DB_PROVIDER": "sqlite", "VECTOR_DB_DIMENSIONS": 384}}},
+        base=Path("/srv"), env={"PID": "42"})
+    assert cfg.cutover.app_config == Path("/srv/app/.env")
+    assert cfg.cutover.reload_command == ("kill", "-HUP", "42")
+    assert cfg.cutover.forward == {"RELATIONAL_DB_PROVIDER": "postgres", "VECTOR_DB_DIMENSIONS": "384"}
+    assert parse(BASE, base=Path("/srv"), env={}).cutover.app_config is None
+
+
+@pytest.mark.parametrize(("cutover", "words"), [
+    ({"app_config": ".env", "forward": {"A": "x"}}, "cutover.rollback.A: missing"),
+    ({"app_config": ".env"}, "cutover.forward: set the app config keys"),
+    ({"format": "ini"}, "cutover.format: expected"),
+    ({"verify": "maybe"}, "cutover.verify: expected one of"),
+    ({"reload_timeout": 0}, "cutover.reload_timeout: must be > 0"),
+    ({"reload_command": []}, "cutover.reload_command: expected a command line"),
+    ({"forward": {"A": ["x"]}}, "cutover.forward.A: expected a string"),
+    ({"lock_timout": 1}, "cutover.lock_timout: unknown key"),
+])
+def test_cutover_errors_name_the_key(cutover: dict[str, object], words: str) -> None:
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        parse({**BASE, "cutover": cutover}, base=Path("/srv"), env={})

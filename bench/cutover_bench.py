@@ -1,0 +1,148 @@
+"""The write pause the app sees during `syncd cutover` and `syncd rollback`, and each step's time.
+
+    python -m bench.cutover_bench [--rates 200 1000] [--cycles 10] [--out bench/out/cutover]
+
+For each rate: a fresh SQLite app database and PostgreSQL database, the daemon, and the
+reference app (tests/app) writing users and documents at that rate; then *cycles* times
+cutover → 1.5 s of writes on PostgreSQL → rollback → 1.5 s on SQLite. syncd reports the pause
+it caused (SQLite's write lock held, or PostgreSQL fenced, until the reload); the app's own log
+gives what it saw: the slowest write (first attempt → acknowledged, retries included) and the
+longest gap between two acknowledgements around each switch. At the end the app is stopped and
+every acknowledged write is checked present in both stores (lost writes are counted, not
+assumed zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import pg
+from tests.app import records
+from tests.integration.cutover_support import Migration
+
+TABLES = ("users", "documents")
+
+
+def seen_by_app(recs: list[records.Record], start: float, end: float) -> dict[str, float]:
+    """Slowest write begun in [start, end] and the longest gap between acknowledgements there."""
+    inside = [r for r in recs if r.ok and start - 1.0 <= r.t0 <= end]
+    slowest = max((r.t1 - r.t0 for r in inside), default=0.0)
+    acks = sorted(r.t1 for r in recs if r.ok and start - 1.0 <= r.t1 <= end + 2.0)
+    gap = max((b - a for a, b in itertools.pairwise(acks)), default=0.0)
+    return {"slowest_write": slowest, "longest_gap": gap}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": statistics.median(values), "max": max(values), "n": len(values)} if values else {}
+
+
+async def lost(m: Migration) -> int:
+    want = records.expected(m.records())
+    want = {t: want.get(t, {}) for t in TABLES}
+    deadline = time.monotonic() + 60
+    while True:
+        problems = records.diff(want, records.read_sqlite(m.db, TABLES)) + \
+            records.diff(want, await records.read_postgres(m.pg_dsn, TABLES))
+        if not problems or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    missing = 0
+    for store in (records.read_sqlite(m.db, TABLES), await records.read_postgres(m.pg_dsn, TABLES)):
+        for t in TABLES:
+            missing += sum(1 for k in want[t] if k not in store.get(t, {}))
+    return missing
+
+
+def run_rate(server: pg.Server, rate: float, cycles: int, work: Path) -> dict[str, Any]:
+    dsn = pg.recreate_database(server, f"cutover_{int(rate)}")
+    m = Migration(work, dsn)
+    switches: list[dict[str, Any]] = []
+    try:
+        m.init()
+        m.start_daemon()
+        m.wait_ready()
+        m.start_app(rate=rate)
+        time.sleep(2.0)
+        for i in range(cycles):
+            for op in ("cutover", "rollback"):
+                m.wait_streaming("postgres→sqlite" if op == "rollback" else "sqlite")
+                started = time.time()
+                out = m.switch(op)
+                ended = time.time()
+                time.sleep(1.5)
+                switches.append({"cycle": i, "op": op, "started": started, "ended": ended,
+                                 "syncd_pause": out["pause_seconds"],
+                                 "steps": {s["step"]: s["seconds"] for s in out["steps"]}})
+        m.stop_app()
+        recs = m.records()
+        for s in switches:
+            s.update(seen_by_app(recs, s["started"], s["ended"]))
+        m.wait_streaming("sqlite")
+        missing = asyncio.run(lost(m))
+        acked = sum(1 for r in recs if r.ok)
+        failed = sum(1 for r in recs if not r.ok)
+        elapsed = max(r.t1 for r in recs) - min(r.t0 for r in recs)
+    finally:
+        m.close()
+    result: dict[str, Any] = {"rate": rate, "reached": acked / elapsed, "acknowledged": acked,
+                              "failed_writes": failed, "lost": missing, "switches": switches}
+    for op in ("cutover", "rollback"):
+        mine = [s for s in switches if s["op"] == op]
+        result[op] = {
+            "syncd_pause": summary([s["syncd_pause"] for s in mine]),
+            "slowest_write": summary([s["slowest_write"] for s in mine]),
+            "longest_gap": summary([s["longest_gap"] for s in mine]),
+            "steps": {k: summary([s["steps"][k] for s in mine]) for k in mine[0]["steps"]},
+        }
+    return result
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
+    lines = ["| rate offered → reached | op | syncd pause p50 / max (ms) | app: slowest write p50 / max | "
+             "app: longest gap between acks p50 / max | lost | steps p50 (ms) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for op in ("cutover", "rollback"):
+            o = r[op]
+            steps = ", ".join(f"{k} {ms(v['p50'])}" for k, v in o["steps"].items())
+            lines.append(
+                f"| {r['rate']:.0f} → {r['reached']:.0f}/s | {op} | {ms(o['syncd_pause']['p50'])} / "
+                f"{ms(o['syncd_pause']['max'])} | {ms(o['slowest_write']['p50'])} / "
+                f"{ms(o['slowest_write']['max'])} | "
+                f"{ms(o['longest_gap']['p50'])} / {ms(o['longest_gap']['max'])} | {r['lost']} | {steps} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", type=float, nargs="+", default=[200.0, 1000.0])
+    ap.add_argument("--cycles", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=Path("bench/out/cutover"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="syncd-cutover-") as tmp:
+        server = pg.start(Path(tmp) / "pg")
+        for rate in args.rates:
+            work = Path(tmp) / f"rate-{int(rate)}"
+            work.mkdir()
+            results.append(run_rate(server, rate, args.cycles, work))
+            print(f"rate {rate:.0f}: done", flush=True)
+    report = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform()}, "results": results}
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
