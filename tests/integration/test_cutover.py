@@ -276,3 +276,70 @@ async def test_rollback_killed_then_resumed(migration: Migration, step: str) -> 
     m.wait_streaming("sqlite")
     await assert_converged(m)
     assert_none_lost(m)
+
+
+async def test_drain_timeout_undoes_the_fence(tmp_path: Path, pg_dsn: str) -> None:
+    """The forward stream cannot finish (PostgreSQL holds its table): the cutover gives up after
+    drain_timeout and leaves everything as it was; once released, nothing is lost."""
+    m = Migration(tmp_path, pg_dsn, extra_cutover='verify = "off"')
+    try:
+        m.init()
+        m.start_app(rate=50)
+        m.start_daemon()
+        m.wait_ready()
+        m.config.write_text(m.config.read_text().replace("drain_timeout = 15", "drain_timeout = 2"))
+        before = m.env.read_text()
+        blocker = await asyncpg.connect(pg_dsn)
+        try:
+            await blocker.execute("BEGIN; LOCK TABLE public.users, public.documents IN EXCLUSIVE MODE")
+            await asyncio.sleep(0.3)
+            proc = m.command("cutover")
+        finally:
+            await blocker.execute("ROLLBACK")
+            await blocker.close()
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "did not finish within 2 s" in proc.stderr and "cutover undone" in proc.stdout
+        assert m.env.read_text() == before
+        assert sqlite_fences(m.db) == []
+        assert await direction(m.pg_dsn) == ("forward", None)
+        await asyncio.sleep(1.0)
+        m.stop_app()
+        m.wait_streaming("sqlite")
+        await assert_converged(m)
+        assert_none_lost(m)
+    finally:
+        m.close()
+
+
+async def test_reload_failing_after_the_flip_restores_the_config(tmp_path: Path, pg_dsn: str) -> None:
+    """The reload works at preflight and fails after the flip: the config is put back, the
+    fence undone, and the app never left SQLite."""
+    counter = tmp_path / "reloads"
+    m = Migration(tmp_path, pg_dsn)
+    try:
+        m.init()
+        m.start_app(rate=50)
+        script = (f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; "
+                  f'[ "$n" = 1 ] && {{ echo "app refused to reload"; exit 4; }}; '
+                  f"kill -HUP $(cat {m.pidfile})")
+        m.config.write_text(m.config.read_text().replace(
+            f'reload_command = ["sh", "-c", "kill -HUP $(cat {m.pidfile})"]',
+            f"reload_command = ['sh', '-c', '{script}']"))
+        m.start_daemon()
+        m.wait_ready()
+        before = m.env.read_text()
+        proc = m.command("cutover")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "app refused to reload" in proc.stderr
+        assert "cutover undone" in proc.stdout and "restored" in proc.stdout
+        assert m.env.read_text() == before
+        assert sqlite_fences(m.db) == []
+        assert await direction(m.pg_dsn) == ("forward", None)
+        await asyncio.sleep(1.0)
+        m.stop_app()
+        assert written_on(m, "postgres") == 0
+        m.wait_streaming("sqlite")
+        await assert_converged(m)
+        assert_none_lost(m)
+    finally:
+        m.close()
