@@ -164,9 +164,12 @@ async def status(cfg: Config, *, as_json: bool) -> int:
 async def uninstall(cfg: Config) -> int:
     if cfg.chroma is not None:
         from syncd.chroma_admin import uninstall_chroma
+        from syncd.reverse_chroma import uninstall_reverse
 
         for line in await uninstall_chroma(cfg):
             print(line)
+        tables = await uninstall_reverse(cfg, await supervisor.target_dsn(cfg))
+        print(f"reverse capture and fences removed from {', '.join(tables) or 'no collection table'}")
     if cfg.sqlite is None:
         return 0
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)

@@ -120,8 +120,12 @@ async def test_purged_log_is_reconciled(tmp_path: Path, chroma: ChromaServer, pg
     assert await pg.fetchval("SELECT count(*) FROM syncd.rejects") == 0
 
     # uninstall restores what init found (Chroma's default: purging on)
+    run_syncd("--config", str(cfg), "init")  # now that the tables exist: reverse capture on them
+    triggers = "SELECT count(*) FROM pg_trigger WHERE tgname = 'syncd_capture'"
+    assert await pg.fetchval(triggers) > 0
     out = run_syncd("--config", str(cfg), "uninstall").stdout
     assert "purge setting restored" in out
+    assert await pg.fetchval(triggers) == 0
     assert purge_setting(chroma.path) is True
 
 

@@ -260,7 +260,11 @@ async def test_capture_reinstalled_after_uninstall(tmp_path: Path, make_config: 
     run_syncd("--config", str(cfg), "run", "--until-caught-up")
     cp = await stored_checkpoint(pg)
     assert cp is not None and cp[0] >= 300
+    triggers = "SELECT count(*) FROM pg_trigger WHERE tgname = 'syncd_capture'"
+    assert await pg.fetchval(triggers) == 1  # reverse capture, installed by init
     run_syncd("--config", str(cfg), "uninstall")
+    assert await pg.fetchval(triggers) == 0
+    assert await pg.fetchval("SELECT to_regclass('syncd.changelog')") is None
     run_syncd("--config", str(cfg), "init")
     conn.execute("UPDATE items SET name = 'renamed' WHERE id < 10")
     conn.execute("DELETE FROM items WHERE id >= 290")
