@@ -34,6 +34,9 @@ T = TypeVar("T")
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
 
 
+PRUNE_BUSY_MS = 20
+
+
 def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     """Open an existing SQLite database read-write, with clear errors."""
     if not path.exists():
@@ -225,19 +228,29 @@ class SqliteSource:
         return await self._call(self._read_changes, after, limit)
 
     def _prune(self, upto: Position) -> int:
+        """Delete logged changes up to *upto*; give way at once when someone holds the write lock.
+
+        Pruning shares the reading thread: waiting out the usual busy timeout here would hold
+        up reading changes for seconds — during a cutover fence, the drain itself.
+        """
         total = 0
-        while True:
-            try:
-                cur = self._conn.execute(
-                    f"DELETE FROM {capture.CHANGELOG} WHERE id IN (SELECT id FROM {capture.CHANGELOG} "
-                    "WHERE id <= ? ORDER BY id LIMIT 5000)", (upto.offset,))
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    return total  # the app is writing: prune next time
-                raise
-            total += cur.rowcount
-            if cur.rowcount < 5000:
-                return total
+        busy = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        self._conn.execute(f"PRAGMA busy_timeout = {PRUNE_BUSY_MS}")
+        try:
+            while True:
+                try:
+                    cur = self._conn.execute(
+                        f"DELETE FROM {capture.CHANGELOG} WHERE id IN (SELECT id FROM {capture.CHANGELOG} "
+                        "WHERE id <= ? ORDER BY id LIMIT 5000)", (upto.offset,))
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        return total  # the app (or a cutover fence) is writing: prune next time
+                    raise
+                total += cur.rowcount
+                if cur.rowcount < 5000:
+                    return total
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
 
     async def prune(self, upto: Position) -> int:
         return await self._call(self._prune, upto)
