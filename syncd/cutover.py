@@ -225,6 +225,7 @@ async def _do_cutover(sw: Switch, *, resume: bool) -> None:
         kill_point("cutover:flip")
         async with sw.step("reload") as t:
             t.note = await run_reload(cfg)
+        await sw.record(step="reload")
         kill_point("cutover:reload")
         async with sw.step("commit") as t:
             if db is not None:

@@ -77,41 +77,42 @@ async def recorded_collections(config: Config, conn: asyncpg.Connection) -> list
             for r in rows if names is None or r["name"] in names]
 
 
-async def uninstall_reverse(config: Config, dsn: str) -> list[str]:
-    """Drop reverse capture, the Chroma fence and PostgreSQL fences of the collections' tables."""
-    from syncd import chroma_fence, fence
-
+async def _each_schema(config: Config, dsn: str,
+                       do: Callable[[asyncpg.Connection, str, list[str]], Awaitable[Any]]) -> list[str]:
+    """Run *do* on the collections' tables, one call per schema; return them (schema.table)."""
     conn = await connect(config.target, dsn)
     try:
         by_schema: dict[str, list[str]] = defaultdict(list)
         for r in await recorded_collections(config, conn):
             by_schema[r.schema].append(r.table)
         for schema, tables in by_schema.items():
-            await pg_capture.uninstall(conn, schema, tables)
-            await fence.remove_pg(conn, schema, tables)
+            await do(conn, schema, tables)
     finally:
         await close_quietly(conn)
-    if config.chroma is not None and config.chroma.path is not None:
-        await asyncio.to_thread(chroma_fence.remove_fence, config.chroma.path)
     return [f"{s}.{t}" for s, tables in by_schema.items() for t in tables]
-
-
-async def reverse_stream_names(config: Config, conn: asyncpg.Connection) -> list[str]:
-    return [r.stream for r in await recorded_collections(config, conn)]
 
 
 async def install_reverse_capture(config: Config, dsn: str) -> list[str]:
     """Install change capture on every collection's table; return the tables (schema.table)."""
-    conn = await connect(config.target, dsn)
-    try:
-        by_schema: dict[str, list[str]] = defaultdict(list)
-        for r in await recorded_collections(config, conn):
-            by_schema[r.schema].append(r.table)
-        for schema, tables in by_schema.items():
-            await pg_capture.install(conn, schema, tables)
-    finally:
-        await close_quietly(conn)
-    return [f"{s}.{t}" for s, tables in by_schema.items() for t in tables]
+    return await _each_schema(config, dsn, pg_capture.install)
+
+
+async def uninstall_reverse(config: Config, dsn: str) -> list[str]:
+    """Drop reverse capture, the Chroma fence and PostgreSQL fences of the collections' tables."""
+    from syncd import chroma_fence, fence
+
+    async def drop(conn: asyncpg.Connection, schema: str, tables: list[str]) -> None:
+        await pg_capture.uninstall(conn, schema, tables)
+        await fence.remove_pg(conn, schema, tables)
+
+    dropped = await _each_schema(config, dsn, drop)
+    if config.chroma is not None and config.chroma.path is not None:
+        await asyncio.to_thread(chroma_fence.remove_fence, config.chroma.path)
+    return dropped
+
+
+async def reverse_stream_names(config: Config, conn: asyncpg.Connection) -> list[str]:
+    return [r.stream for r in await recorded_collections(config, conn)]
 
 
 async def reverse_pending(config: Config, conn: asyncpg.Connection) -> list[str]:

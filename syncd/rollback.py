@@ -198,6 +198,7 @@ async def _do_rollback(sw: Switch) -> None:
     except SyncdError as exc:
         raise FatalError(f"{exc}; the app config already names the old stores and PostgreSQL is fenced: "
                          "reload the app by hand, then run `syncd rollback --resume`") from None
+    await sw.record(step="reload")
     kill_point("rollback:reload")
     async with sw.step("commit") as t:
         await sw.record(direction=FORWARD, operation=None, step=None, detail={})

@@ -92,6 +92,13 @@ class Migration:
                         "--vector-dim", str(self.dim)], check=True, cwd=REPO, timeout=120)
         run_syncd("--config", str(self.config), "init")
 
+    def start(self, rate: float) -> None:
+        """init, the app writing at *rate*, the daemon, until it is ready for a cutover."""
+        self.init()
+        self.start_app(rate=rate)
+        self.start_daemon()
+        self.wait_ready()
+
     def start_daemon(self, env: dict[str, str] | None = None) -> None:
         out = self.daemon_log.open("a")
         self.daemon = subprocess.Popen(syncd_cmd("--config", str(self.config), "run"), cwd=REPO,

@@ -87,10 +87,7 @@ async def test_cutover_rollback_cutover_under_load(migration: Migration) -> None
     at 200/s through every switch. The app is stopped before each comparison (and a new
     instance started), so that the log is complete when the stores are read."""
     m = migration
-    m.init()
-    m.start_app(rate=200)
-    m.start_daemon()
-    m.wait_ready()
+    m.start(rate=200)
     await asyncio.sleep(1.0)
 
     out = m.switch("cutover")
@@ -136,10 +133,7 @@ async def test_cutover_rollback_cutover_under_load(migration: Migration) -> None
 
 async def test_dry_run_changes_nothing(migration: Migration) -> None:
     m = migration
-    m.init()
-    m.start_app(rate=50)
-    m.start_daemon()
-    m.wait_ready()
+    m.start(rate=50)
     before = m.env.read_text()
     proc = m.command("cutover", "--dry-run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -208,10 +202,7 @@ CUTOVER_STEPS = ("preflight", "fence", "drain", "flip", "reload")
 async def test_cutover_killed_then_resumed(migration: Migration, step: str) -> None:
     """SIGKILL of `syncd cutover` at each step; `--resume` finishes it; nothing lost."""
     m = migration
-    m.init()
-    m.start_app(rate=100)
-    m.start_daemon()
-    m.wait_ready()
+    m.start(rate=100)
     proc = m.command("cutover", env={"SYNCD_KILL_AT": f"cutover:{step}"})
     assert proc.returncode == -9, proc.stdout + proc.stderr
     assert (await direction(m.pg_dsn))[1] == "cutover"
@@ -235,10 +226,7 @@ async def test_cutover_killed_then_resumed(migration: Migration, step: str) -> N
 async def test_cutover_killed_then_reverted(migration: Migration, step: str) -> None:
     """SIGKILL of `syncd cutover`, then `syncd rollback` abandons it; nothing lost."""
     m = migration
-    m.init()
-    m.start_app(rate=100)
-    m.start_daemon()
-    m.wait_ready()
+    m.start(rate=100)
     proc = m.command("cutover", env={"SYNCD_KILL_AT": f"cutover:{step}"})
     assert proc.returncode == -9, proc.stdout + proc.stderr
     await asyncio.sleep(0.5)
@@ -257,10 +245,7 @@ async def test_cutover_killed_then_reverted(migration: Migration, step: str) -> 
 @pytest.mark.parametrize("step", ("fence", "drain", "flip"))
 async def test_rollback_killed_then_resumed(migration: Migration, step: str) -> None:
     m = migration
-    m.init()
-    m.start_app(rate=100)
-    m.start_daemon()
-    m.wait_ready()
+    m.start(rate=100)
     m.switch("cutover")
     m.wait_streaming("postgres→sqlite")
     proc = m.command("rollback", env={"SYNCD_KILL_AT": f"rollback:{step}"})
@@ -283,10 +268,7 @@ async def test_drain_timeout_undoes_the_fence(tmp_path: Path, pg_dsn: str) -> No
     drain_timeout and leaves everything as it was; once released, nothing is lost."""
     m = Migration(tmp_path, pg_dsn, extra_cutover='verify = "off"')
     try:
-        m.init()
-        m.start_app(rate=50)
-        m.start_daemon()
-        m.wait_ready()
+        m.start(rate=50)
         m.config.write_text(m.config.read_text().replace("drain_timeout = 15", "drain_timeout = 2"))
         before = m.env.read_text()
         blocker = await asyncpg.connect(pg_dsn)
