@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from syncd import chroma_retention
-from syncd.chroma_topology import Topology, wanted
+from syncd.chroma_topology import Topology, server_only, wanted
 from syncd.config import Config
 from syncd.model import START
 from syncd.pg import close_quietly, connect
@@ -90,6 +90,9 @@ async def rename_table(conn: asyncpg.Connection, config: Config, info: Collectio
 async def init_chroma(config: Config, dsn: str) -> list[str]:
     """Check the topology, keep Chroma's log, create or adopt every collection's table."""
     assert config.chroma is not None
+    if server_only(config):
+        return [f"chroma: server only ({config.chroma.url}): nothing to install; `syncd run` copies "
+                "each collection and finds changes by re-scanning it (docs/chroma.md, Server only)"]
     topology = await Topology.open(config, start_private=False)
     lines: list[str] = []
     try:
@@ -119,7 +122,9 @@ async def init_chroma(config: Config, dsn: str) -> list[str]:
 
 
 async def uninstall_chroma(config: Config) -> list[str]:
-    assert config.chroma is not None and config.chroma.path is not None
+    assert config.chroma is not None
+    if config.chroma.path is None:
+        return ["chroma: server only: nothing was installed in Chroma"]
     chroma_log = await ChromaLog.open(config.chroma.path)
     try:
         what = await chroma_retention.restore(config.state_dir, chroma_log)

@@ -1,6 +1,7 @@
 """The Chroma -> pgvector streams: one per collection, following Chroma's catalog.
 
-Where the log and the server come from is :mod:`syncd.chroma_topology`.
+Where the log and the server come from is :mod:`syncd.chroma_topology`; with a
+server only, the streams scan it instead (:mod:`syncd.sources.chroma_remote`).
 Collections created while syncd runs get a table and a snapshot; deleted ones
 have their table kept and marked, or dropped (``source.chroma.on_delete``);
 renamed ones keep streaming, and a table syncd named after the collection is
@@ -16,7 +17,7 @@ import structlog
 
 from syncd import chroma_retention, killpoints
 from syncd.chroma_admin import rename_table, retire
-from syncd.chroma_topology import Topology, wanted
+from syncd.chroma_topology import Topology, server_only, wanted
 from syncd.config import Config
 from syncd.errors import CaptureError, FatalError, SyncdError
 from syncd.health import Liveness
@@ -27,6 +28,7 @@ from syncd.sinks.pgvector import PgvectorSink, ensure_state, prepare_table, stre
 from syncd.sinks.pgvector_plan import parse_columns
 from syncd.sources.chroma import ChromaCollectionSource
 from syncd.sources.chroma_log import CollectionInfo
+from syncd.sources.chroma_remote import RemoteCollectionSource, RemoteTopology, open_remote_sink
 from syncd.sources.chroma_server import find_openers
 from syncd.status import StreamStatus
 from syncd.stream import Stream, StreamSink
@@ -38,7 +40,7 @@ STOP_TIMEOUT = 30.0
 class ChromaStreams:
     """The streams of one Chroma source. Only its run() task starts, stops and replaces them."""
 
-    def __init__(self, config: Config, dsn: str, topology: Topology,
+    def __init__(self, config: Config, dsn: str, topology: Topology | RemoteTopology,
                  liveness: Liveness | None = None) -> None:
         assert config.chroma is not None
         self.liveness = liveness
@@ -47,7 +49,7 @@ class ChromaStreams:
         self.dsn = dsn
         self.topology = topology
         self.streams: dict[str, Stream] = {}
-        self.sources: dict[str, ChromaCollectionSource] = {}
+        self.sources: dict[str, ChromaCollectionSource | RemoteCollectionSource] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}
         self._vacuums: int | None = None
@@ -61,14 +63,15 @@ class ChromaStreams:
 
     async def start(self) -> None:
         """Check retention, retire collections deleted while syncd was away, build the streams."""
-        if chroma_retention.recorded(self.config.state_dir, self.topology.log) is None:
+        if isinstance(self.topology, Topology) and \
+                chroma_retention.recorded(self.config.state_dir, self.topology.log) is None:
             raise CaptureError(f"Chroma log retention is not set up for {self.topology.log.directory}: "
                                "run `syncd init` first (it stops Chroma from purging its log before syncd "
                                "reads it)")
         for i, entry in enumerate(self.config.target.collections):
             parse_columns(entry, i)  # a mapping error is a config error, before anything starts
         await self._check_evidence()
-        catalog = await self.topology.log.catalog(self.chroma.tenant, self.chroma.database)
+        catalog = await self._catalog()
         missing = sorted(set(self.chroma.collections or ()) - {c.name for c in catalog})
         if missing:
             log.warning("collections named in source.chroma.collections do not exist (yet)", missing=missing)
@@ -90,12 +93,24 @@ class ChromaStreams:
         if waiting:
             log.info("collections without items yet: synced once they have one", collections=waiting)
 
+    async def _catalog(self) -> list[CollectionInfo]:
+        if isinstance(self.topology, RemoteTopology):
+            return await self.topology.catalog()
+        return await self.topology.log.catalog(self.chroma.tenant, self.chroma.database)
+
     def _add(self, info: CollectionInfo, rejects: int = 0) -> Stream:
-        source = ChromaCollectionSource(self.topology.log, self.topology.server, info)
+        source: ChromaCollectionSource | RemoteCollectionSource
+        if isinstance(self.topology, RemoteTopology):
+            source = self.topology.source(info)
+        else:
+            source = ChromaCollectionSource(self.topology.log, self.topology.server, info)
         config, dsn = self.config, self.dsn
         stream: Stream
 
         async def open_sink() -> StreamSink:
+            if isinstance(source, RemoteCollectionSource):
+                return await open_remote_sink(config, dsn, source, on_reject=stream.count_rejects,
+                                              busy=liveness.busy if liveness else None)
             conn = await connect(config.target, dsn)
             try:
                 await ensure_state(conn)
@@ -187,7 +202,7 @@ class ChromaStreams:
     async def _follow(self) -> None:
         """Start streams for new collections, retire deleted ones, follow renames."""
         try:
-            found = await self.topology.log.catalog(self.chroma.tenant, self.chroma.database)
+            found = await self._catalog()
             catalog = {c.id: c for c in found}
         except SyncdError as exc:
             log.warning("reading Chroma's catalog failed", error=str(exc))
@@ -222,6 +237,8 @@ class ChromaStreams:
 
     async def _check_evidence(self) -> None:
         """If Chroma may have purged its log (purging back on, a vacuum), check every stream for gaps."""
+        if not isinstance(self.topology, Topology):
+            return  # server only: no log to purge
         try:
             evidence = await chroma_retention.purge_evidence(self.topology.log)
             purged = evidence.automatically_purge or (self._vacuums is not None
@@ -236,10 +253,11 @@ class ChromaStreams:
             return
         if purged:
             for source in self.sources.values():
-                source.suspect_gap()
+                if isinstance(source, ChromaCollectionSource):
+                    source.suspect_gap()
 
     async def _check_openers(self) -> None:
-        assert self.topology.private is not None
+        assert isinstance(self.topology, Topology) and self.topology.private is not None
         directory = self.topology.log.directory
         ours = [p for p in (self.topology.private.pid,) if p]
         found = await asyncio.to_thread(find_openers, directory, ours)
@@ -265,7 +283,7 @@ class ChromaStreams:
 
 async def open_chroma_streams(config: Config, dsn: str, liveness: Liveness | None = None) -> ChromaStreams:
     """The Chroma streams of ``config`` (not started: call run())."""
-    topology = await Topology.open(config)
+    topology = await RemoteTopology.open(config) if server_only(config) else await Topology.open(config)
     group = ChromaStreams(config, dsn, topology, liveness)
     try:
         await group.start()

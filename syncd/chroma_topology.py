@@ -5,7 +5,10 @@
   log no longer holds.
 - ``path`` only: allowed when no other process has the directory open; syncd
   then starts its own ``chroma run`` on a loopback port and works as above.
-- ``url`` only: not supported in this version (refused with an explanation).
+- ``url`` only: ``syncd run`` reads everything through the server and finds changes by
+  re-scanning each collection (:mod:`syncd.sources.chroma_remote`); the commands that
+  need the persist directory (init's log retention, cutover's fence, the reverse
+  stream, verify) refuse it.
 
 See docs/chroma.md.
 """
@@ -39,9 +42,10 @@ class Topology:
         assert c is not None
         if c.path is None:
             raise ConfigError(
-                "source.chroma.path: syncd reads Chroma's log from its persist directory; a server-only "
-                "setup (url without path) is not supported yet — run syncd on the machine that holds the "
-                "directory and set path to it (docs/chroma.md)")
+                "source.chroma.path: this command reads Chroma's log from its persist directory; with a "
+                "server only (url without path) `syncd run` syncs by re-scanning each collection, but it "
+                "cannot fence, reverse or verify — run syncd on the machine that holds the directory and "
+                "set path to it (docs/chroma.md, \"Server only\")")
         private: PrivateServer | None = None
         url = c.url
         if url is None:
@@ -85,6 +89,11 @@ async def _check_same_directory(server: ChromaServer, chroma_log: ChromaLog, ten
         raise SourceError(f"the Chroma server at {server.address} does not serve {chroma_log.directory}: "
                           "none of its collections is in that directory; point source.chroma.path at the "
                           "server's --path")
+
+
+def server_only(config: Config) -> bool:
+    """``url`` without ``path``: everything through the server (topology "server only")."""
+    return config.chroma is not None and config.chroma.path is None and config.chroma.url is not None
 
 
 def wanted(config: Config, info: CollectionInfo) -> bool:
