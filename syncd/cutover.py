@@ -29,6 +29,7 @@ from typing import TextIO
 import asyncpg
 
 from syncd import appconfig, cutover_state, fence, pg_capture
+from syncd.chroma_topology import server_only
 from syncd.config import Config
 from syncd.cutover_state import FORWARD, REVERSE
 from syncd.errors import SyncdError
@@ -69,6 +70,10 @@ async def _preflight_cutover(sw: Switch, *, resume: bool, dry_run: bool) -> None
     elif resume and st.operation not in (None, "cutover"):
         problems.append(f"the operation in progress is a {st.operation}: run `syncd {st.operation} --resume`")
     problems += sw.check_app_config(dict(cfg.cutover.forward))
+    if server_only(cfg):
+        problems.append("[source.chroma] has only url: the way back (pgvector → Chroma) and the Chroma "
+                        "fence need Chroma's persist directory; set source.chroma.path to the directory "
+                        "the server runs on (`chroma run --path …`)")
     for schema, tables in by_schema(sw.objects.pg_tables).items():
         missing = await pg_capture.missing(conn, schema, tables)
         if missing:
