@@ -145,8 +145,14 @@ async def switch_state(cfg: Config) -> dict[str, Any]:
 
 
 async def status(cfg: Config, *, as_json: bool) -> int:
-    streams = await asyncio.to_thread(daemon_status, cfg) or await stored_status(cfg)
     switch = await switch_state(cfg)
+    streams = await asyncio.to_thread(daemon_status, cfg)
+    if streams is None and switch["direction"] == "reverse" and cfg.sqlite is not None:
+        from syncd.reverse import stored_status as reverse_status
+
+        streams = await reverse_status(cfg, await supervisor.target_dsn(cfg))
+    elif streams is None:
+        streams = await stored_status(cfg)
     if as_json:
         print(json.dumps({"switch": switch, "streams": streams}, indent=2))
         return 0

@@ -99,3 +99,45 @@ async def record_start(config: Config, dsn: str, sqlite_config: SqliteConfig) ->
 async def _table_names(sqlite_config: SqliteConfig) -> list[str]:
     tables = await asyncio.to_thread(read_sqlite_tables, sqlite_config)
     return [t.name for t in tables]
+
+
+async def stored_status(config: Config, dsn: str) -> list[dict[str, object]]:
+    """The reverse table stream's status from the stores (the daemon stopped): checkpoint in
+    SQLite, pending changes and their age in PostgreSQL's changelog, open rejects in SQLite."""
+    import sqlite3
+    import time
+
+    from syncd.sinks.sqlite import CHECKPOINTS, REJECTS
+
+    assert config.sqlite is not None
+    path = config.sqlite.path
+    tables = await _table_names(config.sqlite)
+
+    def read_sqlite() -> tuple[int | None, int]:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            have = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+            row = db.execute(f"SELECT position FROM {CHECKPOINTS} WHERE stream = ?",
+                             (REVERSE_SQLITE_STREAM,)).fetchone() if CHECKPOINTS in have else None
+            rejects = db.execute(f"SELECT count(*) FROM {REJECTS} WHERE stream = ? AND resolved_at IS NULL",
+                                 (REVERSE_SQLITE_STREAM,)).fetchone()[0] if REJECTS in have else 0
+            return (int(row[0]) if row else None), int(rejects)
+        finally:
+            db.close()
+
+    checkpoint, rejects = await asyncio.to_thread(read_sqlite)
+    conn = await connect(config.target, dsn)
+    try:
+        count, oldest, head = 0, None, checkpoint or 0
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", pg_capture.CHANGELOG):
+            row = await conn.fetchrow(
+                f"SELECT count(*) AS n, min(ts) AS oldest, max(id) AS head FROM {pg_capture.CHANGELOG} "
+                "WHERE id > $1 AND tbl = ANY($2)", checkpoint or 0, tables)
+            count, oldest, head = int(row["n"]), row["oldest"], int(row["head"] or head)
+    finally:
+        await close_quietly(conn)
+    lag = 0.0 if not count or oldest is None else max(0.0, time.time() - float(oldest))
+    return [{"name": REVERSE_SQLITE_STREAM, "phase": "streaming" if checkpoint is not None else "not-started",
+             "source_position": head, "checkpoint": checkpoint, "pending": count,
+             "lag_seconds": round(lag, 3), "rejects": rejects, "snapshot_copied": None,
+             "daemon": "not running"}]

@@ -129,6 +129,9 @@ async def test_cutover_rollback_cutover_under_load(migration: Migration) -> None
     assert_none_lost(m)
     assert sum(len(rows) for rows in want.values()) > 500
     assert m.stop_daemon() == 0
+    shown = m.command("status").stdout
+    assert shown.startswith("app uses PostgreSQL (reverse: cut over)"), shown
+    assert "postgres→sqlite: streaming" in shown and "0 pending" in shown, shown
 
 
 async def test_dry_run_changes_nothing(migration: Migration) -> None:
