@@ -4,12 +4,19 @@ and an exact search.
 
     python -m bench.chroma_bench                         # 100k x 384-d and 20k x 1536-d
     python -m bench.chroma_bench --sets 20000x384 --lag-seconds 10
+    python -m bench.chroma_bench --after-init --rate 500 --batch-items 20   # vectors from the log
+
+Streaming load: --rate upserts/s offered as --rate / --batch-items client calls per second of
+--batch-items ids each (an app that embeds in batches); lag = visible in PostgreSQL minus the
+moment Chroma acknowledged the call, per call. The HNSW floor is PostgreSQL alone applying
+the same kind of upserts (new vectors for existing ids) to the indexed table, no syncd.
 
 Each set is written to a fresh `chroma run` server *before* `syncd init` (Chroma purges
 its log as it indexes, as for an app that has been running: most vectors then come from
 the server; with --after-init, after it: the log holds them), then copied by
 `syncd run --until-caught-up` into the embedded PostgreSQL.
-Results: bench/out/chroma/results.json and a table on stdout.
+Results: bench/out/chroma/results.json (results-after-init.json with --after-init) and a table
+on stdout.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import os
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,7 @@ import numpy as np
 from pgvector.asyncpg import register_vector
 
 from bench import pg as bench_pg
+from syncd.sinks.pgvector_plan import VectorTable
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out" / "chroma"
@@ -94,24 +104,109 @@ def events(stderr: str) -> list[dict[str, Any]]:
     return out
 
 
-async def copy_ceiling(dsn: str, data: np.ndarray, chunk: int = 5000) -> float:
-    """Vectors per second of a plain binary COPY of the same vectors (the ceiling)."""
+async def copy_ceiling(dsn: str, data: np.ndarray, chunk: int = 5000) -> dict[str, float]:
+    """Vectors per second of a plain binary COPY of the same vectors and the same documents and
+    metadata: through asyncpg's record encoder (pgvector's codec), and as a binary COPY stream
+    built beforehand (only PostgreSQL's side is timed: the strictest ceiling)."""
     conn = await asyncpg.connect(dsn)
     try:
         await register_vector(conn)
         dim = data.shape[1]
-        await conn.execute(f"DROP TABLE IF EXISTS ceiling; CREATE TABLE ceiling (id text COLLATE \"C\" "
-                           f"PRIMARY KEY, embedding vector({dim}) NOT NULL, document text, metadata jsonb)")
+        columns = ["id", "embedding", "document", "metadata"]
+
+        async def fresh() -> None:
+            await conn.execute(f"DROP TABLE IF EXISTS ceiling; CREATE TABLE ceiling (id text COLLATE \"C\" "
+                               f"PRIMARY KEY, embedding vector({dim}) NOT NULL, document text, "
+                               "metadata jsonb) WITH (fillfactor = 90)")
+
+        def rows(start: int) -> list[tuple[Any, ...]]:
+            return [(f"id{i:07d}", data[i], f"document {i}", json.dumps({"i": i, "topic": i % 97}))
+                    for i in range(start, min(start + chunk, len(data)))]
+
+        await fresh()
         began = time.perf_counter()
         for start in range(0, len(data), chunk):
-            rows = [(f"id{i:07d}", data[i], f"document {i}", json.dumps({"i": i, "topic": i % 97}))
-                    for i in range(start, min(start + chunk, len(data)))]
             async with conn.transaction():
-                await conn.copy_records_to_table("ceiling", records=rows,
-                                                 columns=["id", "embedding", "document", "metadata"])
-        seconds = time.perf_counter() - began
+                await conn.copy_records_to_table("ceiling", records=rows(start), columns=columns)
+        records_rate = len(data) / (time.perf_counter() - began)
+        payloads = [binary_copy(rows(start)) for start in range(0, len(data), chunk)]
+        await fresh()
+        began = time.perf_counter()
+        for payload in payloads:
+            async with conn.transaction():
+                await conn.copy_to_table("ceiling", source=messages(payload), columns=columns,
+                                         format="binary")
+        payload_rate = len(data) / (time.perf_counter() - began)
         await conn.execute("DROP TABLE ceiling")
-        return len(data) / seconds
+        return {"records": records_rate, "payload": payload_rate}
+    finally:
+        await conn.close()
+
+
+async def messages(payload: bytes, size: int = 1 << 19) -> AsyncIterator[memoryview]:
+    """CopyData messages of 512 kB, as syncd sends them (PostgreSQL parses one once it has it whole)."""
+    view = memoryview(payload)
+    for at in range(0, len(view), size):
+        yield view[at:at + size]
+
+
+def binary_copy(rows: list[tuple[Any, ...]]) -> bytes:
+    """A binary COPY stream of (text, vector, text, jsonb) rows."""
+    parts = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
+    for item_id, vector, document, metadata in rows:
+        i, d, m = item_id.encode(), document.encode(), b"\x01" + metadata.encode()
+        v = struct.pack(">hh", len(vector), 0) + np.asarray(vector, dtype=">f4").tobytes()
+        parts += [struct.pack(">hi", 4, len(i)), i, struct.pack(">i", len(v)), v,
+                  struct.pack(">i", len(d)), d, struct.pack(">i", len(m)), m]
+    parts.append(struct.pack(">h", -1))
+    return b"".join(parts)
+
+
+async def hnsw_floor(dsn: str, table: str, data: np.ndarray, *, rows: int, batch: int,
+                     statement: str | None = None) -> dict[str, Any]:
+    """Rows per second PostgreSQL alone applies upserts of new vectors to existing ids of the
+    indexed *table* (one transaction of *batch* rows each, executemany, as syncd writes a
+    batch); and metadata-only updates, with how many were HOT (no index insert)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await register_vector(conn)
+        rng = np.random.default_rng(11)
+        out: dict[str, Any] = {"rows": rows, "batch": batch}
+        plain = (f'INSERT INTO "{table}" (id, embedding, metadata) VALUES ($1, $2, $3::jsonb) ON CONFLICT '
+                 "(id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata")
+        runs = [("upsert_on_conflict", plain, False)]
+        if statement is not None:  # syncd's UPSERT: id, vector, has document, document, metadata, removed
+            runs.append(("syncd_upsert_statement", statement, True))
+        for name, sql, syncd_args in runs:
+            began = time.perf_counter()
+            for _ in range(rows // batch):
+                picks = rng.choice(len(data), batch, replace=False)
+                noise = 0.05 * rng.standard_normal((batch, data.shape[1]))
+                vectors = (data[picks] + noise).astype(np.float32)
+                ids = [f"id{i:07d}" for i in picks]
+                args: list[tuple[Any, ...]] = [
+                    (i, v, False, None, '{"floor": 2}', []) if syncd_args else (i, v, '{"floor": 1}')
+                    for i, v in zip(ids, vectors, strict=True)]
+                async with conn.transaction():
+                    await conn.executemany(sql, args)
+            out[f"{name}_rows_per_s"] = (rows // batch) * batch / (time.perf_counter() - began)
+        hot_sql = f"SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = '{table}'"
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        before = await conn.fetchrow(hot_sql)
+        began = time.perf_counter()
+        for _ in range(rows // batch):
+            picks = rng.choice(len(data), batch, replace=False)
+            async with conn.transaction():
+                await conn.executemany(f'UPDATE "{table}" SET metadata = $2::jsonb WHERE id = $1',
+                                       [(f"id{i:07d}", '{"meta_only": 1}') for i in picks])
+        out["metadata_only_update_rows_per_s"] = (rows // batch) * batch / (time.perf_counter() - began)
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await asyncio.sleep(0.6)
+        after = await conn.fetchrow(hot_sql)
+        updated = after["n_tup_upd"] - before["n_tup_upd"]
+        out["metadata_only_hot_share"] = (after["n_tup_hot_upd"] - before["n_tup_hot_upd"]) / updated \
+            if updated else None
+        return out
     finally:
         await conn.close()
 
@@ -157,19 +252,19 @@ def start_daemon(cfg: Path) -> subprocess.Popen[bytes]:
 
 
 async def streaming_lag(cfg: Path, dsn: str, table: str, col: Any, data: np.ndarray, rate: int,
-                        seconds: float) -> dict[str, Any]:
-    """Upserts of existing ids at *rate* per second while syncd streams; lag = visible in PostgreSQL
-    minus acknowledged by Chroma, per upsert call of 25 ids."""
+                        seconds: float, batch: int) -> dict[str, Any]:
+    """Upserts of existing ids with new vectors at *rate* per second, *batch* ids per Chroma call,
+    while syncd streams; lag = visible in PostgreSQL minus acknowledged by Chroma, per call."""
     daemon = start_daemon(cfg)
     conn = await asyncpg.connect(dsn)
     try:
         await asyncio.sleep(3)  # daemon start-up: imports, connections, catch-up check
-        batch = 25
         interval = batch / rate
         written: list[tuple[int, list[str], float]] = []
         lock = threading.Lock()
         rng = np.random.default_rng(3)
         stop = threading.Event()
+        late = [0]
 
         def writer() -> None:
             k = 0
@@ -179,12 +274,18 @@ async def streaming_lag(cfg: Path, dsn: str, table: str, col: Any, data: np.ndar
                 while time.perf_counter() < deadline:
                     picks = rng.choice(len(data), batch, replace=False)
                     ids = [f"id{i:07d}" for i in picks]
-                    col.upsert(ids=ids, embeddings=data[picks], metadatas=[{"k": k}] * batch)
+                    noise = 0.05 * rng.standard_normal((batch, data.shape[1]))
+                    col.upsert(ids=ids, embeddings=(data[picks] + noise).astype(np.float32),
+                               metadatas=[{"k": k}] * batch)
                     with lock:
                         written.append((k, ids, time.perf_counter()))
                     k += 1
                     next_at += interval
-                    time.sleep(max(0.0, next_at - time.perf_counter()))
+                    pause = next_at - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    else:
+                        late[0] += 1
             finally:
                 stop.set()
 
@@ -193,6 +294,7 @@ async def streaming_lag(cfg: Path, dsn: str, table: str, col: Any, data: np.ndar
         thread.start()
         lags: list[float] = []
         seen = 0
+        last_visible = began
         while not (stop.is_set() and seen >= len(written)):
             with lock:
                 todo = written[seen:]
@@ -203,18 +305,22 @@ async def streaming_lag(cfg: Path, dsn: str, table: str, col: Any, data: np.ndar
             n = await conn.fetchval(f'SELECT count(*) FROM "{table}" WHERE id = ANY($1::text[]) '
                                     "AND (metadata->>'k')::int >= $2", ids, k)
             if n >= len(set(ids)):
-                lags.append((time.perf_counter() - at) * 1000)
+                last_visible = time.perf_counter()
+                lags.append((last_visible - at) * 1000)
                 seen += 1
             else:
                 await asyncio.sleep(0.005)
         thread.join()
-        achieved = len(written) * batch / (time.perf_counter() - began)
+        offered_for = written[-1][2] - began if written else float("nan")
+        achieved = len(written) * batch / offered_for
     finally:
         await conn.close()
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
-    return {"target_rate": rate, "achieved_upserts_per_s": achieved, "p50_ms": pct(lags, 50),
-            "p99_ms": pct(lags, 99), "batches": len(lags)}
+    return {"target_rate": rate, "items_per_call": batch, "calls": len(written),
+            "calls_behind_schedule": late[0], "achieved_upserts_per_s": achieved,
+            "visible_upserts_per_s": len(written) * batch / (last_visible - began),
+            "p50_ms": pct(lags, 50), "p99_ms": pct(lags, 99), "max_ms": max(lags, default=float("nan"))}
 
 
 async def one_set(n: int, dim: int, server: bench_pg.Server, args: argparse.Namespace) -> dict[str, Any]:
@@ -237,7 +343,7 @@ async def one_set(n: int, dim: int, server: bench_pg.Server, args: argparse.Name
         cfg.write_text(f'[source.chroma]\nurl = "http://127.0.0.1:{port}"\npath = "{work / "chroma"}"\n\n'
                        f'[target]\ndsn = "{dsn}"\ncommand_timeout = 3600\n\n'
                        f'[state]\ndir = "{work / "state"}"\n\n'
-                       '[stream]\npoll_interval = 0.05\nbatch_size = 500\n\n'
+                       f'[stream]\npoll_interval = 0.05\nbatch_size = 500\nchunk_rows = {args.chunk_rows}\n\n'
                        '[health]\nlisten = "127.0.0.1:0"\n')
         if args.after_init:  # purging off from the start: the log holds every vector
             col.add(ids=["first"], embeddings=data[:1])
@@ -262,12 +368,21 @@ async def one_set(n: int, dim: int, server: bench_pg.Server, args: argparse.Name
                               "end_to_end_seconds_incl_index_and_startup": round(wall, 2)}
         result["hnsw_build_seconds"] = index["seconds"]
         result["hnsw_maintenance_work_mem_mb"] = index["maintenance_work_mem_mb"]
-        result["copy_ceiling_vectors_per_s"] = await copy_ceiling(dsn, data)
-        result["snapshot"]["share_of_ceiling"] = result["snapshot"]["vectors_per_s"] / \
-            result["copy_ceiling_vectors_per_s"]
+        ceiling = await copy_ceiling(dsn, data, args.chunk_rows)
+        result["copy_ceiling_vectors_per_s"] = ceiling["records"]
+        result["copy_ceiling_prebuilt_vectors_per_s"] = ceiling["payload"]
+        result["snapshot"]["share_of_ceiling"] = result["snapshot"]["vectors_per_s"] / ceiling["records"]
+        result["snapshot"]["share_of_prebuilt_ceiling"] = \
+            result["snapshot"]["vectors_per_s"] / ceiling["payload"]
         result["queries"] = await queries(dsn, name, col, data, args.queries, seed=dim)
         if args.lag_seconds > 0:
-            result["streaming"] = await streaming_lag(cfg, dsn, name, col, data, args.rate, args.lag_seconds)
+            result["streaming"] = [await streaming_lag(cfg, dsn, name, col, data, rate, args.lag_seconds,
+                                                       args.batch_items) for rate in args.rate]
+        if args.floor_rows > 0:
+            statement = VectorTable(collection_id="", collection=name, space="cosine", schema="public",
+                                    name=name, dim=dim, vector_type=f"vector({dim})", created=True).upsert_sql
+            result["hnsw_floor"] = await hnsw_floor(dsn, name, data, rows=args.floor_rows,
+                                                    batch=args.batch_items, statement=statement)
     finally:
         chroma.send_signal(signal.SIGTERM)
         chroma.wait(timeout=60)
@@ -275,20 +390,30 @@ async def one_set(n: int, dim: int, server: bench_pg.Server, args: argparse.Name
 
 
 def report(results: list[dict[str, Any]]) -> str:
-    lines = ["| set | snapshot vec/s | COPY ceiling vec/s | share | HNSW build s | lag p50 / p99 ms "
-             "(upserts/s) | Chroma p50/p95 ms, recall | pgvector ef40 | pgvector ef100 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | vectors from | snapshot vec/s | COPY ceiling vec/s: records / prebuilt | share | "
+             "HNSW build s | lag p50 / p99 ms (upserts/s offered → accepted → visible) | "
+             "HNSW floor rows/s (plain / syncd statement) | Chroma p50/p95 ms, recall | pgvector ef40 | "
+             "pgvector ef100 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
     def qf(q: dict[str, Any], k: str) -> str:
         return f"{q[k]['p50_ms']:.1f}/{q[k]['p95_ms']:.1f}, {q[k]['recall_at_10']:.3f}"
 
     for r in results:
         q = r["queries"]
-        s = r.get("streaming", {})
-        lag = (f"{s['p50_ms']:.0f} / {s['p99_ms']:.0f} ({s['achieved_upserts_per_s']:.0f})" if s else "—")
-        lines.append(f"| {r['items']:,} × {r['dim']} | {r['snapshot']['vectors_per_s']:,.0f} | "
-                     f"{r['copy_ceiling_vectors_per_s']:,.0f} | {r['snapshot']['share_of_ceiling']:.0%} | "
-                     f"{r['hnsw_build_seconds']:.1f} | {lag} | {qf(q, 'chroma')} | "
-                     f"{qf(q, 'pgvector_ef40')} | {qf(q, 'pgvector_ef100')} |")
+        f = r.get("hnsw_floor", {})
+        lag = "; ".join(f"{s['p50_ms']:.0f} / {s['p99_ms']:.0f} ({s['target_rate']} → "
+                        f"{s['achieved_upserts_per_s']:.0f} → {s['visible_upserts_per_s']:.0f})"
+                        for s in r.get("streaming", [])) or "—"
+        floor = (f"{f['upsert_on_conflict_rows_per_s']:.0f} / "
+                 f"{f.get('syncd_upsert_statement_rows_per_s', 0):.0f}" if f else "—")
+        snap = r["snapshot"]
+        lines.append(f"| {r['items']:,} × {r['dim']} | {r['vectors_from'].split(' ')[0]} | "
+                     f"{snap['vectors_per_s']:,.0f} | {r['copy_ceiling_vectors_per_s']:,.0f} / "
+                     f"{r['copy_ceiling_prebuilt_vectors_per_s']:,.0f} | {snap['share_of_ceiling']:.0%} / "
+                     f"{snap['share_of_prebuilt_ceiling']:.0%} | {r['hnsw_build_seconds']:.1f} | {lag} | "
+                     f"{floor} | "
+                     f"{qf(q, 'chroma')} | {qf(q, 'pgvector_ef40')} | {qf(q, 'pgvector_ef100')} |")
     return "\n".join(lines)
 
 
@@ -296,8 +421,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", nargs="+", default=["100000x384", "20000x1536"])
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--rate", type=int, nargs="+", default=[500],
+                        help="upserts/s offered while streaming; several rates run one after another")
     parser.add_argument("--lag-seconds", type=float, default=30.0)
+    parser.add_argument("--batch-items", type=int, default=20,
+                        help="ids per Chroma upsert call in the streaming load (rate / batch-items calls/s)")
+    parser.add_argument("--floor-rows", type=int, default=2000,
+                        help="upserts PostgreSQL applies alone to measure the HNSW floor (0: skip)")
+    parser.add_argument("--chunk-rows", type=int, default=5000, help="syncd's stream.chunk_rows")
     parser.add_argument("--after-init", action="store_true",
                         help="write the set after `syncd init` (its log kept): the snapshot reads vectors "
                              "from the log instead of the server")

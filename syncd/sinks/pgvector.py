@@ -16,15 +16,22 @@ The HNSW index is built once catch-up is done.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 import structlog
 
 from syncd.config import Target
 from syncd.errors import RowError, SchemaError, StrictModeStop, SyncdError
+from syncd.mapping import base_type
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.pg import close_quietly, transaction, translate
 from syncd.ports import ApplyResult, Chunk
@@ -239,36 +246,79 @@ class PgvectorSink:
         raws: list[tuple[Any, ...]] = []
         seen: list[tuple[str, int]] = []
         rejects: list[Reject] = []
-        for item_id, vector, document, metadata, seq, error in rows:
-            if start is not None and seq > start:
-                seen.append((item_id, seq))
+        if start is not None:
+            seen = [(row[0], row[4]) for row in rows if row[4] > start]
+        fits = vectors_fit(t, [row[1] for row in rows])
+        # ids and documents that the text converters would return unchanged are taken as they are
+        plain_ids = t.id_type == "text" and plain_texts([row[0] for row in rows])
+        plain_docs = plain_texts([row[2] for row in rows])
+        if plain_ids and plain_docs and fits.all() and not any(row[5] for row in rows):
+            whole = self._plain_records(rows)
+            if whole is not None:
+                return whole, [row[:4] for row in rows], seen, rejects
+        for k, (item_id, vector, document, metadata, _seq, error) in enumerate(rows):
             try:
                 if error:
                     raise RowError(error)
-                records.append(t.record(item_id, vector, document, metadata))
+                if not fits[k]:
+                    t.check_vector(vector)  # raises, naming what is wrong
+                records.append(full_image(t, item_id, vector, document, metadata, plain_ids, plain_docs))
                 raws.append((item_id, vector, document, metadata))
             except RowError as exc:
                 rejects.append(Reject(t.collection, [item_id], raw_image(item_id, vector, document, metadata),
                                       exc.message))
         return records, raws, seen, rejects
 
-    def prepare_chunk(self, chunk: Chunk) -> tuple[list[Record], list[Record], list[Reject]]:
-        """Convert a chunk's rows (pure: safe on another thread while the previous chunk is written)."""
+    def _plain_records(self, rows: Sequence[tuple[Any, ...]]) -> list[Record] | None:
+        """Full images of rows whose ids, documents and vectors need no conversion, column by
+        column, for a table of the default layout; None when a row needs more (a metadata
+        value that does not fit): the caller then converts row by row."""
+        t = self.table
+        if t.columns != [t.id_col, t.embedding_col, "document", "metadata"] or t.document_not_null:
+            return None
+        try:
+            metadata = [rest_json(t, row[3]) for row in rows]
+        except RowError:
+            return None
+        return [(row[0], row[1], row[2], m) for row, m in zip(rows, metadata, strict=True)]
+
+    def prepare_chunk(self, chunk: Chunk) -> PreparedChunk:
+        """Convert a chunk's rows and encode them for binary COPY (pure: safe on another thread
+        while the previous chunk is written)."""
         records, raws, _, rejects = self._records(chunk.rows, None)
-        return records, raws, rejects
+        return PreparedChunk(records, raws, rejects, copy_payload(self.table, records))
 
     async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult:
-        records, raws, rejects = chunk.prepared if chunk.prepared is not None else self.prepare_chunk(chunk)
+        prepared = chunk.prepared if isinstance(chunk.prepared, PreparedChunk) else self.prepare_chunk(chunk)
+        rejects = prepared.rejects
         seen = [(row[0], row[4]) for row in chunk.rows if row[4] > state.start.offset]
         self._check_strict(rejects)
         async with guarded(f"copying into {self.table.qualified}"), transaction(self.conn):
-            await self._copy_isolating(records, raws, rejects)
+            if not await self._copy_payload(prepared.payload):
+                await self._copy_isolating(prepared.records, prepared.raws, rejects)
             self._check_strict(rejects)
             await self._save_seen(stream, seen)
             await pgstate.insert_rejects(self.conn, stream, rejects)
             await pgstate.save_checkpoint(self.conn, stream, state.start, state)
         self._count(rejects)
         return ApplyResult(applied=len(chunk.rows) - len(rejects), rejected=len(rejects))
+
+    async def _copy_payload(self, payload: list[bytes] | None) -> bool:
+        """COPY a prepared binary payload under a savepoint; False if there is none or PostgreSQL
+        refused a row of it (the caller then copies record by record, isolating the bad ones)."""
+        if payload is None:
+            return False
+        t = self.table
+        try:
+            async with transaction(self.conn):
+                await self.conn.copy_to_table(t.name, source=copy_messages(payload), columns=t.columns,
+                                              schema_name=t.schema, format="binary")
+        except Exception as exc:
+            err = translate(exc, f"copying into {t.qualified}")
+            if not isinstance(err, RowError):
+                raise err from exc
+            return False
+        return True
 
     async def _copy_isolating(self, records: list[tuple[Any, ...]], raws: list[tuple[Any, ...]],
                               rejects: list[Reject]) -> None:
@@ -324,6 +374,8 @@ class PgvectorSink:
         meta = row.get("metadata") or {}
         if op == "add":
             return "add", t.record(item_id, row["embedding"], row["document"], meta), ch
+        if op == "replace":  # a whole image (coalesced changes that follow a DELETE)
+            return "replace", t.record(item_id, row["embedding"], row["document"], meta), ch
         if op == "upsert" and row["embedding"] is None:
             raise RowError("an upsert without an embedding")
         if op in ("update", "upsert"):
@@ -350,27 +402,9 @@ class PgvectorSink:
                 skipped |= {kept[j] for j in echoed}
             suspect = await self._rejected_ids(stream, batch)
         current = await self.source.current_items(sorted(suspect)) if suspect else {}
-        last = {str(ch.key[0]): i for i, ch in enumerate(batch.changes) if i not in skipped}
-        prepared: list[Prepared] = []
-        rejects: list[Reject] = []
-        seen: list[tuple[str, int]] = []
-        for i, ch in enumerate(batch.changes):
-            if i in skipped:
-                continue
-            item_id = str(ch.key[0])
-            try:
-                if item_id not in suspect:
-                    prepared.append(self._prepare(ch))
-                elif last[item_id] == i:
-                    prepared.append(self._refresh(ch, current.get(item_id)))
-                    item = current.get(item_id)
-                    if item is not None and item.seq > batch.position.offset:
-                        seen.append((item_id, item.seq))
-            except RowError as exc:
-                item = current.get(item_id)
-                rejects.append(self._reject(ch, exc.message) if item is None else Reject(
-                    self.table.collection, [item_id],
-                    raw_image(item.id, item.vector, item.document, item.metadata), exc.message, ch.position))
+        todo = [ch for i, ch in enumerate(batch.changes) if i not in skipped]
+        prepared, rejects, seen, represented = self._prepare_batch(batch, todo, suspect, current,
+                                                                   coalesce=True)
         self._check_strict(rejects)
         try:
             async with transaction(self.conn):
@@ -381,8 +415,11 @@ class PgvectorSink:
             err = translate(exc, f"applying changes to {self.table.qualified}")
             if not isinstance(err, RowError):
                 raise err from exc
+            # change by change, as logged (not coalesced), so that a refused row names its change
+            prepared, rejects, seen, _ = self._prepare_batch(batch, todo, suspect, current, coalesce=False)
             async with guarded("applying changes one by one"), transaction(self.conn):
                 prepared = await self._apply_one_by_one(prepared, rejects)
+                represented = len(prepared)
                 self._check_strict(rejects)
                 await forget_echoes(self.conn, self.table.collection_id, echoes)
                 await self._finish_batch(stream, batch, suspect, seen, rejects)
@@ -391,7 +428,62 @@ class PgvectorSink:
         elif self._max_seen and batch.position.offset >= self._max_seen:
             self._max_seen = 0
         self._count(rejects)
-        return ApplyResult(applied=len(prepared), rejected=len(rejects))
+        return ApplyResult(applied=represented, rejected=len(rejects))
+
+    def _prepare_batch(self, batch: Batch, kept: list[Change], suspect: set[str], current: dict[str, Item], *,
+                       coalesce: bool) -> tuple[list[Prepared], list[Reject], list[tuple[str, int]], int]:
+        """The writes for *kept* (the batch's changes not skipped), the changes that cannot be
+        written, the ids to skip later (refreshed images newer than the batch), and how many
+        changes the writes stand for.
+
+        With *coalesce*, the changes of one id that together have the effect of a single
+        write become that write (:func:`coalesce`); the writes are then ordered by kind, so
+        that each kind is one ``executemany``, keeping the order of each id's writes.
+        """
+        last = {str(ch.key[0]): i for i, ch in enumerate(kept)}
+        rejects: list[Reject] = []
+        seen: list[tuple[str, int]] = []
+        groups: list[tuple[int, Change, list[Change]]] = []  # (stage of its id, change, what it stands for)
+        stages: dict[str, int] = {}
+        plain = [ch for ch in kept if str(ch.key[0]) not in suspect]
+        for merged, parts in (coalesce_changes(plain) if coalesce else [(ch, [ch]) for ch in plain]):
+            item_id = str(merged.key[0])
+            stage = stages[item_id] = stages.get(item_id, -1) + 1
+            groups.append((stage, merged, parts))
+        prepared: list[tuple[int, Prepared]] = []
+        represented = 0
+        for stage, merged, parts in groups:
+            try:
+                prepared.append((stage, self._prepare(merged)))
+                represented += len(parts)
+                continue
+            except RowError as exc:
+                if len(parts) == 1:
+                    rejects.append(self._reject(merged, exc.message))
+                    continue
+            for ch in parts:  # a coalesced write that cannot be made: change by change
+                try:
+                    prepared.append((stage, self._prepare(ch)))
+                    represented += 1
+                except RowError as exc:
+                    rejects.append(self._reject(ch, exc.message))
+        for i, ch in enumerate(kept):
+            item_id = str(ch.key[0])
+            if item_id not in suspect or last[item_id] != i:
+                continue
+            item = current.get(item_id)
+            try:
+                prepared.append((stages.get(item_id, 0), self._refresh(ch, item)))
+                represented += 1
+                if item is not None and item.seq > batch.position.offset:
+                    seen.append((item_id, item.seq))
+            except RowError as exc:
+                rejects.append(self._reject(ch, exc.message) if item is None else Reject(
+                    self.table.collection, [item_id],
+                    raw_image(item.id, item.vector, item.document, item.metadata), exc.message, ch.position))
+        if coalesce:
+            prepared.sort(key=lambda p: (p[0], KIND_ORDER[p[1][0]]))
+        return [p for _, p in prepared], rejects, seen, represented
 
     def _refresh(self, ch: Change, item: Item | None) -> Prepared:
         """The current image of an id with an open reject, as a full write (or a delete)."""
@@ -564,3 +656,250 @@ def _convertible(t: VectorTable, item_id: str) -> bool:
     return True
 
 
+
+
+# --- coalescing the changes of one id in a batch ----------------------------------------------
+
+KIND_ORDER = {"delete": 0, "replace": 1, "add": 2, "update": 3, "upsert": 4}
+
+
+def _kind(ch: Change) -> str | None:
+    """The Chroma operation of a change; None for one that is not merged (it carries an error)."""
+    if ch.op is Op.DELETE or ch.row is None:
+        return "delete"
+    if ch.row.get("error") or ch.row.get("op") not in ("add", "update", "upsert", "replace"):
+        return None
+    return str(ch.row["op"])
+
+
+def _image(op: str, embedding: Any, document: Any, has_document: bool,
+           metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"op": op, "embedding": embedding, "document": document, "has_document": has_document,
+            "metadata": metadata, "error": None}
+
+
+def _patched(base: Mapping[str, Any], patch: Mapping[str, Any], op: str) -> dict[str, Any]:
+    """*base* followed by the UPDATE / UPSERT *patch*: vector and document if given, metadata keys
+    set (a null removes the key). A whole image (``replace``) drops removed keys; a patch keeps
+    the nulls, which remove the keys from the row it is applied to."""
+    metadata = dict(base.get("metadata") or {})
+    for key, value in (patch.get("metadata") or {}).items():
+        if value is None and op == "replace":
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    has_document = bool(patch["has_document"])
+    return _image(op, patch["embedding"] if patch["embedding"] is not None else base["embedding"],
+                  patch["document"] if has_document else base["document"],
+                  has_document or bool(base["has_document"]), metadata)
+
+
+def _whole(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The item an ADD / UPSERT creates where the id is missing."""
+    metadata = {k: v for k, v in (row.get("metadata") or {}).items() if v is not None}
+    document = row["document"] if row["has_document"] else None
+    return _image("replace", row["embedding"], document, True, metadata)
+
+
+def merge(first: Change, then: Change) -> Change | None:
+    """One change with the effect of *first* followed by *then* (same id), whether or not the
+    id exists before them; None when there is none. Chroma's rules: ADD of an existing id and
+    UPDATE of a missing id do nothing; UPSERT patches an existing id or creates it."""
+    a, b = _kind(first), _kind(then)
+    if a is None or b is None:
+        return None
+    if b in ("delete", "replace"):
+        return then
+    row_a, row_b = first.row or {}, then.row or {}
+    image: Mapping[str, Any] | None = None
+    if a == "delete":  # the id is missing now
+        if b == "update":
+            return first
+        image = _whole(row_b)
+    elif a == "replace":  # the id exists with a known image
+        image = row_a if b == "add" else _patched(row_a, row_b, "replace")
+    elif a in ("add", "upsert") and b == "add":
+        return first  # the id exists after either: the ADD does nothing
+    elif (a, b) in (("update", "update"), ("upsert", "update"), ("upsert", "upsert")):
+        image = _patched(row_a, row_b, a)
+    if image is None:
+        return None  # ADD then UPDATE / UPSERT, UPDATE then ADD / UPSERT: the result depends on the row
+    return Change(Op.UPDATE, then.object, then.key, dict(image), then.position, then.committed_at)
+
+
+def coalesce_changes(changes: Sequence[Change]) -> list[tuple[Change, list[Change]]]:
+    """Per id, runs of consecutive changes replaced by one change with the same effect
+    (:func:`merge`); each with the changes it stands for. The result keeps the order of
+    each id's changes (not the order across ids)."""
+    by_id: dict[str, list[tuple[Change, list[Change]]]] = {}
+    for ch in changes:
+        runs = by_id.setdefault(str(ch.key[0]), [])
+        if runs:
+            merged = merge(runs[-1][0], ch)
+            if merged is not None:
+                runs[-1] = (merged, [*runs[-1][1], ch])
+                continue
+        runs.append((ch, [ch]))
+    return [run for runs in by_id.values() for run in runs]
+
+
+# --- binary COPY of snapshot chunks -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PreparedChunk:
+    """A snapshot chunk converted off the event loop: full images, the rows they came from,
+    the rows that cannot be written, and the images encoded for binary COPY (None when a
+    column type has no encoder here: the images then go through asyncpg's codecs)."""
+
+    records: list[Record]
+    raws: list[Record]
+    rejects: list[Reject]
+    payload: list[bytes] | None
+
+
+def vectors_fit(t: VectorTable, vectors: Sequence[Any]) -> npt.NDArray[np.bool_]:
+    """Per vector: of the table's dimension and finite (checked for the whole chunk at once)."""
+    fits = np.zeros(len(vectors), dtype=bool)
+    index = [k for k, v in enumerate(vectors) if v is not None and len(v) == t.dim]
+    if index:
+        block = np.stack([vectors[k] for k in index])
+        fits[index] = np.isfinite(block).all(axis=1)
+    return fits
+
+
+def plain_texts(values: Sequence[Any]) -> bool:
+    """Whether *values* are all str (or None) without NUL: what a text converter returns unchanged."""
+    try:
+        return "\x00" not in "".join([v for v in values if v is not None])
+    except TypeError:
+        return False
+
+
+def full_image(t: VectorTable, item_id: str, vector: Any, document: str | None,
+               metadata: Mapping[str, Any], plain_id: bool = False, plain_doc: bool = False) -> Record:
+    """:meth:`VectorTable.record` for a vector already checked (:func:`vectors_fit`); *plain_id* /
+    *plain_doc*: the id / document is known to need no conversion (:func:`plain_texts`)."""
+    out: list[Any] = [item_id if plain_id else t.convert_id(item_id), vector]
+    if t.document_col:
+        out.append(document if plain_doc and (document is not None or not t.document_not_null)
+                   else t.convert_document(document))
+    if t.metadata_col:
+        out.append(rest_json(t, metadata))
+    if t.mapped:
+        out.extend(t.convert_mapped(m, metadata.get(m.key)) for m in t.mapped)
+    return tuple(out)
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, check_circular=False)
+
+
+def rest_json(t: VectorTable, metadata: Mapping[str, Any]) -> str | None:
+    """:meth:`VectorTable.rest_json` (same result, same errors) with one shared encoder."""
+    if t.metadata_col is None:
+        return None
+    if t.mapped:
+        keys = t.mapped_keys
+        rest = {k: v for k, v in metadata.items() if k not in keys and v is not None}
+    elif any(v is None for v in metadata.values()):
+        rest = {k: v for k, v in metadata.items() if v is not None}
+    else:
+        rest = dict(metadata)
+    if not rest:
+        return None
+    try:
+        text = _JSON.encode(rest)
+    except ValueError:
+        raise RowError(f"column {t.metadata_col!r}: metadata holds a non-finite number",
+                       column=t.metadata_col) from None
+    if "\\u0000" in text:
+        raise RowError(f"column {t.metadata_col!r}: jsonb cannot hold \\u0000", column=t.metadata_col)
+    return text
+
+
+_I32 = struct.Struct(">i").pack
+_NULL = _I32(-1)
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+COPY_TRAILER = struct.pack(">h", -1)
+FieldEncoder = Callable[[Any], bytes]
+
+
+def _text_field(value: Any) -> bytes:
+    data = str(value).encode()
+    return _I32(len(data)) + data
+
+
+def _jsonb_field(value: Any) -> bytes:
+    data = str(value).encode()
+    return _I32(len(data) + 1) + b"\x01" + data
+
+
+def _packed(fmt: str) -> FieldEncoder:
+    pack = struct.Struct(">i" + fmt).pack
+    size = struct.calcsize(">" + fmt)
+    return lambda value: pack(size, value)
+
+
+def _bool_field(value: Any) -> bytes:
+    return b"\x00\x00\x00\x01\x01" if value else b"\x00\x00\x00\x01\x00"
+
+
+_FIELD_ENCODERS: dict[str, FieldEncoder] = {
+    "text": _text_field, "character varying": _text_field, "varchar": _text_field,
+    "jsonb": _jsonb_field, "json": _text_field,
+    "bigint": _packed("q"), "integer": _packed("i"), "smallint": _packed("h"),
+    "double precision": _packed("d"), "real": _packed("f"), "boolean": _bool_field,
+}
+
+
+def field_encoders(t: VectorTable) -> list[FieldEncoder] | None:
+    """Binary COPY encoders of the non-vector columns, in :attr:`VectorTable.columns` order, or
+    None when the column types are not all known here (a table syncd did not create, or a
+    lifted column of another type)."""
+    if not t.created or t.id_type != "text" or not t.vector_type.startswith("vector("):
+        return None
+    types = ["text"] + (["text"] if t.document_col else []) + (["jsonb"] if t.metadata_col else [])
+    types += [m.pg_type for m in t.mapped]
+    encoders = [_FIELD_ENCODERS.get(base_type(pg_type)) for pg_type in types]
+    return None if any(e is None for e in encoders) else [e for e in encoders if e is not None]
+
+
+COPY_MESSAGE = 1 << 19
+"""Bytes per CopyData message: PostgreSQL reads a message whole before it parses it, so
+messages of this size let it insert while the rest of a chunk is still on the way."""
+
+
+async def copy_messages(messages: Sequence[bytes]) -> AsyncIterator[bytes]:
+    for message in messages:
+        yield message
+
+
+def copy_payload(t: VectorTable, records: Sequence[Record]) -> list[bytes] | None:
+    """*records* (full images in :attr:`VectorTable.columns` order, vectors checked) as a
+    binary COPY stream, in messages of about :data:`COPY_MESSAGE` bytes. The vectors are
+    written as pgvector's binary form — dimensions, a zero, then the float32 values
+    big-endian — byte-swapped as one block, so the bits are the ones read."""
+    encoders = field_encoders(t)
+    if encoders is None or not records:
+        return None
+    id_field, *rest = encoders
+    width = 4 * t.dim
+    vector_head = _I32(4 + width) + struct.pack(">hh", t.dim, 0)
+    block = np.stack([r[1] for r in records]).astype(np.float32, copy=False)
+    block.byteswap(inplace=True)  # np.stack made a copy of its own: big-endian in place
+    vectors = block.data.cast("B")
+    # column by column, then interleaved row by row, a message's worth of rows at a time
+    columns: list[Sequence[bytes] | Sequence[memoryview]] = [
+        [id_field(r[0]) for r in records],
+        [vectors[at:at + width] for at in range(0, width * len(records), width)]]
+    for i, encode in enumerate(rest, start=2):
+        columns.append([_NULL if r[i] is None else encode(r[i]) for r in records])
+    head = struct.pack(">h", len(t.columns))
+    step = max(1, COPY_MESSAGE // (width + 64))
+    messages = []
+    for at in range(0, len(records), step):
+        ids, vecs, *others = (c[at:at + step] for c in columns)
+        rows = zip(itertools.repeat(head), ids, itertools.repeat(vector_head), vecs, *others)
+        messages.append(b"".join(itertools.chain.from_iterable(rows)))
+    messages[0] = COPY_HEADER + messages[0]
+    messages.append(COPY_TRAILER)
+    return messages

@@ -134,6 +134,23 @@ def decode_vector(blob: bytes | None, encoding: str | None) -> tuple[Vector | No
     return np.frombuffer(blob, dtype="<f4"), None
 
 
+def _add_image(item: Item, metadata: str | None) -> bool:
+    """Fill *item*'s document and metadata from its ADD log row; False if that row's metadata
+    cannot be read (the metadata segment is read instead)."""
+    if not metadata:
+        return True
+    try:
+        parsed = json.loads(metadata)
+    except ValueError:
+        return False
+    if not isinstance(parsed, dict):
+        return False
+    item.document = parsed.pop(DOCUMENT_KEY, None)
+    parsed.pop(URI_KEY, None)
+    item.metadata = {k: v for k, v in parsed.items() if v is not None}
+    return True
+
+
 def _scalar(s: Any, i: Any, f: Any, b: Any) -> Any:
     if b is not None:
         return bool(b)
@@ -428,32 +445,45 @@ class ChromaLog:
 
     def _images(self, conn: sqlite3.Connection, info: CollectionInfo,
                 wanted: list[tuple[int, str, int]]) -> list[Item]:
+        """Items (metadata-segment rowid, id, seq) with their documents, metadata and vectors.
+
+        The vector comes from the log row of the item's last effective operation. When that
+        row is an ADD, it also holds the item's whole metadata and document (nothing took
+        effect on the item after it), so the metadata segment is read only for the others.
+        """
         if not wanted:
             return []
-        rowids = json.dumps([w[0] for w in wanted])
         items = {rowid: Item(id=eid, seq=seq, document=None, metadata={}, vector=None)
                  for rowid, eid, seq in wanted}
-        for rowid, key, s, i, f, b in conn.execute(
-                "SELECT id, key, string_value, int_value, float_value, bool_value FROM embedding_metadata "
-                "WHERE id IN (SELECT value FROM json_each(?))", (rowids,)):
-            if key == DOCUMENT_KEY:
-                items[rowid].document = s
-            elif key != URI_KEY:
-                items[rowid].metadata[key] = _scalar(s, i, f, b)
-        if self._has_arrays:
-            for rowid, key, s, i, f, b in conn.execute(
-                    "SELECT id, key, string_value, int_value, float_value, bool_value "
-                    "FROM embedding_metadata_array WHERE id IN (SELECT value FROM json_each(?)) "
-                    "ORDER BY id, key, rowid", (rowids,)):
-                items[rowid].metadata.setdefault(key, []).append(_scalar(s, i, f, b))
-        by_seq = {item.seq: item for item in items.values()}
-        for seq, item_id, blob, encoding in conn.execute(
-                "SELECT seq_id, id, vector, encoding FROM embeddings_queue "
+        by_seq = {seq: rowid for rowid, _, seq in wanted}
+        rest = set(items)
+        for seq, item_id, op, blob, encoding, meta in conn.execute(
+                "SELECT seq_id, id, operation, vector, encoding, metadata FROM embeddings_queue "
                 "WHERE seq_id IN (SELECT value FROM json_each(?)) AND topic = ?",
                 (json.dumps(list(by_seq)), self.topic(info.id))):
-            item = by_seq.get(int(seq))
-            if item is not None and item.id == item_id and blob is not None:
+            rowid = by_seq.get(int(seq))
+            if rowid is None or items[rowid].id != item_id:
+                continue
+            item = items[rowid]
+            if blob is not None:
                 item.vector, item.error = decode_vector(blob, encoding)
+            if op == OP_ADD and _add_image(item, meta):
+                rest.discard(rowid)
+        if rest:
+            rowids = json.dumps(sorted(rest))
+            for rowid, key, s, i, f, b in conn.execute(
+                    "SELECT id, key, string_value, int_value, float_value, bool_value "
+                    "FROM embedding_metadata WHERE id IN (SELECT value FROM json_each(?))", (rowids,)):
+                if key == DOCUMENT_KEY:
+                    items[rowid].document = s
+                elif key != URI_KEY:
+                    items[rowid].metadata[key] = _scalar(s, i, f, b)
+            if self._has_arrays:
+                for rowid, key, s, i, f, b in conn.execute(
+                        "SELECT id, key, string_value, int_value, float_value, bool_value "
+                        "FROM embedding_metadata_array WHERE id IN (SELECT value FROM json_each(?)) "
+                        "ORDER BY id, key, rowid", (rowids,)):
+                    items[rowid].metadata.setdefault(key, []).append(_scalar(s, i, f, b))
         return list(items.values())
 
     async def items(self, info: CollectionInfo, after: str | None, limit: int,
