@@ -272,8 +272,11 @@ class Director:
             await close_quietly(conn)
 
     async def run(self, on_started: Callable[[], None]) -> int:
+        """Run until stopped. *on_started* is called once the daemon is up — before the first
+        direction is read, so that a PostgreSQL still unreachable at start shows in health and
+        status (no stream yet) instead of holding up systemd's start."""
         dsn = await target_dsn(self.config)
-        started = False
+        on_started()
         while True:
             try:
                 direction = await self._direction(dsn)
@@ -290,9 +293,6 @@ class Director:
                 return 0
             log.info("streaming", direction=direction)
             await sup.start()
-            if not started:
-                started = True
-                on_started()
             waiter = asyncio.create_task(sup.wait(), name="syncd-streams")
             watcher = asyncio.create_task(self._watch(dsn, direction), name="syncd-direction")
             done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)

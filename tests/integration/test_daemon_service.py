@@ -93,3 +93,38 @@ def test_notify_health_and_clean_stop(tmp_path: Path, make_config: Any) -> None:
             proc.wait()
         sock.close()
         conn.close()
+
+
+def test_ready_while_postgresql_is_unreachable(tmp_path: Path) -> None:
+    """PostgreSQL down at start: the daemon still comes up (READY=1, /healthz 200), says why it
+    is not ready, and stops cleanly; it does not hold up systemd's start."""
+    db = tmp_path / "app.sqlite"
+    sqlite3.connect(db).execute("CREATE TABLE notes (id INTEGER PRIMARY KEY)").connection.close()
+    port, dead = free_port(), free_port()
+    cfg = tmp_path / "syncd.toml"
+    cfg.write_text(f'[source.sqlite]\npath = "{db}"\n[target]\ndsn = "postgresql://u:secret@127.0.0.1:{dead}/x"\n'
+                   "connect_timeout = 1\n"
+                   f'[state]\ndir = "{tmp_path / "state"}"\n[health]\nlisten = "127.0.0.1:{port}"\n')
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "SYNCD_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(syncd_cmd("--config", str(cfg), "run"), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        messages: list[str] = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        base = f"http://127.0.0.1:{port}"
+        assert get(base + "/healthz")[0] == 200
+        code, body = get(base + "/readyz")
+        assert code == 503, body
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "unreachable" in err and "secret" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
