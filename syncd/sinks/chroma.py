@@ -12,7 +12,8 @@ id it touches:
 2. an *echo record* per write (collection, id, digest of what is sent, or
    ``delete``, and the changelog position it comes from, so that a replayed batch
    records nothing twice) is committed in ``syncd.chroma_echo``; the forward sink
-   skips the Chroma log row of that write and deletes the record (:func:`take_echoes`);
+   skips the Chroma log row of that write and deletes the record
+   (:mod:`syncd.sinks.chroma_echo`);
 3. the writes go through the chromadb ``HttpClient`` of the configured server (or
    the private ``chroma run`` syncd starts for a persist directory): deletes, then
    upserts whose metadata sets every key the row holds and removes (``None``) the
@@ -29,11 +30,10 @@ table they are the float16 values PostgreSQL holds.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +55,15 @@ from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.pg import close_quietly, transaction
 from syncd.ports import ApplyResult, Chunk
 from syncd.sinks import pgstate
-from syncd.sinks.pgstate import STATE_SCHEMA, Reject
+from syncd.sinks.chroma_echo import (
+    DELETED,
+    ECHO_DDL,
+    Echo,
+    echo_digest,
+    forget_echoes,
+    record_echoes,
+)
+from syncd.sinks.pgstate import Reject
 from syncd.sinks.pgvector_plan import VectorTable, raw_image
 from syncd.sinks.postgres import guarded
 from syncd.sources.chroma_log import OP_DELETE, OP_UPSERT, ChromaLog, CollectionInfo, Item
@@ -64,84 +72,7 @@ from syncd.sources.chroma_server import ServerAddress
 log = structlog.get_logger("syncd.sink.chroma")
 T = TypeVar("T")
 
-ECHO_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
-CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.chroma_echo (
-    collection_id text NOT NULL,
-    id            text NOT NULL,
-    digest        text NOT NULL,
-    position      bigint NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (collection_id, id, digest, position)
-);
-"""
-DELETED = "delete"
 WRITE_BATCH = 500
-
-
-# --- echo records ---------------------------------------------------------------------------
-
-def echo_digest(vector: bytes | None, document: str | None, metadata: Mapping[str, Any]) -> str:
-    """What one Chroma upsert carries: float32 bytes, document, the non-null metadata keys."""
-    body = json.dumps({"d": document, "m": {k: v for k, v in metadata.items() if v is not None},
-                       "v": vector.hex() if vector is not None else None},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def change_digest(change: Change) -> str:
-    """The digest of a forward change (a Chroma log row), comparable with :func:`echo_digest`."""
-    row = change.row
-    if change.op is Op.DELETE or row is None:
-        return DELETED
-    vector = row.get("embedding")
-    blob = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
-    document = row.get("document") if row.get("has_document") else None
-    return echo_digest(blob, document, row.get("metadata") or {})
-
-
-Echo = tuple[str, str, int]
-"""(item id, digest, reverse changelog position) of one echo record."""
-
-
-async def take_echoes(conn: asyncpg.Connection, collection_id: str,
-                      changes: Sequence[Change]) -> tuple[set[int], list[Echo]]:
-    """Which of the forward *changes* are the reverse stream's own writes coming back.
-
-    Returns their indexes, and the records to delete in the caller's transaction. Each
-    record matches one change, oldest first: the same image written twice (from two
-    changelog rows) comes back twice, as two log rows.
-    """
-    if not changes or not await conn.fetchval(
-            "SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.chroma_echo"):
-        return set(), []
-    ids = sorted({str(ch.key[0]) for ch in changes})
-    rows = await conn.fetch(
-        f"SELECT id, digest, position FROM {STATE_SCHEMA}.chroma_echo "
-        "WHERE collection_id = $1 AND id = ANY($2::text[]) ORDER BY position",
-        collection_id, ids)
-    if not rows:
-        return set(), []
-    open_: dict[tuple[str, str], list[int]] = {}
-    for r in rows:
-        open_.setdefault((r["id"], r["digest"]), []).append(int(r["position"]))
-    skip: set[int] = set()
-    taken: list[Echo] = []
-    for i, ch in enumerate(changes):
-        key = (str(ch.key[0]), change_digest(ch))
-        positions = open_.get(key)
-        if positions:
-            skip.add(i)
-            taken.append((*key, positions.pop(0)))
-    return skip, taken
-
-
-async def forget_echoes(conn: asyncpg.Connection, collection_id: str, taken: Sequence[Echo]) -> None:
-    if taken:
-        await conn.executemany(
-            f"""DELETE FROM {STATE_SCHEMA}.chroma_echo
-                WHERE collection_id = $1 AND id = $2 AND digest = $3 AND position = $4""",
-            [(collection_id, i, d, p) for i, d, p in taken])
 
 
 async def set_checkpoint(conn: asyncpg.Connection, stream: str, position: Position) -> None:
@@ -370,10 +301,7 @@ class ChromaSink:
         echoes = plan.echoes()
         if echoes:
             async with guarded("recording echo records"), transaction(self.conn):
-                await self.conn.executemany(
-                    f"""INSERT INTO {STATE_SCHEMA}.chroma_echo (collection_id, id, digest, position)
-                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-                    [(self.info.id, i, d, p) for i, d, p in echoes])
+                await record_echoes(self.conn, self.info.id, echoes)
         failed = await self._write(plan) if echoes else []
         if self.after_write is not None:
             await self.after_write(batch)

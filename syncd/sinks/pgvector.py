@@ -36,6 +36,7 @@ from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.pg import close_quietly, transaction, translate
 from syncd.ports import ApplyResult, Chunk
 from syncd.sinks import pgstate
+from syncd.sinks.chroma_echo import forget_echoes, take_echoes
 from syncd.sinks.pgstate import STATE_SCHEMA, Reject
 from syncd.sinks.pgvector_plan import (
     Existing,
@@ -390,8 +391,6 @@ class PgvectorSink:
         holds for it): its current image is read from the source and written whole, and
         its old rejects resolved — or, if it still cannot be written, replaced by one.
         """
-        from syncd.sinks.chroma import forget_echoes, take_echoes
-
         async with guarded("reading skipped changes"):
             skipped = await self._skipped(stream, batch)
             # the reverse stream's own writes coming back from Chroma's log (syncd.chroma_echo)
