@@ -11,7 +11,8 @@
     │   ├── TargetUnavailable       PostgreSQL refused / lost the connection
     │   ├── SourceBusy              SQLite "database is locked"
     │   ├── SourceUnavailable       a source server (Chroma) is unreachable
-    │   └── LogGap                  the source purged changes syncd had not read: reconcile
+    │   ├── LogGap                  the source purged changes syncd had not read: reconcile
+    │   └── SchemaChanged           a captured SQLite table changed: re-captured, copied again
     └── RowError                    one row cannot be written: goes to the reject table
 
 Adapters translate driver errors (asyncpg, sqlite3, chromadb) at their edge with
@@ -87,6 +88,12 @@ class SourceUnavailable(RetryableError):
 class LogGap(RetryableError):
     """The source's log lost changes after the checkpoint (Chroma purged them); the stream
     reconciles that object from the source's current contents, then goes on."""
+
+
+class SchemaChanged(RetryableError):
+    """A captured SQLite table changed while streaming (columns added or changed, the table
+    rebuilt, or a new table): capture was re-installed; the stream re-opens its sink, which
+    adds the columns and copies those tables again."""
 
 
 class RowError(SyncdError):

@@ -111,7 +111,7 @@ class Phase(enum.Enum):
 _ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.STARTING: frozenset({Phase.SNAPSHOT, Phase.CATCH_UP, Phase.STREAMING}),
     Phase.SNAPSHOT: frozenset({Phase.CATCH_UP}),
-    Phase.CATCH_UP: frozenset({Phase.STREAMING}),
+    Phase.CATCH_UP: frozenset({Phase.STREAMING, Phase.SNAPSHOT}),  # SNAPSHOT: a table copied again
     Phase.STREAMING: frozenset({Phase.FENCED, Phase.SNAPSHOT}),
     Phase.FENCED: frozenset({Phase.DRAINED, Phase.STREAMING}),
     Phase.DRAINED: frozenset({Phase.STREAMING}),

@@ -20,7 +20,7 @@ import structlog
 import tenacity
 
 from syncd.config import StreamOptions
-from syncd.errors import RetryableError, SyncdError, TargetUnavailable
+from syncd.errors import RetryableError, SchemaChanged, SyncdError, TargetUnavailable
 from syncd.model import Batch, Checkpoint, Key, Phase, Position, SnapshotState, transition
 from syncd.ports import ApplyResult, Chunk, Pending
 from syncd.status import StreamStatus
@@ -122,6 +122,12 @@ class Stream:
                         self.sink = await self.open_sink()
                     await self._run(stop, until_caught_up)
                     break
+                except SchemaChanged as exc:  # not a failure: the sink is prepared again, at once
+                    log.info("schema changed", stream=self.name, change=str(exc),
+                             position=self.status.checkpoint)
+                    await self._drop_sink()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.05)
                 except RetryableError as exc:
                     if self.status.applied + self.status.snapshot_copied > progress_before:
                         attempt = 0
@@ -157,14 +163,15 @@ class Stream:
     async def _run(self, stop: asyncio.Event, until_caught_up: bool) -> None:
         assert self.sink is not None
         checkpoint = await self.sink.load_checkpoint(self.name)  # never trust memory
-        if checkpoint is None or (checkpoint.snapshot and not checkpoint.snapshot.complete):
+        # a sink may hand back a snapshot again: some objects must be copied anew (schema change)
+        while checkpoint is None or (checkpoint.snapshot and not checkpoint.snapshot.complete):
             state = checkpoint.snapshot if checkpoint and checkpoint.snapshot else None
             done = await self._snapshot(stop, state)
             if not done:
                 return
             checkpoint = await self.sink.load_checkpoint(self.name)
             assert checkpoint is not None
-        elif self.status.phase is Phase.STARTING:
+        if self.status.phase is Phase.STARTING:
             self._publish(phase=Phase.CATCH_UP)
         await self._stream(stop, checkpoint.position, until_caught_up)
 

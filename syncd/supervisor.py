@@ -82,7 +82,7 @@ def sqlite_stream(config: Config, dsn: str, source: SqliteSource,
             await close_quietly(conn)
             raise
         return PostgresSink(conn, tables, strict=config.target.strict, on_reject=stream.count_rejects,
-                            source_id=source.source_id)
+                            source_id=source.source_id, captured=source.captured)
 
     kill = killpoints.from_environment()
     stream = Stream(SQLITE_STREAM, source, open_sink, config.stream,

@@ -95,8 +95,19 @@ class MemorySink:
         if self.fail_next:
             raise self.fail_next.pop(0)
 
+    copy_again: list[str] = field(default_factory=list)
+    """Objects to empty and hand back to the stream as a snapshot at the next
+    :meth:`load_checkpoint` after a complete one (what the PostgreSQL sink does for a table
+    whose schema changed)."""
+
     async def load_checkpoint(self, stream: str) -> Checkpoint | None:
         cp = self.checkpoints.get(stream)
+        if cp is not None and self.copy_again and (cp.snapshot is None or cp.snapshot.complete):
+            for obj in self.copy_again:
+                self.rows.pop(obj, None)
+            done = sorted(o for o in self.rows if o not in self.copy_again)
+            cp = self.checkpoints[stream] = Checkpoint(cp.position, SnapshotState(cp.position, done=done))
+            self.copy_again = []
         if cp is None or cp.snapshot is None:
             return cp
         return Checkpoint(cp.position, SnapshotState.from_json(cp.snapshot.to_json()))

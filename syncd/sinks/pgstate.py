@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.objects (
     created boolean NOT NULL,
     PRIMARY KEY (stream, object)
 );
+ALTER TABLE {STATE_SCHEMA}.objects ADD COLUMN IF NOT EXISTS copied_from bigint;
+ALTER TABLE {STATE_SCHEMA}.objects ADD COLUMN IF NOT EXISTS copied_epoch bigint;
 """
 
 

@@ -8,7 +8,7 @@ replaying the batch change by change under savepoints, and goes to
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,9 @@ from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.pg import transaction, translate
 from syncd.ports import ApplyResult, Chunk
 from syncd.sinks import pgstate
+from syncd.sinks import postgres_schema_change as schema_change
 from syncd.sinks.pgstate import Reject
+from syncd.sources.sqlite_capture import Captured
 from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, qi, ql
 
 log = structlog.get_logger("syncd.sink.postgres")
@@ -52,6 +54,11 @@ class TargetTable:
     name: str
     columns: tuple[ColumnMap, ...]
     created: bool = False
+    copied_from: int | None = None
+    """Changelog id the table's last copy was read after (``syncd.objects``); its changes at
+    or below it are passed over. None: never copied."""
+    copied_epoch: int | None = None
+    """Capture epoch (``_syncd_captured``) the last copy was read after."""
     converters: tuple[Converter, ...] = field(default_factory=tuple)
     key_converters: tuple[Converter, ...] = field(default_factory=tuple)
     upsert_sql: str = ""
@@ -152,9 +159,12 @@ class PostgresSink:
     """Writes one SQLite database's tables into PostgreSQL."""
 
     def __init__(self, conn: asyncpg.Connection, tables: Sequence[TargetTable], *, strict: bool,
-                 on_reject: Callable[[int], None] | None = None, source_id: str | None = None) -> None:
+                 on_reject: Callable[[int], None] | None = None, source_id: str | None = None,
+                 captured: Mapping[str, Captured] | None = None) -> None:
         self.conn = conn
         self.source_id = source_id
+        self.captured = dict(captured or {})
+        """The source's ``_syncd_captured``: a table captured anew after its copy is copied again."""
         self.tables = {t.source.name: t for t in tables}
         self.strict = strict
         self.on_reject = on_reject
@@ -195,9 +205,11 @@ class PostgresSink:
             planned: list[TargetTable] = []
             for table in tables:
                 recorded = await conn.fetchrow(
-                    f"SELECT created FROM {pgstate.STATE_SCHEMA}.objects WHERE stream=$1 AND object=$2",
-                    stream, table.name)
+                    f"SELECT created, copied_from, copied_epoch FROM {pgstate.STATE_SCHEMA}.objects "
+                    "WHERE stream=$1 AND object=$2", stream, table.name)
                 existing = await cls.existing_columns(conn, target.schema, table.name)
+                if existing is not None and recorded is not None and recorded["created"]:
+                    existing = await schema_change.add_columns(conn, table, target, existing)
                 tt = plan_table(table, target, existing)
                 if existing is None:
                     await conn.execute(create_table_sql(tt))
@@ -207,6 +219,8 @@ class PostgresSink:
                         "VALUES ($1, $2, $3, $4)", stream, table.name, tt.qualified, tt.created)
                 else:
                     tt.created = bool(recorded["created"])
+                    tt.copied_from = recorded["copied_from"]
+                    tt.copied_epoch = recorded["copied_epoch"]
                 planned.append(tt)
             return planned
         except SchemaError:
@@ -280,7 +294,14 @@ class PostgresSink:
                 f"capture in the source was reinstalled since stream {stream!r} checkpointed (its "
                 "changelog restarted, so positions no longer match): copy again — TRUNCATE the synced "
                 f"tables and DELETE FROM syncd.checkpoints WHERE stream = '{stream}' — then `syncd run`")
-        return cp
+        if cp is None or (cp.snapshot is not None and not cp.snapshot.complete):
+            return cp
+        stale = schema_change.stale_tables(self.tables, self.captured)
+        if not stale:
+            return cp
+        async with guarded("preparing to copy changed tables again"), transaction(self.conn):
+            return await schema_change.begin_copy_again(self.conn, stream, cp, self.tables, stale,
+                                                        self.captured, self.source_id)
 
     async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
         async with guarded("starting the snapshot"), transaction(self.conn):
@@ -291,6 +312,8 @@ class PostgresSink:
                     raise SchemaError(
                         f"target table {tt.schema}.{tt.name} already has rows, and syncd copies into "
                         f"empty tables; empty it (TRUNCATE {tt.qualified}) and run again")
+            await schema_change.record_snapshot_start(self.conn, stream, state.start.offset, self.tables,
+                                                      self.captured)
             await pgstate.save_checkpoint(self.conn, stream, state.start, state, self.source_id)
 
     async def finish_snapshot(self, stream: str, state: SnapshotState) -> None:
@@ -376,8 +399,8 @@ class PostgresSink:
         rejects: list[Reject] = []
         for ch in changes:
             tt = self.tables.get(ch.object)
-            if tt is None:
-                continue
+            if tt is None or (tt.copied_from is not None and ch.position.offset <= tt.copied_from):
+                continue  # not synced, or older than the table's copy (copied again after a schema change)
             try:
                 if ch.op is Op.DELETE:
                     args = tt.convert_key(ch.key)

@@ -22,7 +22,7 @@ import structlog
 import watchfiles
 
 from syncd.config import SqliteSource as SqliteConfig
-from syncd.errors import SourceBusy, SourceError, SyncdError
+from syncd.errors import SchemaChanged, SourceBusy, SourceError, SyncdError
 from syncd.model import START, Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
 from syncd.sources import sqlite_capture as capture
@@ -52,6 +52,22 @@ def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     return conn
 
 
+def _recapture(conn: sqlite3.Connection, config: SqliteConfig) -> tuple[list[Table], list[str], int]:
+    """Read the tables and (re)install capture on those whose triggers are missing or out of
+    date, under one write lock; return the tables, those re-captured, the schema version."""
+    def describe() -> list[Table]:
+        return discover(conn, tables=config.tables, exclude=config.exclude,
+                        no_primary_key=config.no_primary_key)
+
+    tables = describe()
+    if not capture.stale(conn, tables):  # raises if capture was never installed
+        return tables, [], capture.schema_version(conn)
+    changed, tables, version = capture.install_tables(conn, describe)
+    if changed:
+        log.info("capture re-installed: the tables changed since syncd last captured them", tables=changed)
+    return tables, changed, version
+
+
 def translate(exc: BaseException, path: Path) -> SyncdError:
     if isinstance(exc, SyncdError):
         return exc
@@ -64,7 +80,7 @@ def translate(exc: BaseException, path: Path) -> SyncdError:
 class SqliteSource:
     """Reads one SQLite database. Create with :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, config: SqliteConfig, conn: sqlite3.Connection, tables: Sequence[Table],
+    def __init__(self, config: SqliteConfig, conn: sqlite3.Connection, tables: list[Table],
                  executor: ThreadPoolExecutor) -> None:
         self.config = config
         self.path = config.path
@@ -75,26 +91,36 @@ class SqliteSource:
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watch = asyncio.Event()
         self.source_id: str | None = None
+        self.captured: dict[str, capture.Captured] = {}
+        """Per table, when its capture was (re)installed (``_syncd_captured``)."""
+        self._schema_version: int | None = None  # None: capture not followed (init, verify)
 
     @classmethod
     async def open(cls, config: SqliteConfig, *, check_capture: bool = True) -> SqliteSource:
+        """Open the database; with *check_capture*, bring capture up to date with the tables.
+
+        A table that changed while syncd was not running (a column added, the table rebuilt by
+        a migration, a new table) gets its triggers again here, as :meth:`changes` does while
+        running; the sink then copies it again (``_syncd_captured``).
+        """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-sqlite")
         loop = asyncio.get_running_loop()
 
-        def setup() -> tuple[sqlite3.Connection, list[Table]]:
+        def setup() -> tuple[sqlite3.Connection, list[Table], int | None]:
             conn = open_connection(config.path)
             try:
+                if check_capture:
+                    tables, _, version = _recapture(conn, config)
+                    return conn, tables, version
                 tables = discover(conn, tables=config.tables, exclude=config.exclude,
                                   no_primary_key=config.no_primary_key)
-                if check_capture:
-                    capture.check_installed(conn, tables)
             except BaseException:
                 conn.close()
                 raise
-            return conn, tables
+            return conn, tables, None
 
         try:
-            conn, tables = await loop.run_in_executor(executor, setup)
+            conn, tables, version = await loop.run_in_executor(executor, setup)
         except sqlite3.Error as exc:
             executor.shutdown(wait=False)
             raise translate(exc, config.path) from exc
@@ -104,6 +130,8 @@ class SqliteSource:
         source = cls(config, conn, tables, executor)
         if check_capture:
             source.source_id = await source._call(capture.generation, conn)
+            source.captured = await source._call(capture.captured_since, conn)
+            source._schema_version = version
         return source
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -207,9 +235,25 @@ class SqliteSource:
     # --- changes ------------------------------------------------------------------------
 
     def _read_changes(self, after: Position, limit: int) -> Batch:
-        rows = self._conn.execute(
-            f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} WHERE id > ? ORDER BY id LIMIT ?",
-            (after.offset, limit)).fetchall()
+        """One read transaction: the schema version, then the changes.
+
+        If the schema changed since the last read, the changes are not read: a captured table
+        that changed may have logged images that lack a column, or nothing at all (rebuilt
+        tables lose their triggers). :meth:`_follow_schema` deals with that first.
+        """
+        self._conn.execute("BEGIN")
+        try:
+            version = capture.schema_version(self._conn)
+            rows = None
+            if self._schema_version is None or version == self._schema_version:
+                rows = self._conn.execute(
+                    f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
+                    "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit)).fetchall()
+        finally:
+            self._conn.execute("COMMIT")
+        if rows is None:
+            self._follow_schema(version)
+            return self._read_changes(after, limit)
         changes: list[Change] = []
         for cid, tbl, op, pk, row, ts in rows:
             table = self.tables.get(tbl)
@@ -223,6 +267,37 @@ class SqliteSource:
                                   position=Position(cid), committed_at=ts))
         position = Position(rows[-1][0]) if rows else after
         return Batch(changes=changes, position=position)
+
+    def _follow_schema(self, version: int) -> None:
+        """The schema changed: re-read the tables; if a captured one changed or a new one
+        appeared, capture it again and raise :class:`SchemaChanged` (the stream re-opens its
+        sink, which adds new columns and copies those tables again)."""
+        before = dict(self.tables)
+        tables, recaptured, now = _recapture(self._conn, self.config)
+        for gone in sorted(set(before) - {t.name for t in tables}):
+            log.warning("table dropped or renamed in SQLite: its PostgreSQL table is left as it was; "
+                        "drop it there too if the app's migration dropped it", table=gone)
+        self.tables = {t.name: t for t in tables}
+        # without a re-capture, the version read with the changes: a later change is seen next time
+        self._schema_version = now if recaptured else version
+        if not recaptured:
+            return
+        self.captured = capture.captured_since(self._conn)
+        what = []
+        for name in recaptured:
+            t = self.tables[name]
+            old = before.get(name)
+            if old is None:
+                what.append(f"{name} (new table)")
+            elif old.column_names != t.column_names:
+                what.append(f"{name} (columns now {', '.join(t.column_names)})")
+            elif old.signature() != t.signature():
+                what.append(f"{name} (column types now {t.signature()})")
+            else:
+                what.append(f"{name} (its capture triggers were gone: rebuilt by a migration?)")
+        since = max(self.captured[n].since for n in recaptured)
+        raise SchemaChanged(f"SQLite {self.path}: schema changed while streaming: {'; '.join(what)}; "
+                            f"capture re-installed at changelog id {since}; syncd copies these tables again")
 
     async def changes(self, after: Position, limit: int) -> Batch:
         return await self._call(self._read_changes, after, limit)

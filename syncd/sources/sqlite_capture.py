@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from syncd.errors import CaptureError
@@ -26,6 +27,11 @@ from syncd.sources.sqlite_schema import Table, qi, ql
 CHANGELOG = "_syncd_changelog"
 ORIGIN = "_syncd_origin"
 META = "_syncd_meta"
+CAPTURED = "_syncd_captured"
+"""Per table, when its current triggers were installed: ``since``, the changelog's head then
+(changes of the table at or below it may predate the triggers: a column added, a table
+rebuilt), and ``epoch``, a counter that every install which changes triggers raises. The sink
+copies a table again unless its copy was read after that epoch (``syncd.objects``)."""
 TRIGGER_PREFIX = "_syncd_"
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _MAX_PAIRS = 60  # json_object takes at most 127 arguments in older SQLite builds
@@ -49,6 +55,11 @@ CREATE TABLE IF NOT EXISTS {META} (
     signature TEXT NOT NULL
 );
 INSERT OR IGNORE INTO {META} (tbl, signature) VALUES ('', lower(hex(randomblob(16))));
+CREATE TABLE IF NOT EXISTS {CAPTURED} (
+    tbl   TEXT PRIMARY KEY,
+    since INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
 """
 GENERATION_KEY = ""
 """The ``_syncd_meta`` row whose signature names this changelog; new on every install."""
@@ -109,9 +120,19 @@ def trigger_ddl(table: Table) -> list[str]:
 
 
 def install(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
-    """Create the changelog and (re)create triggers whose table changed; return tables touched.
+    """Create the changelog and (re)create triggers whose table changed; return tables touched."""
+    return install_tables(conn, lambda: list(tables))[0]
+
+
+def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
+                   ) -> tuple[list[str], list[Table], int]:
+    """:func:`install` for the tables *describe* returns, called under the write lock so that
+    no schema change can slip in between; return the tables touched, the tables, and the
+    schema version this leaves (read before the commit).
 
     Runs in one IMMEDIATE transaction: either all triggers exist afterwards or none changed.
+    Each table whose triggers are (re)created is recorded in ``_syncd_captured`` with the
+    changelog's head: the point from which its changes are complete.
     """
     changed: list[str] = []
     conn.execute("BEGIN IMMEDIATE")
@@ -119,11 +140,11 @@ def install(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
         for statement in SETUP.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        tables = describe()
+        head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
+        epoch = int(conn.execute(f"SELECT coalesce(max(epoch), 0) + 1 FROM {CAPTURED}").fetchone()[0])
         for table in tables:
-            row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (table.name,)).fetchone()
-            present = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?", (table.name,))}
-            if row and row[0] == signature(table) and set(trigger_names(table)) <= present:
+            if not _stale(conn, table):
                 continue
             for trig in trigger_names(table):
                 conn.execute(f"DROP TRIGGER IF EXISTS {qi(trig)}")
@@ -131,12 +152,52 @@ def install(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
                 conn.execute(ddl)
             conn.execute(f"INSERT OR REPLACE INTO {META} (tbl, signature) VALUES (?, ?)",
                          (table.name, signature(table)))
+            conn.execute(f"INSERT OR REPLACE INTO {CAPTURED} (tbl, since, epoch) VALUES (?, ?, ?)",
+                         (table.name, int(head[0]) if head else 0, epoch))
             changed.append(table.name)
+        version = schema_version(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return changed
+    return changed, tables, version
+
+
+def _stale(conn: sqlite3.Connection, table: Table) -> bool:
+    """The table's capture triggers are missing or were built for other columns."""
+    row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (table.name,)).fetchone()
+    present = {r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?", (table.name,))}
+    return not (row and row[0] == signature(table) and set(trigger_names(table)) <= present)
+
+
+def stale(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
+    """The tables whose capture must be (re)installed; raise if there is no changelog at all."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    if CHANGELOG not in have or META not in have:
+        raise CaptureError("change capture is not installed in the SQLite database: run `syncd init`")
+    return [t.name for t in tables if _stale(conn, t)]
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """One ``_syncd_captured`` row: the head and the epoch of a table's current triggers."""
+
+    since: int
+    epoch: int
+
+
+def captured_since(conn: sqlite3.Connection) -> dict[str, Captured]:
+    """``_syncd_captured``, by table."""
+    if not conn.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                        (CAPTURED,)).fetchone():
+        return {}
+    return {str(t): Captured(int(n), int(e)) for t, n, e in conn.execute(
+        f"SELECT tbl, since, epoch FROM {CAPTURED}")}
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA schema_version").fetchone()[0])
 
 
 def uninstall(conn: sqlite3.Connection) -> list[str]:
@@ -147,7 +208,7 @@ def uninstall(conn: sqlite3.Connection) -> list[str]:
             "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '\\_syncd\\_%' ESCAPE '\\'")]
         for trig in triggers:
             conn.execute(f"DROP TRIGGER {qi(trig)}")
-        for tbl in (CHANGELOG, ORIGIN, META):
+        for tbl in (CHANGELOG, ORIGIN, META, CAPTURED):
             conn.execute(f"DROP TABLE IF EXISTS {tbl}")
         conn.execute("COMMIT")
     except BaseException:

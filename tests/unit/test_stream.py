@@ -8,7 +8,7 @@ import random
 import pytest
 
 from syncd.config import StreamOptions
-from syncd.errors import SchemaError, SourceBusy, TargetUnavailable
+from syncd.errors import SchemaChanged, SchemaError, SourceBusy, TargetUnavailable
 from syncd.model import Phase
 from syncd.stream import Stream, StreamSink
 from syncd.testing import MemorySink, MemorySource, same_rows
@@ -108,3 +108,34 @@ async def test_stop_event_ends_streaming_cleanly_and_live_changes_arrive() -> No
     stop.set()
     await asyncio.wait_for(task, 5)
     assert stream.status.phase is Phase.STOPPED and sink.closed
+
+
+async def test_a_schema_change_copies_the_object_again_then_streams_on() -> None:
+    """The source says an object changed; the sink hands back a snapshot of just that object:
+    the stream copies it (whatever the sink held of it is gone), replays, streams on —
+    without counting a retry or showing degraded."""
+    src, sink = seeded(20), MemorySink()
+    for i in range(9):
+        src.write("u", (i,), {"w": i})
+    phases: list[Phase] = []
+    stop = asyncio.Event()
+    stream = make(src, sink, on_progress=lambda st: phases.append(st.phase))
+    task = asyncio.create_task(stream.run(stop))
+    while stream.status.phase is not Phase.STREAMING:
+        await asyncio.sleep(0.005)
+    copied = sink.copied_rows
+    sink.rows["u"][(3,)] = {"w": "stale"}  # what a change logged without its new column left
+    sink.copy_again = ["u"]
+    src.fail_next = [SchemaChanged("u: columns now w, x")]
+    src.write("u", (4,), {"w": "after"})
+    for _ in range(400):
+        if sink.rows.get("u", {}).get((4,)) == {"w": "after"} and stream.status.phase is Phase.STREAMING:
+            break
+        await asyncio.sleep(0.005)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert same_rows(src, sink)
+    assert sink.copied_rows - copied == 9  # only u, once
+    assert stream.status.retries == 0 and not stream.status.degraded
+    streaming = [i for i, p in enumerate(phases) if p is Phase.STREAMING]
+    assert Phase.SNAPSHOT in phases[streaming[0]:], phases
