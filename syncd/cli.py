@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sample-size", type=int, default=None, metavar="N",
                    help="query vectors per collection for search parity (default 20; 0 with --counts)")
     v.add_argument("--k", type=int, default=10, help="top-k of the search parity queries (default 10)")
+    v.add_argument("--ef-search", type=int, default=None, metavar="N",
+                   help="hnsw.ef_search of the pgvector queries (default: the collection's ef_search, 100)")
     v.add_argument("--min-recall", type=float, default=0.9,
                    help="recall@k of pgvector's HNSW index vs exact search below this fails (default 0.9)")
     for name, what in (("cutover", "switch the app to PostgreSQL: fence, drain, flip its config, reload"),
@@ -86,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(commands.verify(cfg, as_json=args.json, tables=args.table,
                                                collections=args.collection, chunk_rows=args.chunk_rows,
                                                counts_only=args.counts, sample_size=args.sample_size,
-                                               k=args.k, min_recall=args.min_recall))
+                                               k=args.k, min_recall=args.min_recall,
+                                               ef_search=args.ef_search))
         if args.command in ("cutover", "rollback"):
             from syncd.switch import command
 

@@ -216,7 +216,7 @@ async def rejects(cfg: Config, *, as_json: bool, limit: int) -> int:
 
 async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collections: list[str] | None,
                  chunk_rows: int | None, counts_only: bool, sample_size: int | None = None, k: int = 10,
-                 min_recall: float = 0.9) -> int:
+                 min_recall: float = 0.9, ef_search: int | None = None) -> int:
     """Compare the stores; print a summary (or JSON); exit 0 only when everything matches."""
     import sys
 
@@ -231,8 +231,11 @@ async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collec
         raise ConfigError("--k: must be at least 1")
     if not 0.0 <= min_recall <= 1.0:
         raise ConfigError("--min-recall: must be between 0 and 1")
+    if ef_search is not None and not 1 <= ef_search <= 1000:
+        raise ConfigError("--ef-search: must be between 1 and 1000 (pgvector's range)")
     options = verify_mod.TableOptions(chunk_rows=chunk_rows or 5000)
-    coll_options = verify_mod.CollectionOptions(sample_size=sample_size, k=k, min_recall=min_recall)
+    coll_options = verify_mod.CollectionOptions(sample_size=sample_size, k=k, min_recall=min_recall,
+                                                ef_search=ef_search)
     report = await verify_mod.verify(cfg, await supervisor.target_dsn(cfg),
                                      mode="counts" if counts_only else "full", tables=tables,
                                      collections=collections, options=options, progress_to=sys.stderr,

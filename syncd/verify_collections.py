@@ -51,7 +51,7 @@ class CollectionOptions:
     min_recall: float = 0.9
     """Recall@k of pgvector's HNSW index against exact search below this is a failure."""
     ef_search: int | None = None
-    """``hnsw.ef_search`` for the HNSW queries; None: max(k, 100), Chroma's default search_ef."""
+    """``hnsw.ef_search`` for the HNSW queries; None: max(k, the collection's ef_search)."""
     max_differences: int = 20_000
     settle_seconds: float = 60.0
     stall_seconds: float = 10.0

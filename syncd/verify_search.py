@@ -5,7 +5,8 @@ as the stream reads them). Each is answered three ways:
 
 - Chroma: ``collection.query(n_results=k)`` over HTTP (the latency includes the round trip);
 - pgvector through its HNSW index: ``ORDER BY embedding <op> $1 LIMIT k`` in a transaction
-  with ``SET LOCAL hnsw.ef_search`` (default ``max(k, 100)``, Chroma's default search_ef)
+  with ``SET LOCAL hnsw.ef_search`` (default ``max(k, the collection's ef_search)``: what
+  Chroma searches with, 100 unless the collection says otherwise)
   and ``enable_seqscan = off``, so that the index answers even on a small table;
 - exact: the same query with ``enable_indexscan`` and ``enable_bitmapscan`` off (a
   sequential scan and a sort: the true top k).
@@ -90,7 +91,8 @@ class SearchCheck:
         if server is None:
             raise SourceError("search parity needs a Chroma server: set source.chroma.url")
         k = self.options.k
-        ef = self.options.ef_search or min(1000, max(k, 100))
+        info_ef = self.source.info.hnsw.ef_search if self.source.info.hnsw else 100
+        ef = self.options.ef_search or min(1000, max(k, info_ef))
         ids = await sample_ids(self.source.log, self.source.info, self.samples)
         items = await self.source.current_items(ids)
         queries = [(i, item.vector) for i, item in items.items()

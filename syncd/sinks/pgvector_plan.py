@@ -24,7 +24,7 @@ import numpy as np
 from syncd.config import CollectionTarget, Target
 from syncd.errors import ConfigError, RowError, SchemaError
 from syncd.mapping import Converter, converter, family
-from syncd.sources.chroma_log import CollectionInfo, Vector
+from syncd.sources.chroma_log import CollectionInfo, Hnsw, Vector
 from syncd.sources.sqlite_schema import qi
 
 HNSW_MAX_DIM = 2000
@@ -105,6 +105,8 @@ class VectorTable:
     document_not_null: bool = False
     metadata_col: str | None = "metadata"
     mapped: tuple[MappedColumn, ...] = ()
+    hnsw: Hnsw | None = None
+    """The collection's HNSW settings: the index is built with the same ``m`` / ``ef_construction``."""
     _convert_id: Converter = field(default=converter("text"), repr=False)
     _convert_doc: Converter = field(default=converter("text"), repr=False)
 
@@ -301,12 +303,15 @@ class VectorTable:
         ops = OPCLASS.get(self.space, "l2")
         name = index_name(self.name, self.embedding_col)
         emb = qi(self.embedding_col)
+        h = self.hnsw or Hnsw()  # Chroma's defaults: 16 neighbours, ef_construction 100
+        m = min(max(h.max_neighbors, 2), 100)  # pgvector's bounds: m 2-100, ef_construction 4-1000 and >= 2m
+        with_ = f" WITH (m = {m}, ef_construction = {min(max(h.ef_construction, 2 * m, 4), 1000)})"
         if self.dim <= HNSW_MAX_DIM:
             return (f"CREATE INDEX IF NOT EXISTS {qi(name)} ON {self.qualified} "
-                    f"USING hnsw ({emb} vector_{ops}_ops)")
+                    f"USING hnsw ({emb} vector_{ops}_ops){with_}")
         if self.dim <= HALFVEC_MAX_DIM:
             return (f"CREATE INDEX IF NOT EXISTS {qi(name)} ON {self.qualified} "
-                    f"USING hnsw (({emb}::halfvec({self.dim})) halfvec_{ops}_ops)")
+                    f"USING hnsw (({emb}::halfvec({self.dim})) halfvec_{ops}_ops){with_}")
         return None
 
 
@@ -397,7 +402,7 @@ def plan(info: CollectionInfo, target: Target, existing: dict[str, Existing] | N
             collection_id=info.id, collection=info.name, space=info.space, schema=target.schema, name=table,
             dim=dim, vector_type=f"vector({dim})", created=True, id_col=mapping.id, id_type="text",
             embedding_col=mapping.embedding, document_col=mapping.document, metadata_col=mapping.metadata,
-            mapped=tuple(mapped))
+            mapped=tuple(mapped), hnsw=info.hnsw)
     return _adopt(info, target, table, mapping, existing, warn)
 
 
@@ -440,7 +445,7 @@ def _adopt(info: CollectionInfo, target: Target, table: str, mapping: Mapping_,
         dim=dim, vector_type=emb, created=False, id_col=mapping.id, id_type=existing[mapping.id].pg_type,
         embedding_col=mapping.embedding, document_col=document,
         document_not_null=bool(document and existing[document].not_null), metadata_col=metadata,
-        mapped=tuple(mapped))
+        mapped=tuple(mapped), hnsw=info.hnsw)
 
 
 def create_table_sql(t: VectorTable) -> str:

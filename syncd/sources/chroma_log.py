@@ -64,6 +64,27 @@ class CollectionInfo:
     database: str
     metadata_segment: str
     vector_segment: str | None
+    hnsw: Hnsw | None = None
+    """The collection's HNSW settings, when its configuration names them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hnsw:
+    """Chroma's HNSW settings of a collection; pgvector's index is built with the same
+    ``m`` / ``ef_construction``, and ``ef_search`` is what a query should set."""
+
+    max_neighbors: int = 16
+    ef_construction: int = 100
+    ef_search: int = 100
+
+    @classmethod
+    def parse(cls, config: Any) -> Hnsw | None:
+        """From a ``hnsw`` configuration object; None when it holds none of the three."""
+        if not isinstance(config, dict):
+            return None
+        values = {k: config[k] for k in ("max_neighbors", "ef_construction", "ef_search")
+                  if isinstance(config.get(k), int) and not isinstance(config.get(k), bool)}
+        return cls(**values) if values else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +198,19 @@ def _space(config_json: str | None, schema_json: str | None, legacy: str | None)
     if legacy in SPACES:
         return str(legacy)
     return "l2"  # Chroma's default: squared L2
+
+
+def _hnsw(config_json: str | None, schema_json: str | None) -> Hnsw | None:
+    """The HNSW settings: schema (1.x), then configuration."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+        schema = json.loads(schema_json or "null") or {}
+        found = Hnsw.parse(schema["keys"]["#embedding"]["float_list"]["vector_index"]["config"].get("hnsw"))
+        if found:
+            return found
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        config = json.loads(config_json or "null") or {}
+        return Hnsw.parse(config.get("hnsw") or config.get("hnsw_configuration"))
+    return None
 
 
 def translate(exc: BaseException, path: Path) -> SyncdError:
@@ -310,7 +344,8 @@ class ChromaLog:
                 out.append(CollectionInfo(
                     id=cid, name=name, dimension=int(dim) if dim is not None else None,
                     space=_space(config, schema, legacy), tenant=tenant_id, database=db_name,
-                    metadata_segment=segs["METADATA"], vector_segment=segs.get("VECTOR")))
+                    metadata_segment=segs["METADATA"], vector_segment=segs.get("VECTOR"),
+                    hnsw=_hnsw(config, schema)))
             return out
 
         return self.read(read)

@@ -47,7 +47,7 @@ from syncd.sinks.pgvector import PgvectorSink, ensure_state, prepare_table
 from syncd.sinks.pgvector_plan import VectorTable, raw_image
 from syncd.sinks.postgres import guarded
 from syncd.sources.chroma import COLUMNS
-from syncd.sources.chroma_log import SPACES, CollectionInfo, Vector
+from syncd.sources.chroma_log import SPACES, CollectionInfo, Hnsw, Vector
 from syncd.sources.chroma_server import GET_BATCH, ChromaServer, _as_float32
 
 log = structlog.get_logger("syncd.source.chroma")
@@ -100,6 +100,11 @@ def _space(model: Any) -> str:
     return str(space) if space in SPACES else "l2"
 
 
+def _hnsw(model: Any) -> Hnsw | None:
+    config = getattr(model, "configuration_json", None)
+    return Hnsw.parse(config.get("hnsw")) if isinstance(config, dict) else None
+
+
 class RemoteServer(ChromaServer):
     """A Chroma server read through ``HttpClient`` only: catalog, counts, pages, items by id."""
 
@@ -111,7 +116,7 @@ class RemoteServer(ChromaServer):
             out.append(CollectionInfo(
                 id=cid, name=col.name, dimension=int(model.dimension) if model.dimension else None,
                 space=_space(model), tenant=self.tenant, database=self.database, metadata_segment="",
-                vector_segment=None))
+                vector_segment=None, hnsw=_hnsw(model)))
         return out
 
     async def catalog(self) -> list[CollectionInfo]:

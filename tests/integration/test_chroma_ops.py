@@ -219,9 +219,13 @@ async def test_dimension_mismatch_and_strict_mode(tmp_path: Path, chroma: Chroma
 async def test_index_above_the_vector_limit(tmp_path: Path, chroma: ChromaServer, pg_dsn: str,
                                             pg: asyncpg.Connection) -> None:
     """Above 2,000 dimensions the index is on a halfvec expression (the data stays float32);
-    above 4,000 there is none, and the data is still copied bit for bit."""
+    above 4,000 there is none, and the data is still copied bit for bit. The index is built
+    with the collection's own HNSW settings (Chroma's defaults when it names none)."""
     rng = np.random.default_rng(9)
     client = chroma.client()
+    tuned = client.create_collection("tuned", embedding_function=None, configuration={
+        "hnsw": {"space": "cosine", "ef_construction": 150, "max_neighbors": 24, "ef_search": 120}})
+    tuned.add(ids=["a", "b", "c"], embeddings=rng.standard_normal((3, 8)).astype(np.float32))
     wide = collection(client, "wide", "ip")
     wide.add(ids=["a", "b", "c"], embeddings=rng.standard_normal((3, 2048)).astype(np.float32))
     huge = collection(client, "huge", "l2")
@@ -235,5 +239,9 @@ async def test_index_above_the_vector_limit(tmp_path: Path, chroma: ChromaServer
     index = await pg.fetchval("SELECT indexdef FROM pg_indexes WHERE tablename = 'wide' "
                               "AND indexdef LIKE '%hnsw%'")
     assert "halfvec(2048)" in index and "halfvec_ip_ops" in index
+    assert "m='16', ef_construction='100'" in index, index
+    index = await pg.fetchval("SELECT indexdef FROM pg_indexes WHERE tablename = 'tuned' "
+                              "AND indexdef LIKE '%hnsw%'")
+    assert "vector_cosine_ops" in index and "m='24', ef_construction='150'" in index, index
     assert not await pg.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'huge' "
                                  "AND indexdef LIKE '%hnsw%'")
