@@ -17,6 +17,9 @@ import asyncpg
 from syncd.model import Checkpoint, Position, SnapshotState
 
 STATE_SCHEMA = "syncd"
+DDL_LOCK = 0x73796E6364
+"""``pg_advisory_xact_lock`` key held while syncd creates or alters its tables and the targets:
+streams start together, and concurrent ``CREATE … IF NOT EXISTS`` of one name can fail."""
 
 DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};

@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.chroma_seen (
     PRIMARY KEY (stream, id)
 );
 """
-_DDL_LOCK = 0x73796E6364  # pg_advisory_xact_lock key: one DDL run at a time
+_DDL_LOCK = pgstate.DDL_LOCK  # one DDL run at a time
 INDEX_TIMEOUT = 24 * 3600.0
 
 Record = tuple[Any, ...]

@@ -198,35 +198,43 @@ class PostgresSink:
     @classmethod
     async def prepare(cls, conn: asyncpg.Connection, stream: str, tables: Sequence[Table],
                       target: Target) -> list[TargetTable]:
-        """Create or adopt every target table (idempotent); return the mapping."""
+        """Create or adopt every target table (idempotent); return the mapping. One transaction,
+        under the DDL lock the other streams' set-up takes too (they start at the same time)."""
         try:
-            await pgstate.ensure(conn)
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(target.schema)}")
-            planned: list[TargetTable] = []
-            for table in tables:
-                recorded = await conn.fetchrow(
-                    f"SELECT created, copied_from, copied_epoch FROM {pgstate.STATE_SCHEMA}.objects "
-                    "WHERE stream=$1 AND object=$2", stream, table.name)
-                existing = await cls.existing_columns(conn, target.schema, table.name)
-                if existing is not None and recorded is not None and recorded["created"]:
-                    existing = await schema_change.add_columns(conn, table, target, existing)
-                tt = plan_table(table, target, existing)
-                if existing is None:
-                    await conn.execute(create_table_sql(tt))
-                if recorded is None:
-                    await conn.execute(
-                        f"INSERT INTO {pgstate.STATE_SCHEMA}.objects (stream, object, target, created) "
-                        "VALUES ($1, $2, $3, $4)", stream, table.name, tt.qualified, tt.created)
-                else:
-                    tt.created = bool(recorded["created"])
-                    tt.copied_from = recorded["copied_from"]
-                    tt.copied_epoch = recorded["copied_epoch"]
-                planned.append(tt)
-            return planned
+            async with transaction(conn):
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", pgstate.DDL_LOCK)
+                return await cls._prepare_tables(conn, stream, tables, target)
         except SchemaError:
             raise
         except Exception as exc:
             raise translate(exc, "creating target tables") from exc
+
+    @classmethod
+    async def _prepare_tables(cls, conn: asyncpg.Connection, stream: str, tables: Sequence[Table],
+                              target: Target) -> list[TargetTable]:
+        await pgstate.ensure(conn)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(target.schema)}")
+        planned: list[TargetTable] = []
+        for table in tables:
+            recorded = await conn.fetchrow(
+                f"SELECT created, copied_from, copied_epoch FROM {pgstate.STATE_SCHEMA}.objects "
+                "WHERE stream=$1 AND object=$2", stream, table.name)
+            existing = await cls.existing_columns(conn, target.schema, table.name)
+            if existing is not None and recorded is not None and recorded["created"]:
+                existing = await schema_change.add_columns(conn, table, target, existing)
+            tt = plan_table(table, target, existing)
+            if existing is None:
+                await conn.execute(create_table_sql(tt))
+            if recorded is None:
+                await conn.execute(
+                    f"INSERT INTO {pgstate.STATE_SCHEMA}.objects (stream, object, target, created) "
+                    "VALUES ($1, $2, $3, $4)", stream, table.name, tt.qualified, tt.created)
+            else:
+                tt.created = bool(recorded["created"])
+                tt.copied_from = recorded["copied_from"]
+                tt.copied_epoch = recorded["copied_epoch"]
+            planned.append(tt)
+        return planned
 
     async def after_catch_up(self, stream: str) -> None:
         """Create secondary indexes, unique constraints and foreign keys on tables syncd made."""
