@@ -114,6 +114,14 @@ class Supervisor:
         return [s.status for s in self.streams] + (self.chroma.statuses() if self.chroma else [])
 
     async def start(self) -> None:
+        """Open the sources and start one task per stream; on failure, close what was opened."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_all()
+            raise
+
+    async def _start(self) -> None:
         self.dsn = await target_dsn(self.config)
         if self.direction == REVERSE:
             await self._start_reverse()
@@ -154,6 +162,17 @@ class Supervisor:
         self._tasks = [asyncio.create_task(s.run(self.stop_event, until_caught_up=self.until_caught_up),
                                            name=s.name) for s in self.streams]
 
+    async def _close_all(self) -> None:
+        for src in self._sources:
+            with contextlib.suppress(Exception):
+                await src.close()
+        for close in self._closers:
+            with contextlib.suppress(Exception):
+                await close()
+        if self.chroma is not None:
+            with contextlib.suppress(Exception):
+                await self.chroma.close()
+
     def request_stop(self) -> None:
         """Stop intake; each stream finishes the batch it is applying."""
         self.stop_event.set()
@@ -187,15 +206,7 @@ class Supervisor:
                     log.error("chroma streams stopped", error=text)
                     print(f"syncd: chroma streams stopped: {r}")
         finally:
-            for src in self._sources:
-                with contextlib.suppress(Exception):
-                    await src.close()
-            for close in self._closers:
-                with contextlib.suppress(Exception):
-                    await close()
-            if self.chroma is not None:
-                with contextlib.suppress(Exception):
-                    await self.chroma.close()
+            await self._close_all()
         statuses = self.statuses()
         if failed or any(s.phase is Phase.FAILED for s in statuses):
             for st in statuses:
