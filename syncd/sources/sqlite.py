@@ -62,9 +62,11 @@ def _recapture(conn: sqlite3.Connection, config: SqliteConfig) -> tuple[list[Tab
     tables = describe()
     if not capture.stale(conn, tables):  # raises if capture was never installed
         return tables, [], capture.schema_version(conn)
+    began = time.perf_counter()
     changed, tables, version = capture.install_tables(conn, describe)
-    if changed:
-        log.info("capture re-installed: the tables changed since syncd last captured them", tables=changed)
+    if changed:  # the app's writers waited for the write lock this long
+        log.info("capture re-installed: the tables changed since syncd last captured them", tables=changed,
+                 write_lock_ms=round((time.perf_counter() - began) * 1000, 1))
     return tables, changed, version
 
 

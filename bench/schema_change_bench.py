@@ -1,0 +1,144 @@
+"""What an app migration mid-stream costs: ``ALTER TABLE documents ADD COLUMN`` on the
+benchmark database while syncd streams and the app writes.
+
+    python -m bench.schema_change_bench                       # 200k users + 500k documents
+    python -m bench.schema_change_bench --users 20000 --documents 50000
+
+Measured: the first snapshot (for scale); the time the app's writers waited for syncd's
+re-capture (``write_lock_ms`` in syncd's log: the write lock held to describe the table and
+rebuild its triggers); the time from the end of the app's ALTER to syncd caught up again
+(the table copied again, then the changes meanwhile replayed); the slowest app write around
+the migration, the app's own ALTER excluded; and whether every row of the table holds the
+new column's value in PostgreSQL afterwards. Results: ``bench/out/schema-change.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import gen_app_db, pg, syncd_run
+
+OUT = Path(__file__).resolve().parent / "out"
+ALTER = "ALTER TABLE documents ADD COLUMN summary TEXT NOT NULL DEFAULT 'none'"
+
+
+class App(threading.Thread):
+    """Updates random users at *rate* transactions/s; records each write's start and duration."""
+
+    def __init__(self, db: Path, rate: float, n_users: int) -> None:
+        super().__init__(daemon=True)
+        self.db, self.rate, self.n_users = db, rate, n_users
+        self.stop = threading.Event()
+        self.writes: list[tuple[float, float]] = []
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.db, isolation_level=None, timeout=30)
+        rng = random.Random(7)
+        interval = 1.0 / self.rate
+        next_at = time.perf_counter()
+        while not self.stop.is_set():
+            began = time.perf_counter()
+            conn.execute("UPDATE users SET name = ? WHERE id = ?",
+                         (f"renamed {rng.random():.6f}", rng.randrange(1, self.n_users + 1)))
+            self.writes.append((began, time.perf_counter() - began))
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+        conn.close()
+
+
+def caught_up(setup: syncd_run.Setup, server: pg.Server) -> bool:
+    rows = pg.query(server, setup.database,
+                    "SELECT position, coalesce((snapshot->>'complete')::boolean, true) "
+                    "FROM syncd.checkpoints WHERE stream = 'sqlite'")
+    if not rows or rows[0][1] != "t":
+        return False
+    conn = sqlite3.connect(f"file:{setup.sqlite}?mode=ro", uri=True, timeout=30)
+    try:
+        return int(conn.execute("SELECT count(*) FROM _syncd_changelog WHERE id > ?",
+                                (int(rows[0][0]),)).fetchone()[0]) == 0
+    finally:
+        conn.close()
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=200_000)
+    ap.add_argument("--documents", type=int, default=500_000)
+    ap.add_argument("--rate", type=float, default=200.0, help="app writes/s during the migration")
+    ap.add_argument("--work", type=Path, default=OUT / "schema-change")
+    args = ap.parse_args()
+
+    source = args.work / f"app-{args.users}-{args.documents}.sqlite"
+    if not source.exists():
+        print(f"generating {source} ...", flush=True)
+        gen_app_db.generate(source, args.users, args.documents)
+    server = pg.start(args.work / "pgdata")  # stopped when this process exits
+    setup, snap = syncd_run.snapshot(server, source, args.work / "run", "schema_change")
+    print(f"first snapshot: {snap['seconds']:.1f} s", flush=True)
+    with syncd_run.Daemon(setup) as daemon:
+        deadline = time.monotonic() + 120
+        while not caught_up(setup, server):
+            assert daemon.alive() and time.monotonic() < deadline, "daemon not streaming"
+            time.sleep(0.2)
+        app = App(setup.sqlite, args.rate, args.users)
+        app.start()
+        time.sleep(2.0)
+        conn = sqlite3.connect(setup.sqlite, isolation_level=None, timeout=60)
+        alter_began = time.perf_counter()
+        conn.execute(ALTER)
+        alter_ended = time.perf_counter()
+        conn.close()
+        deadline = time.monotonic() + 1800
+        while not any(e.get("event") == "snapshot done" for e in log_events(daemon.log)):
+            assert daemon.alive() and time.monotonic() < deadline, "the table was not copied again"
+            time.sleep(0.1)
+        while not caught_up(setup, server):
+            assert daemon.alive() and time.monotonic() < deadline, "not caught up"
+            time.sleep(0.1)
+        recovered = time.perf_counter()
+        time.sleep(2.0)
+        app.stop.set()
+        app.join()
+    after = [d for t, d in app.writes if t >= alter_ended - 0.001]
+    events = log_events(daemon.log)
+    lock = [e.get("write_lock_ms") for e in events if "capture re-installed" in str(e.get("event"))]
+    copies = [e for e in events if e.get("event") == "snapshot done"]
+    filled = pg.query(server, setup.database,
+                      "SELECT count(*) FILTER (WHERE summary = 'none'), count(*) FROM documents")[0]
+    result = {
+        "users": args.users, "documents": args.documents, "app_rate": args.rate,
+        "first_snapshot_seconds": snap["seconds"],
+        "app_alter_seconds": alter_ended - alter_began,
+        "recapture_write_lock_ms": lock,
+        "alter_to_caught_up_seconds": recovered - alter_ended,
+        "copy_again": copies[-1] if copies else None,
+        "slowest_app_write_after_alter_ms": max(after) * 1000 if after else None,
+        "app_writes_after_alter": len(after),
+        "documents_with_the_new_value": f"{filled[0]} of {filled[1]}",
+        "daemon": daemon.summary(),
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "schema-change.json").write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
