@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 import sqlite3
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -118,6 +119,9 @@ def main() -> None:
         app.stop.set()
         app.join()
     after = [d for t, d in app.writes if t >= alter_ended - 0.001]
+    before = [d for t, d in app.writes if t < alter_began]
+    copy_began = next((e for e in log_events(daemon.log) if e.get("event") == "snapshot resume"), None)
+    slow = sorted(((d, t - alter_ended) for t, d in app.writes if t >= alter_ended - 0.001), reverse=True)[:5]
     events = log_events(daemon.log)
     lock = [e.get("write_lock_ms") for e in events if "capture re-installed" in str(e.get("event"))]
     copies = [e for e in events if e.get("event") == "snapshot done"]
@@ -131,6 +135,12 @@ def main() -> None:
         "alter_to_caught_up_seconds": recovered - alter_ended,
         "copy_again": copies[-1] if copies else None,
         "slowest_app_write_after_alter_ms": max(after) * 1000 if after else None,
+        "app_write_ms_after_alter_p50_p99": (
+            [statistics.median(after) * 1000, statistics.quantiles(after, n=100)[98] * 1000]
+            if len(after) > 1 else None),
+        "slowest_app_write_before_alter_ms": max(before) * 1000 if before else None,
+        "slowest_writes_ms_at_seconds_after_alter": [(round(d * 1000, 1), round(t, 2)) for d, t in slow],
+        "copy_again_began": copy_began.get("timestamp") if copy_began else None,
         "app_writes_after_alter": len(after),
         "documents_with_the_new_value": f"{filled[0]} of {filled[1]}",
         "daemon": daemon.summary(),
