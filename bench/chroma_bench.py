@@ -246,6 +246,26 @@ async def queries(dsn: str, table: str, col: Any, data: np.ndarray, n: int, seed
     return out
 
 
+async def default_build(dsn: str, table: str, col: Any, data: np.ndarray, n: int,
+                        seed: int, work_mem_mb: int) -> dict[str, Any]:
+    """The same queries after rebuilding the index with pgvector's own defaults (m 16,
+    ef_construction 64) instead of the collection's (Chroma's 16 / 100)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        index = await conn.fetchval("SELECT indexname FROM pg_indexes WHERE tablename = $1 "
+                                    "AND indexdef LIKE '%hnsw%'", table)
+        await conn.execute(f'DROP INDEX "{index}"')
+        await conn.execute(f"SET maintenance_work_mem = '{int(work_mem_mb)}MB'")  # as syncd's build had
+        began = time.perf_counter()
+        await conn.execute(f'CREATE INDEX "{index}" ON "{table}" USING hnsw (embedding vector_cosine_ops)')
+        built = time.perf_counter() - began
+    finally:
+        await conn.close()
+    out = await queries(dsn, table, col, data, n, seed)
+    out["build_seconds"] = built
+    return out
+
+
 def start_daemon(cfg: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "syncd.cli", "--config", str(cfg), "run"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -375,6 +395,9 @@ async def one_set(n: int, dim: int, server: bench_pg.Server, args: argparse.Name
         result["snapshot"]["share_of_prebuilt_ceiling"] = \
             result["snapshot"]["vectors_per_s"] / ceiling["payload"]
         result["queries"] = await queries(dsn, name, col, data, args.queries, seed=dim)
+        if args.compare_default_build:
+            result["queries_pgvector_default_build"] = await default_build(
+                dsn, name, col, data, args.queries, seed=dim, work_mem_mb=index["maintenance_work_mem_mb"])
         if args.lag_seconds > 0:
             result["streaming"] = [await streaming_lag(cfg, dsn, name, col, data, rate, args.lag_seconds,
                                                        args.batch_items) for rate in args.rate]
@@ -429,6 +452,8 @@ async def main() -> None:
     parser.add_argument("--floor-rows", type=int, default=2000,
                         help="upserts PostgreSQL applies alone to measure the HNSW floor (0: skip)")
     parser.add_argument("--chunk-rows", type=int, default=5000, help="syncd's stream.chunk_rows")
+    parser.add_argument("--compare-default-build", action="store_true",
+                        help="then rebuild the index with pgvector's defaults and query again")
     parser.add_argument("--after-init", action="store_true",
                         help="write the set after `syncd init` (its log kept): the snapshot reads vectors "
                              "from the log instead of the server")
