@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import gen_app_db, pg, syncd_run
+from bench.chroma_bench import events
 
 OUT = Path(__file__).resolve().parent / "out"
 ALTER = "ALTER TABLE documents ADD COLUMN summary TEXT NOT NULL DEFAULT 'none'"
@@ -71,14 +72,7 @@ def caught_up(setup: syncd_run.Setup, server: pg.Server) -> bool:
 
 
 def log_events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+    return events(path.read_text(errors="replace"))
 
 
 def wall(event: dict[str, Any]) -> float:
