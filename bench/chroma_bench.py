@@ -42,7 +42,7 @@ import numpy as np
 from pgvector.asyncpg import register_vector
 
 from bench import pg as bench_pg
-from syncd.sinks.pgvector_plan import VectorTable
+from syncd.stores.pgvector.plan import VectorTable
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out" / "chroma"

@@ -5,7 +5,7 @@
 
 For each set: a fresh `chroma run` server is filled (cosine, 384-d, a document and three
 metadata keys per item); then, in this process, syncd's own source and sink for topology
-"server only" (syncd.sources.chroma_remote) copy the collection into the embedded
+"server only" (syncd.stores.chroma.remote) copy the collection into the embedded
 PostgreSQL (snapshot) and run scans exactly as `syncd run` does: an idle scan (nothing
 changed), and a scan after --changes updates and --changes deletes. Also timed: one
 `collection.get(limit=1000, offset=…)` page at the first, middle and last offset (is paging
@@ -29,7 +29,7 @@ from bench import pg
 from bench.chroma_bench import start_chroma
 from syncd import config as config_mod
 from syncd.model import Position, SnapshotState
-from syncd.sources.chroma_remote import SCAN, RemoteTopology, open_remote_sink
+from syncd.stores.chroma.remote import SCAN, RemoteTopology, open_remote_sink
 
 OUT = Path(__file__).parent / "out" / "chroma_remote"
 DIM = 384

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from syncd.sources import sqlite_capture as capture
-from syncd.sources.sqlite_schema import describe
+from syncd.stores.sqlite import capture
+from syncd.stores.sqlite.schema import describe
 
 SCHEMA = """CREATE TABLE documents (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, title VARCHAR(200),
 content TEXT, metadata JSON, size REAL, created_at DATETIME)"""

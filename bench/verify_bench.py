@@ -10,7 +10,7 @@
    ``syncd verify --counts``, each timed with the peak RSS of the process;
 3. the baselines, each in its own process: ``pull`` reads every row of every table over
    the wire and drops it (the floor of any row-pulling comparison); ``compare`` is
-   :func:`syncd.compare.compare_all`, a row-by-row comparison that pulls every row;
+   :func:`syncd.verify.compare.compare_all`, a row-by-row comparison that pulls every row;
 4. ``verify`` and ``pull`` again through a TCP proxy that counts the bytes each way and,
    with ``--mbit`` (default 1000), paces them like a network link of that speed;
 5. one value changed in PostgreSQL behind syncd's back, and ``verify`` again: found?
@@ -143,10 +143,10 @@ async def _pull(dsn: str, tables: list[str]) -> int:
 
 async def _compare(config: Path) -> int:
     from syncd import config as config_mod
-    from syncd.compare import compare_all
-    from syncd.pg import connect
-    from syncd.sinks.postgres import PostgresSink, plan_table
-    from syncd.verify import discover_tables
+    from syncd.stores.postgres.connect import connect
+    from syncd.stores.postgres.sink import PostgresSink, plan_table
+    from syncd.verify.compare import compare_all
+    from syncd.verify.run import discover_tables
 
     cfg = config_mod.load(config)
     assert cfg.sqlite is not None

@@ -67,12 +67,15 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from syncd import commands, logs
+    from syncd.service import logs
+    from syncd.streams import commands
 
     try:
         logs.configure(args.log_level)
         if args.command == "demo":
-            return asyncio.run(commands.demo(args.dir))
+            from syncd.demo.run import run_demo
+
+            return asyncio.run(run_demo(args.dir))
         from syncd import config as config_mod
 
         cfg = config_mod.load(_config_path(args))
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                k=args.k, min_recall=args.min_recall,
                                                ef_search=args.ef_search))
         if args.command in ("cutover", "rollback"):
-            from syncd.switch import command
+            from syncd.cutover.command import command
 
             return asyncio.run(command(args.command, cfg, dry_run=args.dry_run, resume=args.resume,
                                        as_json=args.json))

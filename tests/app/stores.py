@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from syncd.appconfig import read_text_values
+from syncd.cutover.appconfig import read_text_values
 
 ENV_KEYS = (
     "RELATIONAL_DB_PROVIDER", "RELATIONAL_DB_DATABASE", "RELATIONAL_DB_URL", "RELATIONAL_DB_HOST",

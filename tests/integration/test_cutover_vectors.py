@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from syncd import chroma_fence
+from syncd.stores.chroma import fence as chroma_fence
 from tests.app import records
 from tests.integration.chroma_support import run_chroma
 from tests.integration.cutover_support import Migration

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from syncd.appconfig import flip
+from syncd.cutover.appconfig import flip
 from tests.app import records
 from tests.app.stores import chroma_client
 from tests.conftest import REPO

@@ -26,17 +26,19 @@ import numpy as np
 import pytest
 from pgvector.asyncpg import register_vector
 
-from syncd import chroma_fence, pg_capture
 from syncd.config import Config, load
 from syncd.model import Position
-from syncd.reverse_chroma import (
+from syncd.stores.chroma import fence as chroma_fence
+from syncd.stores.pgvector.source import parse_vector
+from syncd.stores.postgres import capture as pg_capture
+from syncd.stores.postgres import changelog
+from syncd.streams.pgvector_to_chroma import (
     install_reverse_capture,
     open_reverse_chroma_streams,
     reverse_pending,
     reverse_stream_name,
     set_reverse_checkpoints,
 )
-from syncd.sources.pgvector import parse_vector
 from tests.conftest import REPO, run_syncd
 from tests.integration.chroma_support import (
     ChromaServer,
@@ -163,9 +165,9 @@ async def test_vectors_survive_the_changelog_bit_for_bit(pg_dsn: str, pg: asyncp
         await register_vector(conn)
         return conn
 
-    reader = pg_capture.ChangeReader(reader_conn, "public")
+    reader = changelog.ChangeReader(reader_conn, "public")
     try:
-        rows: list[pg_capture.LogRow] = []
+        rows: list[changelog.LogRow] = []
         for _ in range(50):
             rows += await reader.read(Position(rows[-1].position.offset if rows else 0), 5000, ["v"])
             if len(rows) == len(vectors):
@@ -247,7 +249,7 @@ KILLER = textwrap.dedent("""
     import asyncio, os, signal, sys
     from pathlib import Path
     from syncd.config import load
-    from syncd.reverse_chroma import open_reverse_chroma_streams
+    from syncd.streams.pgvector_to_chroma import open_reverse_chroma_streams
 
     async def main() -> None:
         async def die(batch) -> None:

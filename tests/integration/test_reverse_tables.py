@@ -22,32 +22,34 @@ import asyncpg
 import pytest
 
 from syncd import config as config_mod
-from syncd import pg_capture, reverse
-from syncd.compare import compare_table
 from syncd.config import Target
 from syncd.errors import CaptureError
 from syncd.model import START, Batch, Change, Op, Position
-from syncd.pg import connect
-from syncd.reverse import REVERSE_SQLITE_STREAM, reverse_table_stream
-from syncd.sinks.postgres import PostgresSink, plan_table
-from syncd.sinks.sqlite import SqliteSink
-from syncd.sources.postgres import PostgresSource
-from syncd.sources.sqlite import SqliteSource
-from syncd.sources.sqlite_schema import describe
+from syncd.stores.postgres import capture as pg_capture
+from syncd.stores.postgres import changelog
+from syncd.stores.postgres.connect import connect
+from syncd.stores.postgres.sink import PostgresSink, plan_table
+from syncd.stores.postgres.source import PostgresSource
+from syncd.stores.sqlite.schema import describe
+from syncd.stores.sqlite.sink import SqliteSink
+from syncd.stores.sqlite.source import SqliteSource
 from syncd.stream import Stream
-from syncd.supervisor import sqlite_stream
+from syncd.streams import postgres_to_sqlite as reverse
+from syncd.streams.postgres_to_sqlite import REVERSE_SQLITE_STREAM, reverse_table_stream
+from syncd.streams.supervisor import sqlite_stream
+from syncd.verify.compare import compare_table
 from tests.conftest import run_syncd
 
 pytestmark = pytest.mark.asyncio
 
 
-def reader_for(dsn: str, schema: str = "public") -> pg_capture.ChangeReader:
+def reader_for(dsn: str, schema: str = "public") -> changelog.ChangeReader:
     target = Target(dsn=dsn)
-    return pg_capture.ChangeReader(lambda: connect(target, dsn), schema)
+    return changelog.ChangeReader(lambda: connect(target, dsn), schema)
 
 
 @pytest.fixture
-async def reader(pg_dsn: str) -> AsyncIterator[pg_capture.ChangeReader]:
+async def reader(pg_dsn: str) -> AsyncIterator[changelog.ChangeReader]:
     r = reader_for(pg_dsn)
     yield r
     await r.close()
@@ -60,7 +62,7 @@ async def syncd_conn(dsn: str) -> asyncpg.Connection:
 # --- capture in PostgreSQL ------------------------------------------------------------------
 
 async def test_capture_logs_changes_with_typed_images(pg: asyncpg.Connection,
-                                                      reader: pg_capture.ChangeReader) -> None:
+                                                      reader: changelog.ChangeReader) -> None:
     await pg.execute("CREATE TABLE t (a text, b bigint, v double precision, raw bytea, at timestamp, "
                      "PRIMARY KEY (a, b))")
     assert await pg_capture.missing(pg, "public", ["t"]) == ["t"]
@@ -105,7 +107,7 @@ async def test_missing_names_tables_without_triggers_and_install_refuses_no_key(
 
 
 async def test_syncd_connections_are_not_captured(pg: asyncpg.Connection, pg_dsn: str,
-                                                  reader: pg_capture.ChangeReader) -> None:
+                                                  reader: changelog.ChangeReader) -> None:
     await pg.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     await pg_capture.install(pg, "public", ["t"])
     own = await syncd_conn(pg_dsn)
@@ -121,7 +123,7 @@ async def test_syncd_connections_are_not_captured(pg: asyncpg.Connection, pg_dsn
 
 
 async def test_truncate_is_logged_as_deletes(pg: asyncpg.Connection,
-                                             reader: pg_capture.ChangeReader) -> None:
+                                             reader: changelog.ChangeReader) -> None:
     await pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
     await pg.execute("INSERT INTO t SELECT generate_series(1, 3)")
     await pg_capture.install(pg, "public", ["t"])
@@ -131,7 +133,7 @@ async def test_truncate_is_logged_as_deletes(pg: asyncpg.Connection,
 
 
 async def test_horizon_holds_back_ids_of_open_transactions(pg: asyncpg.Connection, pg_dsn: str,
-                                                          reader: pg_capture.ChangeReader) -> None:
+                                                          reader: changelog.ChangeReader) -> None:
     """Two transactions commit out of id order: the later id must not pass the earlier one."""
     await pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
     await pg_capture.install(pg, "public", ["t"])
@@ -166,7 +168,7 @@ async def test_horizon_holds_back_ids_of_open_transactions(pg: asyncpg.Connectio
 
 
 async def test_prune_only_touches_its_tables_and_wait_wakes_on_notify(
-        pg: asyncpg.Connection, reader: pg_capture.ChangeReader) -> None:
+        pg: asyncpg.Connection, reader: changelog.ChangeReader) -> None:
     await pg.execute("CREATE TABLE mine (id int PRIMARY KEY); CREATE TABLE theirs (id int PRIMARY KEY)")
     await pg_capture.install(pg, "public", ["mine", "theirs"])
     await pg.execute("INSERT INTO mine VALUES (1); INSERT INTO theirs VALUES (1)")
@@ -394,7 +396,7 @@ KILL_SCRIPT = """
 import asyncio, os, signal, sys
 from pathlib import Path
 from syncd import config
-from syncd.reverse import reverse_table_stream
+from syncd.streams.postgres_to_sqlite import reverse_table_stream
 
 cfg = config.load(Path(sys.argv[1]))
 after = int(sys.argv[2])

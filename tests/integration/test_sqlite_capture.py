@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd.sources import sqlite_capture as capture
-from syncd.sources.sqlite_schema import describe
+from syncd.stores.sqlite import capture
+from syncd.stores.sqlite.schema import describe
 
 values = st.one_of(
     st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1),

@@ -19,10 +19,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from syncd.compare import compare_all
 from syncd.config import Target
-from syncd.sinks.postgres import PostgresSink, TargetTable, plan_table
-from syncd.sources.sqlite_schema import discover
+from syncd.stores.postgres.sink import PostgresSink, TargetTable, plan_table
+from syncd.stores.sqlite.schema import discover
+from syncd.verify.compare import compare_all
 from tests.conftest import run_syncd
 from tests.workload import (
     Daemon,

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from syncd import config as config_mod
-from syncd.verify import CollectionOptions, verify
-from syncd.verify_report import Report, render
+from syncd.verify.report import Report, render
+from syncd.verify.run import CollectionOptions, verify
 from tests.conftest import run_syncd
 from tests.integration.chroma_support import (
     ChromaServer,

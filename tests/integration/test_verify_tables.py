@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from syncd import config as config_mod
-from syncd.verify import TableOptions, verify
+from syncd.verify.run import TableOptions, verify
 from tests.conftest import run_syncd
 from tests.workload import Daemon, Writer, WriterThread, create_database, wait_caught_up
 
@@ -402,8 +402,8 @@ CANON_CASES: list[tuple[str, list[Any]]] = [
 
 async def test_canonical_encoding_agrees_with_postgresql(pg: asyncpg.Connection) -> None:
     """Each type's Python canonical part equals the SQL one, value by value (the crux of verify)."""
-    from syncd.mapping import ColumnMap
-    from syncd.verify_canon import NULL, SESSION_SETTINGS, RowCanon
+    from syncd.stores.postgres.types import ColumnMap
+    from syncd.verify.canon import NULL, SESSION_SETTINGS, RowCanon
 
     for name, value in SESSION_SETTINGS.items():
         await pg.execute("SELECT set_config($1, $2, false)", name, value)

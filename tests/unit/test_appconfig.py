@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from syncd import appconfig
-from syncd.appconfig import AppConfigError, check_writable, detect_format, flip, read_values, render
+from syncd.cutover import appconfig
+from syncd.cutover.appconfig import AppConfigError, check_writable, detect_format, flip, read_values, render
 from tests.conftest import REPO
 
 SEED_ENV = """\
@@ -303,7 +303,7 @@ def test_concurrent_edit_is_not_overwritten(tmp_path: Path) -> None:
 def test_sigkill_at_each_step_leaves_old_or_new(tmp_path: Path, point: str) -> None:
     path = write(tmp_path, ".env", SEED_ENV)
     code = (
-        "import os, signal, sys\nfrom pathlib import Path\nfrom syncd.appconfig import flip\n"
+        "import os, signal, sys\nfrom pathlib import Path\nfrom syncd.cutover.appconfig import flip\n"
         "def hook(p):\n    if p == sys.argv[2]: os.kill(os.getpid(), signal.SIGKILL)\n"
         "flip(Path(sys.argv[1]), 'env', {'RELATIONAL_DB_PROVIDER': 'postgres', "
         "'VECTOR_DB_PROVIDER': 'pgvector'}, hook=hook)\n")
@@ -340,7 +340,7 @@ def test_read_only_directory_refused_and_file_intact(shared_dir: Path) -> None:
     path = write(shared_dir, ".env", SEED_ENV)
     path.chmod(0o666)
     shared_dir.chmod(0o555)
-    code = ("import sys\nfrom pathlib import Path\nfrom syncd.appconfig import flip, AppConfigError\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom syncd.cutover.appconfig import flip, AppConfigError\n"
             "try:\n    flip(Path(sys.argv[1]), 'env', {'RELATIONAL_DB_PROVIDER': 'postgres'})\n"
             "except AppConfigError as e:\n    print(e)\n    sys.exit(3)\n")
     proc = as_nobody(code, str(path))
@@ -354,7 +354,7 @@ def test_read_only_directory_refused_and_file_intact(shared_dir: Path) -> None:
 def test_unreadable_file_refused(shared_dir: Path) -> None:
     path = write(shared_dir, ".env", SEED_ENV)
     path.chmod(0o600)
-    code = ("import sys\nfrom pathlib import Path\nfrom syncd.appconfig import check_writable\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom syncd.cutover.appconfig import check_writable\n"
             "check_writable(Path(sys.argv[1]))\n")
     proc = as_nobody(code, str(path))
     assert proc.returncode == 1

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from syncd.config import Config, parse
-from syncd.health import parse_listen
+from syncd.service.health import parse_listen
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.errors import ConfigError
-from syncd.health import HealthServer, Liveness, parse_listen, serve, tick
 from syncd.model import Phase
+from syncd.service.health import HealthServer, Liveness, parse_listen, serve, tick
 from syncd.status import StreamStatus
 
 SECRET = "hunter2-s3cret"

@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from syncd.errors import RowError, redact
-from syncd.mapping import can_hold, converter, pg_type_for
+from syncd.stores.postgres.types import can_hold, converter, pg_type_for
 
 
 @pytest.mark.parametrize(("declared", "pg"), [

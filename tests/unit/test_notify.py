@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from syncd.model import Phase
-from syncd.notify import Notifier, summarize, watchdog_interval, watchdog_loop
+from syncd.service.notify import Notifier, summarize, watchdog_interval, watchdog_loop
 from syncd.status import StreamStatus
 
 SECRET = "hunter2-s3cret"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 
 from syncd.model import Phase
-from syncd.progress import ProgressBars, render
+from syncd.service.progress import ProgressBars, render
 from syncd.status import StreamStatus
 
 

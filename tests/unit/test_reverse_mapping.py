@@ -1,7 +1,7 @@
 """PostgreSQL values -> SQLite values (the reverse mapping), and its round trip.
 
 The property that matters: a value converted for SQLite, stored by SQLite under the column's
-affinity, and mapped forward again (syncd.mapping) is the value PostgreSQL held.
+affinity, and mapped forward again (syncd.stores.postgres.types) is the value PostgreSQL held.
 """
 
 from __future__ import annotations
@@ -19,9 +19,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.errors import RowError
-from syncd.mapping import converter, pg_type_for
-from syncd.sources.postgres import ReverseTable, Unfit, affinity, compact_json, sqlite_datetime, to_sqlite
-from syncd.sources.sqlite_schema import ROWID_COLUMN, Column, Table
+from syncd.stores.postgres.source import (
+    ReverseTable,
+    Unfit,
+    affinity,
+    compact_json,
+    sqlite_datetime,
+    to_sqlite,
+)
+from syncd.stores.postgres.types import converter, pg_type_for
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Column, Table
 
 
 def through_sqlite(value: Any, declared: str) -> Any:

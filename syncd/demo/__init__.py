@@ -1,0 +1,1 @@
+"""`syncd demo`: the whole path on a generated app and the embedded PostgreSQL."""

@@ -1,0 +1,1 @@
+"""Running as a service: health HTTP, systemd notify, logs, progress."""

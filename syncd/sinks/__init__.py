@@ -1,1 +1,0 @@
-"""Sink adapters: where changes are written, with the checkpoint."""

@@ -1,1 +1,0 @@
-"""Source adapters: where changes are read from."""

@@ -1,0 +1,1 @@
+"""The stores syncd reads and writes, one room each: capture, reading, writing, fencing."""

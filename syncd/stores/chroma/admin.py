@@ -1,0 +1,183 @@
+"""The Chroma part of ``syncd init`` / ``uninstall`` / ``status``, and what happens to a
+collection's table when the collection is deleted or renamed in Chroma."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import asyncpg
+
+from syncd.config import Config
+from syncd.model import START
+from syncd.stores.chroma import retention as chroma_retention
+from syncd.stores.chroma.log import ChromaLog, CollectionInfo
+from syncd.stores.chroma.source import ChromaCollectionSource
+from syncd.stores.chroma.topology import Topology, server_only, wanted
+from syncd.stores.pgvector.sink import ensure_state, prepare_table, stream_name
+from syncd.stores.postgres import state as pgstate
+from syncd.stores.postgres.connect import close_quietly, connect
+from syncd.stores.postgres.state import STATE_SCHEMA
+from syncd.stores.sqlite.schema import qi
+
+# --- collections deleted or renamed --------------------------------------------------------
+
+async def retire(conn: asyncpg.Connection, collection_id: str, policy: str) -> str:
+    """A collection was deleted: drop its table, or keep it renamed and marked. Returns the table."""
+    async with conn.transaction():
+        record = await conn.fetchrow(
+            f"SELECT name, schema_name, table_name, created FROM {STATE_SCHEMA}.chroma_collections "
+            "WHERE collection_id = $1", collection_id)
+        if record is None:
+            return ""
+        qualified = f"{qi(record['schema_name'])}.{qi(record['table_name'])}"
+        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
+        table = record["table_name"]
+        if exists and policy == "drop":
+            await conn.execute(f"DROP TABLE {qualified}" if record["created"] else f"DELETE FROM {qualified}")
+            table = f"{table} ({'dropped' if record['created'] else 'emptied'})"
+        elif exists:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            note = f"syncd: Chroma collection {record['name']} ({collection_id}) was deleted at {stamp} UTC"
+            if record["created"]:
+                table = _deleted_name(record["table_name"], collection_id)
+                await conn.execute(f"ALTER TABLE {qualified} RENAME TO {qi(table)}")
+                qualified = f"{qi(record['schema_name'])}.{qi(table)}"
+            await conn.execute(f"COMMENT ON TABLE {qualified} IS {_literal(note)}")
+        stream = stream_name(collection_id)
+        await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET deleted_at = now(), "
+                           "table_name = $2, updated_at = now() WHERE collection_id = $1", collection_id,
+                           table if policy != "drop" else record["table_name"])
+        await conn.execute(f"DELETE FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1", stream)
+        await conn.execute(f"DELETE FROM {STATE_SCHEMA}.chroma_seen WHERE stream = $1", stream)
+    return str(table)
+
+
+def _deleted_name(table: str, collection_id: str) -> str:
+    suffix = f"__deleted_{collection_id[:8]}"
+    return table.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def rename_table(conn: asyncpg.Connection, config: Config, info: CollectionInfo, old: str) -> str:
+    """Rename a table syncd created and named after the collection; others stay where they are."""
+    async with conn.transaction():
+        record = await conn.fetchrow(
+            f"SELECT schema_name, table_name, created FROM {STATE_SCHEMA}.chroma_collections "
+            "WHERE collection_id = $1", info.id)
+        if record is None:
+            return ""
+        table = str(record["table_name"])
+        configured = any(e.name in (old, info.name) for e in config.target.collections)
+        if record["created"] and table == old and not configured and len(info.name.encode()) <= 63:
+            free = await conn.fetchval("SELECT to_regclass($1) IS NULL",
+                                       f"{qi(record['schema_name'])}.{qi(info.name)}")
+            if free:
+                await conn.execute(f"ALTER TABLE {qi(record['schema_name'])}.{qi(table)} "
+                                   f"RENAME TO {qi(info.name)}")
+                table = info.name
+        await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET name = $2, table_name = $3, "
+                           "updated_at = now() WHERE collection_id = $1", info.id, info.name, table)
+    return table
+
+
+# --- init / uninstall / status ---------------------------------------------------------------
+
+async def init_chroma(config: Config, dsn: str) -> list[str]:
+    """Check the topology, keep Chroma's log, create or adopt every collection's table."""
+    assert config.chroma is not None
+    if server_only(config):
+        return [f"chroma: server only ({config.chroma.url}): nothing to install; `syncd run` copies "
+                "each collection and finds changes by re-scanning it (docs/chroma.md, Server only)"]
+    topology = await Topology.open(config, start_private=False)
+    lines: list[str] = []
+    try:
+        what = await chroma_retention.keep_log(config.state_dir, topology.log)
+        lines.append(f"chroma: {what} in {topology.log.path}")
+        catalog = await topology.log.catalog(config.chroma.tenant, config.chroma.database)
+        conn = await connect(config.target, dsn)
+        try:
+            await ensure_state(conn)
+            for info in catalog:
+                if not wanted(config, info):
+                    continue
+                if info.dimension is None:
+                    lines.append(f"collection {info.name}: no items yet; its table is created with the "
+                                 "first one")
+                    continue
+                source = ChromaCollectionSource(topology.log, topology.server, info)
+                table = await prepare_table(conn, source, config.target)
+                how = "created" if table.created else "adopted"
+                lines.append(f"collection {info.name}: {how} {table.schema}.{table.name} "
+                             f"({table.vector_type}, {info.space})")
+        finally:
+            await close_quietly(conn)
+    finally:
+        await topology.close()
+    return lines
+
+
+async def uninstall_chroma(config: Config) -> list[str]:
+    assert config.chroma is not None
+    if config.chroma.path is None:
+        return ["chroma: server only: nothing was installed in Chroma"]
+    chroma_log = await ChromaLog.open(config.chroma.path)
+    try:
+        what = await chroma_retention.restore(config.state_dir, chroma_log)
+    finally:
+        await chroma_log.close()
+    return [f"chroma: {what} in {chroma_log.path}"]
+
+
+async def chroma_stored_status(config: Config, dsn: str) -> list[dict[str, Any]]:
+    """Per-collection status from the stores (works with the daemon stopped)."""
+    assert config.chroma is not None
+    conn = await connect(config.target, dsn)
+    try:
+        if not await pgstate.has_state(conn) or not await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.chroma_collections"):
+            return []
+        records = await conn.fetch(
+            f"""SELECT c.collection_id, c.name, c.schema_name, c.table_name, k.position,
+                       k.snapshot::text AS snap,
+                       (SELECT count(*) FROM {STATE_SCHEMA}.rejects r WHERE r.stream = c.stream
+                        AND r.resolved_at IS NULL) AS rejects
+                FROM {STATE_SCHEMA}.chroma_collections c
+                LEFT JOIN {STATE_SCHEMA}.checkpoints k ON k.stream = c.stream
+                WHERE c.deleted_at IS NULL ORDER BY c.name""")
+    finally:
+        await close_quietly(conn)
+    out: list[dict[str, Any]] = []
+    chroma_log = await ChromaLog.open(config.chroma.path) if config.chroma.path else None
+    try:
+        catalog = {c.id: c for c in await chroma_log.catalog(config.chroma.tenant, config.chroma.database)} \
+            if chroma_log else {}
+        for r in records:
+            info = catalog.get(r["collection_id"])
+            position = int(r["position"]) if r["position"] is not None else None
+            count, oldest, head = (await chroma_log.pending(info, position or START.offset)
+                                   if chroma_log and info else (0, None, position or 0))
+            phase = _phase(position, r["snap"], count)
+            lag = 0.0 if not count or oldest is None else max(0.0, time.time() - oldest)
+            out.append({
+                "name": stream_name(r["collection_id"]), "collection": r["name"],
+                "table": f"{r['schema_name']}.{r['table_name']}", "phase": phase, "source_position": head,
+                "checkpoint": position, "pending": count, "lag_seconds": round(lag, 3),
+                "rejects": int(r["rejects"]), "snapshot_copied": None, "daemon": "not running",
+            })
+    finally:
+        if chroma_log:
+            await chroma_log.close()
+    return out
+
+
+def _phase(position: int | None, snapshot: str | None, pending: int) -> str:
+    if position is None:
+        return "not-started"
+    if snapshot and not json.loads(snapshot).get("complete"):
+        return "snapshot"
+    return "catch-up" if pending else "streaming"

@@ -1,0 +1,623 @@
+"""Chroma's persist directory read from outside: the catalog and the log in ``chroma.sqlite3``.
+
+Chroma 1.5.9 writes every change of every collection to ``embeddings_queue``
+(``seq_id``, operation, item id, float32 vector, metadata JSON with the document
+under ``chroma:document``), then applies it to the metadata segment (tables
+``embeddings`` / ``embedding_metadata``, whose ``embeddings.seq_id`` is the last
+operation that took effect per item) and to the HNSW index. The catalog is in
+``collections`` / ``segments`` / ``max_seq_id``. See docs/chroma.md.
+
+Reads run on one read-only connection (``mode=ro``, busy timeout 5 s), each a
+short read transaction, on one worker thread: Chroma's journal mode is
+``delete``, so a long read would stall its writer. The two writes syncd makes —
+the retention switch (:mod:`syncd.stores.chroma.retention`) and pruning rows it has
+checkpointed past — go through a second connection (:attr:`ChromaLog.rw`), in
+short transactions, on the same thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+import watchfiles
+
+from syncd.errors import SourceBusy, SourceError, SyncdError
+from syncd.stores.sqlite.worker import call_on
+
+log = structlog.get_logger("syncd.source.chroma")
+T = TypeVar("T")
+
+SQLITE_FILE = "chroma.sqlite3"
+OP_ADD, OP_UPDATE, OP_UPSERT, OP_DELETE = 0, 1, 2, 3
+OP_NAMES = {OP_ADD: "add", OP_UPDATE: "update", OP_UPSERT: "upsert", OP_DELETE: "delete"}
+DOCUMENT_KEY = "chroma:document"
+URI_KEY = "chroma:uri"
+DEFAULT_TOPIC_PREFIX = "persistent://default/default/"
+SPACES = ("l2", "cosine", "ip")
+PRUNE_BATCH = 2000
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    """One collection as the catalog describes it."""
+
+    id: str
+    name: str
+    dimension: int | None
+    """None until the first item is written."""
+    space: str
+    tenant: str
+    database: str
+    metadata_segment: str
+    vector_segment: str | None
+    hnsw: Hnsw | None = None
+    """The collection's HNSW settings, when its configuration names them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hnsw:
+    """Chroma's HNSW settings of a collection; pgvector's index is built with the same
+    ``m`` / ``ef_construction``, and ``ef_search`` is what a query should set."""
+
+    max_neighbors: int = 16
+    ef_construction: int = 100
+    ef_search: int = 100
+
+    @classmethod
+    def parse(cls, config: Any) -> Hnsw | None:
+        """From a ``hnsw`` configuration object; None when it holds none of the three."""
+        if not isinstance(config, dict):
+            return None
+        values = {k: config[k] for k in ("max_neighbors", "ef_construction", "ef_search")
+                  if isinstance(config.get(k), int) and not isinstance(config.get(k), bool)}
+        return cls(**values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    seq: int
+    op: int
+    id: str
+    vector: bytes | None
+    encoding: str | None
+    metadata: str | None
+    created_at: float | None
+
+
+@dataclass(slots=True)
+class Item:
+    """One item as Chroma holds it now (snapshot, reconciliation)."""
+
+    id: str
+    seq: int
+    """``embeddings.seq_id``: the last operation on this id that took effect."""
+    document: str | None
+    metadata: dict[str, Any]
+    vector: Vector | None
+    """The written bits, from the log row of ``seq``; None when the log no longer holds them."""
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPage:
+    """Items of one key range, read in one transaction.
+
+    ``keys`` are every id in the range with its seq, in key order; ``items`` the
+    full images asked for (all, or those changed after a position).
+    """
+
+    keys: list[tuple[str, int]]
+    items: list[Item]
+
+    @property
+    def last_key(self) -> str | None:
+        return self.keys[-1][0] if self.keys else None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Log rows between two positions that are gone: Chroma purged them."""
+
+    after: int
+    before: int
+    missing: int
+
+
+def seq_value(raw: Any) -> int:
+    """A seq_id as stored: an integer, or 8 big-endian bytes in databases from Chroma < 0.5."""
+    if isinstance(raw, bytes):
+        return int.from_bytes(raw, "big")
+    return int(raw)
+
+
+def decode_vector(blob: bytes | None, encoding: str | None) -> tuple[Vector | None, str | None]:
+    """The vector of a log row and, if it cannot be read, why."""
+    if blob is None:
+        return None, None
+    if (encoding or "FLOAT32").upper() != "FLOAT32":
+        return None, f"vector encoding {encoding!r} is not supported (only FLOAT32)"
+    if len(blob) % 4:
+        return None, f"vector blob of {len(blob)} bytes is not a float32 array"
+    return np.frombuffer(blob, dtype="<f4"), None
+
+
+def _add_image(item: Item, metadata: str | None) -> bool:
+    """Fill *item*'s document and metadata from its ADD log row; False if that row's metadata
+    cannot be read (the metadata segment is read instead)."""
+    if not metadata:
+        return True
+    try:
+        parsed = json.loads(metadata)
+    except ValueError:
+        return False
+    if not isinstance(parsed, dict):
+        return False
+    item.document = parsed.pop(DOCUMENT_KEY, None)
+    parsed.pop(URI_KEY, None)
+    item.metadata = {k: v for k, v in parsed.items() if v is not None}
+    return True
+
+
+def _scalar(s: Any, i: Any, f: Any, b: Any) -> Any:
+    if b is not None:
+        return bool(b)
+    if i is not None:
+        return int(i)
+    if f is not None:
+        return float(f)
+    return s
+
+
+def _space(config_json: str | None, schema_json: str | None, legacy: str | None) -> str:
+    """The distance space: schema (1.x), then configuration, then ``hnsw:space`` metadata."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        schema = json.loads(schema_json or "null") or {}
+        space = schema["keys"]["#embedding"]["float_list"]["vector_index"]["config"]["space"]
+        if space in SPACES:
+            return str(space)
+    with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+        config = json.loads(config_json or "null") or {}
+        for key in ("hnsw", "hnsw_configuration"):
+            space = (config.get(key) or {}).get("space")
+            if space in SPACES:
+                return str(space)
+    if legacy in SPACES:
+        return str(legacy)
+    return "l2"  # Chroma's default: squared L2
+
+
+def _hnsw(config_json: str | None, schema_json: str | None) -> Hnsw | None:
+    """The HNSW settings: schema (1.x), then configuration."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+        schema = json.loads(schema_json or "null") or {}
+        found = Hnsw.parse(schema["keys"]["#embedding"]["float_list"]["vector_index"]["config"].get("hnsw"))
+        if found:
+            return found
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        config = json.loads(config_json or "null") or {}
+        return Hnsw.parse(config.get("hnsw") or config.get("hnsw_configuration"))
+    return None
+
+
+def translate(exc: BaseException, path: Path) -> SyncdError:
+    if isinstance(exc, SyncdError):
+        return exc
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return SourceBusy(f"Chroma log {path}: {text}")
+    if isinstance(exc, sqlite3.OperationalError) and "readonly" in text:
+        return SourceError(f"{path}: {text}: syncd writes two things there (the switch that keeps Chroma's "
+                           "log, and pruning the rows it has copied); give its user write access to the file "
+                           "and its directory (a shared group or an ACL)")
+    return SourceError(f"Chroma log {path}: {type(exc).__name__}: {text}")
+
+
+class ChromaLog:
+    """One persist directory's ``chroma.sqlite3``, shared by every collection stream."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / SQLITE_FILE
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-chroma")
+        self._ro: sqlite3.Connection | None = None
+        self._rw: sqlite3.Connection | None = None
+        self._topic_prefix: str | None = None
+        self._has_arrays = True
+        self._subscribers: set[asyncio.Event] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop_watch = asyncio.Event()
+
+    @classmethod
+    async def open(cls, directory: Path) -> ChromaLog:
+        chroma_log = cls(directory)
+        try:
+            await chroma_log.call(chroma_log._open)
+        except BaseException:
+            chroma_log._executor.shutdown(wait=False)
+            raise
+        return chroma_log
+
+    def _open(self) -> None:
+        if not self.path.is_file():
+            raise SourceError(
+                f"{self.path} does not exist: source.chroma.path must be Chroma's persist directory "
+                "(the --path given to `chroma run`, or to PersistentClient)")
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None, check_same_thread=False)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise SourceError(f"{self.path}: not a Chroma database: {exc}") from exc
+        missing = {"embeddings_queue", "collections", "segments", "embeddings", "max_seq_id",
+                   "embedding_metadata", "embeddings_queue_config"} - tables
+        if missing:
+            conn.close()
+            raise SourceError(f"{self.path}: not a Chroma 1.x database (no table {sorted(missing)[0]}); "
+                              "syncd reads the log of Chroma 1.5")
+        self._has_arrays = "embedding_metadata_array" in tables
+        self._ro = conn
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await call_on(self._executor, lambda exc: translate(exc, self.path), fn, *args)
+
+    async def close(self) -> None:
+        self._stop_watch.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+
+        def shut() -> None:
+            for conn in (self._ro, self._rw):
+                if conn is not None:
+                    conn.close()
+            self._ro = self._rw = None
+
+        with contextlib.suppress(Exception):
+            await self.call(shut)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def ro(self) -> sqlite3.Connection:
+        assert self._ro is not None, "ChromaLog used before open()"
+        return self._ro
+
+    @property
+    def rw(self) -> sqlite3.Connection:
+        if self._rw is None:
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=rw"
+            self._rw = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None,
+                                       check_same_thread=False)
+        return self._rw
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run *fn* in one short read transaction (a consistent view)."""
+        conn = self.ro
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def topic(self, collection_id: str) -> str:
+        if self._topic_prefix is None:
+            row = self.ro.execute(
+                "SELECT topic FROM embeddings_queue ORDER BY seq_id DESC LIMIT 1").fetchone()
+            if row is None:
+                return DEFAULT_TOPIC_PREFIX + collection_id
+            self._topic_prefix = str(row[0]).rsplit("/", 1)[0] + "/"
+        return self._topic_prefix + collection_id
+
+    # --- catalog -------------------------------------------------------------------------
+
+    def _catalog(self, tenant: str, database: str) -> list[CollectionInfo]:
+        def read(conn: sqlite3.Connection) -> list[CollectionInfo]:
+            rows = conn.execute(
+                """SELECT c.id, c.name, c.dimension, c.config_json_str, c.schema_str, d.name, d.tenant_id,
+                          (SELECT str_value FROM collection_metadata m
+                           WHERE m.collection_id = c.id AND m.key = 'hnsw:space')
+                   FROM collections c JOIN databases d ON d.id = c.database_id
+                   WHERE d.tenant_id = ? AND d.name = ? ORDER BY c.name""", (tenant, database)).fetchall()
+            segments: dict[str, dict[str, str]] = {}
+            for seg_id, scope, coll in conn.execute("SELECT id, scope, collection FROM segments"):
+                segments.setdefault(coll, {})[scope] = seg_id
+            out = []
+            for cid, name, dim, config, schema, db_name, tenant_id, legacy in rows:
+                segs = segments.get(cid, {})
+                if "METADATA" not in segs:
+                    continue  # being created: its segments are not written yet
+                out.append(CollectionInfo(
+                    id=cid, name=name, dimension=int(dim) if dim is not None else None,
+                    space=_space(config, schema, legacy), tenant=tenant_id, database=db_name,
+                    metadata_segment=segs["METADATA"], vector_segment=segs.get("VECTOR"),
+                    hnsw=_hnsw(config, schema)))
+            return out
+
+        return self.read(read)
+
+    async def catalog(self, tenant: str, database: str) -> list[CollectionInfo]:
+        """The collections of one tenant / database, by name."""
+        return await self.call(self._catalog, tenant, database)
+
+    def _key_types(self, info: CollectionInfo, keys: Sequence[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for key in keys:
+            kinds: set[str] = set()
+            row = self.ro.execute(
+                """SELECT count(m.string_value), count(m.int_value), count(m.float_value), count(m.bool_value)
+                   FROM embedding_metadata m JOIN embeddings e ON e.id = m.id
+                   WHERE e.segment_id = ? AND m.key = ?""", (info.metadata_segment, key)).fetchone()
+            for kind, n in zip(("str", "int", "float", "bool"), row, strict=True):
+                if n:
+                    kinds.add(kind)
+            if self._has_arrays and self.ro.execute(
+                    """SELECT 1 FROM embedding_metadata_array m JOIN embeddings e ON e.id = m.id
+                       WHERE e.segment_id = ? AND m.key = ? LIMIT 1""",
+                    (info.metadata_segment, key)).fetchone():
+                kinds.add("array")
+            out[key] = kinds
+        return out
+
+    async def key_types(self, info: CollectionInfo, keys: Sequence[str]) -> dict[str, set[str]]:
+        """For each metadata key, the kinds of value the collection holds (str, int, float, bool, array)."""
+        return await self.call(self._key_types, info, list(keys))
+
+    # --- positions -----------------------------------------------------------------------
+
+    def _applied(self, conn: sqlite3.Connection, info: CollectionInfo) -> int | None:
+        row = conn.execute("SELECT seq_id FROM max_seq_id WHERE segment_id = ?",
+                           (info.metadata_segment,)).fetchone()
+        return seq_value(row[0]) if row and row[0] is not None else None
+
+    def _consistent_head(self, info: CollectionInfo) -> int:
+        def read(conn: sqlite3.Connection) -> int:
+            applied = self._applied(conn, info)
+            row = conn.execute("SELECT max(seq_id) FROM embeddings_queue WHERE topic = ?",
+                               (self.topic(info.id),)).fetchone()
+            newest = row[0] if row else None
+            if applied is None or newest is None:
+                return 0
+            return min(applied, int(newest))
+
+        return self.read(read)
+
+    async def consistent_head(self, info: CollectionInfo) -> int:
+        """A position P such that every operation at or below P is visible in the metadata segment,
+        and every later operation of the collection gets a seq_id above P."""
+        return await self.call(self._consistent_head, info)
+
+    async def applied(self, info: CollectionInfo) -> int | None:
+        """The metadata segment's ``max_seq_id``: the last operation Chroma applied."""
+        return await self.call(lambda: self.read(lambda c: self._applied(c, info)))
+
+    def _pending(self, info: CollectionInfo, after: int) -> tuple[int, float | None, int]:
+        row = self.ro.execute(
+            """SELECT count(*), min(CAST(strftime('%s', created_at) AS INTEGER)), max(seq_id)
+               FROM embeddings_queue WHERE seq_id > ? AND topic = ?""",
+            (after, self.topic(info.id))).fetchone()
+        return int(row[0]), float(row[1]) if row[1] is not None else None, int(row[2] or after)
+
+    async def pending(self, info: CollectionInfo, after: int) -> tuple[int, float | None, int]:
+        """Rows after *after*: how many, the oldest one's time, and the newest seq_id."""
+        return await self.call(self._pending, info, after)
+
+    # --- changes -------------------------------------------------------------------------
+
+    def _changes(self, info: CollectionInfo, after: int, limit: int,
+                 check_gap: bool) -> tuple[list[LogRow], Gap | None]:
+        def read(conn: sqlite3.Connection) -> tuple[list[LogRow], Gap | None]:
+            rows = [LogRow(seq=int(r[0]), op=int(r[1]), id=r[2], vector=r[3], encoding=r[4], metadata=r[5],
+                           created_at=float(r[6]) if r[6] is not None else None)
+                    for r in conn.execute(
+                        """SELECT seq_id, operation, id, vector, encoding, metadata,
+                                  CAST(strftime('%s', created_at) AS INTEGER)
+                           FROM embeddings_queue WHERE seq_id > ? AND topic = ? ORDER BY seq_id LIMIT ?""",
+                        (after, self.topic(info.id), limit))]
+            return rows, self._gap(conn, info, after, rows[0].seq if rows else None) if check_gap else None
+
+        return self.read(read)
+
+    def _gap(self, conn: sqlite3.Connection, info: CollectionInfo, after: int,
+             first: int | None) -> Gap | None:
+        """Rows the collection may have lost after *after*.
+
+        Chroma purges a collection's rows below the ``max_seq_id`` of its segments, which
+        is at most the metadata segment's. So rows of ours that are gone lie between
+        *after* and the first row still there (*first*), below that bound; a hole in the
+        global sequence there may be one of them.
+        """
+        applied = self._applied(conn, info)
+        if applied is None:
+            return None
+        before = min(first, applied) if first is not None else applied
+        if before - after <= 1:
+            return None
+        present = conn.execute("SELECT count(*) FROM embeddings_queue WHERE seq_id > ? AND seq_id < ?",
+                               (after, before)).fetchone()[0]
+        missing = before - after - 1 - int(present)
+        return Gap(after=after, before=before, missing=missing) if missing > 0 else None
+
+    async def changes(self, info: CollectionInfo, after: int, limit: int,
+                      check_gap: bool) -> tuple[list[LogRow], Gap | None]:
+        """Up to *limit* log rows of the collection after *after*, and the gap before them if any."""
+        return await self.call(self._changes, info, after, limit, check_gap)
+
+    # --- items ---------------------------------------------------------------------------
+
+    def _items(self, info: CollectionInfo, after: str | None, limit: int,
+               changed_after: int | None) -> ItemPage:
+        def read(conn: sqlite3.Connection) -> ItemPage:
+            if after is None:
+                rows = conn.execute(
+                    "SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
+                    "ORDER BY embedding_id LIMIT ?", (info.metadata_segment, limit)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
+                    "AND embedding_id > ? ORDER BY embedding_id LIMIT ?",
+                    (info.metadata_segment, after, limit)).fetchall()
+            keys = [(r[1], seq_value(r[2])) for r in rows]
+            wanted = [(int(r[0]), r[1], seq) for r, (_, seq) in zip(rows, keys, strict=True)
+                      if changed_after is None or seq > changed_after]
+            return ItemPage(keys=keys, items=self._images(conn, info, wanted))
+
+        return self.read(read)
+
+    def _images(self, conn: sqlite3.Connection, info: CollectionInfo,
+                wanted: list[tuple[int, str, int]]) -> list[Item]:
+        """Items (metadata-segment rowid, id, seq) with their documents, metadata and vectors.
+
+        The vector comes from the log row of the item's last effective operation. When that
+        row is an ADD, it also holds the item's whole metadata and document (nothing took
+        effect on the item after it), so the metadata segment is read only for the others.
+        """
+        if not wanted:
+            return []
+        items = {rowid: Item(id=eid, seq=seq, document=None, metadata={}, vector=None)
+                 for rowid, eid, seq in wanted}
+        by_seq = {seq: rowid for rowid, _, seq in wanted}
+        rest = set(items)
+        for seq, item_id, op, blob, encoding, meta in conn.execute(
+                "SELECT seq_id, id, operation, vector, encoding, metadata FROM embeddings_queue "
+                "WHERE seq_id IN (SELECT value FROM json_each(?)) AND topic = ?",
+                (json.dumps(list(by_seq)), self.topic(info.id))):
+            rowid = by_seq.get(int(seq))
+            if rowid is None or items[rowid].id != item_id:
+                continue
+            item = items[rowid]
+            if blob is not None:
+                item.vector, item.error = decode_vector(blob, encoding)
+            if op == OP_ADD and _add_image(item, meta):
+                rest.discard(rowid)
+        if rest:
+            rowids = json.dumps(sorted(rest))
+            for rowid, key, s, i, f, b in conn.execute(
+                    "SELECT id, key, string_value, int_value, float_value, bool_value "
+                    "FROM embedding_metadata WHERE id IN (SELECT value FROM json_each(?))", (rowids,)):
+                if key == DOCUMENT_KEY:
+                    items[rowid].document = s
+                elif key != URI_KEY:
+                    items[rowid].metadata[key] = _scalar(s, i, f, b)
+            if self._has_arrays:
+                for rowid, key, s, i, f, b in conn.execute(
+                        "SELECT id, key, string_value, int_value, float_value, bool_value "
+                        "FROM embedding_metadata_array WHERE id IN (SELECT value FROM json_each(?)) "
+                        "ORDER BY id, key, rowid", (rowids,)):
+                    items[rowid].metadata.setdefault(key, []).append(_scalar(s, i, f, b))
+        return list(items.values())
+
+    async def items(self, info: CollectionInfo, after: str | None, limit: int,
+                    changed_after: int | None = None) -> ItemPage:
+        """Up to *limit* ids after key *after* (binary order), with the images of all of them, or
+        of those whose last effective operation is after *changed_after*."""
+        return await self.call(self._items, info, after, limit, changed_after)
+
+    def _items_by_ids(self, info: CollectionInfo, ids: Sequence[str]) -> list[Item]:
+        def read(conn: sqlite3.Connection) -> list[Item]:
+            rows = conn.execute(
+                "SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
+                "AND embedding_id IN (SELECT value FROM json_each(?))",
+                (info.metadata_segment, json.dumps(list(ids)))).fetchall()
+            return self._images(conn, info, [(int(r[0]), r[1], seq_value(r[2])) for r in rows])
+
+        return self.read(read)
+
+    async def items_by_ids(self, info: CollectionInfo, ids: Sequence[str]) -> list[Item]:
+        """The current images of *ids* that the collection holds."""
+        return await self.call(self._items_by_ids, info, list(ids))
+
+    def _current_seqs(self, info: CollectionInfo, ids: Sequence[str]) -> dict[str, int]:
+        rows = self.ro.execute(
+            "SELECT embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
+            "AND embedding_id IN (SELECT value FROM json_each(?))", (info.metadata_segment, json.dumps(ids)))
+        return {r[0]: seq_value(r[1]) for r in rows}
+
+    async def current_seqs(self, info: CollectionInfo, ids: Sequence[str]) -> dict[str, int]:
+        return await self.call(self._current_seqs, info, list(ids))
+
+    async def count(self, info: CollectionInfo) -> int:
+        def run() -> int:
+            return int(self.ro.execute("SELECT count(*) FROM embeddings WHERE segment_id = ?",
+                                       (info.metadata_segment,)).fetchone()[0])
+        return await self.call(run)
+
+    # --- pruning -------------------------------------------------------------------------
+
+    def _prune(self, info: CollectionInfo, upto: int) -> int:
+        """Delete the collection's rows at or below *upto* that Chroma itself no longer needs:
+        below the ``max_seq_id`` of both its segments (what Chroma's own purge deletes), so a
+        restarting Chroma can still replay what its HNSW index has not saved."""
+        if info.vector_segment is None:
+            return 0
+        conn = self.rw
+        floors = dict(conn.execute(
+            "SELECT segment_id, seq_id FROM max_seq_id WHERE segment_id IN (?, ?)",
+            (info.metadata_segment, info.vector_segment)).fetchall())
+        if len(floors) < 2 or any(v is None for v in floors.values()):
+            return 0
+        below = min(upto + 1, *(seq_value(v) for v in floors.values()))
+        topic = self.topic(info.id)
+        total = 0
+        # give way at once when Chroma is writing: this thread also serves every stream's reads
+        conn.execute("PRAGMA busy_timeout = 50")
+        try:
+            while True:
+                try:
+                    cur = conn.execute(
+                        "DELETE FROM embeddings_queue WHERE seq_id IN (SELECT seq_id FROM embeddings_queue "
+                        "WHERE topic = ? AND seq_id < ? ORDER BY seq_id LIMIT ?)",
+                        (topic, below, PRUNE_BATCH))
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        return total  # prune next time
+                    raise
+                total += cur.rowcount
+                if cur.rowcount < PRUNE_BATCH:
+                    return total
+        finally:
+            conn.execute("PRAGMA busy_timeout = 5000")
+
+    async def prune(self, info: CollectionInfo, upto: int) -> int:
+        return await self.call(self._prune, info, upto)
+
+    # --- waking --------------------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set whenever ``chroma.sqlite3`` changes (start the watcher on first use)."""
+        event = asyncio.Event()
+        self._subscribers.add(event)
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="syncd-chroma-watch")
+        return event
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        self._subscribers.discard(event)
+
+    async def _watch(self) -> None:
+        names = {SQLITE_FILE, SQLITE_FILE + "-journal", SQLITE_FILE + "-wal"}
+
+        def only_db(_change: watchfiles.Change, path: str) -> bool:
+            return Path(path).name in names
+
+        try:
+            async for _ in watchfiles.awatch(self.directory, watch_filter=only_db, debounce=20, step=5,
+                                             stop_event=self._stop_watch, recursive=False):
+                for event in self._subscribers:
+                    event.set()
+        except Exception as exc:  # the slow poll still covers us
+            log.warning("file watch stopped; falling back to polling", error=str(exc))

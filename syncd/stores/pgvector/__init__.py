@@ -1,0 +1,1 @@
+"""pgvector: a collection's table, its plan, the sink and the reverse source."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: connections, the embedded server, syncd's state, types, capture, source, sink."""

@@ -1,0 +1,146 @@
+"""Connecting to PostgreSQL, and translating asyncpg errors at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from syncd.config import Target
+from syncd.errors import FatalError, RowError, SyncdError, TargetUnavailable, redact
+
+# SQLSTATE classes: 22 data exception, 23 integrity constraint violation.
+_ROW_CLASSES = ("22", "23")
+_RETRY_STATES = {"57P01", "57P02", "57P03", "53300", "40001", "40P01"}
+
+
+def describe_dsn(dsn: str) -> str:
+    return redact(dsn)
+
+
+def translate(exc: BaseException, where: str) -> SyncdError:
+    """The SyncdError for an asyncpg / socket error raised while doing *where*."""
+    if isinstance(exc, SyncdError):
+        return exc
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return FatalError(f"{where}: authentication failed: {exc}; check the password / user in target.dsn")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return FatalError(f"{where}: {exc}; create the database or fix target.dsn")
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return FatalError(f"{where}: {exc}; grant the privilege to syncd's user")
+    if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError | asyncpg.PostgresConnectionError
+                  | asyncpg.InterfaceError | ConnectionError | asyncpg.exceptions.InternalClientError
+                  ) or state in _RETRY_STATES:
+        text = str(exc) or type(exc).__name__
+        return TargetUnavailable(f"{where}: PostgreSQL unreachable: {text}")
+    if isinstance(state, str) and state[:2] in _ROW_CLASSES:
+        return RowError(str(exc))
+    if isinstance(exc, asyncpg.DataError):  # client-side encoding of a value
+        return RowError(str(exc))
+    return FatalError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def is_row_error(exc: BaseException) -> bool:
+    return isinstance(translate(exc, ""), RowError)
+
+
+async def connect(target: Target, dsn: str) -> asyncpg.Connection:
+    """Open one connection, tagged as syncd's (``syncd.origin``); errors come out as
+    SyncdErrors naming the (redacted) server.
+
+    ``syncd.origin = syncd`` goes in the startup packet (PostgreSQL accepts a custom dotted
+    parameter there); a pooler that refuses unknown startup parameters (PgBouncer without
+    ``ignore_startup_parameters``) gets a ``SET`` after connecting instead. The reverse-capture
+    triggers skip writes made under it, so syncd's own writes are never captured back (see
+    :mod:`syncd.stores.postgres.capture`).
+    """
+    settings = {"application_name": "syncd", "syncd.origin": "syncd"}
+    try:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=target.connect_timeout,
+                                         command_timeout=target.command_timeout,
+                                         server_settings=settings)
+        except asyncpg.PostgresError as exc:
+            if "startup parameter" not in str(exc):
+                raise
+            conn = await asyncpg.connect(dsn, timeout=target.connect_timeout,
+                                         command_timeout=target.command_timeout,
+                                         server_settings={"application_name": "syncd"})
+            try:
+                await conn.execute("SET syncd.origin = 'syncd'")
+            except BaseException:
+                conn.terminate()
+                raise
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise translate(exc, f"connecting to {describe_dsn(dsn)}") from None
+    return conn
+
+
+_CONNECTION_LOST = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """``conn.transaction()``, except that a connection which stopped answering is dropped.
+
+    When a statement times out (``command_timeout``), asyncpg cancels it, and the ROLLBACK
+    of ``async with conn.transaction()`` then waits up to another ``command_timeout`` for the
+    server to acknowledge the cancellation, which a hung network never does. Terminating
+    the connection instead (the server rolls back when it goes) reports a hang after one
+    ``command_timeout``, and with its own error rather than the rollback's.
+    """
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        yield
+    except BaseException as exc:
+        if not conn.is_closed():
+            if isinstance(exc, _CONNECTION_LOST):
+                conn.terminate()
+            else:
+                await tx.rollback()
+        raise
+    await tx.commit()
+
+
+async def try_replica_role(conn: asyncpg.Connection) -> bool:
+    """Set ``session_replication_role = replica`` for syncd's session, if allowed.
+
+    Then PostgreSQL fires no triggers for syncd's writes: foreign-key checks and cascades
+    (the source already applied its own, and they arrive as changes, in the source's order)
+    and user triggers (so reverse capture does not see them). Needs superuser, or on
+    PostgreSQL 15+ ``GRANT SET ON PARAMETER session_replication_role``.
+    """
+    try:
+        await conn.execute("SET session_replication_role = replica")
+    except (asyncpg.InsufficientPrivilegeError, asyncpg.CantChangeRuntimeParamError):
+        return False
+    return True
+
+
+def resolve_dsn(target: Target, state_dir: Path) -> str:
+    """The DSN to use: the configured one, or the embedded server's under *state_dir*."""
+    if not target.embedded:
+        return target.dsn
+    from syncd.stores.postgres.embedded import embedded_dsn
+
+    return embedded_dsn(state_dir)
+
+
+async def close_quietly(conn: Any) -> None:
+    if conn is None:
+        return
+    try:
+        await asyncio.wait_for(conn.close(), timeout=2)
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            conn.terminate()
+            raise
+        conn.terminate()

@@ -1,0 +1,135 @@
+"""A captured SQLite table changed: the target follows, and the table is copied again.
+
+An app that migrates while syncd streams (``ALTER TABLE … ADD COLUMN``, the rebuild that
+ORMs do for other changes — new table, copy, drop, rename — or a new table) leaves the
+changelog with images that lack the new column, or with nothing at all for a rebuilt table
+(its triggers went with the old table). The source re-installs capture under the write lock
+and records, per table, the changelog id it did so at (``_syncd_captured``). Then:
+
+1. :func:`add_columns`: columns the source gained are added to tables syncd created (an
+   adopted table must get them from the app's own migrations: refused with the column named);
+2. :func:`stale_tables`: a table whose capture is newer than the copy the target holds
+   (capture epoch in ``_syncd_captured`` above ``syncd.objects.copied_epoch``) must be
+   copied again. An epoch, not a position: with no change logged in between, a re-capture
+   and the copy before it share the changelog head;
+3. :func:`begin_copy_again`, in one transaction: foreign keys syncd made on or to the table
+   dropped (re-created after catch-up, as after the first snapshot), the table emptied
+   (TRUNCATE if syncd created it and nothing else references it, else DELETE), its
+   open rejects closed, ``copied_from`` / ``copied_epoch`` set to the capture's, and the stream's checkpoint
+   turned into a snapshot in which every other table is done. The stream then copies the
+   table in resumable chunks and replays from where it was; the sink passes over the
+   table's changes at or below ``copied_from`` (the copy, read later, holds their effect).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import asyncpg
+import structlog
+
+from syncd.config import Target
+from syncd.errors import SchemaError
+from syncd.model import Checkpoint, SnapshotState
+from syncd.stores.postgres import state as pgstate
+from syncd.stores.postgres.types import pg_type_for
+from syncd.stores.sqlite.capture import Captured
+from syncd.stores.sqlite.schema import Table, qi
+
+if TYPE_CHECKING:
+    from syncd.stores.postgres.sink import TargetTable
+
+log = structlog.get_logger("syncd.sink.postgres")
+
+OBJECTS = f"{pgstate.STATE_SCHEMA}.objects"
+
+
+async def add_columns(conn: asyncpg.Connection, table: Table, target: Target,
+                      existing: dict[str, str]) -> dict[str, str]:
+    """Add the source's columns the target table lacks (a table syncd created); return its
+    columns afterwards. Nullable: rows get their values from the copy that follows."""
+    missing = [c for c in table.columns if c.name not in existing]
+    for c in missing:
+        pg_type = target.column_types.get(f"{table.name}.{c.name}") or pg_type_for(c.declared)
+        await conn.execute(f"ALTER TABLE {qi(target.schema)}.{qi(table.name)} "
+                           f"ADD COLUMN IF NOT EXISTS {qi(c.name)} {pg_type}")
+        existing = {**existing, c.name: pg_type}
+        log.info("column added to the target", table=table.name, column=c.name, type=pg_type)
+    return existing
+
+
+def stale_tables(tables: Mapping[str, TargetTable], captured: Mapping[str, Captured]) -> list[str]:
+    """Tables whose capture was (re)installed after the copy the target holds was read."""
+    out = []
+    for name, tt in tables.items():
+        c = captured.get(name)
+        if c is not None and (tt.copied_epoch is None or c.epoch > tt.copied_epoch):
+            out.append(name)
+    return out
+
+
+async def begin_copy_again(conn: asyncpg.Connection, stream: str, checkpoint: Checkpoint,
+                           tables: Mapping[str, TargetTable], names: Sequence[str],
+                           captured: Mapping[str, Captured], source_id: str | None) -> Checkpoint:
+    """Empty *names* and hand the stream a snapshot of just those (module docstring, step 3).
+    The caller holds a transaction."""
+    replica = await conn.fetchval("SHOW session_replication_role") == "replica"
+    created = {(tt.schema, tt.name) for tt in tables.values() if tt.created}
+    for name in names:
+        tt = tables[name]
+        referenced = False
+        for c in await conn.fetch(
+                """SELECT c.conname, n.nspname, r.relname, c.confrelid = $1::regclass AS incoming
+                   FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+                   JOIN pg_namespace n ON n.oid = r.relnamespace
+                   WHERE c.contype = 'f' AND (c.conrelid = $1::regclass OR c.confrelid = $1::regclass)""",
+                tt.qualified):
+            ours = ((c["nspname"], c["relname"]) in created
+                    and re.fullmatch(re.escape(c["relname"]) + r"_fk\d+", c["conname"]) is not None)
+            if ours:
+                await conn.execute(f"ALTER TABLE {qi(c['nspname'])}.{qi(c['relname'])} "
+                                   f"DROP CONSTRAINT IF EXISTS {qi(c['conname'])}")
+            elif c["incoming"]:
+                referenced = True
+                if replica:
+                    continue
+                raise SchemaError(
+                    f"table {name!r} changed in SQLite and must be copied again, but foreign key "
+                    f"{c['conname']} on {c['nspname']}.{c['relname']} references {tt.qualified}: emptying "
+                    "it would fail or cascade. Let syncd set session_replication_role (superuser, or "
+                    "GRANT SET ON PARAMETER session_replication_role), or drop that constraint until "
+                    "the stream is streaming again")
+        # TRUNCATE is immediate. A table still referenced (replica role: no check fires) or one
+        # syncd did not create (its role may not own it) is emptied row by row instead, which
+        # for a large table costs PostgreSQL seconds of I/O.
+        truncate = tt.created and not referenced
+        await conn.execute(f"{'TRUNCATE' if truncate else 'DELETE FROM'} {tt.qualified}")
+        await conn.execute(f"UPDATE {OBJECTS} SET copied_from = $3, copied_epoch = $4 "
+                           "WHERE stream = $1 AND object = $2", stream, name, captured[name].since,
+                           captured[name].epoch)
+        await conn.execute(
+            f"UPDATE {pgstate.STATE_SCHEMA}.rejects SET resolved_at = now() "
+            "WHERE stream = $1 AND object = $2 AND resolved_at IS NULL", stream, tt.name)
+        tt.copied_from, tt.copied_epoch = captured[name].since, captured[name].epoch
+    state = SnapshotState(start=checkpoint.position, done=[n for n in tables if n not in names])
+    await pgstate.save_checkpoint(conn, stream, checkpoint.position, state, source_id)
+    log.info("copying tables again: their schema changed in SQLite", tables=list(names),
+             replay_from=checkpoint.position.offset)
+    return Checkpoint(position=checkpoint.position, snapshot=state, source_id=checkpoint.source_id)
+
+
+async def record_snapshot_start(conn: asyncpg.Connection, stream: str, start: int,
+                                tables: Mapping[str, TargetTable], captured: Mapping[str, Captured]) -> None:
+    """A snapshot of every table begins: each copy is read after *start* and after the
+    capture epochs known now (a re-capture while it runs raises the epoch, so the table is
+    copied again once the snapshot is done). The caller holds a transaction."""
+    names = list(tables)
+    epochs = [captured[n].epoch if n in captured else None for n in names]
+    await conn.execute(
+        f"""UPDATE {OBJECTS} o SET copied_from = $2, copied_epoch = c.epoch
+            FROM unnest($3::text[], $4::bigint[]) AS c(object, epoch)
+            WHERE o.stream = $1 AND o.object = c.object""", stream, start, names, epochs)
+    for n, epoch in zip(names, epochs, strict=True):
+        tables[n].copied_from, tables[n].copied_epoch = start, epoch

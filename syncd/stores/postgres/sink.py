@@ -1,0 +1,510 @@
+"""PostgreSQL sink for tables: binary COPY for the snapshot, upsert/delete for changes.
+
+Rows, rejects and the checkpoint of a chunk or batch are written in one
+transaction. A row PostgreSQL refuses is isolated by bisection (COPY) or by
+replaying the batch change by change under savepoints, and goes to
+``syncd.rejects``; the rest commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from syncd.config import Target
+from syncd.errors import CaptureError, FatalError, RowError, SchemaError, StrictModeStop, SyncdError
+from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
+from syncd.ports import ApplyResult, Chunk
+from syncd.stores.postgres import schema_change
+from syncd.stores.postgres import state as pgstate
+from syncd.stores.postgres.connect import transaction, translate
+from syncd.stores.postgres.state import Reject
+from syncd.stores.postgres.types import ColumnMap, Converter, can_hold, converter, pg_type_for
+from syncd.stores.sqlite.capture import Captured
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, qi, ql
+
+log = structlog.get_logger("syncd.sink.postgres")
+
+
+@asynccontextmanager
+async def guarded(where: str) -> AsyncIterator[None]:
+    """Translate driver errors escaping a sink operation; a row error here is fatal."""
+    try:
+        yield
+    except SyncdError:
+        raise
+    except Exception as exc:
+        err = translate(exc, where)
+        if isinstance(err, RowError):
+            raise FatalError(f"{where}: {err.message}") from exc
+        raise err from exc
+
+
+@dataclass(slots=True)
+class TargetTable:
+    """One source table and the PostgreSQL table it is written to."""
+
+    source: Table
+    schema: str
+    name: str
+    columns: tuple[ColumnMap, ...]
+    created: bool = False
+    copied_from: int | None = None
+    """Changelog id the table's last copy was read after (``syncd.objects``); its changes at
+    or below it are passed over. None: never copied."""
+    copied_epoch: int | None = None
+    """Capture epoch (``_syncd_captured``) the last copy was read after."""
+    converters: tuple[Converter, ...] = field(default_factory=tuple)
+    key_converters: tuple[Converter, ...] = field(default_factory=tuple)
+    upsert_sql: str = ""
+    delete_sql: str = ""
+    unique_deletes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Per source UNIQUE index: delete rows holding the new row's unique value under another key.
+
+    SQLite's INSERT OR REPLACE removes such a row without firing its DELETE trigger (unless
+    the app enabled recursive_triggers), so the log never says so. In the source no other row
+    can hold the value at that point, so any such row in the target is stale.
+    """
+
+    def __post_init__(self) -> None:
+        self.converters = tuple(converter(c.pg_type) for c in self.columns)
+        by_name = {c.name: c for c in self.columns}
+        self.key_converters = tuple(converter(by_name[k].pg_type) for k in self.source.pk)
+        qt = self.qualified
+        names = [c.name for c in self.columns]
+        cols = ", ".join(qi(n) for n in names)
+        params = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+        pk = ", ".join(qi(k) for k in self.source.pk)
+        rest = [n for n in names if n not in self.source.pk]
+        action = ("DO UPDATE SET " + ", ".join(f"{qi(n)} = EXCLUDED.{qi(n)}" for n in rest)
+                  if rest else "DO NOTHING")
+        self.upsert_sql = f"INSERT INTO {qt} ({cols}) VALUES ({params}) ON CONFLICT ({pk}) {action}"
+        where = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, 1))
+        self.delete_sql = f"DELETE FROM {qt} WHERE {where}"
+        deletes = []
+        for idx in self.source.indexes:
+            cols_set = set(idx.columns)
+            if not idx.unique or not cols_set <= set(names) or cols_set == set(self.source.pk):
+                continue
+            by = [*idx.columns, *self.source.pk]
+            n = len(idx.columns)
+            same = " AND ".join(f"{qi(c)} = ${i}" for i, c in enumerate(idx.columns, 1))
+            other = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, n + 1))
+            deletes.append((f"DELETE FROM {qt} WHERE {same} AND NOT ({other})",
+                            tuple(names.index(c) for c in by)))
+        self.unique_deletes = tuple(deletes)
+
+    @property
+    def qualified(self) -> str:
+        return f"{qi(self.schema)}.{qi(self.name)}"
+
+    def convert_row(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        try:
+            return tuple([conv(v) for conv, v in zip(self.converters, values, strict=True)])
+        except RowError:
+            pass
+        for col, conv, v in zip(self.columns, self.converters, values, strict=True):
+            try:
+                conv(v)
+            except RowError as exc:  # name the column
+                raise RowError(f"column {col.name!r}: {exc.message}", column=col.name) from None
+        raise AssertionError("unreachable")
+
+    def convert_key(self, key: Sequence[Any]) -> tuple[Any, ...]:
+        out = []
+        for name, conv, v in zip(self.source.pk, self.key_converters, key, strict=True):
+            try:
+                out.append(conv(v))
+            except RowError as exc:
+                raise RowError(f"key column {name!r}: {exc.message}", column=name) from None
+        return tuple(out)
+
+    def row_values(self, row: Any) -> list[Any]:
+        return [row.get(c.name) for c in self.columns]
+
+
+def plan_table(table: Table, target: Target, existing: dict[str, str] | None) -> TargetTable:
+    """Map *table* onto the target; adopt *existing* columns (name -> type) when given."""
+    cols: list[ColumnMap] = []
+    if table.synthetic_key:
+        cols.append(ColumnMap(ROWID_COLUMN, "rowid", "bigint", nullable=False))
+    for c in table.columns:
+        pg_type = target.column_types.get(f"{table.name}.{c.name}") or pg_type_for(c.declared)
+        cols.append(ColumnMap(c.name, c.declared, pg_type, nullable=not c.notnull))
+    if existing is None:
+        return TargetTable(table, target.schema, table.name, tuple(cols), created=True)
+    adopted: list[ColumnMap] = []
+    for cm in cols:
+        if cm.name not in existing:
+            raise SchemaError(
+                f"target table {target.schema}.{table.name} has no column {cm.name!r} "
+                f"(SQLite {table.name}.{cm.name} {cm.declared or 'untyped'}); add the column or "
+                "drop the table so syncd creates it")
+        have = existing[cm.name]
+        if not can_hold(cm.pg_type, have):
+            raise SchemaError(
+                f"target column {target.schema}.{table.name}.{cm.name} is {have}, which cannot hold "
+                f"SQLite {cm.declared or 'untyped'} values (syncd maps them to {cm.pg_type}); change "
+                f"the column, or set target.column_types.\"{table.name}.{cm.name}\"")
+        adopted.append(ColumnMap(cm.name, cm.declared, have, cm.nullable))
+    return TargetTable(table, target.schema, table.name, tuple(adopted), created=False)
+
+
+class PostgresSink:
+    """Writes one SQLite database's tables into PostgreSQL."""
+
+    def __init__(self, conn: asyncpg.Connection, tables: Sequence[TargetTable], *, strict: bool,
+                 on_reject: Callable[[int], None] | None = None, source_id: str | None = None,
+                 captured: Mapping[str, Captured] | None = None) -> None:
+        self.conn = conn
+        self.source_id = source_id
+        self.captured = dict(captured or {})
+        """The source's ``_syncd_captured``: a table captured anew after its copy is copied again."""
+        self.tables = {t.source.name: t for t in tables}
+        self.strict = strict
+        self.on_reject = on_reject
+
+    async def ping(self) -> None:
+        async with guarded("checking the target"):
+            await self.conn.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        from syncd.stores.postgres.connect import close_quietly
+
+        await close_quietly(self.conn)
+
+    # --- schema -------------------------------------------------------------------------
+
+    @staticmethod
+    async def existing_columns(conn: asyncpg.Connection, schema: str, table: str) -> dict[str, str] | None:
+        rows = await conn.fetch(
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+               ORDER BY a.attnum""", schema, table)
+        if not rows:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = $2", schema, table)
+            return {} if exists else None
+        return {r["attname"]: r["type"] for r in rows}
+
+    @classmethod
+    async def prepare(cls, conn: asyncpg.Connection, stream: str, tables: Sequence[Table],
+                      target: Target) -> list[TargetTable]:
+        """Create or adopt every target table (idempotent); return the mapping. One transaction,
+        under the DDL lock the other streams' set-up takes too (they start at the same time)."""
+        try:
+            async with transaction(conn):
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", pgstate.DDL_LOCK)
+                return await cls._prepare_tables(conn, stream, tables, target)
+        except SchemaError:
+            raise
+        except Exception as exc:
+            raise translate(exc, "creating target tables") from exc
+
+    @classmethod
+    async def _prepare_tables(cls, conn: asyncpg.Connection, stream: str, tables: Sequence[Table],
+                              target: Target) -> list[TargetTable]:
+        await pgstate.ensure(conn)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(target.schema)}")
+        planned: list[TargetTable] = []
+        for table in tables:
+            recorded = await conn.fetchrow(
+                f"SELECT created, copied_from, copied_epoch FROM {pgstate.STATE_SCHEMA}.objects "
+                "WHERE stream=$1 AND object=$2", stream, table.name)
+            existing = await cls.existing_columns(conn, target.schema, table.name)
+            if existing is not None and recorded is not None and recorded["created"]:
+                existing = await schema_change.add_columns(conn, table, target, existing)
+            tt = plan_table(table, target, existing)
+            if existing is None:
+                await conn.execute(create_table_sql(tt))
+            if recorded is None:
+                await conn.execute(
+                    f"INSERT INTO {pgstate.STATE_SCHEMA}.objects (stream, object, target, created) "
+                    "VALUES ($1, $2, $3, $4)", stream, table.name, tt.qualified, tt.created)
+            else:
+                tt.created = bool(recorded["created"])
+                tt.copied_from = recorded["copied_from"]
+                tt.copied_epoch = recorded["copied_epoch"]
+            planned.append(tt)
+        return planned
+
+    async def after_catch_up(self, stream: str) -> None:
+        """Create secondary indexes, unique constraints and foreign keys on tables syncd made."""
+        async with guarded("creating indexes and foreign keys"):
+            await self._create_indexes_and_keys()
+
+    async def _create_indexes_and_keys(self) -> None:
+        for tt in self.tables.values():
+            if not tt.created:
+                continue
+            for idx in tt.source.indexes:
+                sql = (f"CREATE {'UNIQUE ' if idx.unique else ''}INDEX IF NOT EXISTS {qi(idx.name)} "
+                       f"ON {tt.qualified} ({', '.join(qi(c) for c in idx.columns)})")
+                await self._best_effort(sql, f"index {idx.name} on {tt.name}")
+            for name in tt.source.skipped_indexes:
+                log.warning("index not recreated (expression or partial index)", table=tt.name,
+                            index=name)
+        for tt in self.tables.values():
+            if not tt.created:
+                continue
+            for i, fk in enumerate(tt.source.foreign_keys):
+                ref = self.tables.get(fk.ref_table)
+                if ref is None:
+                    log.warning("foreign key skipped: referenced table is not synced",
+                                table=tt.name, references=fk.ref_table)
+                    continue
+                cname = f"{tt.name}_fk{i}"
+                exists = await self.conn.fetchval(
+                    "SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = $2::regclass",
+                    cname, tt.qualified)
+                if exists:
+                    continue
+                actions = "".join(
+                    f" ON {what} {action}" for what, action in (("DELETE", fk.on_delete),
+                                                                ("UPDATE", fk.on_update))
+                    if action and action.upper() not in ("NO ACTION", "NONE"))
+                sql = (f"ALTER TABLE {tt.qualified} ADD CONSTRAINT {qi(cname)} FOREIGN KEY "
+                       f"({', '.join(qi(c) for c in fk.columns)}) REFERENCES {ref.qualified} "
+                       f"({', '.join(qi(c) for c in fk.ref_columns)}){actions} "
+                       "DEFERRABLE INITIALLY DEFERRED NOT VALID")
+                if await self._best_effort(sql, f"foreign key {cname}"):
+                    await self._best_effort(
+                        f"ALTER TABLE {tt.qualified} VALIDATE CONSTRAINT {qi(cname)}",
+                        f"validating foreign key {cname} (orphan rows in SQLite; it stays NOT VALID "
+                        "and is enforced for new rows only)")
+
+    async def _best_effort(self, sql: str, what: str) -> bool:
+        try:
+            await self.conn.execute(sql)
+            return True
+        except Exception as exc:
+            err = translate(exc, what)
+            if not isinstance(err, RowError):
+                raise err from exc
+            log.warning("could not create", what=what, error=str(exc))
+            return False
+
+    # --- checkpoint ---------------------------------------------------------------------
+
+    async def load_checkpoint(self, stream: str) -> Checkpoint | None:
+        async with guarded("reading the checkpoint"):
+            cp = await pgstate.load_checkpoint(self.conn, stream)
+        if cp is not None and cp.source_id and self.source_id and cp.source_id != self.source_id:
+            raise CaptureError(
+                f"capture in the source was reinstalled since stream {stream!r} checkpointed (its "
+                "changelog restarted, so positions no longer match): copy again — TRUNCATE the synced "
+                f"tables and DELETE FROM syncd.checkpoints WHERE stream = '{stream}' — then `syncd run`")
+        if cp is None or (cp.snapshot is not None and not cp.snapshot.complete):
+            return cp
+        stale = schema_change.stale_tables(self.tables, self.captured)
+        if not stale:
+            return cp
+        async with guarded("preparing to copy changed tables again"), transaction(self.conn):
+            return await schema_change.begin_copy_again(self.conn, stream, cp, self.tables, stale,
+                                                        self.captured, self.source_id)
+
+    async def begin_snapshot(self, stream: str, state: SnapshotState) -> None:
+        async with guarded("starting the snapshot"), transaction(self.conn):
+            for tt in self.tables.values():
+                if tt.source.name in state.done or tt.source.name in state.last_key:
+                    continue
+                if await self.conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {tt.qualified})"):
+                    raise SchemaError(
+                        f"target table {tt.schema}.{tt.name} already has rows, and syncd copies into "
+                        f"empty tables; empty it (TRUNCATE {tt.qualified}) and run again")
+            await schema_change.record_snapshot_start(self.conn, stream, state.start.offset, self.tables,
+                                                      self.captured)
+            await pgstate.save_checkpoint(self.conn, stream, state.start, state, self.source_id)
+
+    async def finish_snapshot(self, stream: str, state: SnapshotState) -> None:
+        state.complete = True
+        async with guarded("finishing the snapshot"):
+            await pgstate.save_checkpoint(self.conn, stream, state.start, state, self.source_id)
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def prepare_chunk(self, chunk: Chunk) -> tuple[list[tuple[Any, ...]], list[Reject]]:
+        """Convert a chunk's rows (pure: safe on the source's reading thread)."""
+        tt = self.tables[chunk.object]
+        good: list[tuple[Any, ...]] = []
+        rejects: list[Reject] = []
+        pk_idx = [tt.source.target_columns.index(k) for k in tt.source.pk]
+        for raw in chunk.rows:
+            try:
+                good.append(tt.convert_row(raw))
+            except RowError as exc:
+                rejects.append(Reject(tt.name, [raw[i] for i in pk_idx],
+                                      dict(zip(chunk.columns, raw, strict=True)), exc.message))
+        return good, rejects
+
+    async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult:
+        tt = self.tables[chunk.object]
+        good, rejects = chunk.prepared if chunk.prepared is not None else self.prepare_chunk(chunk)
+        pk_idx = [tt.source.target_columns.index(k) for k in tt.source.pk]
+        self._check_strict(rejects)
+        names = [c.name for c in tt.columns]
+        async with guarded(f"copying into {tt.qualified}"), transaction(self.conn):
+            await self._copy_isolating(tt, names, good, pk_idx, chunk.columns, rejects)
+            self._check_strict(rejects)
+            await pgstate.insert_rejects(self.conn, stream, rejects)
+            await pgstate.save_checkpoint(self.conn, stream, state.start, state, self.source_id)
+        self._count(rejects)
+        return ApplyResult(applied=len(chunk.rows) - len(rejects), rejected=len(rejects))
+
+    async def _copy_isolating(self, tt: TargetTable, names: list[str], rows: list[tuple[Any, ...]],
+                              pk_idx: list[int], raw_cols: tuple[str, ...],
+                              rejects: list[Reject]) -> None:
+        if not rows:
+            return
+        try:
+            async with transaction(self.conn):
+                await self.conn.copy_records_to_table(
+                    tt.name, records=rows, columns=names, schema_name=tt.schema)
+        except Exception as exc:
+            err = translate(exc, f"copying into {tt.qualified}")
+            if not isinstance(err, RowError):
+                raise err from exc
+            if len(rows) == 1:
+                rejects.append(Reject(tt.name, [rows[0][i] for i in pk_idx],
+                                      dict(zip(raw_cols, rows[0], strict=True)), err.message))
+                return
+            mid = len(rows) // 2
+            await self._copy_isolating(tt, names, rows[:mid], pk_idx, raw_cols, rejects)
+            await self._copy_isolating(tt, names, rows[mid:], pk_idx, raw_cols, rejects)
+
+    # --- streaming ----------------------------------------------------------------------
+
+    async def apply(self, stream: str, batch: Batch) -> ApplyResult:
+        prepared, rejects = self._prepare(batch.changes)
+        self._check_strict(rejects)
+        try:
+            async with transaction(self.conn):
+                await self._apply_runs(prepared)
+                await self._finish_batch(stream, batch, prepared, rejects)
+        except Exception as exc:
+            err = translate(exc, "applying changes")
+            if not isinstance(err, RowError):
+                raise err from exc
+            async with guarded("applying changes one by one"), transaction(self.conn):
+                applied = await self._apply_one_by_one(prepared, rejects)
+                self._check_strict(rejects)
+                await self._finish_batch(stream, batch, applied, rejects)
+            prepared = applied
+        self._count(rejects)
+        return ApplyResult(applied=len(prepared), rejected=len(rejects))
+
+    def _prepare(self, changes: Sequence[Change]) -> tuple[list[tuple[TargetTable, Change, tuple[Any, ...]]],
+                                                        list[Reject]]:
+        out: list[tuple[TargetTable, Change, tuple[Any, ...]]] = []
+        rejects: list[Reject] = []
+        for ch in changes:
+            tt = self.tables.get(ch.object)
+            if tt is None or (tt.copied_from is not None and ch.position.offset <= tt.copied_from):
+                continue  # not synced, or older than the table's copy (copied again after a schema change)
+            try:
+                if ch.op is Op.DELETE:
+                    args = tt.convert_key(ch.key)
+                else:
+                    args = tt.convert_row(tt.row_values(ch.row))
+            except RowError as exc:
+                rejects.append(Reject(tt.name, list(ch.key), ch.row, exc.message, ch.position))
+                continue
+            out.append((tt, ch, args))
+        return out, rejects
+
+    async def _apply_runs(self, prepared: list[tuple[TargetTable, Change, tuple[Any, ...]]]) -> None:
+        """Consecutive changes with the same table and statement go in one executemany."""
+        i = 0
+        while i < len(prepared):
+            tt, ch, _ = prepared[i]
+            sql = tt.delete_sql if ch.op is Op.DELETE else tt.upsert_sql
+            j = i
+            args: list[tuple[Any, ...]] = []
+            while j < len(prepared):
+                tj, cj, aj = prepared[j]
+                if tj is not tt or (cj.op is Op.DELETE) != (ch.op is Op.DELETE):
+                    break
+                args.append(aj)
+                j += 1
+            if ch.op is not Op.DELETE:
+                for dsql, idxs in tt.unique_deletes:
+                    await self.conn.executemany(dsql, [tuple(a[k] for k in idxs) for a in args])
+            await self.conn.executemany(sql, args)
+            i = j
+
+    async def _apply_one_by_one(self, prepared: list[tuple[TargetTable, Change, tuple[Any, ...]]],
+                                rejects: list[Reject]) -> list[tuple[TargetTable, Change, tuple[Any, ...]]]:
+        applied = []
+        for tt, ch, args in prepared:
+            try:
+                async with transaction(self.conn):
+                    if ch.op is not Op.DELETE:
+                        for dsql, idxs in tt.unique_deletes:
+                            await self.conn.execute(dsql, *(args[k] for k in idxs))
+                    await self.conn.execute(tt.delete_sql if ch.op is Op.DELETE else tt.upsert_sql, *args)
+                applied.append((tt, ch, args))
+            except Exception as exc:
+                err = translate(exc, f"applying a change to {tt.qualified}")
+                if not isinstance(err, RowError):
+                    raise err from exc
+                rejects.append(Reject(tt.name, list(ch.key), ch.row, err.message, ch.position))
+        return applied
+
+    async def _finish_batch(self, stream: str, batch: Batch,
+                            applied: list[tuple[TargetTable, Change, tuple[Any, ...]]],
+                            rejects: list[Reject]) -> None:
+        await pgstate.insert_rejects(self.conn, stream, rejects)
+        if await self._has_open_rejects(stream):
+            # a key's open reject is resolved when its last change in the batch was applied
+            last: dict[tuple[str, tuple[Any, ...]], tuple[int, bool]] = {}
+            for tt, ch, _ in applied:
+                last[(tt.name, tuple(ch.key))] = max(last.get((tt.name, tuple(ch.key)), (-1, False)),
+                                                     (ch.position.offset, True))
+            for r in rejects:
+                pos = r.position.offset if r.position else -1
+                last[(r.object, tuple(r.key))] = max(last.get((r.object, tuple(r.key)), (-1, False)),
+                                                     (pos, False))
+            by_table: dict[str, list[tuple[Any, ...]]] = {}
+            for (name, key), (_, ok) in last.items():
+                if ok:
+                    by_table.setdefault(name, []).append(key)
+            for name, keys in by_table.items():
+                await pgstate.resolve_rejects(self.conn, stream, name, keys)
+        await pgstate.save_checkpoint(self.conn, stream, batch.position, None, self.source_id)
+
+    async def _has_open_rejects(self, stream: str) -> bool:
+        return bool(await self.conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {pgstate.STATE_SCHEMA}.rejects "
+            "WHERE stream = $1 AND resolved_at IS NULL)", stream))
+
+    def _check_strict(self, rejects: list[Reject]) -> None:
+        if self.strict and rejects:
+            r = rejects[0]
+            raise StrictModeStop(f"strict mode: table {r.object!r}, key {list(r.key)!r}: {r.error}; "
+                                 "fix the row or the mapping (target.column_types), or set "
+                                 "target.strict = false to quarantine such rows")
+
+    def _count(self, rejects: list[Reject]) -> None:
+        if rejects:
+            for r in rejects:
+                log.warning("row rejected", table=r.object, key=list(r.key), error=r.error)
+            if self.on_reject:
+                self.on_reject(len(rejects))
+
+
+def create_table_sql(tt: TargetTable) -> str:
+    cols = [f"{qi(c.name)} {c.pg_type}{'' if c.nullable or c.name in tt.source.pk else ' NOT NULL'}"
+            for c in tt.columns]
+    cols.append(f"PRIMARY KEY ({', '.join(qi(k) for k in tt.source.pk)})")
+    return f"CREATE TABLE IF NOT EXISTS {tt.qualified} (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+__all__ = ["PostgresSink", "TargetTable", "create_table_sql", "plan_table", "ql"]

@@ -1,0 +1,1 @@
+"""SQLite: schema discovery, trigger capture, the source, and the reverse sink."""

@@ -1,0 +1,252 @@
+"""Change capture in SQLite: triggers write full row images into ``_syncd_changelog``.
+
+The triggers run inside the app's own transaction, so a change is logged if and
+only if it commits. Row images are JSON objects; values JSON cannot carry
+exactly are tagged: a REAL is ``["r", printf('%!.20e', x)]`` (21 significant digits,
+exact round trip; ``json_object`` and ``quote`` may keep 15) and a BLOB is ``["b", hex(x)]``.
+Tables wider than 60 columns are imaged in parts merged with ``json_patch``,
+which leaves out keys whose value is NULL: in an image, an absent column is NULL.
+
+Origin tagging: syncd's own writes (reverse sync) set ``_syncd_origin.suppress``
+to 1 inside their transaction; the triggers skip while it is 1. SQLite has one
+writer at a time, so no app write can run while the flag is set, and a crash
+rolls the flag back with the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from syncd.errors import CaptureError
+from syncd.stores.sqlite.schema import Table, qi, ql
+
+CHANGELOG = "_syncd_changelog"
+ORIGIN = "_syncd_origin"
+META = "_syncd_meta"
+CAPTURED = "_syncd_captured"
+"""Per table, when its current triggers were installed: ``since``, the changelog's head then
+(changes of the table at or below it may predate the triggers: a column added, a table
+rebuilt), and ``epoch``, a counter that every install which changes triggers raises. The sink
+copies a table again unless its copy was read after that epoch (``syncd.objects``)."""
+TRIGGER_PREFIX = "_syncd_"
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_MAX_PAIRS = 60  # json_object takes at most 127 arguments in older SQLite builds
+
+SETUP = f"""
+CREATE TABLE IF NOT EXISTS {CHANGELOG} (
+    id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    op  TEXT NOT NULL,
+    pk  TEXT NOT NULL,
+    row TEXT,
+    ts  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {ORIGIN} (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    suppress INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO {ORIGIN} (id, suppress) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS {META} (
+    tbl TEXT PRIMARY KEY,
+    signature TEXT NOT NULL
+);
+INSERT OR IGNORE INTO {META} (tbl, signature) VALUES ('', lower(hex(randomblob(16))));
+CREATE TABLE IF NOT EXISTS {CAPTURED} (
+    tbl   TEXT PRIMARY KEY,
+    since INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+"""
+GENERATION_KEY = ""
+"""The ``_syncd_meta`` row whose signature names this changelog; new on every install."""
+
+
+def _enc(expr: str) -> str:
+    return (f"CASE typeof({expr}) WHEN 'real' THEN json_array('r', printf('%!.20e', {expr})) "
+            f"WHEN 'blob' THEN json_array('b', hex({expr})) ELSE {expr} END")
+
+
+def _key_expr(table: Table, ref: str) -> str:
+    if table.synthetic_key:
+        return f"json_array({ref}.rowid)"
+    return "json_array(" + ", ".join(_enc(f"{ref}.{qi(c)}") for c in table.pk) + ")"
+
+
+def _row_expr(table: Table, ref: str) -> str:
+    pairs = [f"{ql(c)}, {_enc(f'{ref}.{qi(c)}')}" for c in table.column_names]
+    objs = ["json_object(" + ", ".join(pairs[i:i + _MAX_PAIRS]) + ")"
+            for i in range(0, len(pairs), _MAX_PAIRS)] or ["json_object()"]
+    expr = objs[0]
+    for o in objs[1:]:
+        expr = f"json_patch({expr}, {o})"
+    return expr
+
+
+CAPTURE_VERSION = 2
+"""Bumped when the trigger bodies change, so that `syncd init` rebuilds older ones."""
+
+
+def signature(table: Table) -> str:
+    return f"v{CAPTURE_VERSION}|{table.signature()}"
+
+
+def trigger_names(table: Table) -> list[str]:
+    return [f"{TRIGGER_PREFIX}{kind}_{table.name}" for kind in ("ins", "upd", "del")]
+
+
+def trigger_ddl(table: Table) -> list[str]:
+    t, name = qi(table.name), ql(table.name)
+    ins, upd, dele = (qi(n) for n in trigger_names(table))
+    when = f"WHEN (SELECT suppress FROM {ORIGIN}) = 0"
+    log = f"INSERT INTO {CHANGELOG} (tbl, op, pk, row, ts)"
+    if table.synthetic_key:
+        key_changed = "OLD.rowid IS NOT NEW.rowid"
+    else:
+        # BINARY: under a NOCASE key, 'Alice' -> 'alice' is a new key in PostgreSQL
+        key_changed = " OR ".join(f"OLD.{qi(c)} IS NOT NEW.{qi(c)} COLLATE BINARY" for c in table.pk)
+    return [
+        f"CREATE TRIGGER {ins} AFTER INSERT ON {t} {when} BEGIN "
+        f"{log} VALUES ({name}, 'I', {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
+        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} {when} BEGIN "
+        f"{log} SELECT {name}, 'D', {_key_expr(table, 'OLD')}, NULL, {_NOW} WHERE {key_changed}; "
+        f"{log} VALUES ({name}, 'U', {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
+        f"CREATE TRIGGER {dele} AFTER DELETE ON {t} {when} BEGIN "
+        f"{log} VALUES ({name}, 'D', {_key_expr(table, 'OLD')}, NULL, {_NOW}); END",
+    ]
+
+
+def install(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
+    """Create the changelog and (re)create triggers whose table changed; return tables touched."""
+    return install_tables(conn, lambda: list(tables))[0]
+
+
+def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
+                   ) -> tuple[list[str], list[Table], int]:
+    """:func:`install` for the tables *describe* returns, called under the write lock so that
+    no schema change can slip in between; return the tables touched, the tables, and the
+    schema version this leaves (read before the commit).
+
+    Runs in one IMMEDIATE transaction: either all triggers exist afterwards or none changed.
+    Each table whose triggers are (re)created is recorded in ``_syncd_captured`` with the
+    changelog's head: the point from which its changes are complete.
+    """
+    changed: list[str] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SETUP.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        tables = describe()
+        head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
+        epoch = int(conn.execute(f"SELECT coalesce(max(epoch), 0) + 1 FROM {CAPTURED}").fetchone()[0])
+        for table in tables:
+            if not _stale(conn, table):
+                continue
+            for trig in trigger_names(table):
+                conn.execute(f"DROP TRIGGER IF EXISTS {qi(trig)}")
+            for ddl in trigger_ddl(table):
+                conn.execute(ddl)
+            conn.execute(f"INSERT OR REPLACE INTO {META} (tbl, signature) VALUES (?, ?)",
+                         (table.name, signature(table)))
+            conn.execute(f"INSERT OR REPLACE INTO {CAPTURED} (tbl, since, epoch) VALUES (?, ?, ?)",
+                         (table.name, int(head[0]) if head else 0, epoch))
+            changed.append(table.name)
+        version = schema_version(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return changed, tables, version
+
+
+def _stale(conn: sqlite3.Connection, table: Table) -> bool:
+    """The table's capture triggers are missing or were built for other columns."""
+    row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (table.name,)).fetchone()
+    present = {r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?", (table.name,))}
+    return not (row and row[0] == signature(table) and set(trigger_names(table)) <= present)
+
+
+def stale(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
+    """The tables whose capture must be (re)installed; raise if there is no changelog at all."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    if CHANGELOG not in have or META not in have:
+        raise CaptureError("change capture is not installed in the SQLite database: run `syncd init`")
+    return [t.name for t in tables if _stale(conn, t)]
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """One ``_syncd_captured`` row: the head and the epoch of a table's current triggers."""
+
+    since: int
+    epoch: int
+
+
+def captured_since(conn: sqlite3.Connection) -> dict[str, Captured]:
+    """``_syncd_captured``, by table."""
+    if not conn.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                        (CAPTURED,)).fetchone():
+        return {}
+    return {str(t): Captured(int(n), int(e)) for t, n, e in conn.execute(
+        f"SELECT tbl, since, epoch FROM {CAPTURED}")}
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def uninstall(conn: sqlite3.Connection) -> list[str]:
+    """Drop every syncd trigger and table from the database; return the triggers dropped."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        triggers = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '\\_syncd\\_%' ESCAPE '\\'")]
+        for trig in triggers:
+            conn.execute(f"DROP TRIGGER {qi(trig)}")
+        for tbl in (CHANGELOG, ORIGIN, META, CAPTURED):
+            conn.execute(f"DROP TABLE IF EXISTS {tbl}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return triggers
+
+
+def check_installed(conn: sqlite3.Connection, tables: Iterable[Table]) -> None:
+    """Raise :class:`CaptureError` unless capture is installed and current for every table."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type IN ('table','trigger')")}
+    if CHANGELOG not in have:
+        raise CaptureError("change capture is not installed in the SQLite database: run `syncd init`")
+    sigs = dict(conn.execute(f"SELECT tbl, signature FROM {META}").fetchall())
+    for table in tables:
+        if not set(trigger_names(table)) <= have:
+            raise CaptureError(f"capture triggers for table {table.name!r} are missing: run `syncd init`")
+        if sigs.get(table.name) != signature(table):
+            raise CaptureError(
+                f"table {table.name!r} changed since `syncd init` (columns now: "
+                f"{', '.join(table.column_names)}); run `syncd init` again to update capture")
+
+
+def generation(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (GENERATION_KEY,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def decode_value(v: Any) -> Any:
+    """Undo the trigger's tagging of REAL and BLOB values."""
+    if isinstance(v, list) and len(v) == 2 and v[0] in ("r", "b") and isinstance(v[1], str):
+        return float(v[1]) if v[0] == "r" else bytes.fromhex(v[1])
+    return v
+
+
+def decode_row(text: str) -> dict[str, Any]:
+    return {k: decode_value(v) for k, v in json.loads(text).items()}
+
+
+def decode_key(text: str) -> tuple[Any, ...]:
+    return tuple(decode_value(v) for v in json.loads(text))

@@ -1,0 +1,366 @@
+"""SQLite source: snapshot chunks from the tables, changes from ``_syncd_changelog``.
+
+All database work runs on one worker thread with the stdlib ``sqlite3`` module,
+one hop per chunk or batch (not per statement). Every read is its own short
+transaction, so the app's writers are never held up by a long read, in WAL or
+rollback-journal mode. ``database is locked`` becomes :class:`SourceBusy` and is
+retried by the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import watchfiles
+
+from syncd.config import SqliteSource as SqliteConfig
+from syncd.errors import SchemaChanged, SourceBusy, SourceError, SyncdError
+from syncd.model import START, Batch, Change, Key, Op, Position
+from syncd.ports import Chunk, Pending
+from syncd.stores.sqlite import capture
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi
+from syncd.stores.sqlite.worker import call_on
+
+log = structlog.get_logger("syncd.source.sqlite")
+T = TypeVar("T")
+_OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
+
+
+PRUNE_BUSY_MS = 20
+
+
+def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
+    """Open an existing SQLite database read-write, with clear errors."""
+    if not path.exists():
+        raise SourceError(f"SQLite database {path} does not exist (source.sqlite.path)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise SourceBusy(f"SQLite database {path}: {exc}") from exc
+        raise SourceError(f"SQLite database {path}: {exc} (source.sqlite.path)") from exc
+    return conn
+
+
+def _recapture(conn: sqlite3.Connection, config: SqliteConfig) -> tuple[list[Table], list[str], int]:
+    """Read the tables and (re)install capture on those whose triggers are missing or out of
+    date, under one write lock; return the tables, those re-captured, the schema version."""
+    def describe() -> list[Table]:
+        return discover(conn, tables=config.tables, exclude=config.exclude,
+                        no_primary_key=config.no_primary_key)
+
+    tables = describe()
+    if not capture.stale(conn, tables):  # raises if capture was never installed
+        return tables, [], capture.schema_version(conn)
+    began = time.perf_counter()
+    changed, tables, version = capture.install_tables(conn, describe)
+    if changed:  # the app's writers waited for the write lock this long
+        log.info("capture re-installed: the tables changed since syncd last captured them", tables=changed,
+                 write_lock_ms=round((time.perf_counter() - began) * 1000, 1))
+    return tables, changed, version
+
+
+def translate(exc: BaseException, path: Path) -> SyncdError:
+    if isinstance(exc, SyncdError):
+        return exc
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return SourceBusy(f"SQLite {path}: {text}")
+    return SourceError(f"SQLite {path}: {type(exc).__name__}: {text}")
+
+
+class SqliteSource:
+    """Reads one SQLite database. Create with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, config: SqliteConfig, conn: sqlite3.Connection, tables: list[Table],
+                 executor: ThreadPoolExecutor) -> None:
+        self.config = config
+        self.path = config.path
+        self._conn = conn
+        self.tables = {t.name: t for t in tables}
+        self._executor = executor
+        self._woken = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop_watch = asyncio.Event()
+        self.source_id: str | None = None
+        self.captured: dict[str, capture.Captured] = {}
+        """Per table, when its capture was (re)installed (``_syncd_captured``)."""
+        self._schema_version: int | None = None  # None: capture not followed (init, verify)
+
+    @classmethod
+    async def open(cls, config: SqliteConfig, *, check_capture: bool = True) -> SqliteSource:
+        """Open the database; with *check_capture*, bring capture up to date with the tables.
+
+        A table that changed while syncd was not running (a column added, the table rebuilt by
+        a migration, a new table) gets its triggers again here, as :meth:`changes` does while
+        running; the sink then copies it again (``_syncd_captured``).
+        """
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-sqlite")
+        loop = asyncio.get_running_loop()
+
+        def setup() -> tuple[sqlite3.Connection, list[Table], int | None]:
+            conn = open_connection(config.path)
+            try:
+                if check_capture:
+                    tables, _, version = _recapture(conn, config)
+                    return conn, tables, version
+                tables = discover(conn, tables=config.tables, exclude=config.exclude,
+                                  no_primary_key=config.no_primary_key)
+            except BaseException:
+                conn.close()
+                raise
+            return conn, tables, None
+
+        try:
+            conn, tables, version = await loop.run_in_executor(executor, setup)
+        except sqlite3.Error as exc:
+            executor.shutdown(wait=False)
+            raise translate(exc, config.path) from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        source = cls(config, conn, tables, executor)
+        if check_capture:
+            source.source_id = await source._call(capture.generation, conn)
+            source.captured = await source._call(capture.captured_since, conn)
+            source._schema_version = version
+        return source
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await call_on(self._executor, lambda exc: translate(exc, self.path), fn, *args)
+
+    async def close(self) -> None:
+        self._stop_watch.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+        await self._call(self._conn.close)
+        self._executor.shutdown(wait=True)
+
+    # --- capture ------------------------------------------------------------------------
+
+    async def install_capture(self) -> list[str]:
+        return await self._call(capture.install, self._conn, list(self.tables.values()))
+
+    async def uninstall_capture(self) -> list[str]:
+        return await self._call(capture.uninstall, self._conn)
+
+    # --- positions ----------------------------------------------------------------------
+
+    def _head(self) -> Position:
+        row = self._conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (capture.CHANGELOG,)).fetchone()
+        return Position(int(row[0])) if row else START
+
+    async def head(self) -> Position:
+        return await self._call(self._head)
+
+    def _pending(self, after: Position) -> Pending:
+        head = self._head()
+        row = self._conn.execute(
+            f"SELECT count(*), min(ts) FROM {capture.CHANGELOG} WHERE id > ?", (after.offset,)).fetchone()
+        return Pending(count=int(row[0]), oldest_committed_at=row[1], head=head)
+
+    async def pending(self, after: Position) -> Pending:
+        return await self._call(self._pending, after)
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def snapshot_objects(self) -> Sequence[str]:
+        return list(self.tables)
+
+    async def count(self, obj: str) -> int:
+        def run() -> int:
+            return int(self._conn.execute(f"SELECT count(*) FROM {qi(obj)}").fetchone()[0])
+        return await self._call(run)
+
+    def _chunk_sql(self, table: Table, first: bool) -> str:
+        cols = ", ".join(qi(c) for c in table.column_names)
+        if table.synthetic_key:
+            cols = "rowid, " + cols
+        if table.rowid_key:
+            order = "rowid"
+            where = "" if first else "WHERE rowid > ?"
+        else:
+            order = ", ".join(qi(k) for k in table.pk)
+            where = "" if first else f"WHERE ({order}) > ({', '.join('?' for _ in table.pk)})"
+        return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order} LIMIT ?"
+
+    def _read_chunk(self, table: Table, after: Key | None, rows: int,
+                    prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
+        sql = self._chunk_sql(table, after is None)
+        params = (*(after or ()), rows)
+        batch = self._conn.execute(sql, params).fetchall()
+        if not batch:
+            return None
+        columns = table.target_columns
+        last_key: Key = tuple(batch[-1][columns.index(k)] for k in table.pk)
+        chunk = Chunk(table.name, columns, batch, last_key)
+        if prepare is not None:
+            chunk = Chunk(table.name, columns, batch, last_key, prepared=prepare(chunk))
+        return chunk
+
+    async def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
+                              prepare: Callable[[Chunk], Any] | None = None) -> AsyncIterator[Chunk]:
+        """Chunks in key order; the next chunk is read (and prepared) while the caller writes this one."""
+        table = self.tables[obj]
+        next_read = asyncio.ensure_future(self._call(self._read_chunk, table, after, rows, prepare))
+        try:
+            while True:
+                chunk = await next_read
+                if chunk is None:
+                    return
+                full = len(chunk.rows) == rows
+                if full:
+                    next_read = asyncio.ensure_future(
+                        self._call(self._read_chunk, table, chunk.last_key, rows, prepare))
+                yield chunk
+                if not full:
+                    return
+        finally:
+            if not next_read.done():
+                next_read.cancel()
+                with contextlib.suppress(BaseException):
+                    await next_read
+
+    # --- changes ------------------------------------------------------------------------
+
+    def _read_changes(self, after: Position, limit: int) -> Batch:
+        """One read transaction: the schema version, then the changes.
+
+        If the schema changed since the last read, the changes are not read: a captured table
+        that changed may have logged images that lack a column, or nothing at all (rebuilt
+        tables lose their triggers). :meth:`_follow_schema` deals with that first.
+        """
+        self._conn.execute("BEGIN")
+        try:
+            version = capture.schema_version(self._conn)
+            rows = None
+            if self._schema_version is None or version == self._schema_version:
+                rows = self._conn.execute(
+                    f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
+                    "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit)).fetchall()
+        finally:
+            self._conn.execute("COMMIT")
+        if rows is None:
+            self._follow_schema(version)
+            return self._read_changes(after, limit)
+        changes: list[Change] = []
+        for cid, tbl, op, pk, row, ts in rows:
+            table = self.tables.get(tbl)
+            if table is None:
+                continue  # a table no longer synced: its changes are passed over
+            key = capture.decode_key(pk)
+            image = capture.decode_row(row) if row is not None else None
+            if image is not None and table.synthetic_key:
+                image[ROWID_COLUMN] = key[0]
+            changes.append(Change(op=_OPS[op], object=tbl, key=key, row=image,
+                                  position=Position(cid), committed_at=ts))
+        position = Position(rows[-1][0]) if rows else after
+        return Batch(changes=changes, position=position)
+
+    def _follow_schema(self, version: int) -> None:
+        """The schema changed: re-read the tables; if a captured one changed or a new one
+        appeared, capture it again and raise :class:`SchemaChanged` (the stream re-opens its
+        sink, which adds new columns and copies those tables again)."""
+        before = dict(self.tables)
+        tables, recaptured, now = _recapture(self._conn, self.config)
+        for gone in sorted(set(before) - {t.name for t in tables}):
+            log.warning("table dropped or renamed in SQLite: its PostgreSQL table is left as it was; "
+                        "drop it there too if the app's migration dropped it", table=gone)
+        self.tables = {t.name: t for t in tables}
+        # without a re-capture, the version read with the changes: a later change is seen next time
+        self._schema_version = now if recaptured else version
+        if not recaptured:
+            return
+        self.captured = capture.captured_since(self._conn)
+        what = []
+        for name in recaptured:
+            t = self.tables[name]
+            old = before.get(name)
+            if old is None:
+                what.append(f"{name} (new table)")
+            elif old.column_names != t.column_names:
+                what.append(f"{name} (columns now {', '.join(t.column_names)})")
+            elif old.signature() != t.signature():
+                what.append(f"{name} (column types now {t.signature()})")
+            else:
+                what.append(f"{name} (its capture triggers were gone: rebuilt by a migration?)")
+        since = max(self.captured[n].since for n in recaptured)
+        raise SchemaChanged(f"SQLite {self.path}: schema changed while streaming: {'; '.join(what)}; "
+                            f"capture re-installed at changelog id {since}; syncd copies these tables again")
+
+    async def changes(self, after: Position, limit: int) -> Batch:
+        return await self._call(self._read_changes, after, limit)
+
+    def _prune(self, upto: Position) -> int:
+        """Delete logged changes up to *upto*; give way at once when someone holds the write lock.
+
+        Pruning shares the reading thread: waiting out the usual busy timeout here would hold
+        up reading changes for seconds — during a cutover fence, the drain itself.
+        """
+        total = 0
+        busy = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        self._conn.execute(f"PRAGMA busy_timeout = {PRUNE_BUSY_MS}")
+        try:
+            while True:
+                try:
+                    cur = self._conn.execute(
+                        f"DELETE FROM {capture.CHANGELOG} WHERE id IN (SELECT id FROM {capture.CHANGELOG} "
+                        "WHERE id <= ? ORDER BY id LIMIT 5000)", (upto.offset,))
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        return total  # the app (or a cutover fence) is writing: prune next time
+                    raise
+                total += cur.rowcount
+                if cur.rowcount < 5000:
+                    return total
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
+
+    async def prune(self, upto: Position) -> int:
+        return await self._call(self._prune, upto)
+
+    # --- waking -------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        names = {self.path.name, self.path.name + "-wal", self.path.name + "-journal"}
+
+        def only_db(_change: watchfiles.Change, path: str) -> bool:
+            return Path(path).name in names
+
+        try:
+            async for _ in watchfiles.awatch(self.path.parent, watch_filter=only_db, debounce=20,
+                                             step=5, stop_event=self._stop_watch,
+                                             recursive=False):
+                self._woken.set()
+        except Exception as exc:  # the slow poll still covers us
+            log.warning("file watch stopped; falling back to polling", error=str(exc))
+
+    async def wait(self, timeout: float) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="syncd-sqlite-watch")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), timeout)
+        self._woken.clear()
+
+    async def run_sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read query on the worker thread (status, verification)."""
+        def run() -> list[tuple[Any, ...]]:
+            return self._conn.execute(sql, params).fetchall()
+        return await self._call(run)
+
+
+def now() -> float:
+    return time.time()

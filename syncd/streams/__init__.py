@@ -1,0 +1,1 @@
+"""The streams wired from config, and the supervisor that runs them."""

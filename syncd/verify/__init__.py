@@ -1,0 +1,1 @@
+"""`syncd verify`: evidence that PostgreSQL holds what the old stores hold."""

@@ -1,0 +1,166 @@
+"""Search parity of one collection: the same queries through Chroma and through pgvector.
+
+*N* query vectors are items drawn at random from the collection (their vectors read
+as the stream reads them). Each is answered three ways:
+
+- Chroma: ``collection.query(n_results=k)`` over HTTP (the latency includes the round trip);
+- pgvector through its HNSW index: ``ORDER BY embedding <op> $1 LIMIT k`` in a transaction
+  with ``SET LOCAL hnsw.ef_search`` (default ``max(k, the collection's ef_search)``: what
+  Chroma searches with, 100 unless the collection says otherwise)
+  and ``enable_seqscan = off``, so that the index answers even on a small table;
+- exact: the same query with ``enable_indexscan`` and ``enable_bitmapscan`` off (a
+  sequential scan and a sort: the true top k).
+
+The operator follows the collection's space: cosine ``<=>``, l2 ``<->``, ip ``<#>``
+(Chroma's squared L2 and ``1 - dot`` rank like pgvector's L2 and ``-dot``). Reported:
+recall@k of Chroma against pgvector (overlap), of each against exact, and p50 / p95
+latency of Chroma and of the HNSW query. pgvector-vs-exact below ``min_recall`` fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from syncd.errors import SourceError
+from syncd.stores.chroma.server import ChromaServer
+from syncd.stores.chroma.source import ChromaCollectionSource
+from syncd.stores.sqlite.schema import qi
+from syncd.verify.chroma import sample_ids
+from syncd.verify.collections import CollectionOptions
+from syncd.verify.report import SKIPPED, CheckResult
+from syncd.verify.vectors import VectorCanon
+
+OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else 0.0
+
+
+class SearchCheck:
+    """Search parity of one collection; :meth:`run` fills a :class:`CheckResult` of kind ``search``."""
+
+    kind = "search"
+
+    def __init__(self, name: str, conn: asyncpg.Connection, source: ChromaCollectionSource,
+                 canon: VectorCanon, options: CollectionOptions, samples: int, index: str | None) -> None:
+        self.name = name
+        self.conn = conn
+        self.source = source
+        self.canon = canon
+        self.options = options
+        self.samples = samples
+        self.index = index
+        """The HNSW index definition, None when the table has none."""
+
+    def _sql(self) -> str:
+        t = self.canon.table
+        op = OPERATORS.get(t.space, "<->")
+        emb, arg = qi(t.embedding_col), "$1::vector"
+        if self.index is not None and "halfvec" in self.index:
+            emb, arg = f"({emb}::halfvec({t.dim}))", f"$1::vector::halfvec({t.dim})"
+        return f"SELECT {self.canon.id_text} FROM {t.qualified} ORDER BY {emb} {op} {arg} LIMIT $2"
+
+    async def _pg(self, vector: np.ndarray, k: int, exact: bool, ef: int) -> tuple[list[str], float]:
+        async with self.conn.transaction(readonly=True):
+            if exact:
+                await self.conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+            else:
+                await self.conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}; "
+                                        "SET LOCAL enable_seqscan = off")
+            began = time.perf_counter()
+            rows = await self.conn.fetch(self._sql(), vector, k)
+            took = time.perf_counter() - began
+        return [str(r[0]) for r in rows], took
+
+    async def run(self, mode: str) -> CheckResult:
+        result = CheckResult(self.kind, self.name)
+        t = self.canon.table
+        if self.index is None:
+            result.status = SKIPPED
+            result.detail = (f"no HNSW index on {t.qualified} (syncd builds it after catch-up; pgvector "
+                             "indexes at most 4,000 dimensions)")
+            return result
+        server = self.source.server
+        if server is None:
+            raise SourceError("search parity needs a Chroma server: set source.chroma.url")
+        k = self.options.k
+        info_ef = self.source.info.hnsw.ef_search if self.source.info.hnsw else 100
+        ef = self.options.ef_search or min(1000, max(k, info_ef))
+        ids = await sample_ids(self.source.log, self.source.info, self.samples)
+        items = await self.source.current_items(ids)
+        queries = [(i, item.vector) for i, item in items.items()
+                   if item.vector is not None and not item.error]
+        if not queries:
+            result.detail = "the collection holds no items to query with"
+            return result
+        chroma = await asyncio.to_thread(_chroma_queries, server, self.source.info.name,
+                                         [q for _, q in queries], k)
+        overlap, pg_exact, chroma_exact, pg_times = [], [], [], []
+        for (_, vector), (chroma_ids, _) in zip(queries, chroma, strict=True):
+            hnsw, took = await self._pg(vector, k, False, ef)
+            exact, _ = await self._pg(vector, k, True, ef)
+            pg_times.append(took)
+            want = max(1, min(k, len(exact)))
+            overlap.append(len(set(chroma_ids) & set(hnsw)) / want)
+            pg_exact.append(len(set(hnsw) & set(exact)) / want)
+            chroma_exact.append(len(set(chroma_ids) & set(exact)) / want)
+        numbers: dict[str, Any] = {
+            "queries": len(queries), "k": k, "space": t.space, "operator": OPERATORS.get(t.space, "<->"),
+            "hnsw_ef_search": ef,
+            "recall_chroma_vs_pgvector": round(float(np.mean(overlap)), 4),
+            "recall_pgvector_vs_exact": round(float(np.mean(pg_exact)), 4),
+            "recall_chroma_vs_exact": round(float(np.mean(chroma_exact)), 4),
+            "chroma_ms_p50": round(1000 * percentile([c[1] for c in chroma], 50), 2),
+            "chroma_ms_p95": round(1000 * percentile([c[1] for c in chroma], 95), 2),
+            "pgvector_ms_p50": round(1000 * percentile(pg_times, 50), 2),
+            "pgvector_ms_p95": round(1000 * percentile(pg_times, 95), 2),
+            "min_recall": self.options.min_recall,
+        }
+        result.search = numbers
+        n = numbers
+        result.detail = (
+            f"recall@{k} pgvector vs exact {n['recall_pgvector_vs_exact']:.3f}, Chroma vs exact "
+            f"{n['recall_chroma_vs_exact']:.3f}, Chroma vs pgvector {n['recall_chroma_vs_pgvector']:.3f}; "
+            f"p50/p95 Chroma {n['chroma_ms_p50']:.1f}/{n['chroma_ms_p95']:.1f} ms, pgvector "
+            f"{n['pgvector_ms_p50']:.1f}/{n['pgvector_ms_p95']:.1f} ms ({len(queries)} queries, "
+            f"hnsw.ef_search {ef})")
+        if n["recall_pgvector_vs_exact"] < self.options.min_recall:
+            result.problems.append(f"recall@{k} of pgvector's HNSW index against exact search is "
+                                   f"{n['recall_pgvector_vs_exact']:.3f}, below --min-recall "
+                                   f"{self.options.min_recall:g}")
+        result.decide()
+        return result
+
+
+def _chroma_queries(server: ChromaServer, name: str, vectors: list[np.ndarray], k: int
+                    ) -> list[tuple[list[str], float]]:
+    """Top-k ids and latency of each query, through a client of its own (blocking: run on a thread)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    a = server.address
+    try:
+        client = chromadb.HttpClient(host=a.host, port=a.port, ssl=a.ssl, tenant=server.tenant,
+                                     database=server.database, settings=Settings(anonymized_telemetry=False))
+        col = client.get_collection(name, embedding_function=None)
+        out = []
+        for v in vectors:
+            began = time.perf_counter()
+            query: list[Sequence[float] | Sequence[int]] = [[float(x) for x in v]]
+            got = col.query(query_embeddings=query, n_results=k,
+                            include=["distances"])
+            out.append(([str(i) for i in got["ids"][0]], time.perf_counter() - began))
+        return out
+    except Exception as exc:
+        raise SourceError(f"collection {name!r}: querying the Chroma server at {a} failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
+
+
+__all__ = ["OPERATORS", "SearchCheck", "percentile"]

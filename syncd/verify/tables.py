@@ -1,0 +1,490 @@
+"""Verifying one table: chunk checksums in key ranges, bisection down to the differing keys.
+
+1. **Scan.** The SQLite table is read in key order, ``chunk_rows`` rows per short
+   read; each row goes through the stream's converters and the canonical
+   encoding (:mod:`syncd.verify.canon`). A chunk is a key range ``(lo, hi]``
+   between two SQLite rows (the first and last chunk are open-ended, so rows
+   only PostgreSQL has are caught anywhere). PostgreSQL computes count and
+   XOR of row hashes over the same range in SQL, using the primary-key index.
+2. **Bisect.** A chunk that differs is split ``fanout`` ways by row count (one
+   query returns every part's aggregate), recursively, down to ``leaf_rows``
+   rows; then the row hashes of the leaf name the differing keys, and each
+   becomes a *suspect*: the tightest range around it.
+3. **Settle.** Suspects are re-read until each difference is definitive or
+   known to be a change in flight (:mod:`syncd.verify.settle`).
+
+When PostgreSQL orders a text key differently from SQLite (a collation other
+than C / C.UTF-8 / builtin), range predicates could not use the index, so the
+scan instead streams (key, row hash) from PostgreSQL in ``COLLATE "C"`` order
+and merges it with the chunks. Where the two stores order keys differently
+anyway (e.g. UUID text in mixed case), a row shows up as missing in one range
+and extra in another; settling pairs them up by key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+from syncd.errors import RowError
+from syncd.model import Key
+from syncd.stores.postgres.sink import TargetTable
+from syncd.stores.postgres.state import jsonable
+from syncd.stores.postgres.types import family
+from syncd.stores.sqlite.schema import qi
+from syncd.verify.canon import MASK64, CanonError, RowCanon
+from syncd.verify.report import CheckResult, Rejected
+from syncd.verify.rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
+from syncd.verify.settle import Settler, classify, locate, open_rejects, wait_checkpoint
+from syncd.verify.sqlite import Raw
+
+
+class TooManyRows(Exception):
+    """A key range holds more PostgreSQL rows than verify lists (bounded memory)."""
+
+
+def _bound(row: Row | None) -> Row | None:
+    """A range bound without the row's values (suspects are kept until the scan ends)."""
+    return None if row is None else Row(row.raw_key, row.conv_key, row.key, None)
+
+
+def _xor(rows: Sequence[Row]) -> tuple[int, int]:
+    acc, n = 0, 0
+    for r in rows:
+        if r.parts is not None:
+            acc ^= r.hash
+            n += 1
+    return n, acc
+
+
+class TableCheck:
+    """One table's verification; :meth:`run` fills a :class:`CheckResult`."""
+
+    kind = "table"
+
+    def __init__(self, tt: TargetTable, ctx: TableContext, options: TableOptions,
+                 byte_ordered_keys: bool) -> None:
+        self.tt, self.ctx, self.opts = tt, ctx, options
+        self.name = tt.name
+        self.canon = RowCanon.for_columns(tt.columns, tt.source.pk)
+        self.raw_key_idx = [tt.source.target_columns.index(k) for k in tt.source.pk]
+        texty = [k for k, c in zip(tt.source.pk, self._key_cols(), strict=True)
+                 if family(c.pg_type) in ("text", "other")]
+        self.streamed = options.stream_keys if options.stream_keys is not None else \
+            bool(texty) and not byte_ordered_keys
+        collate = ' COLLATE "C"' if self.streamed else ""
+        self.key_exprs = [qi(k) + (collate if k in texty else "") for k in tt.source.pk]
+        self.key_tuple = "(" + ", ".join(self.key_exprs) + ")"
+        self.ordered = True
+        """SQLite's key order agreed with PostgreSQL's everywhere the scan looked."""
+        self._last_key: Any = None
+
+    def _key_cols(self) -> list[Any]:
+        by_name = {c.name: c for c in self.tt.columns}
+        return [by_name[k] for k in self.tt.source.pk]
+
+    # --- SQLite rows -----------------------------------------------------------------------
+
+    def key_only(self, raw_key: Key) -> tuple[Key | None, CanonKey]:
+        try:
+            conv = self.tt.convert_key(raw_key)
+            if any(v is None for v in conv):
+                raise RowError("NULL in the primary key")
+            return conv, tuple(self.canon.columns[i].part(v)
+                               for i, v in zip(self.canon.key_index, conv, strict=True))
+        except (RowError, CanonError):
+            return None, ("raw", json.dumps(jsonable(list(raw_key)), sort_keys=True))
+
+    def prepare(self, raws: Sequence[Raw]) -> list[Row]:
+        out: list[Row] = []
+        canon, idx = self.canon, self.raw_key_idx
+        for raw in raws:
+            raw_key = tuple(raw[i] for i in idx)
+            try:
+                conv = self.tt.convert_row(raw)
+                parts = canon.parts(conv)
+                conv_key = tuple(conv[i] for i in canon.key_index)
+                if any(v is None for v in conv_key):
+                    raise RowError("NULL in the primary key")
+                out.append(Row(raw_key, conv_key, canon.key_of(parts), parts, canon.row_hash(parts)))
+            except (RowError, CanonError) as exc:
+                conv_key2, key = self.key_only(raw_key)
+                msg = exc.message if isinstance(exc, RowError) else str(exc)
+                out.append(Row(raw_key, conv_key2, key, None, 0, msg))
+        return out
+
+    async def chunks(self) -> AsyncGenerator[tuple[Range, list[Row], int], None]:
+        """Key ranges covering everything, with their SQLite rows and the head they were read at."""
+        n, table = self.opts.chunk_rows, self.tt.source
+        lo: Row | None = None
+        carry: list[Row] = []
+        read = asyncio.ensure_future(self.ctx.reader.page(table, None, n))
+        try:
+            while True:
+                raws, head = await read
+                if len(raws) == n:
+                    after = tuple(raws[-1][i] for i in self.raw_key_idx)
+                    read = asyncio.ensure_future(self.ctx.reader.page(table, after, n))
+                rows = carry + self.prepare(raws)
+                if len(raws) < n:
+                    yield Range(lo, None), rows, head
+                    return
+                j = next((i for i in range(len(rows) - 1, -1, -1) if rows[i].conv_key is not None), None)
+                if j is None:
+                    carry = rows
+                    continue
+                yield Range(lo, rows[j]), rows[:j + 1], head
+                lo, carry = rows[j], rows[j + 1:]
+        finally:
+            if not read.done():
+                read.cancel()
+
+    # --- PostgreSQL ------------------------------------------------------------------------
+
+    def _where(self, rng: Range, params: list[Any]) -> str:
+        cond = []
+        for op, row in ((">", rng.lo), ("<=", rng.hi)):
+            if row is not None and row.conv_key is not None:
+                marks = ", ".join(f"${len(params) + i + 1}" for i in range(len(row.conv_key)))
+                params.extend(row.conv_key)
+                cond.append(f"{self.key_tuple} {op} ({marks})")
+        return " AND ".join(cond) or "TRUE"
+
+    async def pg_buckets(self, rng: Range, cuts: Sequence[Row]) -> dict[int, tuple[int, int]]:
+        """(count, xor) of PostgreSQL's rows in each part of *rng* split at *cuts*."""
+        params: list[Any] = []
+        where = self._where(rng, params)
+        whens = []
+        for i, cut in enumerate(cuts):
+            assert cut.conv_key is not None
+            marks = ", ".join(f"${len(params) + j + 1}" for j in range(len(cut.conv_key)))
+            params.extend(cut.conv_key)
+            whens.append(f"WHEN {self.key_tuple} <= ({marks}) THEN {i}")
+        bucket = f"CASE {' '.join(whens)} ELSE {len(cuts)} END" if cuts else "0"
+        sql = (f"SELECT b, count(*) AS n, bit_xor(h) AS x FROM (SELECT {bucket} AS b, "
+               f"{self.canon.hash_sql()} AS h FROM {self.tt.qualified} WHERE {where}) s GROUP BY b")
+        rows = await self.ctx.conn.fetch(sql, *params)
+        return {r["b"]: (r["n"], r["x"] & MASK64) for r in rows}
+
+    def _pg_select(self, parts: bool) -> str:
+        cols = [qi(k) for k in self.tt.source.pk] + self.canon.key_part_sqls() + [self.canon.hash_sql()]
+        if parts:
+            cols += self.canon.part_hash_sqls()
+        return ", ".join(cols)
+
+    def _pg_row(self, rec: Sequence[Any], offset: int, parts: bool) -> PgRow:
+        k = len(self.tt.source.pk)
+        values = tuple(rec[offset:offset + k])
+        key = tuple(rec[offset + k:offset + 2 * k])
+        h = rec[offset + 2 * k] & MASK64
+        ph = tuple(rec[offset + 2 * k + 1:]) if parts else ()
+        return PgRow(values, key, h, ph)
+
+    async def pg_rows(self, ranges: Sequence[Range], parts: bool) -> list[list[PgRow]]:
+        """PostgreSQL's rows in each range (hashes, and per-column hashes when *parts*)."""
+        out: list[list[PgRow]] = [[] for _ in ranges]
+        for start in range(0, len(ranges), 200):
+            batch = ranges[start:start + 200]
+            params: list[Any] = []
+            conds = [self._where(r, params) for r in batch]
+            which = "CASE " + " ".join(f"WHEN {c} THEN {i}" for i, c in enumerate(conds)) + " END"
+            limit = self.opts.max_differences + self.opts.chunk_rows
+            sql = (f"SELECT {which} AS r, {self._pg_select(parts)} FROM {self.tt.qualified} "
+                   f"WHERE {' OR '.join(f'({c})' for c in conds)} LIMIT {limit + 1}")
+            records = await self.ctx.conn.fetch(sql, *params)
+            if len(records) > limit:
+                raise TooManyRows(f"more than {limit:,} PostgreSQL rows in key ranges that SQLite has "
+                                  "few or no rows in; compare the row counts")
+            for rec in records:
+                out[start + rec[0]].append(self._pg_row(tuple(rec), 1, parts))
+        return out
+
+    # --- scan and bisect -------------------------------------------------------------------
+
+    def around_row(self, rng: Range, rows: Sequence[Row], i: int) -> Range:
+        lo = next((rows[j] for j in range(i - 1, -1, -1) if rows[j].conv_key is not None), rng.lo)
+        hi = next((rows[j] for j in range(i, len(rows)) if rows[j].conv_key is not None), rng.hi)
+        return Range(lo, hi)
+
+    def around_key(self, rng: Range, rows: Sequence[Row], values: tuple[Any, ...]) -> Range:
+        """The range between the SQLite rows around *values*; all of *rng* if they are not in order."""
+        keyed = [r for r in rows if r.conv_key is not None]
+        keys: list[Any] = [r.conv_key for r in keyed]
+        try:
+            if any(a >= b for a, b in itertools.pairwise(keys)):
+                return rng  # SQLite's order is not PostgreSQL's here
+            j = bisect.bisect_left(keys, values)
+        except TypeError:
+            return rng
+        return Range(keyed[j - 1] if j > 0 else rng.lo, keyed[j] if j < len(keyed) else rng.hi)
+
+    def suspects(self, rng: Range, rows: Sequence[Row], pg: Sequence[PgRow]) -> list[Range]:
+        """Tight ranges around every row whose hash differs (or that one side lacks)."""
+        by_key = {p.key: p for p in pg}
+        out: list[Range] = []
+        for i, row in enumerate(rows):
+            p = by_key.pop(row.key, None)
+            if row.parts is not None and p is not None and p.hash == row.hash:
+                continue
+            out.append(self.around_row(rng, rows, i))
+        out += [self.around_key(rng, rows, p.key_values) for p in by_key.values()]
+        return out
+
+    def _cuts(self, rows: Sequence[Row]) -> list[int]:
+        step = -(-len(rows) // self.opts.fanout)
+        cuts: list[int] = []
+        pos = step - 1
+        while pos < len(rows) - 1:
+            j = next((i for i in range(pos, len(rows) - 1) if rows[i].conv_key is not None), None)
+            if j is None:
+                break
+            if not cuts or j > cuts[-1]:
+                cuts.append(j)
+            pos = max(pos + step, j + 1)
+        return cuts
+
+    async def bisect(self, rng: Range, rows: list[Row]) -> list[Range]:
+        """Narrow a differing range down to the rows that differ."""
+        out: list[Range] = []
+        stack = [(rng, rows)]
+        while stack:
+            r, rs = stack.pop()
+            cuts = self._cuts(rs) if len(rs) > self.opts.leaf_rows else []
+            if not cuts:
+                out += self.suspects(r, rs, (await self.pg_rows([r], parts=False))[0])
+                continue
+            pg = await self.pg_buckets(r, [rs[c] for c in cuts])
+            edges = [-1, *cuts, len(rs) - 1]
+            for b in range(len(edges) - 1):
+                part = rs[edges[b] + 1:edges[b + 1] + 1]
+                lo = rs[edges[b]] if b > 0 else r.lo
+                hi = rs[edges[b + 1]] if b < len(cuts) else r.hi
+                if _xor(part) != pg.get(b, (0, 0)) or any(x.parts is None for x in part):
+                    stack.append((Range(lo, hi), part))
+        return out
+
+    async def scan(self, result: CheckResult) -> tuple[list[Range], int]:
+        """Compare every chunk; return the suspect ranges and the newest SQLite head seen.
+
+        PostgreSQL aggregates chunk *n* while Python converts and hashes chunk *n + 1*.
+        """
+        found: dict[tuple[Key | None, Key | None], Range] = {}
+        result.source_rows, result.target_rows = 0, 0
+        newest = 0
+        stream = self._pg_stream() if self.streamed else None
+        pending: tuple[Range, list[Row], int, asyncio.Future[dict[int, tuple[int, int]]]] | None = None
+
+        def add(new: list[Range], rows: int) -> bool:
+            found.update((r.ident, Range(_bound(r.lo), _bound(r.hi))) for r in new)
+            self.ctx.progress(self.name, rows)
+            result.truncated = len(found) > self.opts.max_differences
+            return result.truncated
+
+        try:
+            async with contextlib.aclosing(self.chunks()) as chunks:
+                async for rng, rows, head in chunks:
+                    newest = max(newest, head)
+                    self._track_order(rows)
+                    result.source_rows += len(rows)
+                    if stream is not None:
+                        if add(await self._compare_streamed(rng, rows, stream, result), len(rows)):
+                            break
+                        continue
+                    if pending is not None:
+                        done, pending = pending, None
+                        if add(await self._finish_chunk(*done, result), len(done[1])):
+                            break
+                    pending = (rng, rows, head, asyncio.ensure_future(self.pg_buckets(rng, [])))
+            if pending is not None and not result.truncated:
+                add(await self._finish_chunk(*pending, result), len(pending[1]))
+                pending = None
+        finally:
+            if pending is not None and not pending[3].done():
+                pending[3].cancel()
+                with contextlib.suppress(BaseException):
+                    await pending[3]
+            if stream is not None:
+                await stream.close()
+        return list(found.values()), newest
+
+    def _track_order(self, rows: Sequence[Row]) -> None:
+        """Notice when SQLite's key order is not PostgreSQL's (then extras are looked for everywhere)."""
+        if not self.ordered:
+            return
+        keys: list[Any] = [self._last_key] if self._last_key is not None else []
+        keys += [r.conv_key for r in rows if r.conv_key is not None]
+        try:
+            self.ordered = all(a < b for a, b in itertools.pairwise(keys))
+        except TypeError:
+            self.ordered = False
+        self._last_key = keys[-1] if keys else self._last_key
+
+    async def _compare_streamed(self, rng: Range, rows: list[Row], stream: _PgStream,
+                                result: CheckResult) -> list[Range]:
+        pg = await stream.take(rng)
+        result.target_rows = (result.target_rows or 0) + len(pg)
+        return self.suspects(rng, rows, pg)
+
+    async def _finish_chunk(self, rng: Range, rows: list[Row], head: int,
+                            aggregate: asyncio.Future[dict[int, tuple[int, int]]],
+                            result: CheckResult) -> list[Range]:
+        mine = _xor(rows)
+        agg = (await aggregate).get(0, (0, 0))
+        if mine != agg and await self._catch_up(head):
+            agg = (await self.pg_buckets(rng, [])).get(0, (0, 0))  # the stream has passed this read
+        result.target_rows = (result.target_rows or 0) + agg[0]
+        if mine != agg or any(r.parts is None for r in rows):
+            return await self.bisect(rng, rows)
+        return []
+
+    async def _catch_up(self, head: int) -> bool:
+        """Wait (briefly, and only while it moves) for the stream to pass *head*; True if it moved."""
+        before = await self.ctx.checkpoint()
+        if before >= head or self.ctx.stall.stuck:
+            return False
+        await wait_checkpoint(self.ctx, head, time.monotonic() + self.opts.chunk_wait_seconds,
+                              self.ctx.stall)
+        return await self.ctx.checkpoint() != before
+
+    def _pg_stream(self) -> _PgStream:
+        order = ", ".join(self.key_exprs)
+        sql = f"SELECT {self._pg_select(False)} FROM {self.tt.qualified} ORDER BY {order}"
+        return _PgStream(self, sql)
+
+    # --- the whole check -------------------------------------------------------------------
+
+    async def run(self, mode: str) -> CheckResult:
+        """``full``: counts, checksums, keys; ``counts``: row counts only (plus rejects)."""
+        keys = ["rowid"] if self.tt.source.synthetic_key else list(self.tt.source.pk)
+        result = CheckResult(self.kind, self.name, key_columns=keys)
+        if mode == "counts":
+            await self.run_counts(result)
+        else:
+            await self.run_full(result)
+        result.decide()
+        return result
+
+    async def run_full(self, result: CheckResult) -> None:
+        try:
+            await self._run_full(result)
+        except TooManyRows as exc:
+            result.counts_differ, result.truncated = True, True
+            result.detail = str(exc)
+
+    async def _run_full(self, result: CheckResult) -> None:
+        ranges, newest = await self.scan(result)
+        settler = Settler(self, time.monotonic() + self.opts.settle_seconds)
+        outcome = await settler.settle(ranges, newest)
+        extras = {k for k, f in outcome.findings.items() if f.sqlite is None}
+        if extras and not self.ordered:
+            # SQLite may hold these rows elsewhere in its own order: settle them together
+            again = [r for k in extras for r in outcome.findings[k].ranges]
+            second = await settler.settle(again + await locate(self, extras), 0, only=extras)
+            for k in extras:
+                outcome.findings.pop(k, None)
+            outcome.findings.update(second.findings)
+            outcome.unsettled += second.unsettled
+        classify(self, list(outcome.findings.values()), result, await open_rejects(self.ctx, self.name))
+        result.unsettled = [jsonable(list(k)) for k in outcome.unsettled]
+        notes = [f"stopped after {self.opts.max_differences:,} rows differed during the scan; "
+                 "the rest of the table was not compared"] if result.truncated else []
+        result.detail = "; ".join(notes + ([outcome.note] if outcome.note else []))
+
+    async def run_counts(self, result: CheckResult) -> None:
+        """Row counts, settled: rows changed after the checkpoint are left out on both sides.
+
+        In one PostgreSQL snapshot (checkpoint ``c``) and one SQLite read: the counts, the
+        keys changed after ``c``, and how many of those keys each side holds. Rows not
+        changed after ``c`` are the same in SQLite now as at ``c``, so their counts must
+        agree exactly, however busy the app is.
+        """
+        deadline = time.monotonic() + self.opts.settle_seconds
+        while True:
+            async with self.ctx.conn.transaction(isolation="repeatable_read", readonly=True):
+                c = await self.ctx.checkpoint()
+                n_pg = int(await self.ctx.conn.fetchval(f"SELECT count(*) FROM {self.tt.qualified}"))
+                n_sqlite, tail, held_sqlite = await self.ctx.reader.count(self.tt.source, c)
+                held_pg = await self._pg_holds(tail.keys) if tail.complete else 0
+            self.ctx.stall.seen(c)
+            result.source_rows, result.target_rows = n_sqlite, n_pg
+            if tail.complete:
+                result.counts_differ = n_sqlite - held_sqlite != n_pg - held_pg
+                if tail.keys and not result.counts_differ:
+                    result.detail = f"{len(tail.keys):,} rows changing meanwhile, left out of both counts"
+                break
+            if time.monotonic() >= deadline or self.ctx.stall.stuck:
+                result.unsettled = [["count"]]
+                result.detail = "the change log moved on before the counts could be compared"
+                break
+            await wait_checkpoint(self.ctx, tail.head, deadline, self.ctx.stall)
+        recorded = await open_rejects(self.ctx, self.name)
+        result.rejected = [Rejected(json.loads(k), e, True) for k, e in recorded.items()]
+
+    async def _pg_holds(self, raw_keys: frozenset[Key]) -> int:
+        """How many of these (SQLite) keys PostgreSQL holds, in the current transaction."""
+        keys = [k for k in (self.key_only(r)[0] for r in raw_keys) if k is not None]
+        held = 0
+        width = len(self.tt.source.pk)
+        cols = "(" + ", ".join(qi(k) for k in self.tt.source.pk) + ")"
+        step = max(1, 1000 // width)
+        for i in range(0, len(keys), step):
+            batch = keys[i:i + step]
+            tuples = ", ".join("(" + ", ".join(f"${j * width + m + 1}" for m in range(width)) + ")"
+                               for j in range(len(batch)))
+            held += int(await self.ctx.conn.fetchval(
+                f"SELECT count(*) FROM {self.tt.qualified} WHERE {cols} IN ({tuples})",
+                *[v for k in batch for v in k]))
+        return held
+
+
+class _PgStream:
+    """PostgreSQL's (key, hash) rows in key order, consumed range by range (one snapshot)."""
+
+    def __init__(self, check: TableCheck, sql: str) -> None:
+        self.check, self.sql = check, sql
+        self.tx: Any = None
+        self.it: Any = None
+        self.peeked: PgRow | None = None
+        self.done = False
+
+    async def _next(self) -> PgRow | None:
+        if self.it is None:
+            self.tx = self.check.ctx.conn.transaction(isolation="repeatable_read", readonly=True)
+            await self.tx.start()
+            self.it = self.check.ctx.conn.cursor(self.sql, prefetch=5000).__aiter__()
+        try:
+            rec = await self.it.__anext__()
+        except StopAsyncIteration:
+            self.done = True
+            return None
+        return self.check._pg_row(tuple(rec), 0, False)
+
+    async def take(self, rng: Range) -> list[PgRow]:
+        out: list[PgRow] = []
+        hi = rng.hi.conv_key if rng.hi is not None else None
+        while not self.done:
+            if self.peeked is None:
+                self.peeked = await self._next()
+                if self.peeked is None:
+                    break
+            if hi is not None and self.peeked.key_values > hi:
+                break
+            out.append(self.peeked)
+            self.peeked = None
+            if len(out) > self.check.opts.max_differences + self.check.opts.chunk_rows:
+                raise TooManyRows("PostgreSQL holds far more rows than SQLite in one key range; "
+                                  "compare the row counts")
+        return out
+
+    async def close(self) -> None:
+        if self.tx is not None:
+            await self.tx.rollback()
+
+
+__all__ = ["TableCheck"]
