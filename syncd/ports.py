@@ -2,8 +2,8 @@
 
 A :class:`Source` yields the rows it holds (snapshot) and the changes after a
 position (log); a :class:`Sink` writes both and owns the checkpoint, committing
-it in the same transaction as the rows. Adapters live in ``syncd.sources`` and
-``syncd.sinks``; in-memory ones for tests in ``syncd.testing``.
+it in the same transaction as the rows. Adapters live in ``syncd.stores``, one
+room per store; in-memory ones for tests in ``syncd.testing``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ class Source(Protocol):
         """Objects to copy, in copy order."""
         ...
 
+    async def count(self, obj: str) -> int:
+        """Rows *obj* holds now (for progress; may be an estimate)."""
+        ...
+
     def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
                         prepare: Callable[[Chunk], Any] | None = None) -> AsyncIterator[Chunk]:
         """Chunks of *obj* in key order, starting after key *after*; *prepare* is applied to each
@@ -108,4 +112,11 @@ class Sink(Protocol):
 
     async def after_catch_up(self, stream: str) -> None:
         """Build what waits for a consistent target: secondary indexes, foreign keys."""
+        ...
+
+    async def ping(self) -> None:
+        """Check the store still answers (an outage shows in health while nothing changes)."""
+        ...
+
+    async def close(self) -> None:
         ...

@@ -14,45 +14,21 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import tenacity
 
 from syncd.config import StreamOptions
 from syncd.errors import RetryableError, SchemaChanged, SyncdError, TargetUnavailable
-from syncd.model import Batch, Checkpoint, Key, Phase, Position, SnapshotState, transition
-from syncd.ports import ApplyResult, Chunk, Pending
+from syncd.model import Batch, Key, Phase, Position, SnapshotState, transition
+from syncd.ports import Chunk, Sink, Source
 from syncd.status import StreamStatus
 
 log = structlog.get_logger("syncd.stream")
 
 IDLE_PING_SECONDS = 5.0
 """While no change arrives, the sink is still checked this often."""
-
-
-class StreamSource(Protocol):
-    async def head(self) -> Position: ...
-    def snapshot_objects(self) -> list[str] | Any: ...
-    async def count(self, obj: str) -> int: ...
-    def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
-                        prepare: Callable[[Chunk], Any] | None = None) -> Any: ...
-    async def changes(self, after: Position, limit: int) -> Batch: ...
-    async def pending(self, after: Position) -> Pending: ...
-    async def wait(self, timeout: float) -> None: ...
-    async def prune(self, upto: Position) -> int: ...
-
-
-class StreamSink(Protocol):
-    async def load_checkpoint(self, stream: str) -> Checkpoint | None: ...
-    async def begin_snapshot(self, stream: str, state: SnapshotState) -> None: ...
-    def prepare_chunk(self, chunk: Chunk) -> Any: ...
-    async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult: ...
-    async def finish_snapshot(self, stream: str, state: SnapshotState) -> None: ...
-    async def apply(self, stream: str, batch: Batch) -> ApplyResult: ...
-    async def after_catch_up(self, stream: str) -> None: ...
-    async def ping(self) -> None: ...
-    async def close(self) -> None: ...
 
 
 def encode_key(key: Key) -> list[Any]:
@@ -66,7 +42,7 @@ def decode_key(key: list[Any]) -> Key:
 class Stream:
     """One source -> sink stream. Only the stream mutates its status."""
 
-    def __init__(self, name: str, source: StreamSource, open_sink: Callable[[], Awaitable[StreamSink]],
+    def __init__(self, name: str, source: Source, open_sink: Callable[[], Awaitable[Sink]],
                  options: StreamOptions, *, rejects: int = 0,
                  on_progress: Callable[[StreamStatus], None] | None = None,
                  on_chunk: Callable[[str, Chunk], Awaitable[None]] | None = None,
@@ -76,7 +52,7 @@ class Stream:
         self.source = source
         self.open_sink = open_sink
         self.options = options
-        self.sink: StreamSink | None = None
+        self.sink: Sink | None = None
         self.status = StreamStatus(name=name, phase=Phase.STARTING, rejects=rejects,
                                    updated_at=time.time())
         self.on_progress = on_progress

@@ -18,6 +18,7 @@ import structlog
 from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import CaptureError, FatalError, SyncdError
+from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.status import StreamStatus
 from syncd.stores.chroma import retention as chroma_retention
@@ -32,7 +33,7 @@ from syncd.stores.pgvector.sink import PgvectorSink, ensure_state, prepare_table
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.state import STATE_SCHEMA
-from syncd.stream import Stream, StreamSink
+from syncd.stream import Stream
 
 log = structlog.get_logger("syncd.chroma")
 STOP_TIMEOUT = 30.0
@@ -108,7 +109,7 @@ class ChromaStreams:
         config, dsn = self.config, self.dsn
         stream: Stream
 
-        async def open_sink() -> StreamSink:
+        async def open_sink() -> Sink:
             if isinstance(source, RemoteCollectionSource):
                 return await open_remote_sink(config, dsn, source, on_reject=stream.count_rejects,
                                               busy=liveness.busy if liveness else None)

@@ -28,6 +28,7 @@ import structlog
 from syncd.config import Config
 from syncd.errors import ConfigError, SchemaError
 from syncd.model import Batch
+from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.stores.chroma.log import ChromaLog, CollectionInfo
 from syncd.stores.chroma.sink import ChromaSink, ChromaWriter
@@ -40,7 +41,7 @@ from syncd.stores.postgres import changelog
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, transaction
 from syncd.stores.postgres.state import STATE_SCHEMA
-from syncd.stream import Stream, StreamSink
+from syncd.stream import Stream
 
 log = structlog.get_logger("syncd.streams.pgvector_to_chroma")
 PREFIX = "pgvector→chroma:"
@@ -246,7 +247,7 @@ def _stream(config: Config, dsn: str, liveness: Liveness | None, access: ChromaA
     group.sources.append(source)
     stream: Stream
 
-    async def open_sink() -> StreamSink:
+    async def open_sink() -> Sink:
         topology = await access.acquire()
         conn: Any = None
         writer: ChromaWriter | None = None

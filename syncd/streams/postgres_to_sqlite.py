@@ -18,13 +18,14 @@ import asyncio
 from syncd.config import Config
 from syncd.config import SqliteSource as SqliteConfig
 from syncd.model import Position
+from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import changelog
 from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.source import PostgresSource, read_sqlite_tables
 from syncd.stores.sqlite.sink import SqliteSink
-from syncd.stream import Stream, StreamSink
+from syncd.stream import Stream
 
 REVERSE_SQLITE_STREAM = "postgres→sqlite"
 
@@ -42,7 +43,7 @@ def reverse_table_stream(config: Config, dsn: str, sqlite_source_config: SqliteC
     source = source or reverse_source(config, dsn, sqlite_source_config)
     stream: Stream
 
-    async def open_sink() -> StreamSink:
+    async def open_sink() -> Sink:
         await source.ensure()
         sink = await SqliteSink.open(sqlite_source_config, strict=config.target.strict,
                                      on_reject=stream.count_rejects, source_id=source.source_id)

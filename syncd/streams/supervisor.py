@@ -23,6 +23,7 @@ from syncd.config import Config
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import FatalError, RetryableError, SyncdError
 from syncd.model import Phase
+from syncd.ports import Sink
 from syncd.service import progress
 from syncd.service.health import Liveness, serve, tick
 from syncd.service.notify import Notifier, summarize, watchdog_interval, watchdog_loop
@@ -31,7 +32,7 @@ from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, resolve_dsn, try_replica_role
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.source import SqliteSource
-from syncd.stream import Stream, StreamSink
+from syncd.stream import Stream
 
 if TYPE_CHECKING:
     from syncd.streams.chroma_to_pgvector import ChromaStreams
@@ -68,7 +69,7 @@ def sqlite_stream(config: Config, dsn: str, source: SqliteSource,
     stream: Stream
     replica_warned = False
 
-    async def open_sink() -> StreamSink:
+    async def open_sink() -> Sink:
         nonlocal replica_warned
         conn = await connect(config.target, dsn)
         try:

@@ -10,7 +10,8 @@ import pytest
 from syncd.config import StreamOptions
 from syncd.errors import SchemaChanged, SchemaError, SourceBusy, TargetUnavailable
 from syncd.model import Phase
-from syncd.stream import Stream, StreamSink
+from syncd.ports import Sink
+from syncd.stream import Stream
 from syncd.testing import MemorySink, MemorySource, same_rows
 
 FAST = StreamOptions(batch_size=7, chunk_rows=5, poll_interval=0.01, prune_interval=0.01,
@@ -18,7 +19,7 @@ FAST = StreamOptions(batch_size=7, chunk_rows=5, poll_interval=0.01, prune_inter
 
 
 def make(source: MemorySource, sink: MemorySink, **kw: object) -> Stream:
-    async def open_sink() -> StreamSink:
+    async def open_sink() -> Sink:
         return sink
     return Stream("mem", source, open_sink, FAST, **kw)  # type: ignore[arg-type]
 
