@@ -5,9 +5,10 @@
     GET /status    every stream's StreamStatus as JSON, with version and uptime
     GET /metrics   Prometheus text format, read from the StreamStatus list at scrape time
 
-Streams and the event-loop ticker call :meth:`Liveness.beat`; the server only
-reads. A stuck event loop cannot answer at all: a probe must use a timeout and
-count it as a failure (systemd's watchdog covers the same case from inside).
+Served by aiohttp's web server (request parsing, header limits, concurrent connections,
+graceful close); this module only answers paths. Streams and the event-loop ticker call
+:meth:`Liveness.beat`; the server only reads. A stuck event loop cannot answer at all:
+a probe must use a timeout and count it as a failure (systemd's watchdog covers the same case from inside).
 Every string that leaves here goes through :func:`syncd.errors.redact` again.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -41,11 +43,9 @@ LOOP = "event-loop"
 
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The classic text format, which every Prometheus version scrapes."""
-_REQUEST_TIMEOUT = 10.0
+_MAX_LINE_BYTES = 8 * 1024
 _MAX_HEADER_BYTES = 16 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_KEEPALIVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +253,7 @@ class StatusCollector:
 
 
 class HealthServer:
-    """A running health server; see :func:`serve`."""
+    """A running health server (aiohttp's web server); see :func:`serve`."""
 
     def __init__(self, statuses: Statuses, liveness: Liveness, *, max_lag_seconds: float,
                  version: str, clock: Callable[[], float]) -> None:
@@ -263,8 +263,8 @@ class HealthServer:
         self._version = version
         self._clock = clock
         self._started = clock()
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(statuses, liveness, version))
         ProcessCollector(registry=self.registry)
@@ -283,23 +283,32 @@ class HealthServer:
         return f"http://{host}:{self.port}"
 
     def _sockname(self) -> tuple[Any, ...]:
-        if self._server is None or not self._server.sockets:
+        server = self._site._server if self._site is not None else None
+        if not isinstance(server, asyncio.Server) or not server.sockets:
             raise RuntimeError("health server is not listening")
-        return tuple(self._server.sockets[0].getsockname())
+        return tuple(server.sockets[0].getsockname())
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._accept, host, port,
-                                                  limit=_MAX_HEADER_BYTES)
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._request)
+        # aiohttp bounds the request line and each header (400 beyond), and reads requests
+        # concurrently: a slow or stuck client holds its own connection only.
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                     max_line_size=_MAX_LINE_BYTES, max_field_size=_MAX_HEADER_BYTES,
+                                     keepalive_timeout=_KEEPALIVE_SECONDS, shutdown_timeout=0.5)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, port)
+        try:
+            await self._site.start()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Stop listening and drop open connections."""
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
-            await self._server.wait_closed()
-            self._server = None
+        if self._runner is not None:
+            runner, self._runner, self._site = self._runner, None, None
+            await runner.cleanup()
 
     async def __aenter__(self) -> HealthServer:
         return self
@@ -307,45 +316,16 @@ class HealthServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    async def _request(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            status, content_type, body = _json(405, {"error": "only GET and HEAD"})
+            return _response(status, content_type, body, {"Allow": "GET, HEAD"})
         try:
-            await self._serve_one(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
-
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except TimeoutError:
-            await _respond(writer, "GET", *_json(408, {"error": "request timeout"}))
-            return
-        except asyncio.LimitOverrunError:
-            await _respond(writer, "GET", *_json(431, {"error": "request header too large"}))
-            return
-        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            await _respond(writer, "GET", *_json(400, {"error": "bad request line"}))
-            return
-        method, target = parts[0], parts[1]
-        if method not in ("GET", "HEAD"):
-            await _respond(writer, method, *_json(405, {"error": "only GET and HEAD"}),
-                           extra={"Allow": "GET, HEAD"})
-            return
-        try:
-            response = self.handle(target.split("?", 1)[0])
+            response = self.handle(request.path)
         except Exception:
-            log.exception("health request failed", path=target)
+            log.exception("health request failed", path=request.path)
             response = _json(500, {"error": "internal error, see the daemon's log"})
-        await _respond(writer, method, *response)
+        return _response(*response)
 
     def handle(self, path: str) -> tuple[int, str, bytes]:
         """Answer one GET for *path*: (status, content type, body)."""
@@ -375,19 +355,10 @@ class HealthServer:
         return _json(200, {"ready": True})
 
 
-async def _respond(writer: asyncio.StreamWriter, method: str, status: int, content_type: str,
-                   body: bytes, extra: dict[str, str] | None = None) -> None:
-    headers = {
-        "Content-Type": content_type,
-        "Content-Length": str(len(body)),
-        "Cache-Control": "no-store",
-        "Connection": "close",
-        **(extra or {}),
-    }
-    head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
-    await writer.drain()
+def _response(status: int, content_type: str, body: bytes,
+              extra: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=body, headers={
+        "Content-Type": content_type, "Cache-Control": "no-store", **(extra or {})})
 
 
 async def serve(listen: str, statuses: Statuses, liveness: Liveness, *,

@@ -384,3 +384,37 @@ async def test_close_drops_idle_connections(streams: Streams, liveness: Liveness
     await asyncio.wait_for(srv.close(), timeout=2)
     assert await asyncio.wait_for(reader.read(), timeout=2) == b""
     writer.close()
+
+
+async def test_a_slow_client_does_not_hold_up_others(server: HealthServer) -> None:
+    """A client that dribbles its request (slowloris) holds its own connection, nobody else's."""
+    _reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    await writer.drain()
+    try:
+        for _ in range(3):
+            status, _, _ = await asyncio.wait_for(request(server, "/healthz"), timeout=5)
+            assert status == 200
+            writer.write(b"a")
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("header_bytes", [20_000, 200_000])
+async def test_oversized_headers_are_refused_and_the_server_stays_up(server: HealthServer,
+                                                                     header_bytes: int) -> None:
+    raw = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * header_bytes + b"\r\n\r\n"
+    status, _, body = await request(server, "/status", raw=raw)
+    assert 400 <= status < 500
+    assert b"streams" not in body
+    status, _, _ = await request(server, "/healthz")
+    assert status == 200
+
+
+async def test_many_connections_at_once_are_all_answered(server: HealthServer, streams: Streams) -> None:
+    streams.statuses = [streaming("a")]
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(request(server, "/readyz") for _ in range(200))), timeout=60)
+    assert [status for status, _, _ in answers] == [200] * 200
+    assert all(json.loads(body) == {"ready": True} for _, _, body in answers)
