@@ -474,7 +474,9 @@ async def test_forward_and_reverse_together_nothing_bounces_back(
             ids = [r["id"] for r in written]
             assert ids and set(ids) <= {"c0", "c1", "c2", "s2"}, ids  # only Chroma-side writes came forward
             await wait_until(consumed, 10)  # every echo record met its log row
-            assert queue_rows(chroma.path, ["q"]) == {"q": 3}  # q written va, vb, va: two equal echoes
+            # q written va, vb, va: each write that reached Chroma left one log row; on a loaded machine the
+            # reverse stream may read two rounds in one batch and write only the last image of q (coalesced)
+            assert 2 <= queue_rows(chroma.path, ["q"])["q"] <= 3
     finally:
         stop_daemon(daemon)
 
