@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("init", help="validate config, create target schema, install capture")
     r = sub.add_parser("run", help="the daemon: snapshot, catch-up, streaming")
     r.add_argument("--until-caught-up", action="store_true",
-                   help="exit 0 once every stream has copied its snapshot and has no pending change")
+                   help="exit 0 once every stream has copied its snapshot and has no pending change "
+                        "(3 if a signal stops it first, 4 if --timeout runs out)")
+    r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --until-caught-up: stop and exit 4 if not caught up within SECONDS")
     s = sub.add_parser("status", help="per stream: phase, positions, pending, lag, rejects")
     s.add_argument("--json", action="store_true")
     sub.add_parser("uninstall", help="remove capture triggers and the changelog from the sources")
@@ -76,10 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from syncd import config as config_mod
 
         cfg = config_mod.load(_config_path(args))
+        if args.command == "run" and args.timeout is not None and (not args.until_caught_up
+                                                                  or args.timeout <= 0):
+            raise ConfigError("--timeout: needs --until-caught-up and a number of seconds > 0")
         if args.command == "init":
             return asyncio.run(commands.init(cfg))
         if args.command == "run":
-            return asyncio.run(commands.run(cfg, until_caught_up=args.until_caught_up))
+            return asyncio.run(commands.run(cfg, until_caught_up=args.until_caught_up, timeout=args.timeout))
         if args.command == "status":
             return asyncio.run(commands.status(cfg, as_json=args.json))
         if args.command == "uninstall":
