@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--dry-run", action="store_true", help="run the preflight and print the plan only")
         c.add_argument("--resume", action="store_true", help=f"finish a {name} that stopped part-way")
         c.add_argument("--json", action="store_true")
+    e = sub.add_parser("embedded", help="the embedded PostgreSQL (target.dsn = \"embedded\") on its own")
+    e.add_argument("action", choices=("start", "stop", "dsn"),
+                   help="start it and leave it running, stop it, or print its DSN and the psql command")
     d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
     d.add_argument("--dir", type=Path, default=None, help="demo directory (default: a new temp dir)")
     return p
@@ -82,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run" and args.timeout is not None and (not args.until_caught_up
                                                                   or args.timeout <= 0):
             raise ConfigError("--timeout: needs --until-caught-up and a number of seconds > 0")
+        if args.command == "embedded":
+            from syncd.embedded import command as embedded_command
+
+            return embedded_command(cfg, args.action)
         if args.command == "init":
             return asyncio.run(commands.init(cfg))
         if args.command == "run":
