@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("init", help="validate config, create target schema, install capture")
     r = sub.add_parser("run", help="the daemon: snapshot, catch-up, streaming")
     r.add_argument("--until-caught-up", action="store_true",
-                   help="exit 0 once every stream has copied its snapshot and has no pending change")
+                   help="exit 0 once every stream has copied its snapshot and has no pending change "
+                        "(3 if a signal stops it first, 4 if --timeout runs out)")
+    r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --until-caught-up: stop and exit 4 if not caught up within SECONDS")
     s = sub.add_parser("status", help="per stream: phase, positions, pending, lag, rejects")
     s.add_argument("--json", action="store_true")
     sub.add_parser("uninstall", help="remove capture triggers and the changelog from the sources")
@@ -51,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--dry-run", action="store_true", help="run the preflight and print the plan only")
         c.add_argument("--resume", action="store_true", help=f"finish a {name} that stopped part-way")
         c.add_argument("--json", action="store_true")
+    e = sub.add_parser("embedded", help="the embedded PostgreSQL (target.dsn = \"embedded\") on its own")
+    e.add_argument("action", choices=("start", "stop", "dsn"),
+                   help="start it and leave it running, stop it, or print its DSN and the psql command")
     d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
     d.add_argument("--dir", type=Path, default=None, help="demo directory (default: a new temp dir)")
     return p
@@ -79,10 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from syncd import config as config_mod
 
         cfg = config_mod.load(_config_path(args))
+        if args.command == "run" and args.timeout is not None and (not args.until_caught_up
+                                                                  or args.timeout <= 0):
+            raise ConfigError("--timeout: needs --until-caught-up and a number of seconds > 0")
+        if args.command == "embedded":
+            from syncd.embedded import command as embedded_command
+
+            return embedded_command(cfg, args.action)
         if args.command == "init":
             return asyncio.run(commands.init(cfg))
         if args.command == "run":
-            return asyncio.run(commands.run(cfg, until_caught_up=args.until_caught_up))
+            return asyncio.run(commands.run(cfg, until_caught_up=args.until_caught_up, timeout=args.timeout))
         if args.command == "status":
             return asyncio.run(commands.status(cfg, as_json=args.json))
         if args.command == "uninstall":

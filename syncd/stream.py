@@ -63,6 +63,8 @@ class Stream:
         self._wait = tenacity.wait_exponential_jitter(multiplier=0.2, max=options.retry_max_seconds)
         self._rate_window: list[tuple[float, int]] = []
         self._last_pending_check = 0.0
+        self.caught_up = False
+        """Set when ``run(until_caught_up=True)`` ended because nothing was left to apply."""
 
     # --- status -------------------------------------------------------------------------
 
@@ -232,6 +234,7 @@ class Stream:
                 self._publish(phase=Phase.STREAMING)
                 log.info("caught up", stream=self.name, position=position.offset)
             if until_caught_up:
+                self.caught_up = True
                 return
             now = time.monotonic()
             if now - last_contact >= IDLE_PING_SECONDS:

@@ -29,9 +29,13 @@ from typing import TextIO
 import asyncpg
 
 from syncd.config import Config
-from syncd.cutover import appconfig, fence
-from syncd.cutover import state as cutover_state
-from syncd.cutover.plan import (
+from syncd.cutover_state import FORWARD, REVERSE
+from syncd.errors import SyncdError
+from syncd.pg import close_quietly, connect, translate
+from syncd.sinks import pgstate
+from syncd.sinks.pgstate import STATE_SCHEMA
+from syncd.sources.sqlite_capture import CHANGELOG
+from syncd.switch import (
     REVERSE_TABLES_STREAM,
     CutoverRefused,
     Outcome,
@@ -42,7 +46,6 @@ from syncd.cutover.plan import (
     discover,
     kill_point,
     pg_changelog_head,
-    pg_checkpoint,
     print_plan,
     run_reload,
     set_sqlite_checkpoint,
@@ -86,8 +89,12 @@ async def _preflight_cutover(sw: Switch, *, resume: bool, dry_run: bool) -> None
     if not resume:
         from syncd.streams.commands import stored_status
 
-        problems += await sw.check_streams(lambda n: n == "sqlite" or n.startswith("chroma:"),
-                                           await stored_status(cfg))
+        stored = await stored_status(cfg)
+        problems += await sw.check_streams(lambda n: n == "sqlite" or n.startswith("chroma:"), stored)
+        problems += [f"stream {st['name']} has not copied its snapshot yet (phase {st['phase']} in "
+                     "PostgreSQL's syncd.checkpoints): let `syncd run` finish it" for st in stored
+                     if st["phase"] in ("not-started", "snapshot")
+                     and not any(st["name"] in p for p in problems)]
         if not problems and cfg.cutover.verify != "off":
             problems += await _quick_verify(sw)
     if not problems:
@@ -107,19 +114,28 @@ async def _quick_verify(sw: Switch) -> list[str]:
 
 
 async def _forward_pending(sw: Switch, db: sqlite3.Connection | None) -> str | None:
-    """What the forward streams still have to apply (None when drained)."""
+    """What the forward streams still have to apply (None when drained), read from the stores
+    themselves — the checkpoints in PostgreSQL against the sources' heads — never from a daemon:
+    a stream whose snapshot is not complete is not drained, however empty its changelog."""
     parts: list[str] = []
     if db is not None:
         head = await asyncio.to_thread(
             lambda: db.execute(f"SELECT coalesce(max(id), 0) FROM {CHANGELOG}").fetchone()[0])
-        done = await pg_checkpoint(sw.conn, "sqlite") or 0
-        if done < int(head):
-            parts.append(f"sqlite at {done} of {head}")
+        checkpoint = await pgstate.load_checkpoint(sw.conn, "sqlite") if await pgstate.has_state(sw.conn) \
+            else None
+        if checkpoint is None:
+            parts.append("sqlite has not started its snapshot (no checkpoint in syncd.checkpoints)")
+        elif checkpoint.snapshot is not None and not checkpoint.snapshot.complete:
+            parts.append("sqlite has not finished its snapshot")
+        elif checkpoint.position.offset < int(head):
+            parts.append(f"sqlite at {checkpoint.position.offset} of {head}")
     if sw.cfg.chroma is not None:
         from syncd.stores.chroma.admin import chroma_stored_status
 
         for s in await chroma_stored_status(sw.cfg, sw.dsn):
-            if s["pending"]:
+            if s["phase"] in ("not-started", "snapshot"):
+                parts.append(f"{s['name']} ({s['collection']}) has not finished its snapshot")
+            elif s["pending"]:
                 parts.append(f"{s['name']} ({s['collection']}) {s['pending']} pending")
     return "; ".join(parts) or None
 

@@ -172,7 +172,9 @@ def sqlite_connect(cfg: Config) -> sqlite3.Connection:
 
 SQLITE_CHECKPOINTS = "_syncd_checkpoints"
 _SQLITE_CHECKPOINTS_DDL = (f"CREATE TABLE IF NOT EXISTS {SQLITE_CHECKPOINTS} (stream TEXT PRIMARY KEY, "
-                           "position INTEGER NOT NULL, source_id TEXT)")
+                           "position INTEGER NOT NULL, source_id TEXT, "
+                           "generation INTEGER NOT NULL DEFAULT 0, owner TEXT)")
+"""As :data:`syncd.sinks.sqlite.SETUP` creates it; the fencing columns are the reverse stream's."""
 
 
 def set_sqlite_checkpoint(db: sqlite3.Connection, stream: str, position: int, source_id: str | None) -> None:
@@ -197,11 +199,6 @@ async def pg_changelog_head(conn: asyncpg.Connection) -> int:
     if not await conn.fetchval("SELECT to_regclass('syncd.changelog') IS NOT NULL"):
         return 0
     return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM syncd.changelog"))
-
-
-async def pg_checkpoint(conn: asyncpg.Connection, stream: str) -> int | None:
-    value = await conn.fetchval(f"SELECT position FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1", stream)
-    return None if value is None else int(value)
 
 
 async def wait_until(check: Callable[[], Awaitable[str | None]], timeout: float, what: str) -> None:
@@ -270,11 +267,14 @@ class Switch:
         Lag is the larger of the daemon's figure and *stored* (computed from the stores: the
         oldest change past the checkpoint), which still grows while a batch is stuck.
         """
-        from syncd.streams.commands import daemon_status
+        from syncd.identity import ask_daemon
 
         problems: list[str] = []
         listen = self.cfg.health.listen
-        streams = await asyncio.to_thread(daemon_status, self.cfg)
+        answer = await asyncio.to_thread(ask_daemon, self.cfg)
+        streams = answer.streams
+        if answer.foreign:
+            return [f"{answer.foreign}: start this config's `syncd run` on its own health.listen port"]
         if streams is None:
             where = f"health.listen {listen}" if listen else "health.listen (turned off)"
             return [f"the daemon does not answer on {where}: start `syncd run` (it drains the streams "

@@ -2,7 +2,8 @@
 
     GET /healthz   200 while every registered duty beats (Liveness); 503 names the stuck one
     GET /readyz    200 when every stream is ready for cutover; 503 names each stream and why
-    GET /status    every stream's StreamStatus as JSON, with version and uptime
+    GET /status    every stream's StreamStatus as JSON, with version, uptime and the daemon's
+                   identity (which config it serves: :mod:`syncd.identity`)
     GET /metrics   Prometheus text format, read from the StreamStatus list at scrape time
 
 Served by aiohttp's web server (request parsing, header limits, concurrent connections,
@@ -19,7 +20,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,7 +257,8 @@ class HealthServer:
     """A running health server (aiohttp's web server); see :func:`serve`."""
 
     def __init__(self, statuses: Statuses, liveness: Liveness, *, max_lag_seconds: float,
-                 version: str, clock: Callable[[], float]) -> None:
+                 version: str, clock: Callable[[], float], identity: Mapping[str, Any] | None = None) -> None:
+        self._identity = dict(identity) if identity is not None else None
         self._statuses = statuses
         self._liveness = liveness
         self._max_lag = max_lag_seconds
@@ -335,11 +337,14 @@ class HealthServer:
         if path == "/readyz":
             return self._readyz()
         if path == "/status":
-            return _json(200, {
+            body: dict[str, Any] = {
                 "streams": [s.to_json() for s in self._statuses()],
                 "version": self._version,
                 "uptime_seconds": round(self._clock() - self._started, 3),
-            })
+            }
+            if self._identity is not None:
+                body["identity"] = self._identity
+            return _json(200, body)
         if path == "/metrics":
             return 200, _METRICS_TYPE, generate_latest(self.registry)
         return _json(404, {"error": f"no such endpoint: {path}",
@@ -363,7 +368,8 @@ def _response(status: int, content_type: str, body: bytes,
 
 async def serve(listen: str, statuses: Statuses, liveness: Liveness, *,
                 max_lag_seconds: float = 5.0, version: str = __version__,
-                clock: Callable[[], float] = time.monotonic) -> HealthServer:
+                clock: Callable[[], float] = time.monotonic,
+                identity: Mapping[str, Any] | None = None) -> HealthServer:
     """Start the health server on *listen* (``host:port``, port 0 for a free one).
 
     *statuses* is called on every request and scrape; it must be cheap and must
@@ -371,7 +377,7 @@ async def serve(listen: str, statuses: Statuses, liveness: Liveness, *,
     """
     host, port = parse_listen(listen)
     server = HealthServer(statuses, liveness, max_lag_seconds=max_lag_seconds,
-                          version=version, clock=clock)
+                          version=version, clock=clock, identity=identity)
     try:
         await server.start(host, port)
     except OSError as exc:

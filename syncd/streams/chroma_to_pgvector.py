@@ -18,8 +18,17 @@ import structlog
 from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import CaptureError, FatalError, SyncdError
-from syncd.ports import Sink
-from syncd.service.health import Liveness
+from syncd.health import Liveness
+from syncd.ownership import Ownership
+from syncd.pg import close_quietly, connect, translate
+from syncd.sinks import pgstate
+from syncd.sinks.pgstate import STATE_SCHEMA
+from syncd.sinks.pgvector import PgvectorSink, ensure_state, prepare_table, stream_name
+from syncd.sinks.pgvector_plan import parse_columns
+from syncd.sources.chroma import ChromaCollectionSource
+from syncd.sources.chroma_log import CollectionInfo
+from syncd.sources.chroma_remote import RemoteCollectionSource, RemoteTopology, open_remote_sink
+from syncd.sources.chroma_server import find_openers
 from syncd.status import StreamStatus
 from syncd.stores.chroma import retention as chroma_retention
 from syncd.stores.chroma.admin import rename_table, retire
@@ -43,9 +52,10 @@ class ChromaStreams:
     """The streams of one Chroma source. Only its run() task starts, stops and replaces them."""
 
     def __init__(self, config: Config, dsn: str, topology: Topology | RemoteTopology,
-                 liveness: Liveness | None = None) -> None:
+                 liveness: Liveness | None = None, ownership: Ownership | None = None) -> None:
         assert config.chroma is not None
         self.liveness = liveness
+        self.ownership = ownership
         self.config = config
         self.chroma = config.chroma
         self.dsn = dsn
@@ -79,7 +89,12 @@ class ChromaStreams:
             log.warning("collections named in source.chroma.collections do not exist (yet)", missing=missing)
         conn = await connect(self.config.target, self.dsn)
         try:
-            await ensure_state(conn)
+            try:
+                await ensure_state(conn)
+            except SyncdError:
+                raise
+            except Exception as exc:
+                raise translate(exc, "creating syncd's state tables") from exc
             live = {c.id for c in catalog}
             for record in await conn.fetch(
                     f"SELECT collection_id FROM {STATE_SCHEMA}.chroma_collections WHERE deleted_at IS NULL"):
@@ -117,8 +132,11 @@ class ChromaStreams:
             try:
                 await ensure_state(conn)
                 table = await prepare_table(conn, source, config.target)
-            except BaseException:
+            except BaseException as exc:
                 await close_quietly(conn)
+                if isinstance(exc, Exception) and not isinstance(exc, SyncdError):
+                    # a deadlock or serialization failure is retried like any retryable error
+                    raise translate(exc, f"preparing the table of collection {info.name!r}") from exc
                 raise
             return PgvectorSink(conn, table, source, strict=config.target.strict,
                                 chunk_rows=config.stream.chunk_rows, on_reject=stream.count_rejects,
@@ -129,6 +147,8 @@ class ChromaStreams:
                         on_chunk=self._kill.get("chunk"), on_batch=self._kill.get("batch"),
                         on_progress=liveness.observe if liveness else None,
                         busy=liveness.busy if liveness else None)
+        if self.ownership is not None:  # claimed on first open (new collections), checked on reopen
+            stream.open_sink = self.ownership.guard(dsn, stream.name, stream.open_sink)
         self.streams[info.id] = stream
         self.sources[info.id] = source
         log.info("collection", collection=info.name, id=info.id, stream=stream.name, space=info.space,
@@ -283,10 +303,11 @@ class ChromaStreams:
         await self.topology.close()
 
 
-async def open_chroma_streams(config: Config, dsn: str, liveness: Liveness | None = None) -> ChromaStreams:
+async def open_chroma_streams(config: Config, dsn: str, liveness: Liveness | None = None,
+                              ownership: Ownership | None = None) -> ChromaStreams:
     """The Chroma streams of ``config`` (not started: call run())."""
     topology = await RemoteTopology.open(config) if server_only(config) else await Topology.open(config)
-    group = ChromaStreams(config, dsn, topology, liveness)
+    group = ChromaStreams(config, dsn, topology, liveness, ownership)
     try:
         await group.start()
     except BaseException:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 from typing import Any
 
 from syncd.config import Config
@@ -57,8 +56,10 @@ async def init(cfg: Config) -> int:
     return 0
 
 
-async def run(cfg: Config, *, until_caught_up: bool) -> int:
-    return await supervisor.run(cfg, until_caught_up=until_caught_up)
+async def run(cfg: Config, *, until_caught_up: bool, timeout: float | None = None) -> int:
+    from syncd import daemon
+
+    return await daemon.run(cfg, until_caught_up=until_caught_up, timeout=timeout)
 
 
 async def stored_status(cfg: Config) -> list[dict[str, Any]]:
@@ -115,23 +116,11 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
 
 
 def daemon_status(cfg: Config, timeout: float = 2.0) -> list[dict[str, Any]] | None:
-    """The running daemon's own view (its /status), or None when it does not answer."""
-    listen = cfg.health.listen
-    if not listen or listen.endswith(":0"):
-        return None
-    host, _, port = listen.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=timeout) as resp:
-            data = json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
-    streams = data.get("streams") if isinstance(data, dict) else None
-    if not isinstance(streams, list):
-        return None
-    for s in streams:
-        s["daemon"] = "running"
-    return streams
+    """This config's daemon's own view (its /status), or None when it does not answer — or
+    when the daemon that answers serves another config (:mod:`syncd.identity`)."""
+    from syncd.identity import ask_daemon
+
+    return ask_daemon(cfg, timeout).streams
 
 
 async def switch_state(cfg: Config) -> dict[str, Any]:
@@ -147,8 +136,11 @@ async def switch_state(cfg: Config) -> dict[str, Any]:
 
 
 async def status(cfg: Config, *, as_json: bool) -> int:
+    from syncd.identity import ask_daemon
+
     switch = await switch_state(cfg)
-    streams = await asyncio.to_thread(daemon_status, cfg)
+    answer = await asyncio.to_thread(ask_daemon, cfg)
+    streams = answer.streams
     if streams is None and switch["direction"] == "reverse" and cfg.sqlite is not None:
         from syncd.streams.postgres_to_sqlite import stored_status as reverse_status
 
@@ -156,12 +148,15 @@ async def status(cfg: Config, *, as_json: bool) -> int:
     elif streams is None:
         streams = await stored_status(cfg)
     if as_json:
-        print(json.dumps({"switch": switch, "streams": streams}, indent=2))
+        print(json.dumps({"switch": switch, "streams": streams,
+                          **({"daemon": answer.foreign} if answer.foreign else {})}, indent=2))
         return 0
     uses = "SQLite/Chroma (forward)" if switch["direction"] == "forward" else "PostgreSQL (reverse: cut over)"
     print(f"app uses {uses}" + (f"; a {switch['operation']} stopped after step {switch['step']}: "
                                f"run `syncd {switch['operation']} --resume` or `syncd rollback`"
                                if switch["operation"] else ""))
+    if answer.foreign:
+        print(answer.foreign)
     for s in streams:
         print(f"{s['name']}: {s['phase']}, checkpoint {s['checkpoint']} of {s['source_position']}, "
               f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects "

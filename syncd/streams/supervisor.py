@@ -1,4 +1,8 @@
-"""Builds streams from config, runs them, and stops them in order.
+"""Builds the streams of one direction from config, runs them, and stops them in order.
+
+Each stream is claimed (:mod:`syncd.ownership`) before it starts, and every reconnect of its
+sink checks that it is still this process's. The process around it — signals, health server,
+direction switches, exit codes — is :mod:`syncd.daemon`.
 
 First SIGTERM / SIGINT: stop intake; each stream finishes the batch it is
 applying (batch and checkpoint commit together), then connections close.
@@ -10,23 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-import asyncpg
 import structlog
 
 from syncd import killpoints
 from syncd.config import Config
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import FatalError, RetryableError, SyncdError
+from syncd.health import Liveness
 from syncd.model import Phase
-from syncd.ports import Sink
-from syncd.service import progress
-from syncd.service.health import Liveness, serve, tick
-from syncd.service.notify import Notifier, summarize, watchdog_interval, watchdog_loop
+from syncd.ownership import Ownership
+from syncd.pg import close_quietly, connect, resolve_dsn, try_replica_role
+from syncd.sinks import pgstate
+from syncd.sinks.postgres import PostgresSink
+from syncd.sources.sqlite import SqliteSource
 from syncd.status import StreamStatus
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, resolve_dsn, try_replica_role
@@ -98,11 +101,14 @@ class Supervisor:
     """Owns the streams of one `syncd run`: starts them, reports them, stops them in order."""
 
     def __init__(self, config: Config, *, until_caught_up: bool = False,
-                 liveness: Liveness | None = None, direction: str = FORWARD) -> None:
+                 liveness: Liveness | None = None, direction: str = FORWARD,
+                 ownership: Ownership | None = None) -> None:
         self.config = config
         self.direction = direction
         self.liveness = liveness
         self.until_caught_up = until_caught_up
+        self.ownership = ownership
+        self.started = False
         self.streams: list[Stream] = []
         self.stop_event = asyncio.Event()
         self._sources: list[SqliteSource] = []
@@ -114,6 +120,35 @@ class Supervisor:
 
     def statuses(self) -> Sequence[StreamStatus]:
         return [s.status for s in self.streams] + (self.chroma.statuses() if self.chroma else [])
+
+    def caught_up(self) -> bool:
+        """Every stream ended its ``until_caught_up`` run with nothing left to apply."""
+        streams = self.streams + (list(self.chroma.streams.values()) if self.chroma else [])
+        return self.started and all(s.caught_up for s in streams)
+
+    async def _own(self, streams: Sequence[Stream], *, guard: bool = True) -> bool:
+        """Claim *streams* before they start, and guard their sinks (unless their builder did);
+        waits out an unreachable target (False if stopped meanwhile). Another owner raises
+        AlreadyRunning."""
+        if self.ownership is None:
+            return True
+        attempt = 0
+        for stream in streams:
+            while True:
+                try:
+                    await self.ownership.claim(self.dsn, stream.name)
+                    break
+                except RetryableError as exc:
+                    attempt += 1
+                    delay = min(self.config.stream.retry_max_seconds, 0.2 * 2 ** attempt)
+                    log.warning("retrying", stream=stream.name, error=str(exc), attempt=attempt, delay=delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop_event.wait(), delay)
+                    if self.stop_event.is_set():
+                        return False
+            if guard:
+                stream.open_sink = self.ownership.guard(self.dsn, stream.name, stream.open_sink)
+        return True
 
     async def start(self) -> None:
         """Open the sources and start one task per stream; on failure, close what was opened."""
@@ -137,9 +172,14 @@ class Supervisor:
         if self.config.chroma is not None:
             from syncd.streams.chroma_to_pgvector import open_chroma_streams
 
-            self.chroma = await open_chroma_streams(self.config, self.dsn, self.liveness)
+            self.chroma = await open_chroma_streams(self.config, self.dsn, self.liveness, self.ownership)
         if not self.streams and self.chroma is None:
             raise FatalError("no stream to run: configure [source.sqlite] or [source.chroma]")
+        if not await self._own(self.streams) or (
+                self.chroma is not None and not await self._own(list(self.chroma.streams.values()),
+                                                                 guard=False)):
+            return
+        self.started = True
         self._tasks = [asyncio.create_task(s.run(self.stop_event, until_caught_up=self.until_caught_up),
                                            name=s.name) for s in self.streams]
         if self.chroma is not None:
@@ -161,6 +201,9 @@ class Supervisor:
             chroma = await open_reverse_chroma_streams(self.config, self.dsn, self.liveness)
             self.streams += chroma
             self._closers.append(chroma.close)
+        if not await self._own(self.streams):
+            return
+        self.started = True
         self._tasks = [asyncio.create_task(s.run(self.stop_event, until_caught_up=self.until_caught_up),
                                            name=s.name) for s in self.streams]
 
@@ -216,160 +259,3 @@ class Supervisor:
                     print(f"syncd: stream {st.name} stopped: {st.last_error}")
             return 1
         return 0
-
-
-class Director:
-    """Runs the streams of the direction ``syncd.cutover.cutover`` names, and switches when it changes.
-
-    Forward (the app on SQLite/Chroma) runs sqlite → postgres and chroma → pgvector; reverse
-    (after `syncd cutover`) runs postgres → sqlite and pgvector → chroma. `syncd cutover` and
-    `syncd rollback` change the direction and NOTIFY; the director also polls, so a missed
-    notification delays the switch by at most ``poll`` seconds.
-    """
-
-    def __init__(self, config: Config, *, until_caught_up: bool, liveness: Liveness,
-                 poll: float = 1.0) -> None:
-        self.config, self.until_caught_up, self.liveness, self.poll = config, until_caught_up, liveness, poll
-        self.current: Supervisor | None = None
-        self.stopping = False
-        self.forced = False
-
-    def statuses(self) -> Sequence[StreamStatus]:
-        return self.current.statuses() if self.current else []
-
-    def request_stop(self) -> None:
-        self.stopping = True
-        if self.current:
-            self.current.request_stop()
-
-    def force_stop(self) -> None:
-        self.stopping = self.forced = True
-        if self.current:
-            self.current.force_stop()
-
-    async def _direction(self, dsn: str) -> str:
-        from syncd.cutover import state as cutover_state
-
-        conn = await connect(self.config.target, dsn)
-        try:
-            return await cutover_state.direction(conn)
-        finally:
-            await close_quietly(conn)
-
-    async def _watch(self, dsn: str, running: str) -> None:
-        """Return when the stored direction is no longer *running*."""
-        from syncd.cutover import state as cutover_state
-
-        conn: asyncpg.Connection | None = None
-        woke = asyncio.Event()
-        try:
-            while True:
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await connect(self.config.target, dsn)
-                        await conn.add_listener(cutover_state.CHANNEL, lambda *_: woke.set())
-                    if await cutover_state.direction(conn) != running:
-                        return
-                except SyncdError as exc:
-                    log.warning("cannot read the cutover state", error=str(exc))
-                    conn = None
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("cannot read the cutover state", error=str(exc))
-                    if conn is not None:
-                        conn.terminate()
-                    conn = None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woke.wait(), self.poll)
-                woke.clear()
-        finally:
-            await close_quietly(conn)
-
-    async def run(self, on_started: Callable[[], None]) -> int:
-        """Run until stopped. *on_started* is called once the daemon is up — before the first
-        direction is read, so that a PostgreSQL still unreachable at start shows in health and
-        status (no stream yet) instead of holding up systemd's start."""
-        dsn = await target_dsn(self.config)
-        on_started()
-        while True:
-            try:
-                direction = await self._direction(dsn)
-            except RetryableError as exc:
-                log.warning("cannot read the cutover state; retrying", error=str(exc))
-                await asyncio.sleep(min(self.config.stream.retry_max_seconds, 2.0))
-                if self.stopping:
-                    return 0
-                continue
-            sup = Supervisor(self.config, until_caught_up=self.until_caught_up, liveness=self.liveness,
-                             direction=direction)
-            self.current = sup
-            if self.stopping:
-                return 0
-            log.info("streaming", direction=direction)
-            await sup.start()
-            waiter = asyncio.create_task(sup.wait(), name="syncd-streams")
-            watcher = asyncio.create_task(self._watch(dsn, direction), name="syncd-direction")
-            done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if waiter in done:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-                return waiter.result()
-            log.info("direction changed: stopping the streams of this direction", direction=direction)
-            sup.request_stop()
-            code = await waiter
-            if code != 0 or self.stopping:
-                return code
-
-
-async def run(config: Config, *, until_caught_up: bool = False, install_signals: bool = True,
-              env: Mapping[str, str] | None = None) -> int:
-    """`syncd run`: streams, the health server and systemd notification. Returns the exit code."""
-    env = os.environ if env is None else env
-    liveness = Liveness(stale_after=config.health.stale_after_seconds)
-    director = Director(config, until_caught_up=until_caught_up, liveness=liveness)
-    notifier = Notifier.from_env(env)
-    server = None
-    duties: list[asyncio.Task[None]] = []
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log.info("stopping: finishing the current batch (signal again to stop at once)")
-            notifier.stopping("stopping: finishing the current batch")
-            director.request_stop()
-        else:
-            log.warning("stopping at once: the open batch is rolled back")
-            director.force_stop()
-
-    def on_started() -> None:
-        duties.append(asyncio.create_task(tick(liveness), name="syncd-tick"))
-        duties.append(asyncio.create_task(progress.show(director.statuses), name="syncd-progress"))
-        duties.append(asyncio.create_task(watchdog_loop(
-            notifier, watchdog_interval(env), status=lambda: summarize(director.statuses()),
-            healthy=liveness.healthy), name="syncd-watchdog"))
-        notifier.ready(summarize(director.statuses()))
-
-    if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-    try:
-        if config.health.listen:
-            server = await serve(config.health.listen, director.statuses, liveness,
-                                 max_lag_seconds=config.health.max_lag_seconds)
-        return await director.run(on_started)
-    finally:
-        for t in duties:
-            t.cancel()
-        for t in duties:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        if server is not None:
-            await server.close()
-        notifier.stopping()
-        notifier.close()
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)

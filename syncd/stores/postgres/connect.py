@@ -11,11 +11,13 @@ from typing import Any
 import asyncpg
 
 from syncd.config import Target
-from syncd.errors import FatalError, RowError, SyncdError, TargetUnavailable, redact
+from syncd.errors import FatalError, RetryableError, RowError, SyncdError, TargetUnavailable, redact
 
 # SQLSTATE classes: 22 data exception, 23 integrity constraint violation.
 _ROW_CLASSES = ("22", "23")
-_RETRY_STATES = {"57P01", "57P02", "57P03", "53300", "40001", "40P01"}
+_RETRY_STATES = {"57P01", "57P02", "57P03", "53300"}
+_CONFLICT_STATES = {"40001", "40P01"}
+"""Serialization failure, deadlock: the transaction lost a conflict and is retried as it is."""
 
 
 def describe_dsn(dsn: str) -> str:
@@ -33,6 +35,8 @@ def translate(exc: BaseException, where: str) -> SyncdError:
         return FatalError(f"{where}: {exc}; create the database or fix target.dsn")
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         return FatalError(f"{where}: {exc}; grant the privilege to syncd's user")
+    if state in _CONFLICT_STATES:
+        return RetryableError(f"{where}: {exc} (rolled back; retrying)")
     if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError | asyncpg.PostgresConnectionError
                   | asyncpg.InterfaceError | ConnectionError | asyncpg.exceptions.InternalClientError
                   ) or state in _RETRY_STATES:

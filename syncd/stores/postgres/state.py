@@ -1,19 +1,28 @@
-"""syncd's own tables in the target: checkpoints and rejects, in schema ``syncd``.
+"""syncd's own tables in the target: checkpoints, rejects and stream owners, in schema ``syncd``.
 
 Every function takes a connection that is already inside the caller's
 transaction, so that rows, rejects and the checkpoint commit together.
+
+Fencing: ``syncd.owners`` holds, per stream, the generation of the process that owns it (bumped
+by each :func:`claim`). A process that claimed streams puts its :class:`Claims` in the
+``claims`` context variable (``syncd run`` does, for every task it starts); every checkpoint
+written under it is conditioned on the generation it claimed, so a process that lost its
+stream to another one fails (:class:`Fenced`) instead of moving the position.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from syncd.errors import FatalError
 from syncd.model import Checkpoint, Position, SnapshotState
 
 STATE_SCHEMA = "syncd"
@@ -51,7 +60,16 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.objects (
 );
 ALTER TABLE {STATE_SCHEMA}.objects ADD COLUMN IF NOT EXISTS copied_from bigint;
 ALTER TABLE {STATE_SCHEMA}.objects ADD COLUMN IF NOT EXISTS copied_epoch bigint;
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.owners (
+    stream     text PRIMARY KEY,
+    generation bigint NOT NULL,
+    owner      jsonb NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE {STATE_SCHEMA}.checkpoints ADD COLUMN IF NOT EXISTS generation bigint;
 """
+_DDL_MARK = "syncd state " + hashlib.sha256(DDL.encode()).hexdigest()[:16]
+"""Comment on ``syncd.checkpoints`` once :data:`DDL` ran: a changed DDL runs again."""
 
 
 def jsonable(value: Any) -> Any:
@@ -80,8 +98,82 @@ class Reject:
     position: Position | None = None
 
 
+async def _current(conn: asyncpg.Connection) -> bool:
+    mark = await conn.fetchval(
+        "SELECT obj_description(to_regclass($1), 'pg_class')", f"{STATE_SCHEMA}.checkpoints")
+    return bool(mark == _DDL_MARK)
+
+
 async def ensure(conn: asyncpg.Connection) -> None:
-    await conn.execute(DDL)
+    """Create or bring syncd's tables up to date. When they are current this is one catalog read
+    and takes no lock: streams call it while others write their checkpoints, and ``ALTER TABLE``
+    (even ``ADD COLUMN IF NOT EXISTS``) would lock the table against them (a deadlock once
+    another lock is involved). ``syncd run`` calls it once before its streams start."""
+    if await _current(conn):
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
+        if await _current(conn):
+            return
+        await conn.execute(DDL)
+        await conn.execute(f"COMMENT ON TABLE {STATE_SCHEMA}.checkpoints IS '{_DDL_MARK}'")
+
+
+# --- owners and fencing ---------------------------------------------------------------------
+
+
+class Fenced(FatalError):
+    """Another process took this stream over: this one must not write its checkpoint."""
+
+
+@dataclass(slots=True)
+class Claims:
+    """The streams this process owns, each with the generation it claimed, and who it is."""
+
+    owner: Mapping[str, Any]
+    generations: dict[str, int] = field(default_factory=dict)
+
+
+claims: ContextVar[Claims | None] = ContextVar("syncd_claims", default=None)
+"""Set by ``syncd run`` before it starts its tasks (which inherit it)."""
+
+
+def generation_of(stream: str) -> int | None:
+    """The generation this process claimed *stream* with (None: not claimed, not fenced)."""
+    current = claims.get()
+    return None if current is None else current.generations.get(stream)
+
+
+def describe_owner(owner: Mapping[str, Any] | None) -> str:
+    """``syncd pid 4121 on host db1 since 2025-01-01T10:00:00Z (config …, state dir …)``."""
+    if not owner:
+        return "another syncd process"
+    where = ", ".join(f"{k} {owner[k]}" for k in ("config", "state dir") if owner.get(k))
+    return (f"syncd pid {owner.get('pid')} on host {owner.get('host')} since {owner.get('since')}"
+            + (f" ({where})" if where else ""))
+
+
+async def claim(conn: asyncpg.Connection, stream: str, owner: Mapping[str, Any]) -> int:
+    """Become *stream*'s owner: its generation goes up by one, and is returned. Call it while
+    holding the stream's advisory lock; a process still writing under the old generation is fenced."""
+    value = await conn.fetchval(
+        f"""INSERT INTO {STATE_SCHEMA}.owners AS o (stream, generation, owner) VALUES ($1, 1, $2::jsonb)
+            ON CONFLICT (stream) DO UPDATE SET generation = o.generation + 1, owner = EXCLUDED.owner,
+                claimed_at = now()
+            RETURNING generation""", stream, json.dumps(dict(owner)))
+    return int(value)
+
+
+async def owner_of(conn: asyncpg.Connection, stream: str) -> tuple[int, dict[str, Any]] | None:
+    row = await conn.fetchrow(
+        f"SELECT generation, owner FROM {STATE_SCHEMA}.owners WHERE stream = $1", stream)
+    return None if row is None else (int(row["generation"]), json.loads(row["owner"]))
+
+
+def fenced(stream: str, generation: int, owner: Mapping[str, Any] | None) -> Fenced:
+    return Fenced(f"stream {stream} was taken over by {describe_owner(owner)}: this process (generation "
+                  f"{generation}) stopped without moving the checkpoint; one daemon per target — stop "
+                  "one of them")
 
 
 async def load_checkpoint(conn: asyncpg.Connection, stream: str) -> Checkpoint | None:
@@ -95,15 +187,38 @@ async def load_checkpoint(conn: asyncpg.Connection, stream: str) -> Checkpoint |
 
 async def save_checkpoint(conn: asyncpg.Connection, stream: str, position: Position,
                           snapshot: SnapshotState | None, source_id: str | None = None) -> None:
-    """Upsert the checkpoint; *source_id* names the source's change log (capture generation)."""
-    await conn.execute(
-        f"""INSERT INTO {STATE_SCHEMA}.checkpoints (stream, position, snapshot, source_id, updated_at)
-            VALUES ($1, $2, $3::jsonb, $4, now())
+    """Upsert the checkpoint; *source_id* names the source's change log (capture generation).
+
+    When this process claimed *stream*, the write happens only while ``syncd.owners`` still holds
+    its generation (read ``FOR SHARE``: a concurrent claim waits for this transaction, and this
+    one sees a claim committed before it); otherwise :class:`Fenced` is raised and the caller's
+    transaction — rows, rejects and checkpoint — rolls back."""
+    snap = json.dumps(snapshot.to_json()) if snapshot else None
+    generation = generation_of(stream)
+    if generation is None:
+        await conn.execute(
+            f"""INSERT INTO {STATE_SCHEMA}.checkpoints (stream, position, snapshot, source_id, updated_at)
+                VALUES ($1, $2, $3::jsonb, $4, now())
+                ON CONFLICT (stream) DO UPDATE
+                SET position = EXCLUDED.position, snapshot = EXCLUDED.snapshot,
+                    source_id = coalesce(EXCLUDED.source_id, {STATE_SCHEMA}.checkpoints.source_id),
+                    updated_at = now()""",
+            stream, position.offset, snap, source_id)
+        return
+    status = await conn.execute(
+        f"""WITH fence AS (SELECT generation FROM {STATE_SCHEMA}.owners
+                           WHERE stream = $1 AND generation = $5 FOR SHARE)
+            INSERT INTO {STATE_SCHEMA}.checkpoints AS k
+                (stream, position, snapshot, source_id, generation, updated_at)
+            SELECT $1, $2, $3::jsonb, $4, generation, now() FROM fence
             ON CONFLICT (stream) DO UPDATE
             SET position = EXCLUDED.position, snapshot = EXCLUDED.snapshot,
-                source_id = coalesce(EXCLUDED.source_id, {STATE_SCHEMA}.checkpoints.source_id),
+                source_id = coalesce(EXCLUDED.source_id, k.source_id), generation = EXCLUDED.generation,
                 updated_at = now()""",
-        stream, position.offset, json.dumps(snapshot.to_json()) if snapshot else None, source_id)
+        stream, position.offset, snap, source_id, generation)
+    if status.split()[-1] == "0":
+        current = await owner_of(conn, stream)
+        raise fenced(stream, generation, current[1] if current else None)
 
 
 async def insert_rejects(conn: asyncpg.Connection, stream: str, rejects: Sequence[Reject]) -> None:

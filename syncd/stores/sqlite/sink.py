@@ -7,7 +7,9 @@ Each batch is one ``BEGIN IMMEDIATE`` transaction that
 2. applies deletes and upserts in position order (``INSERT ... ON CONFLICT (pk) DO UPDATE``;
    by ``rowid`` for tables without a primary key);
 3. records refused rows in ``_syncd_rejects`` and writes the checkpoint into
-   ``_syncd_checkpoints``;
+   ``_syncd_checkpoints`` — only while the row still holds the fencing generation this
+   process claimed the stream with (stamped by :meth:`SqliteSink.load_checkpoint`; see
+   :mod:`syncd.ownership`), else :class:`~syncd.sinks.pgstate.Fenced` rolls the batch back;
 4. sets ``suppress`` back to 0 and commits.
 
 A crash anywhere rolls all of it back, the flag included: the checkpoint is never ahead of
@@ -35,12 +37,13 @@ from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, StrictModeStop
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
-from syncd.stores.postgres.source import Unfit
-from syncd.stores.postgres.state import jsonable
-from syncd.stores.sqlite import capture
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi
-from syncd.stores.sqlite.source import open_connection, translate
-from syncd.stores.sqlite.worker import call_on
+from syncd.sinks import pgstate
+from syncd.sinks.pgstate import jsonable
+from syncd.sources import sqlite_capture as capture
+from syncd.sources.postgres import Unfit
+from syncd.sources.sqlite import open_connection, translate
+from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, discover, qi
+from syncd.sources.worker import call_on
 
 log = structlog.get_logger("syncd.sink.sqlite")
 T = TypeVar("T")
@@ -55,9 +58,11 @@ CREATE TABLE IF NOT EXISTS {capture.ORIGIN} (
 );
 INSERT OR IGNORE INTO {capture.ORIGIN} (id, suppress) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
-    stream    TEXT PRIMARY KEY,
-    position  INTEGER NOT NULL,
-    source_id TEXT
+    stream     TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    source_id  TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    owner      TEXT
 );
 CREATE TABLE IF NOT EXISTS {REJECTS} (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,6 +77,15 @@ CREATE TABLE IF NOT EXISTS {REJECTS} (
 )
 """
 _SUPPRESS = f"UPDATE {capture.ORIGIN} SET suppress = ? WHERE id = 1"
+_FENCE_COLUMNS = (("generation", "INTEGER NOT NULL DEFAULT 0"), ("owner", "TEXT"))
+
+
+def _add_fence_columns(conn: sqlite3.Connection) -> None:
+    """Files whose checkpoint table predates the fencing generation get its columns."""
+    have = {r[1] for r in conn.execute(f"PRAGMA table_info({CHECKPOINTS})")}
+    for name, kind in _FENCE_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE {CHECKPOINTS} ADD COLUMN {name} {kind}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +162,8 @@ class SqliteSink:
         self.strict = strict
         self.on_reject = on_reject
         self.source_id = source_id
+        self._fences: dict[str, int] = {}
+        """Stream -> the generation this process claimed it with (checkpoint writes need it)."""
 
     @classmethod
     async def open(cls, config: SqliteConfig, *, strict: bool = False,
@@ -162,6 +178,7 @@ class SqliteSink:
                 tables = discover(conn, tables=config.tables, exclude=config.exclude,
                                   no_primary_key=config.no_primary_key)
                 conn.executescript(SETUP)
+                _add_fence_columns(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -193,7 +210,28 @@ class SqliteSink:
             f"SELECT position, source_id FROM {CHECKPOINTS} WHERE stream = ?", (stream,)).fetchone()
         return None if row is None else Checkpoint(Position(int(row[0])), None, row[1])
 
+    def _stamp(self, stream: str, generation: int, owner: str) -> None:
+        """Put this process's generation on the checkpoint row, unless a newer owner's is there."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(f"SELECT generation, owner FROM {CHECKPOINTS} WHERE stream = ?",
+                               (stream,)).fetchone()
+            if row is not None and int(row[0]) > generation:
+                raise pgstate.fenced(stream, generation, json.loads(row[1]) if row[1] else None)
+            if row is not None and int(row[0]) < generation:
+                conn.execute(f"UPDATE {CHECKPOINTS} SET generation = ?, owner = ? WHERE stream = ?",
+                             (generation, owner, stream))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     async def load_checkpoint(self, stream: str) -> Checkpoint | None:
+        generation, claims = pgstate.generation_of(stream), pgstate.claims.get()
+        if generation is not None and claims is not None:
+            await self._call(self._stamp, stream, generation, json.dumps(dict(claims.owner)))
+            self._fences[stream] = generation
         cp = await self._call(self._load, stream)
         if cp is not None and cp.source_id and self.source_id and cp.source_id != self.source_id:
             raise CaptureError(
@@ -205,6 +243,17 @@ class SqliteSink:
         return cp
 
     def _save(self, stream: str, position: Position) -> None:
+        generation = self._fences.get(stream)
+        if generation is not None:
+            updated = self._conn.execute(
+                f"""UPDATE {CHECKPOINTS} SET position = ?, source_id = coalesce(?, source_id)
+                    WHERE stream = ? AND generation = ?""",
+                (position.offset, self.source_id, stream, generation)).rowcount
+            if updated != 1:
+                row = self._conn.execute(f"SELECT owner FROM {CHECKPOINTS} WHERE stream = ?",
+                                         (stream,)).fetchone()
+                raise pgstate.fenced(stream, generation, json.loads(row[0]) if row and row[0] else None)
+            return
         self._conn.execute(
             f"""INSERT INTO {CHECKPOINTS} (stream, position, source_id) VALUES (?, ?, ?)
                 ON CONFLICT (stream) DO UPDATE SET position = excluded.position,
