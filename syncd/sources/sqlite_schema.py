@@ -11,6 +11,8 @@ ROWID_COLUMN = "_syncd_rowid"
 """Target column that holds the rowid of a source table without a primary key."""
 
 INTERNAL_PREFIXES = ("sqlite_", "_syncd_")
+CHANGELOG = "_syncd_changelog"
+"""syncd's change log in the SQLite database (:mod:`syncd.sources.sqlite_capture`)."""
 
 
 def qi(name: str) -> str:
