@@ -84,7 +84,25 @@ async def connect(target: Target, dsn: str) -> asyncpg.Connection:
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise translate(exc, f"connecting to {describe_dsn(dsn)}") from None
+    conn.add_termination_listener(_wake_blocked_sender)
     return conn
+
+
+def _wake_blocked_sender(conn: asyncpg.Connection) -> None:
+    """A connection is gone: wake a statement still waiting to send.
+
+    asyncpg sends an ``executemany`` or a COPY as fast as the socket takes it, and waits for
+    the transport to drain (its protocol's ``resume_writing``) when the server reads slower.
+    When the connection dies in that wait, asyncpg fails the statement's result but never wakes
+    the sender: ``executemany`` sat out the rest of ``command_timeout``, COPY (no timeout on that
+    wait) for ever. Resuming it lets the statement raise the connection's error at once (the
+    rest of its data goes to a closed transport, which drops it). asyncpg 0.32 calls this
+    listener from its connection-lost handling; ``_protocol`` is its (private) protocol.
+    """
+    protocol = getattr(conn, "_protocol", None)
+    resume = getattr(protocol, "resume_writing", None)
+    if callable(resume):
+        resume()
 
 
 _CONNECTION_LOST = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)

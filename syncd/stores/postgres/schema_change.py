@@ -115,7 +115,7 @@ async def begin_copy_again(conn: asyncpg.Connection, stream: str, checkpoint: Ch
         tt.copied_from, tt.copied_epoch = captured[name].since, captured[name].epoch
     state = SnapshotState(start=checkpoint.position, done=[n for n in tables if n not in names])
     await pgstate.save_checkpoint(conn, stream, checkpoint.position, state, source_id)
-    log.info("copying tables again: their schema changed in SQLite", tables=list(names),
+    log.info("copying tables again: they changed in SQLite (schema, or rowids)", tables=list(names),
              replay_from=checkpoint.position.offset)
     return Checkpoint(position=checkpoint.position, snapshot=state, source_id=checkpoint.source_id)
 

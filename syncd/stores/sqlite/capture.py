@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.errors import CaptureError
-from syncd.stores.sqlite.schema import Table, qi, ql
+from syncd.sources import sqlite_rowids as rowids
+from syncd.sources.sqlite_schema import CHANGELOG as CHANGELOG  # re-exported
+from syncd.sources.sqlite_schema import Table, qi, ql
 
-CHANGELOG = "_syncd_changelog"
 ORIGIN = "_syncd_origin"
 META = "_syncd_meta"
 CAPTURED = "_syncd_captured"
@@ -105,15 +106,18 @@ def trigger_ddl(table: Table) -> list[str]:
     log = f"INSERT INTO {CHANGELOG} (tbl, op, pk, row, ts)"
     if table.synthetic_key:
         key_changed = "OLD.rowid IS NOT NEW.rowid"
+        # a new rowid is logged as an insert, so the changelog accounts for the set of rowids
+        new_op = f"CASE WHEN {key_changed} THEN 'I' ELSE 'U' END"
     else:
         # BINARY: under a NOCASE key, 'Alice' -> 'alice' is a new key in PostgreSQL
         key_changed = " OR ".join(f"OLD.{qi(c)} IS NOT NEW.{qi(c)} COLLATE BINARY" for c in table.pk)
+        new_op = "'U'"
     return [
         f"CREATE TRIGGER {ins} AFTER INSERT ON {t} {when} BEGIN "
         f"{log} VALUES ({name}, 'I', {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
         f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} {when} BEGIN "
         f"{log} SELECT {name}, 'D', {_key_expr(table, 'OLD')}, NULL, {_NOW} WHERE {key_changed}; "
-        f"{log} VALUES ({name}, 'U', {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
+        f"{log} VALUES ({name}, {new_op}, {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
         f"CREATE TRIGGER {dele} AFTER DELETE ON {t} {when} BEGIN "
         f"{log} VALUES ({name}, 'D', {_key_expr(table, 'OLD')}, NULL, {_NOW}); END",
     ]
@@ -132,7 +136,8 @@ def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
 
     Runs in one IMMEDIATE transaction: either all triggers exist afterwards or none changed.
     Each table whose triggers are (re)created is recorded in ``_syncd_captured`` with the
-    changelog's head: the point from which its changes are complete.
+    changelog's head: the point from which its changes are complete. A table keyed by rowid
+    also gets its rowid reference (:mod:`syncd.sources.sqlite_rowids`) at that head.
     """
     changed: list[str] = []
     conn.execute("BEGIN IMMEDIATE")
@@ -141,8 +146,7 @@ def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
             if statement.strip():
                 conn.execute(statement)
         tables = describe()
-        head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
-        epoch = int(conn.execute(f"SELECT coalesce(max(epoch), 0) + 1 FROM {CAPTURED}").fetchone()[0])
+        head, epoch, file = _head(conn), _next_epoch(conn), rowids.file_id(conn)
         for table in tables:
             if not _stale(conn, table):
                 continue
@@ -153,7 +157,9 @@ def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
             conn.execute(f"INSERT OR REPLACE INTO {META} (tbl, signature) VALUES (?, ?)",
                          (table.name, signature(table)))
             conn.execute(f"INSERT OR REPLACE INTO {CAPTURED} (tbl, since, epoch) VALUES (?, ?, ?)",
-                         (table.name, int(head[0]) if head else 0, epoch))
+                         (table.name, head, epoch))
+            if table.synthetic_key:
+                rowids.anchor(conn, table.name, head, file)
             changed.append(table.name)
         version = schema_version(conn)
         conn.execute("COMMIT")
@@ -163,12 +169,43 @@ def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
     return changed, tables, version
 
 
+def _head(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _next_epoch(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(f"SELECT coalesce(max(epoch), 0) + 1 FROM {CAPTURED}").fetchone()[0])
+
+
+def copy_again(conn: sqlite3.Connection, names: Iterable[str], tables: Iterable[Table]) -> None:
+    """Record *names* as captured anew (a new epoch in ``_syncd_captured``, their triggers
+    untouched), so that the sink copies them again; re-take the rowid references of those keyed
+    by rowid. One IMMEDIATE transaction."""
+    by_name = {t.name: t for t in tables}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        head, epoch, file = _head(conn), _next_epoch(conn), rowids.file_id(conn)
+        for name in names:
+            conn.execute(f"INSERT OR REPLACE INTO {CAPTURED} (tbl, since, epoch) VALUES (?, ?, ?)",
+                         (name, head, epoch))
+            if by_name[name].synthetic_key:
+                rowids.anchor(conn, name, head, file)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _stale(conn: sqlite3.Connection, table: Table) -> bool:
-    """The table's capture triggers are missing or were built for other columns."""
+    """The table's capture triggers are missing, or are not the ones syncd would create now
+    (other columns, another primary key, an older version, recreated from an old definition
+    by a migration), or were built for other declared types."""
     row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (table.name,)).fetchone()
-    present = {r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?", (table.name,))}
-    return not (row and row[0] == signature(table) and set(trigger_names(table)) <= present)
+    present = dict(conn.execute(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?", (table.name,)))
+    wanted = zip(trigger_names(table), trigger_ddl(table), strict=True)
+    return not (row and row[0] == signature(table) and all(present.get(n) == sql for n, sql in wanted))
 
 
 def stale(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
@@ -208,7 +245,7 @@ def uninstall(conn: sqlite3.Connection) -> list[str]:
             "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '\\_syncd\\_%' ESCAPE '\\'")]
         for trig in triggers:
             conn.execute(f"DROP TRIGGER {qi(trig)}")
-        for tbl in (CHANGELOG, ORIGIN, META, CAPTURED):
+        for tbl in (CHANGELOG, ORIGIN, META, CAPTURED, rowids.ROWIDS):
             conn.execute(f"DROP TABLE IF EXISTS {tbl}")
         conn.execute("COMMIT")
     except BaseException:
@@ -222,11 +259,10 @@ def check_installed(conn: sqlite3.Connection, tables: Iterable[Table]) -> None:
     have = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type IN ('table','trigger')")}
     if CHANGELOG not in have:
         raise CaptureError("change capture is not installed in the SQLite database: run `syncd init`")
-    sigs = dict(conn.execute(f"SELECT tbl, signature FROM {META}").fetchall())
     for table in tables:
         if not set(trigger_names(table)) <= have:
             raise CaptureError(f"capture triggers for table {table.name!r} are missing: run `syncd init`")
-        if sigs.get(table.name) != signature(table):
+        if _stale(conn, table):
             raise CaptureError(
                 f"table {table.name!r} changed since `syncd init` (columns now: "
                 f"{', '.join(table.column_names)}); run `syncd init` again to update capture")

@@ -11,6 +11,8 @@ ROWID_COLUMN = "_syncd_rowid"
 """Target column that holds the rowid of a source table without a primary key."""
 
 INTERNAL_PREFIXES = ("sqlite_", "_syncd_")
+CHANGELOG = "_syncd_changelog"
+"""syncd's change log in the SQLite database (:mod:`syncd.sources.sqlite_capture`)."""
 
 
 def qi(name: str) -> str:
@@ -36,6 +38,8 @@ class Index:
     name: str
     columns: tuple[str, ...]
     unique: bool
+    collations: tuple[str, ...] = ()
+    """Per column, the collation the index compares with (``BINARY``, ``NOCASE``, ``RTRIM``…)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class Table:
     foreign_keys: tuple[ForeignKey, ...]
     skipped_indexes: tuple[str, ...] = ()
     """Expression or partial indexes syncd does not recreate (logged)."""
+    pk_collations: tuple[str, ...] = ()
+    """Per primary-key column, the collation its uniqueness is checked with (empty: BINARY)."""
 
     @property
     def synthetic_key(self) -> bool:
@@ -127,17 +133,21 @@ def describe(conn: sqlite3.Connection, name: str, *, no_primary_key: str) -> Tab
 
     indexes: list[Index] = []
     skipped: list[str] = []
+    pk_collations: tuple[str, ...] = ()
     for _seq, iname, unique, origin, partial in conn.execute(f"PRAGMA index_list({qi(name)})"):
-        if origin == "pk":
-            continue
         info = conn.execute(f"PRAGMA index_xinfo({qi(iname)})").fetchall()
         keycols = [r for r in info if r[5] == 1]
+        if origin == "pk":
+            by_col = {r[2]: str(r[4]).upper() for r in keycols}
+            pk_collations = tuple(by_col.get(c, "BINARY") for c in pk_cols)
+            continue
         if partial or any(r[1] < 0 for r in keycols):
             skipped.append(iname)
             continue
         idx_cols = tuple(r[2] for r in keycols)
         indexes.append(Index(name=iname if origin == "c" else f"{name}_{'_'.join(idx_cols)}_key",
-                             columns=idx_cols, unique=bool(unique)))
+                             columns=idx_cols, unique=bool(unique),
+                             collations=tuple(str(r[4]).upper() for r in keycols)))
     fks: dict[int, list[tuple[str, str, str, str, str]]] = {}
     for row in conn.execute(f"PRAGMA foreign_key_list({qi(name)})"):
         fk_id, _seq, ref_table, from_col, to_col, on_update, on_delete = row[:7]
@@ -155,7 +165,7 @@ def describe(conn: sqlite3.Connection, name: str, *, no_primary_key: str) -> Tab
                                        on_delete=parts[0][4]))
     return Table(name=name, columns=columns, pk=pk, rowid_key=rowid_key, without_rowid=without_rowid,
                  indexes=tuple(indexes), foreign_keys=tuple(foreign_keys),
-                 skipped_indexes=tuple(skipped))
+                 skipped_indexes=tuple(skipped), pk_collations=pk_collations)
 
 
 def _has_table_list(conn: sqlite3.Connection) -> bool:

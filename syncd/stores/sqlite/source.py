@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,12 +23,14 @@ import structlog
 import watchfiles
 
 from syncd.config import SqliteSource as SqliteConfig
-from syncd.errors import SchemaChanged, SourceBusy, SourceError, SyncdError
+from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
 from syncd.model import START, Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
-from syncd.stores.sqlite import capture
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi
-from syncd.stores.sqlite.worker import call_on
+from syncd.sources import sqlite_capture as capture
+from syncd.sources import sqlite_follow as follow
+from syncd.sources import sqlite_rowids as rowids
+from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, discover, qi
+from syncd.sources.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
@@ -50,24 +53,6 @@ def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
             raise SourceBusy(f"SQLite database {path}: {exc}") from exc
         raise SourceError(f"SQLite database {path}: {exc} (source.sqlite.path)") from exc
     return conn
-
-
-def _recapture(conn: sqlite3.Connection, config: SqliteConfig) -> tuple[list[Table], list[str], int]:
-    """Read the tables and (re)install capture on those whose triggers are missing or out of
-    date, under one write lock; return the tables, those re-captured, the schema version."""
-    def describe() -> list[Table]:
-        return discover(conn, tables=config.tables, exclude=config.exclude,
-                        no_primary_key=config.no_primary_key)
-
-    tables = describe()
-    if not capture.stale(conn, tables):  # raises if capture was never installed
-        return tables, [], capture.schema_version(conn)
-    began = time.perf_counter()
-    changed, tables, version = capture.install_tables(conn, describe)
-    if changed:  # the app's writers waited for the write lock this long
-        log.info("capture re-installed: the tables changed since syncd last captured them", tables=changed,
-                 write_lock_ms=round((time.perf_counter() - began) * 1000, 1))
-    return tables, changed, version
 
 
 def translate(exc: BaseException, path: Path) -> SyncdError:
@@ -96,14 +81,19 @@ class SqliteSource:
         self.captured: dict[str, capture.Captured] = {}
         """Per table, when its capture was (re)installed (``_syncd_captured``)."""
         self._schema_version: int | None = None  # None: capture not followed (init, verify)
+        self._file: int | None = None
+        """Inode of the file open, while capture is followed: another one at the path means
+        the file was replaced (a copy renamed over it)."""
+        self._replaced: str | None = None  # a replacement followed, for the next read to report
 
     @classmethod
     async def open(cls, config: SqliteConfig, *, check_capture: bool = True) -> SqliteSource:
         """Open the database; with *check_capture*, bring capture up to date with the tables.
 
         A table that changed while syncd was not running (a column added, the table rebuilt by
-        a migration, a new table) gets its triggers again here, as :meth:`changes` does while
-        running; the sink then copies it again (``_syncd_captured``).
+        a migration, a new table, rowids renumbered by VACUUM, the file replaced) is captured
+        again here, as :meth:`changes` does while running; the sink then copies it again
+        (``_syncd_captured``).
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-sqlite")
         loop = asyncio.get_running_loop()
@@ -112,8 +102,8 @@ class SqliteSource:
             conn = open_connection(config.path)
             try:
                 if check_capture:
-                    tables, _, version = _recapture(conn, config)
-                    return conn, tables, version
+                    followed = follow.follow(conn, config)
+                    return conn, followed.tables, followed.version
                 tables = discover(conn, tables=config.tables, exclude=config.exclude,
                                   no_primary_key=config.no_primary_key)
             except BaseException:
@@ -133,11 +123,56 @@ class SqliteSource:
         if check_capture:
             source.source_id = await source._call(capture.generation, conn)
             source.captured = await source._call(capture.captured_since, conn)
+            source._file = await source._call(rowids.file_id, conn)
             source._schema_version = version
         return source
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await call_on(self._executor, lambda exc: translate(exc, self.path), fn, *args)
+        return await call_on(self._executor, lambda exc: translate(exc, self.path), self._on_file, fn, *args)
+
+    def _on_file(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run *fn* on the worker thread, first making sure the path still names the file open:
+        a connection to a file renamed over would read it forever (and, as SQLite warns, may
+        take the new file's journal for its own)."""
+        if self._file is not None:
+            try:
+                now = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                raise SourceBusy(f"SQLite database {self.path} is missing (being replaced?)") from None
+            if now != self._file:
+                self._reopen(now)
+        return fn(*args)
+
+    def _reopen(self, inode: int) -> None:
+        """The file at the path is another one: drop the old, follow the new (its tables keyed
+        by rowid are copied again: their references name the old inode)."""
+        conn = open_connection(self.path)
+        try:
+            generation = capture.generation(conn)
+            if generation != self.source_id:
+                raise CaptureError(
+                    f"SQLite {self.path} was replaced by a database whose change capture is another "
+                    f"install ({generation or 'none'}, not {self.source_id}): its changelog positions mean "
+                    "nothing to syncd. Copy again: TRUNCATE the synced tables in PostgreSQL and DELETE "
+                    "their stream's row FROM syncd.checkpoints, then `syncd init` and `syncd run`")
+            before = dict(self.tables)
+            followed = follow.follow(conn, self.config)
+        except BaseException:
+            conn.close()
+            raise
+        old, self._conn = self._conn, conn
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        self._file = inode
+        self.tables = {t.name: t for t in followed.tables}
+        self._schema_version = followed.version
+        self.captured = capture.captured_since(conn)
+        again = [*followed.recaptured, *followed.renumbered]
+        log.warning("SQLite database file replaced: following the new one", path=str(self.path),
+                    inode=inode, copied_again=again, changes=follow.describe_change(before, followed))
+        copies = f" and copies again {', '.join(again)}" if again else ""
+        self._replaced = (f"SQLite {self.path}: the database file was replaced (a copy renamed over it); "
+                          f"syncd follows the new file{copies}")
 
     async def close(self) -> None:
         self._stop_watch.set()
@@ -145,7 +180,7 @@ class SqliteSource:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
-        await self._call(self._conn.close)
+        await call_on(self._executor, lambda exc: translate(exc, self.path), self._conn.close)
         self._executor.shutdown(wait=True)
 
     # --- capture ------------------------------------------------------------------------
@@ -241,13 +276,18 @@ class SqliteSource:
 
         If the schema changed since the last read, the changes are not read: a captured table
         that changed may have logged images that lack a column, or nothing at all (rebuilt
-        tables lose their triggers). :meth:`_follow_schema` deals with that first.
+        tables lose their triggers), and a VACUUM may have renumbered rowids.
+        :meth:`_follow_schema` deals with that first.
         """
+        if self._replaced is not None:  # followed on this thread before this read
+            replaced, self._replaced = self._replaced, None
+            raise SchemaChanged(replaced)
         self._conn.execute("BEGIN")
         try:
             version = capture.schema_version(self._conn)
             rows = None
             if self._schema_version is None or version == self._schema_version:
+                head = self._head()
                 rows = self._conn.execute(
                     f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
                     "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit)).fetchall()
@@ -256,6 +296,12 @@ class SqliteSource:
         if rows is None:
             self._follow_schema(version)
             return self._read_changes(after, limit)
+        if after > head:
+            raise CaptureError(
+                f"SQLite {self.path}: its changelog ends at id {head.offset}, but syncd already applied "
+                f"changes up to id {after.offset} from it: the file was replaced by an older copy (a "
+                "restored backup?), and its new changes would be skipped. Copy again: TRUNCATE the synced "
+                "tables in PostgreSQL and DELETE their stream's row FROM syncd.checkpoints, then `syncd run`")
         changes: list[Change] = []
         for cid, tbl, op, pk, row, ts in rows:
             table = self.tables.get(tbl)
@@ -271,35 +317,25 @@ class SqliteSource:
         return Batch(changes=changes, position=position)
 
     def _follow_schema(self, version: int) -> None:
-        """The schema changed: re-read the tables; if a captured one changed or a new one
-        appeared, capture it again and raise :class:`SchemaChanged` (the stream re-opens its
-        sink, which adds new columns and copies those tables again)."""
+        """The schema changed: re-read the tables; if a captured one changed, a new one appeared
+        or rowids were renumbered (VACUUM raises the version too), capture it again and raise
+        :class:`SchemaChanged` (the stream re-opens its sink, which adds new columns and copies
+        those tables again)."""
         before = dict(self.tables)
-        tables, recaptured, now = _recapture(self._conn, self.config)
-        for gone in sorted(set(before) - {t.name for t in tables}):
+        followed = follow.follow(self._conn, self.config)
+        for gone in sorted(set(before) - {t.name for t in followed.tables}):
             log.warning("table dropped or renamed in SQLite: its PostgreSQL table is left as it was; "
                         "drop it there too if the app's migration dropped it", table=gone)
-        self.tables = {t.name: t for t in tables}
+        self.tables = {t.name: t for t in followed.tables}
         # without a re-capture, the version read with the changes: a later change is seen next time
-        self._schema_version = now if recaptured else version
-        if not recaptured:
+        self._schema_version = followed.version if followed.recaptured else version
+        if not followed.changed:
             return
         self.captured = capture.captured_since(self._conn)
-        what = []
-        for name in recaptured:
-            t = self.tables[name]
-            old = before.get(name)
-            if old is None:
-                what.append(f"{name} (new table)")
-            elif old.column_names != t.column_names:
-                what.append(f"{name} (columns now {', '.join(t.column_names)})")
-            elif old.signature() != t.signature():
-                what.append(f"{name} (column types now {t.signature()})")
-            else:
-                what.append(f"{name} (its capture triggers were gone: rebuilt by a migration?)")
-        since = max(self.captured[n].since for n in recaptured)
-        raise SchemaChanged(f"SQLite {self.path}: schema changed while streaming: {'; '.join(what)}; "
-                            f"capture re-installed at changelog id {since}; syncd copies these tables again")
+        since = max(self.captured[n].since for n in [*followed.recaptured, *followed.renumbered])
+        raise SchemaChanged(f"SQLite {self.path}: schema changed while streaming: "
+                            f"{follow.describe_change(before, followed)}; recorded at changelog id "
+                            f"{since}; syncd copies these tables again")
 
     async def changes(self, after: Position, limit: int) -> Batch:
         return await self._call(self._read_changes, after, limit)
@@ -308,7 +344,9 @@ class SqliteSource:
         """Delete logged changes up to *upto*; give way at once when someone holds the write lock.
 
         Pruning shares the reading thread: waiting out the usual busy timeout here would hold
-        up reading changes for seconds — during a cutover fence, the drain itself.
+        up reading changes for seconds — during a cutover fence, the drain itself. The first
+        delete also moves the rowid references up to *upto* (:mod:`~syncd.sources.sqlite_rowids`),
+        in the same transaction: they must never be behind a pruned change.
         """
         total = 0
         busy = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
@@ -316,9 +354,17 @@ class SqliteSource:
         try:
             while True:
                 try:
-                    cur = self._conn.execute(
-                        f"DELETE FROM {capture.CHANGELOG} WHERE id IN (SELECT id FROM {capture.CHANGELOG} "
-                        "WHERE id <= ? ORDER BY id LIMIT 5000)", (upto.offset,))
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        if total == 0:
+                            rowids.advance(self._conn, upto.offset)
+                        cur = self._conn.execute(
+                            f"DELETE FROM {capture.CHANGELOG} WHERE id IN (SELECT id FROM "
+                            f"{capture.CHANGELOG} WHERE id <= ? ORDER BY id LIMIT 5000)", (upto.offset,))
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        self._conn.execute("ROLLBACK")
+                        raise
                 except sqlite3.OperationalError as exc:
                     if "locked" in str(exc) or "busy" in str(exc):
                         return total  # the app (or a cutover fence) is writing: prune next time
