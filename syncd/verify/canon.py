@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from syncd.stores.postgres.types import ColumnMap, base_type, family
-from syncd.stores.sqlite.schema import qi
+from syncd.mapping import ColumnMap, base_type, family
+from syncd.pg_datetime import Infinity
+from syncd.sources.sqlite_schema import qi
 
 NULL = "N"
 SEP = "|"
@@ -226,10 +227,10 @@ def _py_bytes(v: Any) -> str:
 
 
 def _py_date(v: Any) -> str:
+    if isinstance(v, Infinity):
+        return str(v)
     if isinstance(v, dt.datetime):
         v = v.date()
-    if v == dt.date.max or v == dt.date.min:  # asyncpg writes these as +-infinity
-        return "infinity" if v == dt.date.max else "-infinity"
     return f"{v.year:04d}-{v.month:02d}-{v.day:02d}"
 
 
@@ -238,10 +239,10 @@ def _py_time(v: Any) -> str:
 
 
 def _py_timestamp(v: Any) -> str:
+    if isinstance(v, Infinity):
+        return str(v)
     if v.tzinfo is not None:
         v = v.astimezone(dt.UTC).replace(tzinfo=None)
-    if v == dt.datetime.max or v == dt.datetime.min:  # asyncpg writes these as +-infinity
-        return "infinity" if v == dt.datetime.max else "-infinity"
     text: str = v.isoformat(sep=" ")  # years below 1000 are zero-padded, as PostgreSQL prints them
     return text.rstrip("0") if v.microsecond else text
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from syncd import pg_datetime
 from syncd.errors import RowError
 from syncd.stores.postgres.sink import TargetTable
 from syncd.stores.postgres.types import family
@@ -62,7 +63,12 @@ def _sqlite_rows(path: str, tt: TargetTable) -> Iterator[tuple[tuple[Any, ...], 
 
 async def compare_table(sqlite_path: str, conn: asyncpg.Connection, tt: TargetTable,
                         limit: int = 100) -> list[Difference]:
-    """Differences between one SQLite table and its target (up to *limit*)."""
+    """Differences between one SQLite table and its target (up to *limit*).
+
+    Registers syncd's exact date/time codecs on *conn* (:mod:`syncd.pg_datetime`), so that
+    years 1 and 9999 and PostgreSQL's infinities are read as what they are.
+    """
+    await pg_datetime.register(conn)
     cols = ", ".join(qi(c.name) for c in tt.columns)
     order = ", ".join(qi(k) for k in tt.source.pk)
     key_idx = [[c.name for c in tt.columns].index(k) for k in tt.source.pk]

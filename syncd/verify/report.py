@@ -50,6 +50,20 @@ class Rejected:
         return f"key {json.dumps(self.key, default=str, ensure_ascii=False)}: {self.error}{where}"
 
 
+@dataclass(frozen=True, slots=True)
+class RoundedValue:
+    """A value stored rounded because the operator chose it (``"... rounded"`` in column_types)."""
+
+    key: list[Any]
+    column: str
+    sqlite: str
+    postgres: str
+
+    def describe(self) -> str:
+        return (f"key {json.dumps(self.key, default=str, ensure_ascii=False)}: {self.column} "
+                f"{self.sqlite} in SQLite, {self.postgres} in PostgreSQL")
+
+
 @dataclass(slots=True)
 class CheckResult:
     kind: str
@@ -64,6 +78,8 @@ class CheckResult:
     rejected: list[Rejected] = field(default_factory=list)
     unsettled: list[list[Any]] = field(default_factory=list)
     """Keys still changing at the settle deadline."""
+    rounded: list[RoundedValue] = field(default_factory=list)
+    """Values stored rounded as the operator chose: shown, not differences."""
     counts_differ: bool = False
     """Row counts differ (and the difference is not a change in flight)."""
     truncated: bool = False
@@ -154,6 +170,8 @@ def render(report: Report) -> list[str]:
             ("differences", [d.describe() for d in c.differences]),
             ("rejected (quarantined, not counted as differences)", [r.describe() for r in c.rejected]),
             ("still changing", [json.dumps(k, default=str) for k in c.unsettled]),
+            ("rounded as chosen in [target.column_types] (not differences)",
+             [r.describe() for r in c.rounded]),
         )
         for title, items in sections:
             if not items:
@@ -179,4 +197,4 @@ def render(report: Report) -> list[str]:
 
 
 __all__ = ["DIFFER", "ERROR", "MATCH", "SKIPPED", "UNSETTLED", "CheckResult", "Difference", "Rejected",
-           "Report", "render"]
+           "Report", "RoundedValue", "render"]

@@ -43,6 +43,10 @@ class Row:
     """Canonical parts; None when the row cannot be written (it is a reject)."""
     hash: int = 0
     error: str | None = None
+    column: str | None = None
+    """The column the mapping refused, when ``error`` is set."""
+    raw: tuple[Any, ...] | None = None
+    """The SQLite values (for describing a difference)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from syncd.model import Key
-from syncd.stores.postgres.state import STATE_SCHEMA, jsonable
-from syncd.verify.canon import part_hash
-from syncd.verify.report import CheckResult, Difference, Rejected
-from syncd.verify.rows import CanonKey, Finding, PgRow, Range, Row, Stall, TableContext, sort_key
-from syncd.verify.sqlite import Tail
+from syncd.sinks.pgstate import STATE_SCHEMA, jsonable
+from syncd.sources.sqlite_schema import qi
+from syncd.verify_canon import part_hash
+from syncd.verify_report import CheckResult, Difference, Rejected
+from syncd.verify_rows import CanonKey, Finding, PgRow, Range, Row, Stall, TableContext, sort_key
+from syncd.verify_sqlite import Tail
 
 if TYPE_CHECKING:
     from syncd.verify.tables import TableCheck
@@ -168,7 +169,11 @@ def classify(check: TableCheck, findings: Sequence[Finding], result: CheckResult
             continue
         key = jsonable(list(s.raw_key))
         error = recorded.pop(norm_key(key), None)
-        if error is not None or s.parts is None:
+        if error is None and s.parts is None and p is not None:
+            # the mapping refuses the value, no reject is recorded, yet PostgreSQL holds the row
+            cols = [s.column] if s.column else []
+            result.differences.append(Difference(key, "changed", cols, f"{s.error}, yet PostgreSQL holds it"))
+        elif error is not None or s.parts is None:
             result.rejected.append(Rejected(key, error or s.error or "", error is not None))
         elif p is None:
             result.differences.append(Difference(key, "missing"))
@@ -178,6 +183,34 @@ def classify(check: TableCheck, findings: Sequence[Finding], result: CheckResult
     result.rejected += [Rejected(json.loads(k), e, True) for k, e in recorded.items()]
     result.differences.sort(key=lambda d: sort_key(d.key))
     result.rejected.sort(key=lambda r: sort_key(r.key))
+
+
+async def describe_changes(check: TableCheck, findings: dict[CanonKey, Finding], result: CheckResult,
+                           limit: int = 100) -> None:
+    """Add both values of each differing column to the first *limit* changed rows."""
+    names = [c.name for c in check.tt.columns]
+    by_key = {norm_key(jsonable(list(f.sqlite.raw_key))): f for f in findings.values()
+              if f.sqlite is not None and f.pg is not None and f.sqlite.raw is not None}
+    pk = check.tt.source.pk
+    where = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(pk, 1))
+    for i, d in enumerate(result.differences[:limit]):
+        f = by_key.get(norm_key(d.key))
+        if d.kind != "changed" or f is None or not d.columns or f.pg is None or f.sqlite is None:
+            continue
+        sql = (f"SELECT {', '.join(f'{qi(c)}::text' for c in d.columns)} FROM {check.tt.qualified} "
+               f"WHERE {where}")
+        rec = await check.ctx.conn.fetchrow(sql, *f.pg.key_values)
+        if rec is None or f.sqlite.raw is None:
+            continue
+        shown = [f"{c}: {_short(f.sqlite.raw[names.index(c)])} in SQLite, "
+                 f"{_short(rec[j], text=True)} in PostgreSQL" for j, c in enumerate(d.columns)]
+        detail = "; ".join([d.detail, *shown] if d.detail else shown)
+        result.differences[i] = Difference(d.key, d.kind, d.columns, detail)
+
+
+def _short(value: Any, text: bool = False) -> str:
+    shown = "NULL" if value is None else str(value) if text else repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 async def open_rejects(ctx: TableContext, table: str, limit: int = 10_000) -> dict[str, str]:
@@ -194,4 +227,4 @@ def norm_key(key: Any) -> str:
     return json.dumps(key, sort_keys=True, default=str)
 
 
-__all__ = ["Outcome", "Settler", "classify", "locate", "open_rejects", "wait_checkpoint"]
+__all__ = ["Outcome", "Settler", "classify", "describe_changes", "locate", "open_rejects", "wait_checkpoint"]

@@ -30,19 +30,27 @@ import itertools
 import json
 import time
 from collections.abc import AsyncGenerator, Sequence
+from decimal import Decimal
 from typing import Any
 
 from syncd.errors import RowError
 from syncd.model import Key
-from syncd.stores.postgres.sink import TargetTable
-from syncd.stores.postgres.state import jsonable
-from syncd.stores.postgres.types import family
-from syncd.stores.sqlite.schema import qi
-from syncd.verify.canon import MASK64, CanonError, RowCanon
-from syncd.verify.report import CheckResult, Rejected
-from syncd.verify.rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
-from syncd.verify.settle import Settler, classify, locate, open_rejects, wait_checkpoint
-from syncd.verify.sqlite import Raw
+from syncd.sinks.pgstate import jsonable
+from syncd.sinks.postgres import TargetTable
+from syncd.sources.sqlite_schema import qi
+from syncd.verify_canon import MASK64, CanonError, RowCanon
+from syncd.verify_report import CheckResult, Rejected, RoundedValue
+from syncd.verify_rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
+from syncd.verify_settle import Settler, classify, describe_changes, locate, open_rejects, wait_checkpoint
+from syncd.verify_sqlite import Raw
+
+MAX_ROUNDED_SHOWN = 10_000
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return "0" if value.is_zero() else format(value, "f")
+    return str(value)
 
 
 class TooManyRows(Exception):
@@ -83,6 +91,8 @@ class TableCheck:
         self.key_tuple = "(" + ", ".join(self.key_exprs) + ")"
         self.ordered = True
         """SQLite's key order agreed with PostgreSQL's everywhere the scan looked."""
+        self.rounded_cols = [i for i, c in enumerate(tt.columns) if c.rounded]
+        self.rounded: list[RoundedValue] = []
         self._last_key: Any = None
 
     def _key_cols(self) -> list[Any]:
@@ -101,7 +111,7 @@ class TableCheck:
         except (RowError, CanonError):
             return None, ("raw", json.dumps(jsonable(list(raw_key)), sort_keys=True))
 
-    def prepare(self, raws: Sequence[Raw]) -> list[Row]:
+    def prepare(self, raws: Sequence[Raw], note_rounded: bool = False) -> list[Row]:
         out: list[Row] = []
         canon, idx = self.canon, self.raw_key_idx
         for raw in raws:
@@ -112,12 +122,31 @@ class TableCheck:
                 conv_key = tuple(conv[i] for i in canon.key_index)
                 if any(v is None for v in conv_key):
                     raise RowError("NULL in the primary key")
-                out.append(Row(raw_key, conv_key, canon.key_of(parts), parts, canon.row_hash(parts)))
+                out.append(Row(raw_key, conv_key, canon.key_of(parts), parts, canon.row_hash(parts),
+                               raw=tuple(raw)))
+                if note_rounded and self.rounded_cols:
+                    self._note_rounded(raw_key, raw, conv)
             except (RowError, CanonError) as exc:
                 conv_key2, key = self.key_only(raw_key)
                 msg = exc.message if isinstance(exc, RowError) else str(exc)
-                out.append(Row(raw_key, conv_key2, key, None, 0, msg))
+                column = exc.column if isinstance(exc, RowError) else None
+                out.append(Row(raw_key, conv_key2, key, None, 0, msg, column, tuple(raw)))
         return out
+
+    def _note_rounded(self, raw_key: Key, raw: Raw, conv: Sequence[Any]) -> None:
+        """Record values the operator chose to round that were indeed rounded (shown by verify)."""
+        for i in self.rounded_cols:
+            v, c = raw[i], conv[i]
+            if v is None or c is None or len(self.rounded) >= MAX_ROUNDED_SHOWN:
+                continue
+            exact = Decimal(repr(v)) if isinstance(v, float) else Decimal(v) if isinstance(v, int) else None
+            if isinstance(v, str):
+                with contextlib.suppress(ArithmeticError):
+                    exact = Decimal(v.strip())
+            stored = Decimal(repr(c)) if isinstance(c, float) else c
+            if exact is None or not isinstance(stored, Decimal) or exact != stored:
+                self.rounded.append(RoundedValue(jsonable(list(raw_key)), self.tt.columns[i].name,
+                                                 str(v), _plain(stored)))
 
     async def chunks(self) -> AsyncGenerator[tuple[Range, list[Row], int], None]:
         """Key ranges covering everything, with their SQLite rows and the head they were read at."""
@@ -131,7 +160,7 @@ class TableCheck:
                 if len(raws) == n:
                     after = tuple(raws[-1][i] for i in self.raw_key_idx)
                     read = asyncio.ensure_future(self.ctx.reader.page(table, after, n))
-                rows = carry + self.prepare(raws)
+                rows = carry + self.prepare(raws, note_rounded=True)
                 if len(raws) < n:
                     yield Range(lo, None), rows, head
                     return
@@ -391,6 +420,8 @@ class TableCheck:
             outcome.findings.update(second.findings)
             outcome.unsettled += second.unsettled
         classify(self, list(outcome.findings.values()), result, await open_rejects(self.ctx, self.name))
+        await describe_changes(self, outcome.findings, result)
+        result.rounded = list(self.rounded)
         result.unsettled = [jsonable(list(k)) for k in outcome.unsettled]
         notes = [f"stopped after {self.opts.max_differences:,} rows differed during the scan; "
                  "the rest of the table was not compared"] if result.truncated else []

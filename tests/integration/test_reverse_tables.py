@@ -225,8 +225,9 @@ SQLITE_ROWS: dict[int, tuple[Any, ...]] = {
          "1999-12-31 23:59:59.999000", "0001-01-01 00:00:00.000001", "1970-01-01", "[]", -0.5, 0, str(U2),
          "42", 7, "ünïcödé"),
     12: (12, *([None] * 18)),
+    # the app's own asyncpg writes date.max as PostgreSQL's infinity, and it comes back as such
     13: (13, 1, 2, float("inf"), float("-inf"), BIG_TEXT, "", BIG_BLOB, 1, "2000-01-01 00:00:00",
-         "2038-01-19 03:14:08.000001", "9999-12-31", '{"s":"just a \\"string\\"\\n","z":0.0,"big":1' +
+         "2038-01-19 03:14:08.000001", "infinity", '{"s":"just a \\"string\\"\\n","z":0.0,"big":1' +
          "0" * 400 + "}", 1000, 99999999.99, str(U1), "", 0, ""),
 }
 

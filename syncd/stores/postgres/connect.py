@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from syncd import pg_datetime
 from syncd.config import Target
 from syncd.errors import FatalError, RetryableError, RowError, SyncdError, TargetUnavailable, redact
 
@@ -80,6 +81,7 @@ async def connect(target: Target, dsn: str) -> asyncpg.Connection:
             except BaseException:
                 conn.terminate()
                 raise
+        await pg_datetime.register(conn)  # exact years 1 and 9999, and real infinities
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError):
             raise

@@ -32,6 +32,7 @@ import structlog
 
 from syncd.config import Target
 from syncd.errors import SchemaError
+from syncd.mapping import parse_override, pg_type_for
 from syncd.model import Checkpoint, SnapshotState
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.types import pg_type_for
@@ -52,7 +53,8 @@ async def add_columns(conn: asyncpg.Connection, table: Table, target: Target,
     columns afterwards. Nullable: rows get their values from the copy that follows."""
     missing = [c for c in table.columns if c.name not in existing]
     for c in missing:
-        pg_type = target.column_types.get(f"{table.name}.{c.name}") or pg_type_for(c.declared)
+        override = target.column_types.get(f"{table.name}.{c.name}")
+        pg_type = parse_override(override)[0] if override else pg_type_for(c.declared)
         await conn.execute(f"ALTER TABLE {qi(target.schema)}.{qi(table.name)} "
                            f"ADD COLUMN IF NOT EXISTS {qi(c.name)} {pg_type}")
         existing = {**existing, c.name: pg_type}

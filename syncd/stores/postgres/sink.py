@@ -8,6 +8,7 @@ replaying the batch change by change under savepoints, and goes to
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import structlog
 
 from syncd.config import Target
 from syncd.errors import CaptureError, FatalError, RowError, SchemaError, StrictModeStop, SyncdError
+from syncd.mapping import ColumnMap, Converter, can_hold, converter, parse_override, pg_type_for
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.ports import ApplyResult, Chunk
 from syncd.sinks import pgstate
@@ -74,7 +76,7 @@ class TargetTable:
     """(name, CREATE INDEX) on the folded values those deletes look up, on tables syncd made."""
 
     def __post_init__(self) -> None:
-        self.converters = tuple(converter(c.pg_type) for c in self.columns)
+        self.converters = tuple(converter(c.pg_type, rounded=c.rounded) for c in self.columns)
         by_name = {c.name: c for c in self.columns}
         self.key_converters = tuple(converter(by_name[k].pg_type) for k in self.source.pk)
         qt = self.qualified
@@ -126,7 +128,7 @@ class TargetTable:
             try:
                 conv(v)
             except RowError as exc:  # name the column
-                raise RowError(f"column {col.name!r}: {exc.message}", column=col.name) from None
+                raise RowError(f"column {col.name}: {exc.message}", column=col.name) from None
         raise AssertionError("unreachable")
 
     def convert_key(self, key: Sequence[Any]) -> tuple[Any, ...]:
@@ -135,11 +137,31 @@ class TargetTable:
             try:
                 out.append(conv(v))
             except RowError as exc:
-                raise RowError(f"key column {name!r}: {exc.message}", column=name) from None
+                raise RowError(f"key column {name}: {exc.message}", column=name) from None
         return tuple(out)
 
     def row_values(self, row: Any) -> list[Any]:
         return [row.get(c.name) for c in self.columns]
+
+    def reason(self, key: Sequence[Any], message: str) -> str:
+        """One line for ``syncd.rejects``: table, key, then *message* (which names the column)."""
+        names = ["rowid"] if self.source.synthetic_key else list(self.source.pk)
+        pairs = ", ".join(f"{n}={v!r}" for n, v in zip(names, key, strict=False))
+        return f"{self.name} {pairs} {' '.join(message.split())}"
+
+    def refused(self, key: Sequence[Any], exc: BaseException) -> str:
+        """The reason for a row PostgreSQL itself refused, in one line naming the column
+        (or the constraint, when the error names no column)."""
+        text = str(getattr(exc, "message", None) or exc).splitlines()[0]
+        detail = getattr(exc, "detail", None)
+        column = getattr(exc, "column_name", None)
+        if not column:
+            m = re.search(r", column (\S+)", str(getattr(exc, "context", None) or ""))
+            column = m.group(1) if m else None
+        constraint = getattr(exc, "constraint_name", None)
+        where = f"column {column}: " if column else ""
+        more = [m for m in (f"constraint {constraint}" if constraint else "", detail or "") if m]
+        return self.reason(key, f"{where}{text}{' (' + '; '.join(more) + ')' if more else ''}")
 
 
 _TEXT_TYPES = ("text", "character varying", "varchar", "character", "char", "bpchar", "citext")
@@ -164,8 +186,9 @@ def plan_table(table: Table, target: Target, existing: dict[str, str] | None) ->
     if table.synthetic_key:
         cols.append(ColumnMap(ROWID_COLUMN, "rowid", "bigint", nullable=False))
     for c in table.columns:
-        pg_type = target.column_types.get(f"{table.name}.{c.name}") or pg_type_for(c.declared)
-        cols.append(ColumnMap(c.name, c.declared, pg_type, nullable=not c.notnull))
+        override = target.column_types.get(f"{table.name}.{c.name}")
+        pg_type, rounded = parse_override(override) if override else (pg_type_for(c.declared), False)
+        cols.append(ColumnMap(c.name, c.declared, pg_type, nullable=not c.notnull, rounded=rounded))
     if existing is None:
         return TargetTable(table, target.schema, table.name, tuple(cols), created=True)
     adopted: list[ColumnMap] = []
@@ -181,7 +204,7 @@ def plan_table(table: Table, target: Target, existing: dict[str, str] | None) ->
                 f"target column {target.schema}.{table.name}.{cm.name} is {have}, which cannot hold "
                 f"SQLite {cm.declared or 'untyped'} values (syncd maps them to {cm.pg_type}); change "
                 f"the column, or set target.column_types.\"{table.name}.{cm.name}\"")
-        adopted.append(ColumnMap(cm.name, cm.declared, have, cm.nullable))
+        adopted.append(ColumnMap(cm.name, cm.declared, have, cm.nullable, cm.rounded))
     return TargetTable(table, target.schema, table.name, tuple(adopted), created=False)
 
 
@@ -373,8 +396,9 @@ class PostgresSink:
             try:
                 good.append(tt.convert_row(raw))
             except RowError as exc:
-                rejects.append(Reject(tt.name, [raw[i] for i in pk_idx],
-                                      dict(zip(chunk.columns, raw, strict=True)), exc.message))
+                key = [raw[i] for i in pk_idx]
+                rejects.append(Reject(tt.name, key, dict(zip(chunk.columns, raw, strict=True)),
+                                      tt.reason(key, exc.message)))
         return good, rejects
 
     async def copy_chunk(self, stream: str, chunk: Chunk, state: SnapshotState) -> ApplyResult:
@@ -405,8 +429,9 @@ class PostgresSink:
             if not isinstance(err, RowError):
                 raise err from exc
             if len(rows) == 1:
-                rejects.append(Reject(tt.name, [rows[0][i] for i in pk_idx],
-                                      dict(zip(raw_cols, rows[0], strict=True)), err.message))
+                key = [rows[0][i] for i in pk_idx]
+                rejects.append(Reject(tt.name, key, dict(zip(raw_cols, rows[0], strict=True)),
+                                      tt.refused(key, exc)))
                 return
             mid = len(rows) // 2
             await self._copy_isolating(tt, names, rows[:mid], pk_idx, raw_cols, rejects)
@@ -447,7 +472,8 @@ class PostgresSink:
                 else:
                     args = tt.convert_row(tt.row_values(ch.row))
             except RowError as exc:
-                rejects.append(Reject(tt.name, list(ch.key), ch.row, exc.message, ch.position))
+                rejects.append(Reject(tt.name, list(ch.key), ch.row, tt.reason(ch.key, exc.message),
+                                      ch.position))
                 continue
             out.append((tt, ch, args))
         return out, rejects
@@ -487,7 +513,7 @@ class PostgresSink:
                 err = translate(exc, f"applying a change to {tt.qualified}")
                 if not isinstance(err, RowError):
                     raise err from exc
-                rejects.append(Reject(tt.name, list(ch.key), ch.row, err.message, ch.position))
+                rejects.append(Reject(tt.name, list(ch.key), ch.row, tt.refused(ch.key, exc), ch.position))
         return applied
 
     async def _finish_batch(self, stream: str, batch: Batch,
@@ -520,7 +546,7 @@ class PostgresSink:
     def _check_strict(self, rejects: list[Reject]) -> None:
         if self.strict and rejects:
             r = rejects[0]
-            raise StrictModeStop(f"strict mode: table {r.object!r}, key {list(r.key)!r}: {r.error}; "
+            raise StrictModeStop(f"strict mode: {r.error}; "
                                  "fix the row or the mapping (target.column_types), or set "
                                  "target.strict = false to quarantine such rows")
 

@@ -31,6 +31,8 @@ import structlog
 from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, RowError, SchemaError
 from syncd.model import Batch, Change, Key, Position
+from syncd.pg_capture import ChangeReader, LogRow
+from syncd.pg_datetime import Infinity, OutOfRange
 from syncd.ports import Chunk, Pending
 from syncd.stores.postgres.changelog import ChangeReader, LogRow
 from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover
@@ -101,6 +103,12 @@ def to_sqlite(value: Any, pg_type: str, declared: str) -> Any:
     if value is None:
         return None
     aff = affinity(declared)
+    if isinstance(value, Infinity):
+        if aff in ("INTEGER", "REAL"):
+            raise RowError(f"{pg_type} {value} has no Unix-time form for a SQLite {declared} column")
+        return str(value)  # 'infinity' / '-infinity': the forward mapping reads it back as such
+    if isinstance(value, OutOfRange):
+        raise RowError(f"{value} has no SQLite form syncd writes")
     if isinstance(value, bool):
         return 1 if value else 0
     if isinstance(value, dt.datetime):
