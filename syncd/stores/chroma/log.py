@@ -34,7 +34,8 @@ import structlog
 import watchfiles
 
 from syncd.errors import SourceBusy, SourceError, SyncdError
-from syncd.stores.sqlite.worker import call_on
+from syncd.sources.chroma_doubt import Doubt, scan
+from syncd.sources.worker import call_on
 
 log = structlog.get_logger("syncd.source.chroma")
 T = TypeVar("T")
@@ -404,6 +405,20 @@ class ChromaLog:
     async def applied(self, info: CollectionInfo) -> int | None:
         """The metadata segment's ``max_seq_id``: the last operation Chroma applied."""
         return await self.call(lambda: self.read(lambda c: self._applied(c, info)))
+
+    async def hnsw_saved(self, info: CollectionInfo) -> int:
+        """The HNSW segment's ``max_seq_id``: the last operation in the index Chroma saved (0: none)."""
+        def read() -> int:
+            row = self.ro.execute("SELECT seq_id FROM max_seq_id WHERE segment_id = ?",
+                                  (info.vector_segment,)).fetchone()
+            return seq_value(row[0]) if row and row[0] is not None else 0
+
+        return await self.call(read)
+
+    async def vector_doubts(self, info: CollectionInfo) -> dict[str, Doubt]:
+        """Ids whose vector Chroma's index may hold from an UPDATE of a missing id
+        (:mod:`syncd.sources.chroma_doubt`), from the whole log, in one read transaction."""
+        return await self.call(lambda: self.read(lambda conn: scan(conn, self.topic(info.id))))
 
     def _pending(self, info: CollectionInfo, after: int) -> tuple[int, float | None, int]:
         row = self.ro.execute(

@@ -33,7 +33,8 @@ import structlog
 from syncd.errors import LogGap, SourceBusy, SourceError
 from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
-from syncd.stores.chroma.log import (
+from syncd.sources.chroma_doubt import Doubt
+from syncd.sources.chroma_log import (
     DOCUMENT_KEY,
     OP_ADD,
     OP_DELETE,
@@ -45,6 +46,7 @@ from syncd.stores.chroma.log import (
     Item,
     ItemPage,
     LogRow,
+    Vector,
     decode_vector,
 )
 from syncd.stores.chroma.server import ChromaServer
@@ -246,6 +248,23 @@ class ChromaCollectionSource:
             else:
                 item.vector = vector
         return missing
+
+    # --- what Chroma's vector index holds (docs/chroma.md, "A live Chroma can disagree") --
+
+    async def hnsw_saved(self) -> int:
+        """The last operation in the HNSW index Chroma saved: a restart returns, for an item
+        whose last change is at or below it, what the server returns now."""
+        return await self.log.hnsw_saved(self.info)
+
+    async def vector_doubts(self) -> dict[str, Doubt]:
+        return await self.log.vector_doubts(self.info)
+
+    async def server_vectors(self, ids: Sequence[str]) -> dict[str, Vector | None] | None:
+        """The vectors the server returns for *ids* (absent: it does not hold the id); None
+        without a server."""
+        if self.server is None:
+            return None
+        return await self.server.get_vectors(self.info.id, ids)
 
     # --- changes -------------------------------------------------------------------------
 

@@ -33,10 +33,10 @@ from syncd.config import Target
 from syncd.errors import RowError, SchemaError, StrictModeStop, SyncdError
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
-from syncd.stores.chroma.echo import forget_echoes, take_echoes
-from syncd.stores.chroma.log import CollectionInfo, Item
-from syncd.stores.chroma.source import ChromaCollectionSource
-from syncd.stores.pgvector.plan import (
+from syncd.sinks import pgstate, pgvector_doubt
+from syncd.sinks.chroma_echo import forget_echoes, take_echoes
+from syncd.sinks.pgstate import STATE_SCHEMA, Reject
+from syncd.sinks.pgvector_plan import (
     Existing,
     VectorTable,
     create_table_sql,
@@ -95,6 +95,7 @@ async def ensure_state(conn: asyncpg.Connection) -> None:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         await pgstate.ensure(conn)
         await conn.execute(DDL)
+        await conn.execute(pgvector_doubt.DDL)
     schema = await conn.fetchval(
         "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
         "WHERE e.extname = 'vector'")
@@ -199,12 +200,15 @@ class PgvectorSink:
         self.chunk_rows = chunk_rows
         self.on_reject = on_reject
         self._max_seen: int | None = None
+        self._doubts: bool | None = None
+        """Whether the stream has records in syncd.chroma_vector_doubt (None: not known yet)."""
         self._sql = {"add": table.add_sql, "update": table.update_sql, "upsert": table.upsert_sql,
                      "delete": table.delete_sql, "replace": table.replace_sql}
 
     async def ping(self) -> None:
         async with guarded("checking the target"):
             await self.conn.fetchval("SELECT 1")
+        await self.settle_vectors(stream_name(self.table.collection_id))
 
     async def close(self) -> None:
         await close_quietly(self.conn)
@@ -229,12 +233,16 @@ class PgvectorSink:
                     f"target table {t.schema}.{t.name} already has rows, and syncd copies collection "
                     f"{t.collection!r} into an empty table; empty it (TRUNCATE {t.qualified}) and run again")
             await self.conn.execute(f"DELETE FROM {STATE_SCHEMA}.chroma_seen WHERE stream = $1", stream)
+            await pgvector_doubt.clear(self.conn, stream)
             await pgstate.save_checkpoint(self.conn, stream, state.start, state)
 
     async def finish_snapshot(self, stream: str, state: SnapshotState) -> None:
         state.complete = True
-        async with guarded("finishing the snapshot"):
+        doubts = await self.source.vector_doubts()  # read after every chunk: covers what they hold
+        async with guarded("finishing the snapshot"), transaction(self.conn):
+            await pgvector_doubt.replace_all(self.conn, stream, doubts)
             await pgstate.save_checkpoint(self.conn, stream, state.start, state)
+        self._doubts = bool(doubts)
 
     # --- snapshot -----------------------------------------------------------------------
 
@@ -402,6 +410,12 @@ class PgvectorSink:
             suspect = await self._rejected_ids(stream, batch)
         current = await self.source.current_items(sorted(suspect)) if suspect else {}
         todo = [ch for i, ch in enumerate(batch.changes) if i not in skipped]
+        async with guarded("reading vector doubts"):
+            if self._doubts is None:
+                self._doubts = await pgvector_doubt.has_records(self.conn, stream)
+            doubts = await pgvector_doubt.changed_records(
+                self.conn, stream, self.table, [ch for ch in todo if str(ch.key[0]) not in suspect],
+                self._doubts)
         prepared, rejects, seen, represented = self._prepare_batch(batch, todo, suspect, current,
                                                                    coalesce=True)
         self._check_strict(rejects)
@@ -409,6 +423,7 @@ class PgvectorSink:
             async with transaction(self.conn):
                 await self._apply_runs(prepared)
                 await forget_echoes(self.conn, self.table.collection_id, echoes)
+                await pgvector_doubt.save(self.conn, stream, doubts)
                 await self._finish_batch(stream, batch, suspect, seen, rejects)
         except Exception as exc:
             err = translate(exc, f"applying changes to {self.table.qualified}")
@@ -421,13 +436,29 @@ class PgvectorSink:
                 represented = len(prepared)
                 self._check_strict(rejects)
                 await forget_echoes(self.conn, self.table.collection_id, echoes)
+                await pgvector_doubt.save(self.conn, stream, doubts)
                 await self._finish_batch(stream, batch, suspect, seen, rejects)
         if seen:
             self._max_seen = max([self._max_seen or 0, *(seq for _, seq in seen)])
         elif self._max_seen and batch.position.offset >= self._max_seen:
             self._max_seen = 0
         self._count(rejects)
+        if any(d is not None for d in doubts.values()):
+            self._doubts = True
+        await self.settle_vectors(stream)
         return ApplyResult(applied=represented, rejected=len(rejects))
+
+    async def settle_vectors(self, stream: str) -> None:
+        """Copy, for ids Chroma's saved index has reached, the vector it returns where it holds
+        an UPDATE's its log says had no effect (:mod:`syncd.sinks.pgvector_doubt`)."""
+        if self._doubts is False:
+            return
+        async with guarded(f"settling vectors of {self.table.qualified}"):
+            result = await pgvector_doubt.settle(self.conn, stream, self.table, self.source)
+        self._doubts = result is not None
+        if result and result[0]:
+            log.info("vectors settled", stream=stream, collection=self.table.collection, settled=result[0],
+                     rewritten=result[1])
 
     def _prepare_batch(self, batch: Batch, kept: list[Change], suspect: set[str], current: dict[str, Item], *,
                        coalesce: bool) -> tuple[list[Prepared], list[Reject], list[tuple[str, int]], int]:
@@ -592,8 +623,11 @@ class PgvectorSink:
                 rejects_total += len(rejects)
                 self._count(rejects)
                 after = page.last_key or after
+            doubts = await self.source.vector_doubts()
             async with transaction(self.conn):
+                await pgvector_doubt.replace_all(self.conn, stream, doubts)
                 await pgstate.save_checkpoint(self.conn, stream, start, None)
+            self._doubts = bool(doubts)
         self.source.gap_resolved()
         self._max_seen = None
         log.warning("reconciled", stream=stream, collection=t.collection, copied=copied, deleted=deleted,
@@ -604,6 +638,7 @@ class PgvectorSink:
 
     async def after_catch_up(self, stream: str) -> None:
         """Build the HNSW index once, after the bulk load, with room to build it in memory."""
+        await self.settle_vectors(stream)
         t = self.table
         async with guarded(f"indexing {t.qualified}"):
             existing = await self.conn.fetchval(

@@ -1,0 +1,88 @@
+"""Items whose vector Chroma's HNSW index may hold against its own log (chromadb 1.5.9).
+
+Chroma applies each write's log rows to its HNSW index in memory, and saves the index (and
+its ``max_seq_id``) every ``sync_threshold`` rows. The writer,
+``LocalHnswSegmentWriter::apply_log_chunk`` (rust/segment/src/local_hnsw.rs, tag 1.5.9),
+skips rows at or below its in-memory ``last_seen_seq_id`` and then sets that to the largest
+seq_id it applied — ``u64::MIN``, 0, when every row it was given was already applied.
+That happens when a backfill finds nothing new: the first read of a collection in a Chroma
+process after writes (``LocalExecutor::try_backfill_collection``), or two writes committed
+before either's backfill ran. The next write then applies again every row above the saved
+position. Re-applied, an UPDATE that found its id missing the first time finds it — created
+since by an ADD — and sets its vector; the ADD, re-applied, does nothing. The index then
+holds the UPDATE's vector while the log and the metadata segment say the ADD's; once the
+index is saved past the ADD, a restarted Chroma returns the UPDATE's vector too.
+
+Only that pattern diverges: per id, an UPDATE carrying a vector while the id is missing,
+then the ADD that creates it, with no DELETE, UPSERT or effective vector UPDATE after the
+ADD. This module follows it (:func:`step`), from the log (:func:`scan`) or from a stream's
+changes. Which vector Chroma ends up with depends on its timing; it is fixed on disk once
+the HNSW segment's ``max_seq_id`` reaches the ADD (see docs/chroma.md).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, replace
+
+OPS = {0: "add", 1: "update", 2: "upsert", 3: "delete"}
+
+
+@dataclass(frozen=True, slots=True)
+class Doubt:
+    """An id whose vector Chroma's index may hold from an UPDATE its log says had no effect."""
+
+    update_seq: int
+    """The last UPDATE carrying a vector while the id was missing."""
+    add_seq: int | None
+    """The ADD that created the id after it; None while the id is still missing."""
+    vector: bytes | None = None
+    """That UPDATE's float32 bits, little-endian, as logged."""
+
+
+State = tuple[bool | None, Doubt | None]
+"""Whether the id exists (None: not known) and its doubt."""
+
+
+def step(state: State, seq: int, op: str, has_vector: bool, vector: bytes | None = None) -> State:
+    """*state* after one log row of the id. With existence unknown, an UPDATE is taken as
+    missing its id and an ADD as creating it: a doubt too many costs one read from Chroma."""
+    exists, doubt = state
+    if op in ("delete", "upsert"):  # gone, or a vector set whatever the id's state
+        return op == "upsert", None
+    if op == "add":
+        if exists:
+            return True, doubt  # an ADD of an existing id does nothing
+        return True, None if doubt is None else replace(doubt, add_seq=seq)
+    if op == "update" and has_vector:
+        if exists:
+            return True, None  # took effect, the same on every replay
+        return exists, Doubt(seq, None, vector)
+    return state
+
+
+def scan(conn: sqlite3.Connection, topic: str) -> dict[str, Doubt]:
+    """The doubts the log of one collection holds (one read transaction is the caller's).
+
+    Only ids with an UPDATE carrying a vector can have one: their rows are read in order
+    (two passes over the log in SQLite, none in Python for the others), then the vectors of
+    the doubtful UPDATEs by seq_id.
+    """
+    states: dict[str, State] = {}
+    for item_id, seq, op, has_vector in conn.execute(
+            """SELECT id, seq_id, operation, vector IS NOT NULL FROM embeddings_queue
+               WHERE topic = ?1 AND id IN (SELECT id FROM embeddings_queue WHERE topic = ?1
+                                          AND operation = 1 AND vector IS NOT NULL)
+               ORDER BY seq_id""", (topic,)):
+        name = OPS.get(int(op))
+        if name is not None:
+            states[item_id] = step(states.get(item_id, (None, None)), int(seq), name, bool(has_vector))
+    doubts = {k: d for k, (_, d) in states.items() if d is not None}
+    if not doubts:
+        return {}
+    blobs = dict(conn.execute(
+        "SELECT seq_id, vector FROM embeddings_queue WHERE seq_id IN (SELECT value FROM json_each(?))",
+        (json.dumps([d.update_seq for d in doubts.values()]),)).fetchall())
+    return {k: replace(d, vector=bytes(blobs[d.update_seq])) for k, d in doubts.items()
+            if blobs.get(d.update_seq) is not None}
