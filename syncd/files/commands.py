@@ -1,0 +1,60 @@
+"""The `syncd backup` and `syncd restore` subcommands: their arguments and what they print."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from syncd.config import Config
+
+COMMANDS = ("backup", "restore")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser("backup", help="copy the app's SQLite file and Chroma directory online, "
+                       "with a manifest")
+    b.add_argument("--to", type=Path, default=None, metavar="DIR",
+                   help="write the backup under DIR (default: backup.dir, <state.dir>/backups)")
+    r = sub.add_parser("restore", help="put the app's stores back as a backup holds them (app stopped)")
+    r.add_argument("backup", type=Path, metavar="BACKUP", help="a directory `syncd backup` wrote")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check the backup and print what would be overwritten")
+
+
+def backup_lines(cfg: Config, to: Path | None, reason: str = "manual") -> list[str]:
+    from syncd.files import backup
+
+    result = backup.take(cfg, to, reason)
+    m = result.manifest
+    lines = [f"backup written: {result.path} ({len(m.files)} files, "
+             f"{sum(f.size for f in m.files)} bytes, sha256 in manifest.json)"]
+    if m.sqlite is not None:
+        rows = sum(m.sqlite["tables"].values())
+        lines.append(f"SQLite {m.sqlite['source']}: integrity_check {m.sqlite['integrity_check']}, "
+                     f"{len(m.sqlite['tables'])} tables, {rows} rows")
+    if m.chroma is not None:
+        items = ", ".join(f"{k} {v}" for k, v in m.chroma["collections"].items()) or "no collection"
+        lines.append(f"Chroma {m.chroma['source']}: integrity_check {m.chroma['integrity_check']}, {items}")
+    lines += [f"removed old backup {p} (backup.keep = {cfg.backup.keep})" for p in result.pruned]
+    return lines
+
+
+async def auto_backup(cfg: Config, reason: str) -> None:
+    """The backup taken before `init` changes a store and before `cutover` / `rollback` (``backup.auto``)."""
+    if not cfg.backup.auto:
+        return
+    for line in await asyncio.to_thread(backup_lines, cfg, None, reason):
+        print(line)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "backup":
+        lines = backup_lines(cfg, args.to)
+    else:
+        from syncd.files.restore import restore
+
+        lines = restore(cfg, args.backup, dry_run=args.dry_run)
+    for line in lines:
+        print(line)
+    return 0
