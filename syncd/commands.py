@@ -20,6 +20,9 @@ from syncd.sources.sqlite import SqliteSource
 async def init(cfg: Config) -> int:
     """Validate config, create the target schema, install capture. Idempotent."""
     dsn = await supervisor.target_dsn(cfg)
+    from syncd.files.commands import auto_backup
+
+    await auto_backup(cfg, "init")
     if cfg.chroma is not None:
         from syncd.chroma_admin import init_chroma
         from syncd.reverse_chroma import install_reverse_capture

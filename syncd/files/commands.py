@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from syncd.config import Config
 
@@ -40,12 +43,19 @@ def backup_lines(cfg: Config, to: Path | None, reason: str = "manual") -> list[s
     return lines
 
 
-async def auto_backup(cfg: Config, reason: str) -> None:
-    """The backup taken before `init` changes a store and before `cutover` / `rollback` (``backup.auto``)."""
+async def auto_backup(cfg: Config, reason: str, out: TextIO | None = None) -> None:
+    """The backup taken before `init` changes a store and before `cutover` / `rollback`
+    (``backup.auto``); a store that is not there yet, or a Chroma known only by its URL, is skipped."""
     if not cfg.backup.auto:
         return
+    sqlite = cfg.sqlite if cfg.sqlite is not None and cfg.sqlite.path.is_file() else None
+    chroma = cfg.chroma if (cfg.chroma is not None and cfg.chroma.path is not None
+                            and (cfg.chroma.path / "chroma.sqlite3").is_file()) else None
+    if sqlite is None and chroma is None:
+        return
+    cfg = dataclasses.replace(cfg, sqlite=sqlite, chroma=chroma)
     for line in await asyncio.to_thread(backup_lines, cfg, None, reason):
-        print(line)
+        print(line, file=out or sys.stdout)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

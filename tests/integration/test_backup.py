@@ -259,3 +259,26 @@ def test_backup_keeps_the_newest(tmp_path: Path) -> None:
     kept = backups(tmp_path)
     counts = [json.loads((b / "manifest.json").read_text())["sqlite"]["tables"]["notes"] for b in kept]
     assert counts == [52, 53]
+
+
+def test_init_takes_a_backup_before_it_installs_capture(tmp_path: Path, make_config: Any) -> None:
+    db = make_app(tmp_path)
+    cfg = make_config(db)
+    out = run_syncd("--config", str(cfg), "init").stdout
+    [backup] = backups(tmp_path)
+    assert backup.name.endswith("-init") and f"backup written: {backup}" in out, out
+
+    def tables(path: Path) -> set[str]:
+        conn = sqlite3.connect(path)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+        finally:
+            conn.close()
+
+    assert "_syncd_changelog" in tables(db)
+    assert "_syncd_changelog" not in tables(backup / "sqlite" / "app.sqlite")
+    assert note_ids(backup / "sqlite" / "app.sqlite") == note_ids(db)
+
+    cfg = make_config(db, extra="[backup]\nauto = false\n")
+    run_syncd("--config", str(cfg), "init")
+    assert backups(tmp_path) == [backup]
