@@ -167,6 +167,9 @@ async def status(cfg: Config, *, as_json: bool) -> int:
         print(f"{s['name']}: {s['phase']}, checkpoint {s['checkpoint']} of {s['source_position']}, "
               f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects "
               f"(daemon {s.get('daemon', 'not running')})")
+    from syncd.files.commands import status_line
+
+    print(status_line(cfg))
     return 0
 
 

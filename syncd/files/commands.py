@@ -58,6 +58,19 @@ async def auto_backup(cfg: Config, reason: str, out: TextIO | None = None) -> No
         print(line, file=out or sys.stdout)
 
 
+def status_line(cfg: Config) -> str:
+    """For `syncd status`: the newest complete backup in ``backup.dir`` and how many there are."""
+    from syncd.files.backup import PREFIX, backup_dir
+    from syncd.files.manifest import MANIFEST
+
+    directory = backup_dir(cfg)
+    done = sorted(p for p in directory.iterdir() if p.name.startswith(PREFIX)
+                  and (p / MANIFEST).is_file()) if directory.is_dir() else []
+    if not done:
+        return f"backups: none in {directory} (`syncd backup` takes one)"
+    return f"backups: {len(done)} in {directory}, newest {done[-1].name}"
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "backup":
         lines = backup_lines(cfg, args.to)

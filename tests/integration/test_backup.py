@@ -278,6 +278,8 @@ def test_init_takes_a_backup_before_it_installs_capture(tmp_path: Path, make_con
     assert "_syncd_changelog" in tables(db)
     assert "_syncd_changelog" not in tables(backup / "sqlite" / "app.sqlite")
     assert note_ids(backup / "sqlite" / "app.sqlite") == note_ids(db)
+    shown = run_syncd("--config", str(cfg), "status").stdout
+    assert f"backups: 1 in {backup.parent}, newest {backup.name}" in shown, shown
 
     cfg = make_config(db, extra="[backup]\nauto = false\n")
     run_syncd("--config", str(cfg), "init")
