@@ -114,9 +114,22 @@ def copy_sqlite(src: Path, dst: Path) -> None:
 
 
 def _quick_facts(db: Path) -> tuple[str, sqlite3.Connection]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    """integrity_check of the copy at *db*, and a connection to read more. Read-write, so that
+    closing it removes the ``-wal`` / ``-shm`` a WAL-mode copy gets when opened (see :func:`_close`)."""
+    conn = sqlite3.connect(db)
     rows = conn.execute("PRAGMA integrity_check").fetchall()
     return ("ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:5])), conn
+
+
+def _close(conn: sqlite3.Connection, db: Path) -> None:
+    """Close the last connection to the copy; a backup holds the database file alone."""
+    conn.close()
+    for side in _SQLITE_SIDE:
+        extra = Path(f"{db}{side}")
+        if extra.exists():
+            if side == "-wal" and extra.stat().st_size:
+                raise SourceError(f"backup: {extra} kept changes after its last connection closed")
+            extra.unlink()
 
 
 def sqlite_facts(db: Path) -> dict[str, Any]:
@@ -129,7 +142,7 @@ def sqlite_facts(db: Path) -> dict[str, Any]:
             row = conn.execute(CHANGELOG_HEAD).fetchone()
             head = int(row[0]) if row else None
     finally:
-        conn.close()
+        _close(conn, db)
     return {"integrity_check": check, "tables": tables, "capture_position": head}
 
 
@@ -204,7 +217,7 @@ def chroma_facts(db: Path) -> dict[str, Any]:
             "AND s.scope = 'METADATA' ORDER BY c.name").fetchall()}
         head = conn.execute("SELECT max(seq_id) FROM embeddings_queue").fetchone()[0]
     finally:
-        conn.close()
+        _close(conn, db)
     return {"integrity_check": check, "collections": counts,
             "log_position": int(head) if head is not None else None}
 

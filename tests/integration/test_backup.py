@@ -164,6 +164,9 @@ def test_backup_while_the_app_writes_then_restore(tmp_path: Path) -> None:
     [backup] = backups(tmp_path)
     manifest = json.loads((backup / "manifest.json").read_text())
     assert manifest["version"] == 1 and manifest["sqlite"]["integrity_check"] == "ok"
+    listed = sorted(f["path"] for f in manifest["files"])
+    assert "sqlite/app.sqlite" in listed and "chroma/chroma.sqlite3" in listed, listed
+    assert not [p for p in listed if p.endswith(("-wal", "-shm", "-journal"))], listed
 
     # the copy itself: Chroma reopens it and answers get and query (opening writes: on a copy of it)
     shutil.copytree(backup / "chroma", tmp_path / "probe")
