@@ -287,3 +287,33 @@ def test_init_takes_a_backup_before_it_installs_capture(tmp_path: Path, make_con
     cfg = make_config(db, extra="[backup]\nauto = false\n")
     run_syncd("--config", str(cfg), "init")
     assert backups(tmp_path) == [backup]
+
+
+KILLED_WRITER = """
+import os, signal, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.execute("PRAGMA wal_autocheckpoint=0")
+for i in range(200):
+    conn.execute("INSERT INTO notes (body) VALUES ('lost with the old file')")
+    conn.commit()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_restore_over_a_crashed_app_leaves_no_old_wal_behind(tmp_path: Path) -> None:
+    """The app died with committed pages only in its -wal: the restored file must not get them."""
+    db = make_app(tmp_path)
+    cfg = write_config(tmp_path)
+    run_syncd("--config", str(cfg), "backup")
+    [backup] = backups(tmp_path)
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(db)], timeout=60)
+    wal = Path(f"{db}-wal")
+    assert wal.stat().st_size > 0
+    run_syncd("--config", str(cfg), "restore", str(backup))
+    assert note_ids(db) == list(range(1, 51))
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
