@@ -160,8 +160,11 @@ def test_backup_while_the_app_writes_then_restore(tmp_path: Path) -> None:
         conn.commit()
         conn.close()
         col.delete(ids=["i0000"])
+        [backup] = backups(tmp_path)
+        refused = run_syncd("--config", str(cfg), "restore", str(backup), check=False)
+        assert refused.returncode == 1, refused
+        assert f"{persist / 'chroma.sqlite3'} is open in process" in refused.stderr, refused.stderr
     assert "integrity_check ok" in out.stdout, out.stdout
-    [backup] = backups(tmp_path)
     manifest = json.loads((backup / "manifest.json").read_text())
     assert manifest["version"] == 1 and manifest["sqlite"]["integrity_check"] == "ok"
     listed = sorted(f["path"] for f in manifest["files"])
