@@ -234,6 +234,23 @@ def prune(directory: Path, keep: int) -> tuple[Path, ...]:
     return old
 
 
+def remove_abandoned(directory: Path) -> list[Path]:
+    """Remove ``<name>.<pid>.partial`` directories whose writer is gone (a backup killed part-way)."""
+    removed = []
+    for p in directory.glob(f"{PREFIX}*.partial"):
+        pid = p.name.rsplit(".", 2)[-2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        except PermissionError:
+            continue  # alive, another user's
+    return removed
+
+
 def take(cfg: Config, to: Path | None = None, reason: str = "manual") -> Result:
     """Write one complete backup under *to* (default ``backup.dir``); prune to ``backup.keep``."""
     if cfg.sqlite is None and (cfg.chroma is None or cfg.chroma.path is None):
@@ -247,7 +264,8 @@ def take(cfg: Config, to: Path | None = None, reason: str = "manual") -> Result:
     check_space(cfg, directory)
     now = dt.datetime.now(dt.UTC)
     name = f"{PREFIX}{now:%Y%m%dT%H%M%S%f}Z-{reason}"
-    partial = directory / (name + ".partial")
+    remove_abandoned(directory)
+    partial = directory / f"{name}.{os.getpid()}.partial"
     try:
         return _write(cfg, directory, name, partial, now)
     except OSError as exc:

@@ -320,3 +320,20 @@ def test_restore_over_a_crashed_app_leaves_no_old_wal_behind(tmp_path: Path) -> 
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
+
+
+def test_a_backup_killed_part_way_is_not_a_backup_and_is_cleaned_up(tmp_path: Path) -> None:
+    make_app(tmp_path)
+    cfg = write_config(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    root = tmp_path / "state" / "backups"
+    partial = root / f"syncd-backup-20260101T000000000000Z-manual.{gone.pid}.partial"
+    (partial / "sqlite").mkdir(parents=True)
+    (partial / "sqlite" / "app.sqlite").write_bytes(b"half a copy")
+    proc = run_syncd("--config", str(cfg), "restore", str(partial), "--dry-run", check=False)
+    assert proc.returncode == 1 and "not a syncd backup (no manifest.json)" in proc.stderr, proc.stderr
+    run_syncd("--config", str(cfg), "backup")
+    assert not partial.exists()
+    [backup] = backups(tmp_path)
+    assert backup.name.endswith("-manual") and (backup / "manifest.json").is_file()
