@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--dry-run", action="store_true", help="run the preflight and print the plan only")
         c.add_argument("--resume", action="store_true", help=f"finish a {name} that stopped part-way")
         c.add_argument("--json", action="store_true")
-    e = sub.add_parser("embedded", help="the embedded PostgreSQL (target.dsn = \"embedded\") on its own")
-    e.add_argument("action", choices=("start", "stop", "dsn"),
-                   help="start it and leave it running, stop it, or print its DSN and the psql command")
+    from syncd.files import commands as files
+
+    files.add_parsers(sub)
     d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
     d.add_argument("--dir", type=Path, default=None, help="demo directory (default: a new temp dir)")
     return p
@@ -111,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(command(args.command, cfg, dry_run=args.dry_run, resume=args.resume,
                                        as_json=args.json))
+        if args.command in ("backup", "restore"):
+            from syncd.files import commands as files
+
+            return files.run(args, cfg)
         if args.command == "rejects":
             return asyncio.run(commands.rejects(cfg, as_json=args.json, limit=args.limit))
     except ConfigError as exc:

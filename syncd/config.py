@@ -108,6 +108,20 @@ class Cutover:
 
 
 @dataclass(frozen=True, slots=True)
+class Backup:
+    """``[backup]``: where `syncd backup` writes, how many it keeps, and the automatic ones."""
+
+    dir: Path | None = None
+    """Default: ``<state.dir>/backups``."""
+    keep: int = 5
+    """Older backups in ``dir`` beyond this many are removed after a new one is complete."""
+    auto: bool = True
+    """Take a backup before `init` changes a store and before `cutover` / `rollback`."""
+    min_free_mb: int = 64
+    """A backup is refused unless this much disk stays free after it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     target: Target
     state_dir: Path
@@ -117,6 +131,7 @@ class Config:
     health: Health = Health()
     path: Path | None = None
     cutover: Cutover = Cutover()
+    backup: Backup = Backup()
 
 
 def interpolate(value: str, key: str, env: Mapping[str, str]) -> str:
@@ -280,9 +295,24 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
     )
     h.check_unknown()
     cutover = _cutover(root.table("cutover"), base)
+    backup = _backup(root.table("backup"), base)
     root.check_unknown()
     return Config(target=target, state_dir=state_dir, sqlite=sqlite, chroma=chroma,
-                  stream=stream, health=health, cutover=cutover)
+                  stream=stream, health=health, cutover=cutover, backup=backup)
+
+
+def _backup(b: _Reader, base: Path) -> Backup:
+    directory = b.get("dir", str)
+    keep = b.get("keep", int, 5)
+    if keep < 0:
+        raise ConfigError(f"backup.keep: must be 0 (keep all) or more, got {keep}")
+    min_free = b.get("min_free_mb", int, 64)
+    if min_free < 0:
+        raise ConfigError(f"backup.min_free_mb: must be 0 or more, got {min_free}")
+    backup = Backup(dir=_path(directory, base) if directory else None, keep=keep,
+                    auto=b.get("auto", bool, True), min_free_mb=min_free)
+    b.check_unknown()
+    return backup
 
 
 _VERIFY = ("counts", "full", "off")

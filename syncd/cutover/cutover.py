@@ -187,6 +187,9 @@ async def cutover(cfg: Config, dsn: str, out: TextIO, *, dry_run: bool = False,
             print_plan(sw, forward=True)
             sw.outcome.ok = True
             return sw.outcome
+        from syncd.files.commands import auto_backup
+
+        await auto_backup(cfg, "cutover", out)
         await _do_cutover(sw, resume=resume)
         return sw.outcome
     except asyncpg.PostgresError as exc:

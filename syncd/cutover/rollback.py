@@ -130,6 +130,9 @@ async def rollback(cfg: Config, dsn: str, out: TextIO, *, dry_run: bool = False,
             print_plan(sw, forward=False)
             sw.outcome.ok = True
             return sw.outcome
+        from syncd.files.commands import auto_backup
+
+        await auto_backup(cfg, "rollback", out)
         await _do_rollback(sw)
         return sw.outcome
     except asyncpg.PostgresError as exc:

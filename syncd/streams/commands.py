@@ -21,6 +21,9 @@ from syncd.streams import supervisor
 async def init(cfg: Config) -> int:
     """Validate config, create the target schema, install capture. Idempotent."""
     dsn = await supervisor.target_dsn(cfg)
+    from syncd.files.commands import auto_backup
+
+    await auto_backup(cfg, "init")
     if cfg.chroma is not None:
         from syncd.stores.chroma.admin import init_chroma
         from syncd.streams.pgvector_to_chroma import install_reverse_capture
@@ -161,6 +164,9 @@ async def status(cfg: Config, *, as_json: bool) -> int:
         print(f"{s['name']}: {s['phase']}, checkpoint {s['checkpoint']} of {s['source_position']}, "
               f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects "
               f"(daemon {s.get('daemon', 'not running')})")
+    from syncd.files.commands import status_line
+
+    print(status_line(cfg))
     return 0
 
 

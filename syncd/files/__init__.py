@@ -1,0 +1,1 @@
+"""Files: backups of the app's stores and their restore (docs/files.md)."""

@@ -1,0 +1,83 @@
+"""The `syncd backup` and `syncd restore` subcommands: their arguments and what they print."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from syncd.config import Config
+
+COMMANDS = ("backup", "restore")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser("backup", help="copy the app's SQLite file and Chroma directory online, "
+                       "with a manifest")
+    b.add_argument("--to", type=Path, default=None, metavar="DIR",
+                   help="write the backup under DIR (default: backup.dir, <state.dir>/backups)")
+    r = sub.add_parser("restore", help="put the app's stores back as a backup holds them (app stopped)")
+    r.add_argument("backup", type=Path, metavar="BACKUP", help="a directory `syncd backup` wrote")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check the backup and print what would be overwritten")
+
+
+def backup_lines(cfg: Config, to: Path | None, reason: str = "manual") -> list[str]:
+    from syncd.files import backup
+
+    result = backup.take(cfg, to, reason)
+    m = result.manifest
+    lines = [f"backup written: {result.path} ({len(m.files)} files, "
+             f"{sum(f.size for f in m.files)} bytes, sha256 in manifest.json)"]
+    if m.sqlite is not None:
+        rows = sum(m.sqlite["tables"].values())
+        lines.append(f"SQLite {m.sqlite['source']}: integrity_check {m.sqlite['integrity_check']}, "
+                     f"{len(m.sqlite['tables'])} tables, {rows} rows")
+    if m.chroma is not None:
+        items = ", ".join(f"{k} {v}" for k, v in m.chroma["collections"].items()) or "no collection"
+        lines.append(f"Chroma {m.chroma['source']}: integrity_check {m.chroma['integrity_check']}, {items}")
+    lines += [f"removed old backup {p} (backup.keep = {cfg.backup.keep})" for p in result.pruned]
+    return lines
+
+
+async def auto_backup(cfg: Config, reason: str, out: TextIO | None = None) -> None:
+    """The backup taken before `init` changes a store and before `cutover` / `rollback`
+    (``backup.auto``); a store that is not there yet, or a Chroma known only by its URL, is skipped."""
+    if not cfg.backup.auto:
+        return
+    sqlite = cfg.sqlite if cfg.sqlite is not None and cfg.sqlite.path.is_file() else None
+    chroma = cfg.chroma if (cfg.chroma is not None and cfg.chroma.path is not None
+                            and (cfg.chroma.path / "chroma.sqlite3").is_file()) else None
+    if sqlite is None and chroma is None:
+        return
+    cfg = dataclasses.replace(cfg, sqlite=sqlite, chroma=chroma)
+    for line in await asyncio.to_thread(backup_lines, cfg, None, reason):
+        print(line, file=out or sys.stdout)
+
+
+def status_line(cfg: Config) -> str:
+    """For `syncd status`: the newest complete backup in ``backup.dir`` and how many there are."""
+    from syncd.files.backup import PREFIX, backup_dir
+    from syncd.files.manifest import MANIFEST
+
+    directory = backup_dir(cfg)
+    done = sorted(p for p in directory.iterdir() if p.name.startswith(PREFIX)
+                  and (p / MANIFEST).is_file()) if directory.is_dir() else []
+    if not done:
+        return f"backups: none in {directory} (`syncd backup` takes one)"
+    return f"backups: {len(done)} in {directory}, newest {done[-1].name}"
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "backup":
+        lines = backup_lines(cfg, args.to)
+    else:
+        from syncd.files.restore import restore
+
+        lines = restore(cfg, args.backup, dry_run=args.dry_run)
+    for line in lines:
+        print(line)
+    return 0
