@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -186,15 +187,24 @@ def run_cli(setup: Setup, *args: str, timeout: float = 600) -> subprocess.Comple
 class Daemon:
     """``syncd run`` as a subprocess (output appended to ``daemon.log``)."""
 
+    nofile: int | None = None
+    """``ulimit -n`` of every daemon started (None: inherited)."""
+
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
         self.log = setup.work / "daemon.log"
         env = {k: v for k, v in os.environ.items() if k != "SYNCD_KILL_AT"}
+        limit = Daemon.nofile
+
+        def lower_limit() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with self.log.open("ab") as out:
-            out.write(b"--- syncd run\n")
+            out.write(f"--- syncd run (ulimit -n {limit or 'inherited'})\n".encode())
             out.flush()
             self.proc = subprocess.Popen(setup.syncd("run"), stdout=out, stderr=subprocess.STDOUT,
-                                         cwd=ROOT, env=env)
+                                         cwd=ROOT, env=env, preexec_fn=lower_limit)
 
     @property
     def pid(self) -> int:

@@ -44,6 +44,7 @@ import asyncpg
 
 from bench import campaign
 from bench.campaign import Check
+from bench.noise import CpuLedger
 from tests.workload import ARCHIVE_SPEC, SPECS
 
 STREAM = {"chunk_rows": 200, "batch_size": 200, "poll_interval": 0.2, "prune_interval": 1.0}
@@ -114,7 +115,10 @@ class Campaign:
             if daemon.alive:
                 daemon.kill()
         self.ledger.kills[phase] += 1
-        await self.check_position(f"kill {sum(self.ledger.kills.values())} ({phase})")
+        n = sum(self.ledger.kills.values())
+        await self.check_position(f"kill {n} ({phase})")
+        print(f"kill {n:3d}: aimed at {aim:<9} phase {phase:<9} checkpoint "
+              f"{self.ledger.last_position}", flush=True)
         return phase
 
     async def pg_crash(self) -> None:
@@ -129,6 +133,7 @@ class Campaign:
             await asyncio.to_thread(self.pg.restart)
             self.conn = await asyncpg.connect(self.setup.dsn)
             self.ledger.pg_crashes += 1
+            print(f"PostgreSQL crash {self.ledger.pg_crashes}: SIGKILL, restarted", flush=True)
             await asyncio.sleep(1.0)
             if not daemon.alive:  # it should have waited and retried, not exited
                 self.ledger.daemon_died.append(f"exit {daemon.proc.returncode} after PostgreSQL "
@@ -173,6 +178,8 @@ def migrate(sqlite: Path) -> None:
 async def run(args: argparse.Namespace) -> int:
     work: Path = args.work
     pg = campaign.Postgres(work / "pg")
+    ledger = CpuLedger(pg.data_dir / "postmaster.pid")
+    ledger.mark("campaign")
     rng = random.Random(args.seed)
     try:
         setup = campaign.prepare(pg.server, work / "run", database="chaos", seed=args.seed,
@@ -188,8 +195,13 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             await c.conn.close()
     finally:
+        ledger.mark("end")
         pg.stop()
     print_ledger(c.ledger)
+    for phase in ledger.report():
+        print(f"cpu: wall {phase['wall_seconds']} s, campaign {phase['bench_cpu_seconds']} s, "
+              f"other load {phase['foreign_cpu_seconds']} s "
+              f"({float(phase['foreign_share']) * 100:.0f} % of the machine)")
     print(f"work dir: {work}")
     return campaign.report(checks)
 
@@ -275,14 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=100, help="initial rows (x2..x5 per table)")
     ap.add_argument("--archive-rows", type=int, default=20_000,
                     help="rows of a static table that make the snapshot last")
+    ap.add_argument("--nofile", type=int, default=None, metavar="N",
+                    help="start every daemon with ulimit -n N (e.g. 64)")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args(argv)
+    campaign.Daemon.nofile = args.nofile
     if args.seed is None:
         args.seed = random.randrange(2**31)
     args.work = args.work or Path(tempfile.mkdtemp(prefix="syncd-chaos-"))
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"chaos: {args.kills} kills, {args.pg_crashes} PostgreSQL crashes, seed {args.seed}",
-          flush=True)
+    print(f"chaos: {args.kills} kills, {args.pg_crashes} PostgreSQL crashes, seed {args.seed}, "
+          f"ulimit -n {args.nofile or 'inherited'}", flush=True)
     try:
         return asyncio.run(run(args))
     except (RuntimeError, OSError, asyncpg.PostgresError) as exc:

@@ -174,6 +174,7 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
                 args: argparse.Namespace
                 ) -> tuple[list[Check], list[Sample], list[tuple[float, float]]]:
     writer = campaign.PacedWriter(setup.sqlite, args.seed + 1, args.rate)
+    print(HEADER, flush=True)
     started = time.monotonic()
     seconds = args.minutes * 60
     samples: list[Sample] = []
@@ -185,6 +186,7 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
                 raise RuntimeError(f"syncd exited {daemon.proc.returncode}:\n{daemon.tail()}")
             if t >= next_scrape:
                 samples.append(await sample(conn, setup, daemon, t))
+                print(row(samples[-1]), flush=True)
                 next_scrape += args.scrape
             age = await newest_event_age(conn)
             if age is not None:
@@ -205,12 +207,16 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
     return checks, samples, lags
 
 
+HEADER = "   t s  phase       RSS MiB  fds  pg conns  changelog  WAL MiB  metrics"
+
+
+def row(s: Sample) -> str:
+    return (f"{s.t:6.0f}  {s.phase:<10} {s.rss / MIB:8.1f} {s.fds:4d} {s.pg_connections:9d} "
+            f"{s.changelog:10d} {s.wal / MIB:8.1f}  {'ok' if s.metrics_ok else 'FAILED'}")
+
+
 def print_figures(samples: list[Sample], lags: list[tuple[float, float]],
                   args: argparse.Namespace, ledger: CpuLedger) -> None:
-    print("   t s  phase       RSS MiB  fds  pg conns  changelog  WAL MiB  metrics")
-    for s in samples:
-        print(f"{s.t:6.0f}  {s.phase:<10} {s.rss / MIB:8.1f} {s.fds:4d} {s.pg_connections:9d} "
-              f"{s.changelog:10d} {s.wal / MIB:8.1f}  {'ok' if s.metrics_ok else 'FAILED'}")
     width = args.window or max(15.0, args.minutes * 60 / 6)
     print(f"lag (now - newest event stamp in PostgreSQL, 1 s samples) per {width:.0f} s window:")
     for start, n, p50, p99 in windows(lags, width):
@@ -230,13 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scrape", type=float, default=15.0, help="seconds between scrapes")
     ap.add_argument("--window", type=float, default=None, help="lag window in seconds")
     ap.add_argument("--warmup", type=float, default=120.0, help="seconds not judged for RSS")
+    ap.add_argument("--nofile", type=int, default=None, metavar="N",
+                    help="start every daemon with ulimit -n N (e.g. 64)")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args(argv)
+    campaign.Daemon.nofile = args.nofile
     if args.seed is None:
         args.seed = random.randrange(2**31)
     args.work = args.work or Path(tempfile.mkdtemp(prefix="syncd-soak-"))
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"soak: {args.minutes} min at {args.rate:.0f} changes/s, seed {args.seed}", flush=True)
+    print(f"soak: {args.minutes} min at {args.rate:.0f} changes/s, seed {args.seed}, "
+          f"ulimit -n {args.nofile or 'inherited'}", flush=True)
     try:
         return asyncio.run(soak(args))
     except (RuntimeError, OSError, asyncpg.PostgresError) as exc:
