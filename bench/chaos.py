@@ -1,0 +1,309 @@
+"""Kill campaign: SIGKILL ``syncd run`` at random moments, restart it, and count what was lost.
+
+    python -m bench.chaos --kills 100 [--seed S] [--pg-crashes 20] [--rate 200] [--work DIR]
+
+The app (the crash tests' randomized writer) writes all along. The kills are spread over the
+phases the daemon goes through:
+
+1. snapshot: the first third of the kills land while the initial copy runs (a static
+   ``archive`` table and small chunks make it last); the daemon is started, allowed to run
+   for a random moment once ``/status`` says ``snapshot``, and killed.
+2. Once the snapshot is complete and caught up, the writer pauses and audit triggers are
+   installed in PostgreSQL (as in tests/integration/test_sqlite_crash.py): from then on
+   every row write syncd commits into ``events`` / ``counters`` is counted.
+3. catch-up and streaming: the rest of the kills. For a catch-up kill the daemon stays down
+   for a moment while the app writes, then is killed while it replays the backlog; for a
+   streaming kill it is killed at a random moment after it has caught up.
+4. half-way, the app migrates its schema (``ALTER TABLE archive ADD COLUMN``, the largest
+   table) and the next kill aims at the re-copy that follows (``snapshot`` again).
+5. ``--pg-crashes`` times, while the daemon streams, the PostgreSQL server is killed with
+   SIGKILL (postmaster and backends), left down for a moment and started again; the daemon
+   must ride it out (it is not restarted).
+
+The phase of each kill is the one ``/status`` reported just before it. After every kill the
+committed checkpoint must not have gone backwards. At the end: acknowledged writes lost 0,
+doubled 0, every row equal, ``syncd verify`` equal (bench.campaign.final_checks).
+
+One line per check; exit 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from bench import campaign
+from bench.campaign import Check
+from bench.noise import CpuLedger
+from tests.workload import ARCHIVE_SPEC, SPECS
+
+STREAM = {"chunk_rows": 200, "batch_size": 200, "poll_interval": 0.2, "prune_interval": 1.0}
+ALTER = "ALTER TABLE archive ADD COLUMN note TEXT DEFAULT 'migrated'"
+"""The largest table (static, not audited): its re-copy lasts long enough to be killed in."""
+LATER = {"starting": {"snapshot", "catch-up", "streaming"}, "snapshot": {"streaming"},
+         "catch-up": {"streaming"}, "streaming": set()}
+"""Phases that mean the one aimed at has been missed (a re-copy goes catch-up -> snapshot)."""
+
+
+@dataclass
+class Ledger:
+    """What the campaign did: kills per phase, store faults, checkpoint regressions."""
+
+    kills: Counter[str] = field(default_factory=Counter)
+    aimed: Counter[str] = field(default_factory=Counter)
+    pg_crashes: int = 0
+    daemon_died: list[str] = field(default_factory=list)
+    regressions: list[str] = field(default_factory=list)
+    last_position: int = 0
+    schema_changed: bool = False
+
+
+async def wait_phase(daemon: campaign.Daemon, aim: str, within: float) -> str:
+    """Poll ``/status`` until the phase is *aim*, or one after it (missed), or *within*
+    passes; return the phase."""
+    deadline = time.monotonic() + within
+    phase = "starting"
+    while time.monotonic() < deadline and daemon.alive:
+        phase = await asyncio.to_thread(daemon.phase)
+        if phase == aim or phase in LATER[aim]:
+            return phase
+        await asyncio.sleep(0.05)
+    return phase
+
+
+class Campaign:
+    def __init__(self, conn: asyncpg.Connection, setup: campaign.Setup, pg: campaign.Postgres,
+                 rng: random.Random) -> None:
+        self.conn, self.setup, self.pg, self.rng = conn, setup, pg, rng
+        self.ledger = Ledger()
+
+    async def check_position(self, after: str) -> None:
+        cp = await campaign.stored_position(self.conn)
+        if cp is None:
+            return
+        if cp[0] < self.ledger.last_position:
+            self.ledger.regressions.append(f"{after}: {cp[0]} < {self.ledger.last_position}")
+        self.ledger.last_position = max(self.ledger.last_position, cp[0])
+
+    async def kill_in(self, aim: str, *, down: float = 0.0) -> str:
+        """Start the daemon, wait for phase *aim*, a random moment more, SIGKILL; return the
+        phase read from ``/status`` just before the kill."""
+        self.ledger.aimed[aim] += 1
+        await asyncio.sleep(down)  # the app writes meanwhile: a backlog to catch up on
+        daemon = campaign.Daemon(self.setup)
+        try:
+            await wait_phase(daemon, aim, within=120)
+            await asyncio.sleep(self.rng.uniform(0.0, {"snapshot": 1.0, "catch-up": 0.2}
+                                                 .get(aim, 2.0)))
+            phase = await asyncio.to_thread(daemon.phase)
+            if not daemon.alive:
+                self.ledger.daemon_died.append(f"before a {aim} kill: exit "
+                                               f"{daemon.proc.returncode}")
+                return "exited"
+            await asyncio.to_thread(daemon.kill)
+        finally:
+            if daemon.alive:
+                daemon.kill()
+        self.ledger.kills[phase] += 1
+        n = sum(self.ledger.kills.values())
+        await self.check_position(f"kill {n} ({phase})")
+        print(f"kill {n:3d}: aimed at {aim:<9} phase {phase:<9} checkpoint "
+              f"{self.ledger.last_position}", flush=True)
+        return phase
+
+    async def pg_crash(self) -> None:
+        """SIGKILL PostgreSQL while the daemon streams; the daemon must survive it."""
+        daemon = campaign.Daemon(self.setup)
+        try:
+            await wait_phase(daemon, "streaming", within=120)
+            await asyncio.sleep(self.rng.uniform(0.2, 1.5))
+            await asyncio.to_thread(self.pg.crash)
+            await self.conn.close()
+            await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+            await asyncio.to_thread(self.pg.restart)
+            self.conn = await asyncpg.connect(self.setup.dsn)
+            self.ledger.pg_crashes += 1
+            print(f"PostgreSQL crash {self.ledger.pg_crashes}: SIGKILL, restarted", flush=True)
+            await asyncio.sleep(1.0)
+            if not daemon.alive:  # it should have waited and retried, not exited
+                self.ledger.daemon_died.append(f"exit {daemon.proc.returncode} after PostgreSQL "
+                                               f"crash {self.ledger.pg_crashes}")
+                daemon = campaign.Daemon(self.setup)
+            await campaign.wait_caught_up(self.conn, self.setup, daemon, within=300)
+            await self.check_position(f"PostgreSQL crash {self.ledger.pg_crashes}")
+            await asyncio.to_thread(daemon.terminate)
+        finally:
+            if daemon.alive:
+                daemon.kill()
+
+    async def settle(self, writer: campaign.PacedWriter) -> tuple[int, int]:
+        """Run to caught up with the writer paused; install the audit; return its base."""
+        writer.pause()
+        daemon = campaign.Daemon(self.setup)
+        try:
+            await campaign.wait_caught_up(self.conn, self.setup, daemon)
+            await self.conn.execute(campaign.AUDIT)
+            base = (campaign.sqlite_value(self.setup.sqlite, "SELECT count(*) FROM events"),
+                    campaign.sqlite_value(self.setup.sqlite, "SELECT sum(n) FROM counters"))
+            await asyncio.to_thread(daemon.terminate)
+        finally:
+            if daemon.alive:
+                daemon.kill()
+        writer.pause(False)
+        return base
+
+    async def migrate(self) -> None:
+        await asyncio.to_thread(migrate, self.setup.sqlite)
+        self.ledger.schema_changed = True
+
+
+def migrate(sqlite: Path) -> None:
+    conn = sqlite3.connect(sqlite, timeout=60, isolation_level=None)
+    try:
+        conn.execute(ALTER)
+    finally:
+        conn.close()
+
+
+async def run(args: argparse.Namespace) -> int:
+    work: Path = args.work
+    pg = campaign.Postgres(work / "pg")
+    ledger = CpuLedger(pg.data_dir / "postmaster.pid")
+    ledger.mark("campaign")
+    rng = random.Random(args.seed)
+    try:
+        setup = campaign.prepare(pg.server, work / "run", database="chaos", seed=args.seed,
+                                 scale=args.scale, archive_rows=args.archive_rows, stream=STREAM)
+        init = campaign.run_cli(setup, "init")
+        if init.returncode != 0:
+            print(f"FAIL  syncd init: exit {init.returncode}: {init.stderr.strip()[-300:]}")
+            return 1
+        conn = await asyncpg.connect(setup.dsn)
+        c = Campaign(conn, setup, pg, rng)
+        try:
+            checks = await drive(c, args)
+        finally:
+            await c.conn.close()
+    finally:
+        ledger.mark("end")
+        pg.stop()
+    print_ledger(c.ledger)
+    for phase in ledger.report():
+        print(f"cpu: wall {phase['wall_seconds']} s, campaign {phase['bench_cpu_seconds']} s, "
+              f"other load {phase['foreign_cpu_seconds']} s "
+              f"({float(phase['foreign_share']) * 100:.0f} % of the machine)")
+    print(f"work dir: {work}")
+    return campaign.report(checks)
+
+
+async def drive(c: Campaign, args: argparse.Namespace) -> list[Check]:
+    writer = campaign.PacedWriter(c.setup.sqlite, args.seed + 1, args.rate)
+    try:
+        snapshot_kills = max(1, args.kills // 3) if args.kills else 0
+        done = 0
+        while done < snapshot_kills:
+            cp = await campaign.stored_position(c.conn)
+            if cp is not None and cp[1]:
+                break  # the snapshot finished: the rest go to the other phases
+            await c.kill_in("snapshot")
+            done += 1
+        base = await c.settle(writer)
+        rest = args.kills - done
+        crash_at = set(rng_sample(c.rng, rest + 1, args.pg_crashes))
+        migrate_at = rest // 2 if args.schema_change else -1
+        for i in range(rest + 1):
+            while i in crash_at and c.ledger.pg_crashes < args.pg_crashes:
+                await c.pg_crash()
+                crash_at.discard(i)
+            if i == rest:
+                break
+            if i == migrate_at:
+                await c.migrate()
+                await c.kill_in("snapshot")
+                continue
+            if c.rng.random() < 0.5:
+                await c.kill_in("catch-up", down=c.rng.uniform(0.5, 2.0))
+            else:
+                await c.kill_in("streaming")
+        # the end: one more run to caught up while the app writes, then the app stops
+        daemon = campaign.Daemon(c.setup)
+        try:
+            await campaign.wait_caught_up(c.conn, c.setup, daemon)
+            await asyncio.sleep(2.0)
+            tally = writer.stop()
+            await campaign.wait_caught_up(c.conn, c.setup, daemon)
+            checks = await campaign.final_checks(c.conn, c.setup, tally, base,
+                                                  (ARCHIVE_SPEC, *SPECS))
+            code = await asyncio.to_thread(daemon.terminate)
+        finally:
+            if daemon.alive:
+                daemon.kill()
+    finally:
+        writer.halt()
+    ledger = c.ledger
+    total = sum(ledger.kills.values())
+    checks.insert(0, Check("kills done", total == args.kills and not ledger.daemon_died,
+                           f"{total} of {args.kills}: "
+                           + ", ".join(f"{p} {n}" for p, n in sorted(ledger.kills.items()))
+                           + (f"; daemon died by itself: {ledger.daemon_died}"
+                              if ledger.daemon_died else "")))
+    checks.insert(1, Check("PostgreSQL crashes survived", ledger.pg_crashes == args.pg_crashes,
+                           f"{ledger.pg_crashes} of {args.pg_crashes}"))
+    checks.insert(2, Check("checkpoint never went backwards", not ledger.regressions,
+                           f"{len(ledger.regressions)} {ledger.regressions[:3]}"))
+    checks.append(Check("daemon stops on SIGTERM with exit 0", code == 0, f"exit {code}"))
+    return checks
+
+
+def rng_sample(rng: random.Random, population: int, k: int) -> list[int]:
+    return [rng.randrange(population) for _ in range(k)]
+
+
+def print_ledger(ledger: Ledger) -> None:
+    print("kills aimed at: " + ", ".join(f"{p} {n}" for p, n in sorted(ledger.aimed.items())))
+    print("kills by phase read from /status just before: "
+          + ", ".join(f"{p} {n}" for p, n in sorted(ledger.kills.items())))
+    print(f"PostgreSQL SIGKILL + restart: {ledger.pg_crashes}; "
+          f"schema change mid-run: {'yes' if ledger.schema_changed else 'no'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n")[0])
+    ap.add_argument("--kills", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--pg-crashes", type=int, default=1)
+    ap.add_argument("--no-schema-change", dest="schema_change", action="store_false")
+    ap.add_argument("--rate", type=float, default=200.0, help="app row changes per second")
+    ap.add_argument("--scale", type=int, default=100, help="initial rows (x2..x5 per table)")
+    ap.add_argument("--archive-rows", type=int, default=20_000,
+                    help="rows of a static table that make the snapshot last")
+    ap.add_argument("--nofile", type=int, default=None, metavar="N",
+                    help="start every daemon with ulimit -n N (e.g. 64)")
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args(argv)
+    campaign.Daemon.nofile = args.nofile
+    if args.seed is None:
+        args.seed = random.randrange(2**31)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="syncd-chaos-"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"chaos: {args.kills} kills, {args.pg_crashes} PostgreSQL crashes, seed {args.seed}, "
+          f"ulimit -n {args.nofile or 'inherited'}", flush=True)
+    try:
+        return asyncio.run(run(args))
+    except (RuntimeError, OSError, asyncpg.PostgresError) as exc:
+        print(f"FAIL  campaign aborted: {exc}", flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
