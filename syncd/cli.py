@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                   or args.timeout <= 0):
             raise ConfigError("--timeout: needs --until-caught-up and a number of seconds > 0")
         if args.command == "embedded":
-            from syncd.embedded import command as embedded_command
+            from syncd.stores.postgres.embedded import command as embedded_command
 
             return embedded_command(cfg, args.action)
         if args.command == "init":

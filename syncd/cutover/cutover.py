@@ -29,13 +29,9 @@ from typing import TextIO
 import asyncpg
 
 from syncd.config import Config
-from syncd.cutover_state import FORWARD, REVERSE
-from syncd.errors import SyncdError
-from syncd.pg import close_quietly, connect, translate
-from syncd.sinks import pgstate
-from syncd.sinks.pgstate import STATE_SCHEMA
-from syncd.sources.sqlite_capture import CHANGELOG
-from syncd.switch import (
+from syncd.cutover import appconfig, fence
+from syncd.cutover import state as cutover_state
+from syncd.cutover.plan import (
     REVERSE_TABLES_STREAM,
     CutoverRefused,
     Outcome,
@@ -56,6 +52,7 @@ from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import SyncdError
 from syncd.stores.chroma.topology import server_only
 from syncd.stores.postgres import capture as pg_capture
+from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, translate
 from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.stores.sqlite.capture import CHANGELOG

@@ -174,7 +174,7 @@ SQLITE_CHECKPOINTS = "_syncd_checkpoints"
 _SQLITE_CHECKPOINTS_DDL = (f"CREATE TABLE IF NOT EXISTS {SQLITE_CHECKPOINTS} (stream TEXT PRIMARY KEY, "
                            "position INTEGER NOT NULL, source_id TEXT, "
                            "generation INTEGER NOT NULL DEFAULT 0, owner TEXT)")
-"""As :data:`syncd.sinks.sqlite.SETUP` creates it; the fencing columns are the reverse stream's."""
+"""As :data:`syncd.stores.sqlite.sink.SETUP` creates it; the fencing columns are the reverse stream's."""
 
 
 def set_sqlite_checkpoint(db: sqlite3.Connection, stream: str, position: int, source_id: str | None) -> None:
@@ -267,7 +267,7 @@ class Switch:
         Lag is the larger of the daemon's figure and *stored* (computed from the stores: the
         oldest change past the checkpoint), which still grows while a batch is stuck.
         """
-        from syncd.identity import ask_daemon
+        from syncd.service.identity import ask_daemon
 
         problems: list[str] = []
         listen = self.cfg.health.listen

@@ -34,8 +34,8 @@ import structlog
 from syncd.config import Config
 from syncd.errors import FatalError, SourceError
 from syncd.files import manifest as mf
-from syncd.sources.chroma_log import OP_ADD, OP_DELETE, OP_UPSERT, seq_value
-from syncd.sources.sqlite_schema import list_tables, qi
+from syncd.stores.chroma.log import OP_ADD, OP_DELETE, OP_UPSERT, seq_value
+from syncd.stores.sqlite.schema import list_tables, qi
 
 log = structlog.get_logger("syncd.backup")
 

@@ -3,7 +3,7 @@
     GET /healthz   200 while every registered duty beats (Liveness); 503 names the stuck one
     GET /readyz    200 when every stream is ready for cutover; 503 names each stream and why
     GET /status    every stream's StreamStatus as JSON, with version, uptime and the daemon's
-                   identity (which config it serves: :mod:`syncd.identity`)
+                   identity (which config it serves: :mod:`syncd.service.identity`)
     GET /metrics   Prometheus text format, read from the StreamStatus list at scrape time
 
 Served by aiohttp's web server (request parsing, header limits, concurrent connections,

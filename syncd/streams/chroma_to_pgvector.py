@@ -18,17 +18,8 @@ import structlog
 from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import CaptureError, FatalError, SyncdError
-from syncd.health import Liveness
-from syncd.ownership import Ownership
-from syncd.pg import close_quietly, connect, translate
-from syncd.sinks import pgstate
-from syncd.sinks.pgstate import STATE_SCHEMA
-from syncd.sinks.pgvector import PgvectorSink, ensure_state, prepare_table, stream_name
-from syncd.sinks.pgvector_plan import parse_columns
-from syncd.sources.chroma import ChromaCollectionSource
-from syncd.sources.chroma_log import CollectionInfo
-from syncd.sources.chroma_remote import RemoteCollectionSource, RemoteTopology, open_remote_sink
-from syncd.sources.chroma_server import find_openers
+from syncd.ports import Sink
+from syncd.service.health import Liveness
 from syncd.status import StreamStatus
 from syncd.stores.chroma import retention as chroma_retention
 from syncd.stores.chroma.admin import rename_table, retire
@@ -40,9 +31,10 @@ from syncd.stores.chroma.topology import Topology, server_only, wanted
 from syncd.stores.pgvector.plan import parse_columns
 from syncd.stores.pgvector.sink import PgvectorSink, ensure_state, prepare_table, stream_name
 from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect
+from syncd.stores.postgres.connect import close_quietly, connect, translate
 from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.stream import Stream
+from syncd.streams.ownership import Ownership
 
 log = structlog.get_logger("syncd.chroma")
 STOP_TIMEOUT = 30.0

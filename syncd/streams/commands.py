@@ -60,7 +60,7 @@ async def init(cfg: Config) -> int:
 
 
 async def run(cfg: Config, *, until_caught_up: bool, timeout: float | None = None) -> int:
-    from syncd import daemon
+    from syncd.streams import daemon
 
     return await daemon.run(cfg, until_caught_up=until_caught_up, timeout=timeout)
 
@@ -120,8 +120,8 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
 
 def daemon_status(cfg: Config, timeout: float = 2.0) -> list[dict[str, Any]] | None:
     """This config's daemon's own view (its /status), or None when it does not answer — or
-    when the daemon that answers serves another config (:mod:`syncd.identity`)."""
-    from syncd.identity import ask_daemon
+    when the daemon that answers serves another config (:mod:`syncd.service.identity`)."""
+    from syncd.service.identity import ask_daemon
 
     return ask_daemon(cfg, timeout).streams
 
@@ -139,7 +139,7 @@ async def switch_state(cfg: Config) -> dict[str, Any]:
 
 
 async def status(cfg: Config, *, as_json: bool) -> int:
-    from syncd.identity import ask_daemon
+    from syncd.service.identity import ask_daemon
 
     switch = await switch_state(cfg)
     answer = await asyncio.to_thread(ask_daemon, cfg)

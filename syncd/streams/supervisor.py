@@ -1,8 +1,8 @@
 """Builds the streams of one direction from config, runs them, and stops them in order.
 
-Each stream is claimed (:mod:`syncd.ownership`) before it starts, and every reconnect of its
+Each stream is claimed (:mod:`syncd.streams.ownership`) before it starts, and every reconnect of its
 sink checks that it is still this process's. The process around it — signals, health server,
-direction switches, exit codes — is :mod:`syncd.daemon`.
+direction switches, exit codes — is :mod:`syncd.streams.daemon`.
 
 First SIGTERM / SIGINT: stop intake; each stream finishes the batch it is
 applying (batch and checkpoint commit together), then connections close.
@@ -23,19 +23,16 @@ from syncd import killpoints
 from syncd.config import Config
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import FatalError, RetryableError, SyncdError
-from syncd.health import Liveness
 from syncd.model import Phase
-from syncd.ownership import Ownership
-from syncd.pg import close_quietly, connect, resolve_dsn, try_replica_role
-from syncd.sinks import pgstate
-from syncd.sinks.postgres import PostgresSink
-from syncd.sources.sqlite import SqliteSource
+from syncd.ports import Sink
+from syncd.service.health import Liveness
 from syncd.status import StreamStatus
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, resolve_dsn, try_replica_role
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.source import SqliteSource
 from syncd.stream import Stream
+from syncd.streams.ownership import Ownership
 
 if TYPE_CHECKING:
     from syncd.streams.chroma_to_pgvector import ChromaStreams

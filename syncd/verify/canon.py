@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from syncd.mapping import ColumnMap, base_type, family
-from syncd.pg_datetime import Infinity
-from syncd.sources.sqlite_schema import qi
+from syncd.stores.postgres.datetime import Infinity
+from syncd.stores.postgres.types import ColumnMap, base_type, family
+from syncd.stores.sqlite.schema import qi
 
 NULL = "N"
 SEP = "|"

@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 
-from syncd import pg_datetime
 from syncd.errors import RowError
+from syncd.stores.postgres import datetime as pg_datetime
 from syncd.stores.postgres.sink import TargetTable
 from syncd.stores.postgres.types import family
 from syncd.stores.sqlite.schema import qi
@@ -65,7 +65,7 @@ async def compare_table(sqlite_path: str, conn: asyncpg.Connection, tt: TargetTa
                         limit: int = 100) -> list[Difference]:
     """Differences between one SQLite table and its target (up to *limit*).
 
-    Registers syncd's exact date/time codecs on *conn* (:mod:`syncd.pg_datetime`), so that
+    Registers syncd's exact date/time codecs on *conn* (:mod:`syncd.stores.postgres.datetime`), so that
     years 1 and 9999 and PostgreSQL's infinities are read as what they are.
     """
     await pg_datetime.register(conn)

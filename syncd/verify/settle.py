@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from syncd.model import Key
-from syncd.sinks.pgstate import STATE_SCHEMA, jsonable
-from syncd.sources.sqlite_schema import qi
-from syncd.verify_canon import part_hash
-from syncd.verify_report import CheckResult, Difference, Rejected
-from syncd.verify_rows import CanonKey, Finding, PgRow, Range, Row, Stall, TableContext, sort_key
-from syncd.verify_sqlite import Tail
+from syncd.stores.postgres.state import STATE_SCHEMA, jsonable
+from syncd.stores.sqlite.schema import qi
+from syncd.verify.canon import part_hash
+from syncd.verify.report import CheckResult, Difference, Rejected
+from syncd.verify.rows import CanonKey, Finding, PgRow, Range, Row, Stall, TableContext, sort_key
+from syncd.verify.sqlite import Tail
 
 if TYPE_CHECKING:
     from syncd.verify.tables import TableCheck

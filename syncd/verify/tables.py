@@ -35,14 +35,15 @@ from typing import Any
 
 from syncd.errors import RowError
 from syncd.model import Key
-from syncd.sinks.pgstate import jsonable
-from syncd.sinks.postgres import TargetTable
-from syncd.sources.sqlite_schema import qi
-from syncd.verify_canon import MASK64, CanonError, RowCanon
-from syncd.verify_report import CheckResult, Rejected, RoundedValue
-from syncd.verify_rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
-from syncd.verify_settle import Settler, classify, describe_changes, locate, open_rejects, wait_checkpoint
-from syncd.verify_sqlite import Raw
+from syncd.stores.postgres.sink import TargetTable
+from syncd.stores.postgres.state import jsonable
+from syncd.stores.postgres.types import family
+from syncd.stores.sqlite.schema import qi
+from syncd.verify.canon import MASK64, CanonError, RowCanon
+from syncd.verify.report import CheckResult, Rejected, RoundedValue
+from syncd.verify.rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
+from syncd.verify.settle import Settler, classify, describe_changes, locate, open_rejects, wait_checkpoint
+from syncd.verify.sqlite import Raw
 
 MAX_ROUNDED_SHOWN = 10_000
 

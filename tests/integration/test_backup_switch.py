@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd import fence
+from syncd.cutover import fence
 from tests.integration.cutover_support import Migration
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from syncd.config import SqliteSource
 from syncd.model import Batch, Change, Op, Position
-from syncd.sinks import pgstate
-from syncd.sinks.sqlite import SqliteSink
+from syncd.stores.postgres import state as pgstate
+from syncd.stores.sqlite.sink import SqliteSink
 
 T = TypeVar("T")
 OWNER_A = {"pid": 101, "host": "a", "since": "t0"}

@@ -11,9 +11,8 @@ import random
 import sqlite3
 from pathlib import Path
 
-from syncd.sources import sqlite_capture as capture
-from syncd.sources import sqlite_rowids as rowids
-from syncd.sources.sqlite_schema import CHANGELOG, Table, describe
+from syncd.stores.sqlite import capture, rowids
+from syncd.stores.sqlite.schema import CHANGELOG, Table, describe
 
 
 def setup(path: Path) -> tuple[sqlite3.Connection, list[Table]]:

@@ -34,8 +34,8 @@ import structlog
 import watchfiles
 
 from syncd.errors import SourceBusy, SourceError, SyncdError
-from syncd.sources.chroma_doubt import Doubt, scan
-from syncd.sources.worker import call_on
+from syncd.stores.chroma.doubt import Doubt, scan
+from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.chroma")
 T = TypeVar("T")
@@ -417,7 +417,7 @@ class ChromaLog:
 
     async def vector_doubts(self, info: CollectionInfo) -> dict[str, Doubt]:
         """Ids whose vector Chroma's index may hold from an UPDATE of a missing id
-        (:mod:`syncd.sources.chroma_doubt`), from the whole log, in one read transaction."""
+        (:mod:`syncd.stores.chroma.doubt`), from the whole log, in one read transaction."""
         return await self.call(lambda: self.read(lambda conn: scan(conn, self.topic(info.id))))
 
     def _pending(self, info: CollectionInfo, after: int) -> tuple[int, float | None, int]:

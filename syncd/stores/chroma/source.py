@@ -33,8 +33,8 @@ import structlog
 from syncd.errors import LogGap, SourceBusy, SourceError
 from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
-from syncd.sources.chroma_doubt import Doubt
-from syncd.sources.chroma_log import (
+from syncd.stores.chroma.doubt import Doubt
+from syncd.stores.chroma.log import (
     DOCUMENT_KEY,
     OP_ADD,
     OP_DELETE,

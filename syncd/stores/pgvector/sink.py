@@ -33,10 +33,11 @@ from syncd.config import Target
 from syncd.errors import RowError, SchemaError, StrictModeStop, SyncdError
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
-from syncd.sinks import pgstate, pgvector_doubt
-from syncd.sinks.chroma_echo import forget_echoes, take_echoes
-from syncd.sinks.pgstate import STATE_SCHEMA, Reject
-from syncd.sinks.pgvector_plan import (
+from syncd.stores.chroma.echo import forget_echoes, take_echoes
+from syncd.stores.chroma.log import CollectionInfo, Item
+from syncd.stores.chroma.source import ChromaCollectionSource
+from syncd.stores.pgvector import doubt as pgvector_doubt
+from syncd.stores.pgvector.plan import (
     Existing,
     VectorTable,
     create_table_sql,
@@ -450,7 +451,7 @@ class PgvectorSink:
 
     async def settle_vectors(self, stream: str) -> None:
         """Copy, for ids Chroma's saved index has reached, the vector it returns where it holds
-        an UPDATE's its log says had no effect (:mod:`syncd.sinks.pgvector_doubt`)."""
+        an UPDATE's its log says had no effect (:mod:`syncd.stores.pgvector.doubt`)."""
         if self._doubts is False:
             return
         async with guarded(f"settling vectors of {self.table.qualified}"):

@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from syncd import pg_datetime
 from syncd.config import Target
 from syncd.errors import FatalError, RetryableError, RowError, SyncdError, TargetUnavailable, redact
+from syncd.stores.postgres import datetime as pg_datetime
 
 # SQLSTATE classes: 22 data exception, 23 integrity constraint violation.
 _ROW_CLASSES = ("22", "23")

@@ -32,10 +32,9 @@ import structlog
 
 from syncd.config import Target
 from syncd.errors import SchemaError
-from syncd.mapping import parse_override, pg_type_for
 from syncd.model import Checkpoint, SnapshotState
 from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.types import pg_type_for
+from syncd.stores.postgres.types import parse_override, pg_type_for
 from syncd.stores.sqlite.capture import Captured
 from syncd.stores.sqlite.schema import Table, qi
 

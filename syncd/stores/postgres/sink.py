@@ -19,14 +19,15 @@ import structlog
 
 from syncd.config import Target
 from syncd.errors import CaptureError, FatalError, RowError, SchemaError, StrictModeStop, SyncdError
-from syncd.mapping import ColumnMap, Converter, can_hold, converter, parse_override, pg_type_for
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.ports import ApplyResult, Chunk
-from syncd.sinks import pgstate
-from syncd.sinks import postgres_schema_change as schema_change
-from syncd.sinks.pgstate import Reject
-from syncd.sources.sqlite_capture import Captured
-from syncd.sources.sqlite_schema import ROWID_COLUMN, Index, Table, qi, ql
+from syncd.stores.postgres import schema_change
+from syncd.stores.postgres import state as pgstate
+from syncd.stores.postgres.connect import transaction, translate
+from syncd.stores.postgres.state import Reject
+from syncd.stores.postgres.types import ColumnMap, Converter, can_hold, converter, parse_override, pg_type_for
+from syncd.stores.sqlite.capture import Captured
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Index, Table, qi, ql
 
 log = structlog.get_logger("syncd.sink.postgres")
 

@@ -31,10 +31,9 @@ import structlog
 from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, RowError, SchemaError
 from syncd.model import Batch, Change, Key, Position
-from syncd.pg_capture import ChangeReader, LogRow
-from syncd.pg_datetime import Infinity, OutOfRange
 from syncd.ports import Chunk, Pending
 from syncd.stores.postgres.changelog import ChangeReader, LogRow
+from syncd.stores.postgres.datetime import Infinity, OutOfRange
 from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover
 from syncd.stores.sqlite.source import open_connection
 

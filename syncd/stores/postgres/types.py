@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from syncd.errors import RowError
-from syncd.pg_datetime import INFINITY, MINUS_INFINITY, Infinity
+from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY, Infinity
 
 Converter = Callable[[Any], Any]
 

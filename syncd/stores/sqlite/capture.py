@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.errors import CaptureError
-from syncd.sources import sqlite_rowids as rowids
-from syncd.sources.sqlite_schema import CHANGELOG as CHANGELOG  # re-exported
-from syncd.sources.sqlite_schema import Table, qi, ql
+from syncd.stores.sqlite import rowids
+from syncd.stores.sqlite.schema import CHANGELOG as CHANGELOG  # re-exported
+from syncd.stores.sqlite.schema import Table, qi, ql
 
 ORIGIN = "_syncd_origin"
 META = "_syncd_meta"
@@ -137,7 +137,7 @@ def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
     Runs in one IMMEDIATE transaction: either all triggers exist afterwards or none changed.
     Each table whose triggers are (re)created is recorded in ``_syncd_captured`` with the
     changelog's head: the point from which its changes are complete. A table keyed by rowid
-    also gets its rowid reference (:mod:`syncd.sources.sqlite_rowids`) at that head.
+    also gets its rowid reference (:mod:`syncd.stores.sqlite.rowids`) at that head.
     """
     changed: list[str] = []
     conn.execute("BEGIN IMMEDIATE")

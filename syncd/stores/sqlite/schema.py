@@ -12,7 +12,7 @@ ROWID_COLUMN = "_syncd_rowid"
 
 INTERNAL_PREFIXES = ("sqlite_", "_syncd_")
 CHANGELOG = "_syncd_changelog"
-"""syncd's change log in the SQLite database (:mod:`syncd.sources.sqlite_capture`)."""
+"""syncd's change log in the SQLite database (:mod:`syncd.stores.sqlite.capture`)."""
 
 
 def qi(name: str) -> str:

@@ -9,7 +9,7 @@ Each batch is one ``BEGIN IMMEDIATE`` transaction that
 3. records refused rows in ``_syncd_rejects`` and writes the checkpoint into
    ``_syncd_checkpoints`` — only while the row still holds the fencing generation this
    process claimed the stream with (stamped by :meth:`SqliteSink.load_checkpoint`; see
-   :mod:`syncd.ownership`), else :class:`~syncd.sinks.pgstate.Fenced` rolls the batch back;
+   :mod:`syncd.streams.ownership`), else :class:`~syncd.stores.postgres.state.Fenced` rolls the batch back;
 4. sets ``suppress`` back to 0 and commits.
 
 A crash anywhere rolls all of it back, the flag included: the checkpoint is never ahead of
@@ -37,13 +37,13 @@ from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, StrictModeStop
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
-from syncd.sinks import pgstate
-from syncd.sinks.pgstate import jsonable
-from syncd.sources import sqlite_capture as capture
-from syncd.sources.postgres import Unfit
-from syncd.sources.sqlite import open_connection, translate
-from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, discover, qi
-from syncd.sources.worker import call_on
+from syncd.stores.postgres import state as pgstate
+from syncd.stores.postgres.source import Unfit
+from syncd.stores.postgres.state import jsonable
+from syncd.stores.sqlite import capture
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi
+from syncd.stores.sqlite.source import open_connection, translate
+from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.sink.sqlite")
 T = TypeVar("T")

@@ -26,11 +26,9 @@ from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
 from syncd.model import START, Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
-from syncd.sources import sqlite_capture as capture
-from syncd.sources import sqlite_follow as follow
-from syncd.sources import sqlite_rowids as rowids
-from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, discover, qi
-from syncd.sources.worker import call_on
+from syncd.stores.sqlite import capture, follow, rowids
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi
+from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
@@ -345,7 +343,7 @@ class SqliteSource:
 
         Pruning shares the reading thread: waiting out the usual busy timeout here would hold
         up reading changes for seconds — during a cutover fence, the drain itself. The first
-        delete also moves the rowid references up to *upto* (:mod:`~syncd.sources.sqlite_rowids`),
+        delete also moves the rowid references up to *upto* (:mod:`~syncd.stores.sqlite.rowids`),
         in the same transaction: they must never be behind a pruned change.
         """
         total = 0

@@ -3,12 +3,12 @@
 - the schema: a migration adds a column, rebuilds a table (its triggers go with it), or adds
   a table — capture is re-installed on those tables (:func:`recapture`);
 - the rowids of a table keyed by rowid: ``VACUUM`` or a reloaded file renumbers them — the
-  table is recorded to be copied again (:mod:`syncd.sources.sqlite_rowids`);
+  table is recorded to be copied again (:mod:`syncd.stores.sqlite.rowids`);
 - the file itself: a copy renamed over it (``VACUUM INTO``, a ``.dump`` reloaded). The source
   re-opens the path; rowid tables are then copied again (their references name the old inode).
 
 Either way the table's capture epoch in ``_syncd_captured`` rises, and the sink copies it again
-(:mod:`syncd.sinks.postgres_schema_change`).
+(:mod:`syncd.stores.postgres.schema_change`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from syncd.config import SqliteSource as SqliteConfig
-from syncd.sources import sqlite_capture as capture
-from syncd.sources import sqlite_rowids as rowids
-from syncd.sources.sqlite_schema import Table, discover
+from syncd.stores.sqlite import capture, rowids
+from syncd.stores.sqlite.schema import Table, discover
 
 log = structlog.get_logger("syncd.source.sqlite")
 

@@ -1,8 +1,8 @@
 """`syncd run`: the process around the streams — ownership, signals, health, systemd, exit codes.
 
 Start: the state-dir lock first (a second daemon on the same state dir exits 1 before it does
-anything), then the health server, then the streams of the direction ``syncd.cutover`` names
-(:class:`Director`), each claimed in the target before it starts (:mod:`syncd.ownership`).
+anything), then the health server, then the streams of the direction ``syncd.cutover.cutover`` names
+(:class:`Director`), each claimed in the target before it starts (:mod:`syncd.streams.ownership`).
 
 Exit codes: 0 stopped cleanly (plain ``run`` on SIGTERM) or every stream caught up
 (``--until-caught-up``); 1 a stream or store failed, or another process owns the state dir or
@@ -23,24 +23,24 @@ from collections.abc import Callable, Mapping, Sequence
 import asyncpg
 import structlog
 
-from syncd import progress
 from syncd.config import Config
 from syncd.errors import RetryableError, SyncdError
-from syncd.health import Liveness, serve, tick
-from syncd.identity import identify
-from syncd.notify import Notifier, summarize, watchdog_interval, watchdog_loop
-from syncd.ownership import Holder, Ownership, StateDirLock
-from syncd.pg import close_quietly, connect
+from syncd.service import progress
+from syncd.service.health import Liveness, serve, tick
+from syncd.service.identity import identify
+from syncd.service.notify import Notifier, summarize, watchdog_interval, watchdog_loop
 from syncd.status import StreamStatus
-from syncd.supervisor import Supervisor, target_dsn
+from syncd.stores.postgres.connect import close_quietly, connect
+from syncd.streams.ownership import Holder, Ownership, StateDirLock
+from syncd.streams.supervisor import Supervisor, target_dsn
 
-log = structlog.get_logger("syncd.supervisor")
+log = structlog.get_logger("syncd.streams.supervisor")
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TIMEOUT = 0, 1, 3, 4
 
 
 class Director:
-    """Runs the streams of the direction ``syncd.cutover`` names, and switches when it changes.
+    """Runs the streams of the direction ``syncd.cutover.cutover`` names, and switches when it changes.
 
     Forward (the app on SQLite/Chroma) runs sqlite → postgres and chroma → pgvector; reverse
     (after `syncd cutover`) runs postgres → sqlite and pgvector → chroma. `syncd cutover` and
@@ -75,7 +75,7 @@ class Director:
             self.current.force_stop()
 
     async def _direction(self, dsn: str) -> str:
-        from syncd import cutover_state
+        from syncd.cutover import state as cutover_state
 
         conn = await connect(self.config.target, dsn)
         try:
@@ -85,7 +85,7 @@ class Director:
 
     async def _watch(self, dsn: str, running: str) -> None:
         """Return when the stored direction is no longer *running*."""
-        from syncd import cutover_state
+        from syncd.cutover import state as cutover_state
 
         conn: asyncpg.Connection | None = None
         woke = asyncio.Event()

@@ -2,7 +2,7 @@
 
 syncd copies what a restarted Chroma returns (docs/chroma.md, "A live Chroma can disagree
 with its own log"). For an id whose log shows an UPDATE with a vector while it was missing,
-then the ADD that created it (:mod:`syncd.sources.chroma_doubt`), a restarted Chroma returns
+then the ADD that created it (:mod:`syncd.stores.chroma.doubt`), a restarted Chroma returns
 the ADD's vector while its HNSW index is saved below the ADD (it replays the log correctly),
 and whatever the index held when it was saved past the ADD — the ADD's or the UPDATE's —
 from then on. So the table gets the ADD's vector first, as the log says, and the id is
@@ -25,12 +25,12 @@ import structlog
 
 from syncd.errors import RowError
 from syncd.model import Change, Op
-from syncd.pg import transaction
-from syncd.sinks.pgstate import STATE_SCHEMA
-from syncd.sinks.pgvector_plan import VectorTable
-from syncd.sources.chroma import ChromaCollectionSource
-from syncd.sources.chroma_doubt import Doubt, State, step
-from syncd.sources.sqlite_schema import qi
+from syncd.stores.chroma.doubt import Doubt, State, step
+from syncd.stores.chroma.source import ChromaCollectionSource
+from syncd.stores.pgvector.plan import VectorTable
+from syncd.stores.postgres.connect import transaction
+from syncd.stores.postgres.state import STATE_SCHEMA
+from syncd.stores.sqlite.schema import qi
 
 log = structlog.get_logger("syncd.sink.pgvector")
 

@@ -26,7 +26,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from syncd.sources.sqlite_schema import CHANGELOG, Table, qi
+from syncd.stores.sqlite.schema import CHANGELOG, Table, qi
 
 ROWIDS = "_syncd_rowids"
 SETUP = f"""CREATE TABLE IF NOT EXISTS {ROWIDS} (
