@@ -337,3 +337,15 @@ def test_a_backup_killed_part_way_is_not_a_backup_and_is_cleaned_up(tmp_path: Pa
     assert not partial.exists()
     [backup] = backups(tmp_path)
     assert backup.name.endswith("-manual") and (backup / "manifest.json").is_file()
+
+
+def test_paths_with_uri_characters(tmp_path: Path) -> None:
+    root = tmp_path / "my app #1 ?v=2 %20"
+    root.mkdir()
+    make_app(root)
+    cfg = write_config(root)
+    run_syncd("--config", str(cfg), "backup")
+    [backup] = backups(root)
+    assert note_ids(backup / "sqlite" / "app.sqlite") == list(range(1, 51))
+    run_syncd("--config", str(cfg), "restore", str(backup))
+    assert note_ids(root / "app.sqlite") == list(range(1, 51))
