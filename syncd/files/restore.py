@@ -164,6 +164,10 @@ def restore(cfg: Config, root: Path, *, dry_run: bool) -> list[str]:
     lines = [f"backup {root} (format {manifest.version}, taken {manifest.created_at}): "
              f"{len(manifest.files)} files, checksums ok"]
     lines += [s.describe() for s in steps]
+    stores = [i for i in (manifest.sqlite, manifest.chroma) if i is not None]
+    for info, step in zip(stores, steps, strict=True):
+        if str(info.get("source")) != str(step.dest):
+            lines.append(f"{step.what}: the backup was taken from {info.get('source')}, not {step.dest}")
     if dry_run:
         return [*lines, "dry run: nothing was changed"]
     for step in steps:

@@ -337,3 +337,28 @@ def test_a_backup_killed_part_way_is_not_a_backup_and_is_cleaned_up(tmp_path: Pa
     assert not partial.exists()
     [backup] = backups(tmp_path)
     assert backup.name.endswith("-manual") and (backup / "manifest.json").is_file()
+
+
+def test_paths_with_uri_characters(tmp_path: Path) -> None:
+    root = tmp_path / "my app #1 ?v=2 %20"
+    root.mkdir()
+    make_app(root)
+    cfg = write_config(root)
+    run_syncd("--config", str(cfg), "backup")
+    [backup] = backups(root)
+    assert note_ids(backup / "sqlite" / "app.sqlite") == list(range(1, 51))
+    run_syncd("--config", str(cfg), "restore", str(backup))
+    assert note_ids(root / "app.sqlite") == list(range(1, 51))
+
+
+def test_restore_elsewhere_says_where_the_backup_came_from(tmp_path: Path) -> None:
+    first, other = tmp_path / "first", tmp_path / "other"
+    first.mkdir()
+    other.mkdir()
+    make_app(first)
+    run_syncd("--config", str(write_config(first)), "backup")
+    [backup] = backups(first)
+    make_app(other, rows=3)
+    out = run_syncd("--config", str(write_config(other)), "restore", str(backup), "--dry-run").stdout
+    assert f"the backup was taken from {first / 'app.sqlite'}, not {other / 'app.sqlite'}" in out, out
+    assert note_ids(other / "app.sqlite") == [1, 2, 3]
