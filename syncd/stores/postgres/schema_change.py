@@ -33,10 +33,9 @@ import structlog
 from syncd.config import Target
 from syncd.errors import SchemaError
 from syncd.model import Checkpoint, SnapshotState
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.types import parse_override, pg_type_for
-from syncd.stores.sqlite.capture import Captured
-from syncd.stores.sqlite.schema import Table, qi
+from syncd.sinks import pgstate
+from syncd.sources.sqlite_capture import Captured
+from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, qi
 
 if TYPE_CHECKING:
     from syncd.stores.postgres.sink import TargetTable
@@ -50,6 +49,10 @@ async def add_columns(conn: asyncpg.Connection, table: Table, target: Target,
                       existing: dict[str, str]) -> dict[str, str]:
     """Add the source's columns the target table lacks (a table syncd created); return its
     columns afterwards. Nullable: rows get their values from the copy that follows."""
+    if table.synthetic_key and ROWID_COLUMN not in existing:  # it lost its primary key
+        await conn.execute(f"ALTER TABLE {qi(target.schema)}.{qi(table.name)} "
+                           f"ADD COLUMN IF NOT EXISTS {qi(ROWID_COLUMN)} bigint")
+        existing = {**existing, ROWID_COLUMN: "bigint"}
     missing = [c for c in table.columns if c.name not in existing]
     for c in missing:
         override = target.column_types.get(f"{table.name}.{c.name}")
@@ -59,6 +62,35 @@ async def add_columns(conn: asyncpg.Connection, table: Table, target: Target,
         existing = {**existing, c.name: pg_type}
         log.info("column added to the target", table=table.name, column=c.name, type=pg_type)
     return existing
+
+
+async def align_keys(conn: asyncpg.Connection, tt: TargetTable) -> None:
+    """Give an (empty) table syncd created the source's primary key and NOT NULLs: a rebuild
+    may change only those, with the same column names and types. The caller holds a transaction."""
+    key = await conn.fetchrow(
+        """SELECT c.conname, array_agg(a.attname::text ORDER BY k.n) AS cols FROM pg_constraint c
+           CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+           WHERE c.conrelid = $1::regclass AND c.contype = 'p' GROUP BY c.conname""", tt.qualified)
+    want = list(tt.source.pk)
+    if key is None or list(key["cols"]) != want:
+        if key is not None:
+            await conn.execute(f"ALTER TABLE {tt.qualified} DROP CONSTRAINT {qi(key['conname'])}")
+        if not tt.source.synthetic_key:
+            await conn.execute(f"ALTER TABLE {tt.qualified} DROP COLUMN IF EXISTS {qi(ROWID_COLUMN)}")
+        await conn.execute(f"ALTER TABLE {tt.qualified} ADD PRIMARY KEY ({', '.join(qi(k) for k in want)})")
+        log.info("primary key changed in SQLite: changed in the target", table=tt.name,
+                 was=list(key["cols"]) if key else None, now=want)
+    notnull = dict(await conn.fetch(
+        """SELECT attname::text, attnotnull FROM pg_attribute
+           WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped""", tt.qualified))
+    for c in tt.source.columns:
+        want_notnull = c.notnull or c.name in tt.source.pk
+        if c.name in notnull and notnull[c.name] != want_notnull:
+            await conn.execute(f"ALTER TABLE {tt.qualified} ALTER COLUMN {qi(c.name)} "
+                               f"{'SET' if want_notnull else 'DROP'} NOT NULL")
+            log.info("NOT NULL changed in SQLite: changed in the target", table=tt.name, column=c.name,
+                     not_null=want_notnull)
 
 
 def stale_tables(tables: Mapping[str, TargetTable], captured: Mapping[str, Captured]) -> list[str]:
@@ -107,6 +139,8 @@ async def begin_copy_again(conn: asyncpg.Connection, stream: str, checkpoint: Ch
         # for a large table costs PostgreSQL seconds of I/O.
         truncate = tt.created and not referenced
         await conn.execute(f"{'TRUNCATE' if truncate else 'DELETE FROM'} {tt.qualified}")
+        if tt.created:
+            await align_keys(conn, tt)
         await conn.execute(f"UPDATE {OBJECTS} SET copied_from = $3, copied_epoch = $4 "
                            "WHERE stream = $1 AND object = $2", stream, name, captured[name].since,
                            captured[name].epoch)
