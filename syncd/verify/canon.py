@@ -1,8 +1,9 @@
 """The canonical encoding ``syncd verify`` hashes on both sides.
 
-Each column of a row becomes one canonical text ("part"), computed in Python
-from the *converted* SQLite value (what the stream writes) and in SQL from the
-PostgreSQL value, such that the two agree exactly when the values are equal.
+Each column of a row becomes one canonical text ("part"), computed in SQL from the
+PostgreSQL value, and in Python from the SQLite value by :mod:`syncd.verify_expect`
+(tables; verify's own table) or from a converted value by :class:`ColumnCanon` (Chroma
+items), such that the two agree exactly when the values are equal.
 A row's text is its parts joined with ``|``; its hash is the first 64 bits of
 the MD5 of that text; a range of rows is summarised by its count and the XOR of
 its row hashes (``bit_xor`` in PostgreSQL).

@@ -1,10 +1,10 @@
 """Verifying one table: chunk checksums in key ranges, bisection down to the differing keys.
 
 1. **Scan.** The SQLite table is read in key order, ``chunk_rows`` rows per short
-   read; each row goes through the stream's converters and the canonical
-   encoding (:mod:`syncd.verify.canon`). A chunk is a key range ``(lo, hi]``
-   between two SQLite rows (the first and last chunk are open-ended, so rows
-   only PostgreSQL has are caught anywhere). PostgreSQL computes count and
+   read; each row becomes the canonical parts verify expects PostgreSQL to hold
+   (:mod:`syncd.verify_expect`, verify's own table, not the stream's converters).
+   A chunk is a key range ``(lo, hi]`` between two SQLite rows (the first and
+   last chunk are open-ended, so rows only PostgreSQL has are caught anywhere). PostgreSQL computes count and
    XOR of row hashes over the same range in SQL, using the primary-key index.
 2. **Bisect.** A chunk that differs is split ``fanout`` ways by row count (one
    query returns every part's aggregate), recursively, down to ``leaf_rows``
@@ -30,28 +30,27 @@ import itertools
 import json
 import time
 from collections.abc import AsyncGenerator, Sequence
-from decimal import Decimal
 from typing import Any
 
-from syncd.errors import RowError
+from syncd.mapping import family
 from syncd.model import Key
-from syncd.stores.postgres.sink import TargetTable
-from syncd.stores.postgres.state import jsonable
-from syncd.stores.postgres.types import family
-from syncd.stores.sqlite.schema import qi
-from syncd.verify.canon import MASK64, CanonError, RowCanon
-from syncd.verify.report import CheckResult, Rejected, RoundedValue
-from syncd.verify.rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
-from syncd.verify.settle import Settler, classify, describe_changes, locate, open_rejects, wait_checkpoint
-from syncd.verify.sqlite import Raw
+from syncd.sinks.pgstate import jsonable
+from syncd.sinks.postgres import TargetTable
+from syncd.sources.sqlite_schema import qi
+from syncd.verify_canon import MASK64, NULL, RowCanon
+from syncd.verify_expect import Expect, Unfit, expect
+from syncd.verify_report import CheckResult, Rejected, RoundedValue
+from syncd.verify_rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
+from syncd.verify_settle import Settler, classify, describe_changes, locate, open_rejects, wait_checkpoint
+from syncd.verify_sqlite import Raw
 
 MAX_ROUNDED_SHOWN = 10_000
 
 
-def _plain(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return "0" if value.is_zero() else format(value, "f")
-    return str(value)
+def _shown(e: Expect, part: str) -> str:
+    """A part as the value PostgreSQL holds (floats are parts of bits)."""
+    value = e.key(part)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 class TooManyRows(Exception):
@@ -92,6 +91,8 @@ class TableCheck:
         self.key_tuple = "(" + ", ".join(self.key_exprs) + ")"
         self.ordered = True
         """SQLite's key order agreed with PostgreSQL's everywhere the scan looked."""
+        self.expects = [expect(c.name, c.pg_type, c.rounded) for c in tt.columns]
+        self.key_expects = [self.expects[i] for i in self.canon.key_index]
         self.rounded_cols = [i for i, c in enumerate(tt.columns) if c.rounded]
         self.rounded: list[RoundedValue] = []
         self._last_key: Any = None
@@ -104,50 +105,52 @@ class TableCheck:
 
     def key_only(self, raw_key: Key) -> tuple[Key | None, CanonKey]:
         try:
-            conv = self.tt.convert_key(raw_key)
-            if any(v is None for v in conv):
-                raise RowError("NULL in the primary key")
-            return conv, tuple(self.canon.columns[i].part(v)
-                               for i, v in zip(self.canon.key_index, conv, strict=True))
-        except (RowError, CanonError):
+            parts = []
+            for e, v in zip(self.key_expects, raw_key, strict=True):
+                if v is None:
+                    raise Unfit("NULL in the primary key")
+                parts.append(e.part(v))
+            return tuple(e.key(p) for e, p in zip(self.key_expects, parts, strict=True)), tuple(parts)
+        except Unfit:
             return None, ("raw", json.dumps(jsonable(list(raw_key)), sort_keys=True))
 
     def prepare(self, raws: Sequence[Raw], note_rounded: bool = False) -> list[Row]:
+        """SQLite rows with the parts verify expects PostgreSQL to hold (:mod:`syncd.verify_expect`)."""
         out: list[Row] = []
-        canon, idx = self.canon, self.raw_key_idx
+        expects, idx, kidx = self.expects, self.raw_key_idx, self.canon.key_index
         for raw in raws:
             raw_key = tuple(raw[i] for i in idx)
+            parts: list[str] = []
             try:
-                conv = self.tt.convert_row(raw)
-                parts = canon.parts(conv)
-                conv_key = tuple(conv[i] for i in canon.key_index)
-                if any(v is None for v in conv_key):
-                    raise RowError("NULL in the primary key")
-                out.append(Row(raw_key, conv_key, canon.key_of(parts), parts, canon.row_hash(parts),
-                               raw=tuple(raw)))
-                if note_rounded and self.rounded_cols:
-                    self._note_rounded(raw_key, raw, conv)
-            except (RowError, CanonError) as exc:
+                for e, v in zip(expects, raw, strict=True):
+                    parts.append(NULL if v is None else e.part(v))
+            except Unfit as exc:
+                col = expects[len(parts)].name
                 conv_key2, key = self.key_only(raw_key)
-                msg = exc.message if isinstance(exc, RowError) else str(exc)
-                column = exc.column if isinstance(exc, RowError) else None
-                out.append(Row(raw_key, conv_key2, key, None, 0, msg, column, tuple(raw)))
+                out.append(Row(raw_key, conv_key2, key, None, 0, f"column {col}: {exc}", col, tuple(raw)))
+                continue
+            key = tuple(parts[i] for i in kidx)
+            if NULL in key:
+                out.append(Row(raw_key, None, self.key_only(raw_key)[1], None, 0, "NULL in the primary key",
+                               None, tuple(raw)))
+                continue
+            conv_key = tuple(expects[i].key(p) for i, p in zip(kidx, key, strict=True))
+            out.append(Row(raw_key, conv_key, key, parts, self.canon.row_hash(parts), raw=tuple(raw)))
+            if note_rounded and self.rounded_cols:
+                self._note_rounded(raw_key, raw, parts)
         return out
 
-    def _note_rounded(self, raw_key: Key, raw: Raw, conv: Sequence[Any]) -> None:
-        """Record values the operator chose to round that were indeed rounded (shown by verify)."""
+    def _note_rounded(self, raw_key: Key, raw: Raw, parts: Sequence[str]) -> None:
+        """Record values of columns rounded on purpose that were indeed rounded (verify shows them)."""
         for i in self.rounded_cols:
-            v, c = raw[i], conv[i]
-            if v is None or c is None or len(self.rounded) >= MAX_ROUNDED_SHOWN:
+            strict, v = self.expects[i].strict, raw[i]
+            if v is None or strict is None or len(self.rounded) >= MAX_ROUNDED_SHOWN:
                 continue
-            exact = Decimal(repr(v)) if isinstance(v, float) else Decimal(v) if isinstance(v, int) else None
-            if isinstance(v, str):
-                with contextlib.suppress(ArithmeticError):
-                    exact = Decimal(v.strip())
-            stored = Decimal(repr(c)) if isinstance(c, float) else c
-            if exact is None or not isinstance(stored, Decimal) or exact != stored:
-                self.rounded.append(RoundedValue(jsonable(list(raw_key)), self.tt.columns[i].name,
-                                                 str(v), _plain(stored)))
+            try:
+                strict(v)
+            except Unfit:
+                self.rounded.append(RoundedValue(jsonable(list(raw_key)), self.tt.columns[i].name, str(v),
+                                                 _shown(self.expects[i], parts[i])))
 
     async def chunks(self) -> AsyncGenerator[tuple[Range, list[Row], int], None]:
         """Key ranges covering everything, with their SQLite rows and the head they were read at."""
