@@ -1,7 +1,7 @@
 """The canonical encoding ``syncd verify`` hashes on both sides.
 
 Each column of a row becomes one canonical text ("part"), computed in SQL from the
-PostgreSQL value, and in Python from the SQLite value by :mod:`syncd.verify_expect`
+PostgreSQL value, and in Python from the SQLite value by :mod:`syncd.verify.expect`
 (tables; verify's own table) or from a converted value by :class:`ColumnCanon` (Chroma
 items), such that the two agree exactly when the values are equal.
 A row's text is its parts joined with ``|``; its hash is the first 64 bits of

@@ -2,7 +2,7 @@
 
 1. **Scan.** The SQLite table is read in key order, ``chunk_rows`` rows per short
    read; each row becomes the canonical parts verify expects PostgreSQL to hold
-   (:mod:`syncd.verify_expect`, verify's own table, not the stream's converters).
+   (:mod:`syncd.verify.expect`, verify's own table, not the stream's converters).
    A chunk is a key range ``(lo, hi]`` between two SQLite rows (the first and
    last chunk are open-ended, so rows only PostgreSQL has are caught anywhere). PostgreSQL computes count and
    XOR of row hashes over the same range in SQL, using the primary-key index.
@@ -32,17 +32,17 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from syncd.mapping import family
 from syncd.model import Key
-from syncd.sinks.pgstate import jsonable
-from syncd.sinks.postgres import TargetTable
-from syncd.sources.sqlite_schema import qi
-from syncd.verify_canon import MASK64, NULL, RowCanon
-from syncd.verify_expect import Expect, Unfit, expect
-from syncd.verify_report import CheckResult, Rejected, RoundedValue
-from syncd.verify_rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
-from syncd.verify_settle import Settler, classify, describe_changes, locate, open_rejects, wait_checkpoint
-from syncd.verify_sqlite import Raw
+from syncd.stores.postgres.sink import TargetTable
+from syncd.stores.postgres.state import jsonable
+from syncd.stores.postgres.types import family
+from syncd.stores.sqlite.schema import qi
+from syncd.verify.canon import MASK64, NULL, RowCanon
+from syncd.verify.expect import Expect, Unfit, expect
+from syncd.verify.report import CheckResult, Rejected, RoundedValue
+from syncd.verify.rows import CanonKey, PgRow, Range, Row, TableContext, TableOptions
+from syncd.verify.settle import Settler, classify, describe_changes, locate, open_rejects, wait_checkpoint
+from syncd.verify.sqlite import Raw
 
 MAX_ROUNDED_SHOWN = 10_000
 
@@ -115,7 +115,7 @@ class TableCheck:
             return None, ("raw", json.dumps(jsonable(list(raw_key)), sort_keys=True))
 
     def prepare(self, raws: Sequence[Raw], note_rounded: bool = False) -> list[Row]:
-        """SQLite rows with the parts verify expects PostgreSQL to hold (:mod:`syncd.verify_expect`)."""
+        """SQLite rows with the parts verify expects PostgreSQL to hold (:mod:`syncd.verify.expect`)."""
         out: list[Row] = []
         expects, idx, kidx = self.expects, self.raw_key_idx, self.canon.key_index
         for raw in raws:

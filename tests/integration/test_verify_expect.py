@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from syncd.mapping import ColumnMap
-from syncd.verify_canon import SESSION_SETTINGS, RowCanon
-from syncd.verify_expect import Unfit, expect
+from syncd.stores.postgres.types import ColumnMap
+from syncd.verify.canon import SESSION_SETTINGS, RowCanon
+from syncd.verify.expect import Unfit, expect
 
 # (target type, SQLite value, PostgreSQL literal of the same value)
 EQUAL: list[tuple[str, object, str]] = [

@@ -33,9 +33,10 @@ import structlog
 from syncd.config import Target
 from syncd.errors import SchemaError
 from syncd.model import Checkpoint, SnapshotState
-from syncd.sinks import pgstate
-from syncd.sources.sqlite_capture import Captured
-from syncd.sources.sqlite_schema import ROWID_COLUMN, Table, qi
+from syncd.stores.postgres import state as pgstate
+from syncd.stores.postgres.types import parse_override, pg_type_for
+from syncd.stores.sqlite.capture import Captured
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, qi
 
 if TYPE_CHECKING:
     from syncd.stores.postgres.sink import TargetTable

@@ -3,13 +3,13 @@
 verify shares no conversion code with the sink: a bug in a shared converter would be
 invisible to both. This module derives, from the SQLite value as SQLite holds it (its
 storage class: integer, real, text, blob) and the target column's type, the canonical part
-PostgreSQL's side computes in SQL (:mod:`syncd.verify_canon`): mostly PostgreSQL's own text
+PostgreSQL's side computes in SQL (:mod:`syncd.verify.canon`): mostly PostgreSQL's own text
 output (``x::text`` with DateStyle ISO and TimeZone UTC), length-prefixed for free text,
 the IEEE bits for floats, the MD5 of the jsonb text for JSON. A value the target type
 cannot hold exactly raises :class:`Unfit` (the row must be a reject), unless the operator
 chose rounding for the column. The table is in docs/verify.md ("What verify expects").
 
-It uses the schema only (which type each column has), never :mod:`syncd.mapping`'s
+It uses the schema only (which type each column has), never :mod:`syncd.stores.postgres.types`'s
 converters or asyncpg's encoders; the one place a Python value is built from a part is a
 key's value for range predicates (:meth:`Expect.key`), and a wrong key there could only
 hide rows from a range, which then show up as missing.
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from syncd.pg_datetime import INFINITY, MINUS_INFINITY
-from syncd.verify_canon import CanonError, _md5_hex, _numeric_text, jsonb_text
+from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY
+from syncd.verify.canon import CanonError, _md5_hex, _numeric_text, jsonb_text
 
 
 class Unfit(Exception):
