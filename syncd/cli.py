@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     from syncd.files import commands as files
 
     files.add_parsers(sub)
+    e = sub.add_parser("embedded", help="the embedded PostgreSQL (target.dsn = \"embedded\") on its own")
+    e.add_argument("action", choices=("start", "stop", "dsn"),
+                   help="start it and leave it running, stop it, or print its DSN and the psql command")
     d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
     d.add_argument("--dir", type=Path, default=None, help="demo directory (default: a new temp dir)")
     return p

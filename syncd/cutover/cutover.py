@@ -3,7 +3,7 @@
 Cutover: preflight → fence the old stores → drain the forward streams → flip the app's
 config → reload the app → commit the fence → the daemon switches to the reverse streams.
 Rollback is the mirror image. The daemon (`syncd run`) does the streaming; these commands
-fence, wait for it, flip, reload and record where things stand in ``syncd.cutover.cutover``
+fence, wait for it, flip, reload and record where things stand in ``syncd.cutover``
 (:mod:`syncd.cutover.state`), so that a crash part-way can be resumed (`--resume`) or
 reverted (`syncd rollback`).
 

@@ -62,7 +62,7 @@ def sqlite_fences(conn: sqlite3.Connection) -> list[str]:
 
 
 _PG_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION syncd.cutover.fence() RETURNS trigger LANGUAGE plpgsql AS $fence$
+CREATE OR REPLACE FUNCTION syncd.fence() RETURNS trigger LANGUAGE plpgsql AS $fence$
 BEGIN
     IF current_setting('syncd.origin', true) IS DISTINCT FROM 'syncd' THEN
         RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = {ql(PG_MESSAGE)},
@@ -91,7 +91,7 @@ async def install_pg(conn: asyncpg.Connection, schema: str, tables: Sequence[str
             q = _qname(schema, table)
             await conn.execute(f"DROP TRIGGER IF EXISTS {PG_TRIGGER} ON {q}")
             await conn.execute(f"CREATE TRIGGER {PG_TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE "
-                               f"ON {q} FOR EACH STATEMENT EXECUTE FUNCTION syncd.cutover.fence()")
+                               f"ON {q} FOR EACH STATEMENT EXECUTE FUNCTION syncd.fence()")
 
 
 async def remove_pg(conn: asyncpg.Connection, schema: str, tables: Sequence[str]) -> None:

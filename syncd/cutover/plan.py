@@ -29,7 +29,7 @@ from syncd.errors import FatalError, SyncdError, redact
 from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.stores.sqlite.capture import META
 
-log = structlog.get_logger("syncd.cutover.cutover")
+log = structlog.get_logger("syncd.cutover")
 
 REVERSE_TABLES_STREAM = "postgres→sqlite"
 

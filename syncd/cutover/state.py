@@ -1,7 +1,7 @@
 """Where the switch stands, stored in PostgreSQL: which way the daemon streams, and the
 operation (cutover / rollback) in progress with its last completed step.
 
-One row, ``syncd.cutover.cutover``. ``direction`` says which stores the app uses and so which
+One row, ``syncd.cutover``. ``direction`` says which stores the app uses and so which
 streams the daemon runs: ``forward`` (app on SQLite/Chroma; sqlite → postgres and
 chroma → pgvector) or ``reverse`` (app on PostgreSQL; postgres → sqlite and pgvector →
 chroma). ``operation``/``step`` are set while a cutover or rollback runs and cleared when

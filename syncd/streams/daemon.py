@@ -1,7 +1,7 @@
 """`syncd run`: the process around the streams — ownership, signals, health, systemd, exit codes.
 
 Start: the state-dir lock first (a second daemon on the same state dir exits 1 before it does
-anything), then the health server, then the streams of the direction ``syncd.cutover.cutover`` names
+anything), then the health server, then the streams of the direction ``syncd.cutover`` names
 (:class:`Director`), each claimed in the target before it starts (:mod:`syncd.streams.ownership`).
 
 Exit codes: 0 stopped cleanly (plain ``run`` on SIGTERM) or every stream caught up
@@ -40,7 +40,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TIMEOUT = 0, 1, 3, 4
 
 
 class Director:
-    """Runs the streams of the direction ``syncd.cutover.cutover`` names, and switches when it changes.
+    """Runs the streams of the direction ``syncd.cutover`` names, and switches when it changes.
 
     Forward (the app on SQLite/Chroma) runs sqlite → postgres and chroma → pgvector; reverse
     (after `syncd cutover`) runs postgres → sqlite and pgvector → chroma. `syncd cutover` and

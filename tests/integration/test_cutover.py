@@ -51,7 +51,7 @@ async def pg_fences(dsn: str) -> list[str]:
 async def direction(dsn: str) -> tuple[str, str | None]:
     conn = await asyncpg.connect(dsn)
     try:
-        row = await conn.fetchrow("SELECT direction, operation FROM syncd.cutover.cutover WHERE id = 1")
+        row = await conn.fetchrow("SELECT direction, operation FROM syncd.cutover WHERE id = 1")
         return str(row["direction"]), row["operation"]
     finally:
         await conn.close()
