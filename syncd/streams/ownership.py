@@ -44,6 +44,9 @@ LOCK_FILE = "syncd.lock"
 LOCK_APPLICATION = "syncd owner"
 """``application_name`` of the connection that holds the advisory locks."""
 _LOCK_KEY = "SELECT hashtextextended('syncd stream ' || $1, 0)"
+LEASE_SECONDS = 30
+"""The lock connection is pinged every 5 s; a holder that stops pinging this long (dead host,
+frozen process, cut network) loses its session and so its locks (``idle_session_timeout``)."""
 
 
 class AlreadyRunning(FatalError):
@@ -167,6 +170,8 @@ class Ownership:
         conn = await connect(self.config.target, self._dsn)
         try:
             await conn.execute(f"SET application_name = '{LOCK_APPLICATION}'")
+            with contextlib.suppress(asyncpg.PostgresError):  # PostgreSQL 14+: the locks are a lease
+                await conn.execute(f"SET idle_session_timeout = '{LEASE_SECONDS}s'")
             await pgstate.ensure(conn)
             for stream, generation in self.claims.generations.items():
                 got = await conn.fetchval(f"SELECT pg_try_advisory_lock(({_LOCK_KEY}))", stream)
@@ -193,7 +198,8 @@ class Ownership:
             current = await pgstate.owner_of(conn, stream)
             raise AlreadyRunning(f"stream {stream} of this target is streamed by "
                                  f"{pgstate.describe_owner(current[1] if current else None)}: "
-                                 "one daemon per target; stop that one first")
+                                 "one daemon per target; stop that one first (a holder that died "
+                                 f"loses the lock within {LEASE_SECONDS} s)")
 
     async def watch(self, on_lost: Callable[[str], None], interval: float = 5.0) -> None:
         """Keep the lock connection alive; when it died, take the locks again at once (a duty).

@@ -91,3 +91,29 @@ async def test_sqlite_checkpoint_of_a_superseded_owner_is_refused(tmp_path: Path
     db.close()
     assert rows == [1, 3]
     assert checkpoint == (3, 2)
+
+
+async def test_a_deadlock_is_retried_not_fatal(pg_dsn: str) -> None:
+    """Two transactions locking two rows in opposite orders: PostgreSQL aborts one with
+    "deadlock detected" (40P01). syncd retries such a transaction; it names no outage."""
+    from syncd.errors import RetryableError, TargetUnavailable
+    from syncd.pg import translate
+
+    one, two = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    try:
+        await one.execute("CREATE TABLE pair (k int PRIMARY KEY); INSERT INTO pair VALUES (1), (2)")
+
+        async def lock(conn: asyncpg.Connection, first: int, second: int) -> None:
+            async with conn.transaction():
+                await conn.execute("SELECT * FROM pair WHERE k = $1 FOR UPDATE", first)
+                await asyncio.sleep(0.3)
+                await conn.execute("SELECT * FROM pair WHERE k = $1 FOR UPDATE", second)
+
+        results = await asyncio.gather(lock(one, 1, 2), lock(two, 2, 1), return_exceptions=True)
+        (error,) = [r for r in results if isinstance(r, BaseException)]
+        translated = translate(error, "writing the checkpoint")
+        assert isinstance(translated, RetryableError) and not isinstance(translated, TargetUnavailable)
+        assert "deadlock detected" in str(translated) and "unreachable" not in str(translated)
+    finally:
+        await one.close()
+        await two.close()
