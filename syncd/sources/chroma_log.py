@@ -417,8 +417,8 @@ class ChromaLog:
 
     async def vector_doubts(self, info: CollectionInfo) -> dict[str, Doubt]:
         """Ids whose vector Chroma's index may hold from an UPDATE of a missing id
-        (:mod:`syncd.sources.chroma_doubt`), from the whole log, in one read transaction."""
-        return await self.call(lambda: self.read(lambda conn: scan(conn, self.topic(info.id))))
+        (:mod:`syncd.sources.chroma_doubt`), from the whole log, in short read transactions."""
+        return await self.call(lambda: scan(self.read, self.topic(info.id)))
 
     def _pending(self, info: CollectionInfo, after: int) -> tuple[int, float | None, int]:
         row = self.ro.execute(
