@@ -23,7 +23,7 @@ import asyncpg
 import numpy as np
 import structlog
 
-from syncd.errors import RowError
+from syncd.errors import RetryableError, RowError
 from syncd.model import Change, Op
 from syncd.pg import transaction
 from syncd.sinks.pgstate import STATE_SCHEMA
@@ -177,7 +177,11 @@ async def settle(conn: asyncpg.Connection, stream: str, t: VectorTable,
     if not due:
         return (0, 0) if left else None
     ids = [r["id"] for r in due]
-    served = await source.server_vectors(ids)
+    try:
+        served = await source.server_vectors(ids)
+    except RetryableError as exc:  # the log stream goes on; asked again after the next batch or ping
+        log.warning("cannot settle vectors now", collection=t.collection, due=len(ids), error=str(exc))
+        return 0, 0
     if served is None:
         return 0, 0  # no server to ask: the table keeps what the log says
     current = await _rows(conn, t, ids)
