@@ -79,7 +79,10 @@ def seed_collection(col: Any, rng: np.random.Generator) -> None:
 
 async def test_writes_during_snapshot(tmp_path: Path, chroma: ChromaServer, pg_dsn: str,
                                       pg: asyncpg.Connection) -> None:
-    col = collection(chroma.client(), "busy", "l2")
+    # Chroma saves its index every 50 rows (not 1,000): ids whose vector its index holds from
+    # an UPDATE of a missing id get settled while the writer runs (docs/chroma.md)
+    col = chroma.client().create_collection("busy", embedding_function=None, configuration={
+        "hnsw": {"space": "l2", "sync_threshold": 50, "batch_size": 50}})
     seed_collection(col, np.random.default_rng(1))
     cfg = write_config(tmp_path, pg_dsn, path=chroma.path, url=chroma.url, chunk_rows=100, batch_size=50)
     run_syncd("--config", str(cfg), "init")
@@ -98,16 +101,18 @@ async def test_writes_during_snapshot(tmp_path: Path, chroma: ChromaServer, pg_d
         await wait_until(lambda: caught_up(pg, chroma.path))
         seen = await pg.fetchval("SELECT count(*) FROM syncd.chroma_seen")
         assert seen == 0  # catch-up is past every skipped row: the table is emptied
+        await wait_until(lambda: settled(pg, chroma.path))
     finally:
         writer.stop.set()
         log = stop_daemon(daemon)
     assert daemon.returncode == 0, log[-3000:]
-    # Compared with Chroma restarted: a live 1.5.9 server was seen returning, for an id first
-    # UPDATEd while missing and then ADDed, the UPDATE's vector, against its own log, metadata
-    # and its state after a restart (docs/chroma.md). syncd copies what the log says.
+    # Compared with Chroma restarted: for an id first UPDATEd while missing and then ADDed,
+    # Chroma 1.5.9's index can hold the UPDATE's vector against its own log, and a restarted
+    # Chroma returns it once the index was saved past the ADD (docs/chroma.md, "A live Chroma
+    # can disagree with its own log"). syncd copies what a restarted Chroma returns.
     chroma.stop()
     chroma.start()
-    await same(pg, collection(chroma.client(), "busy", "l2"))
+    await same(pg, collection(chroma.client(), "busy", "l2"), chroma.path)
 
 
 async def caught_up(pg: asyncpg.Connection, chroma_dir: Path) -> None:
@@ -119,8 +124,54 @@ async def caught_up(pg: asyncpg.Connection, chroma_dir: Path) -> None:
     assert await pg.fetchval("SELECT position FROM syncd.checkpoints") >= head
 
 
-async def same(pg: asyncpg.Connection, col: Any) -> None:
-    assert_same(await table_items(pg, col.name), chroma_items(col), space="l2")
+def hnsw_saved(chroma_dir: Path) -> int:
+    db = sqlite3.connect(f"file:{chroma_dir / 'chroma.sqlite3'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT m.seq_id FROM max_seq_id m JOIN segments s ON s.id = m.segment_id "
+                         "WHERE s.scope = 'VECTOR'").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        db.close()
+
+
+async def settled(pg: asyncpg.Connection, chroma_dir: Path) -> None:
+    """No id left whose vector syncd must still take from Chroma's saved index (it checks after
+    every batch and at its idle ping)."""
+    due = await pg.fetchval("SELECT count(*) FROM syncd.chroma_vector_doubt WHERE add_seq <= $1",
+                            hnsw_saved(chroma_dir))
+    assert due == 0, f"{due} vector doubts due"
+
+
+async def same(pg: asyncpg.Connection, col: Any, chroma_dir: Path) -> None:
+    table, chroma = await table_items(pg, col.name), chroma_items(col)
+    try:
+        assert_same(table, chroma, space="l2")
+    except AssertionError:
+        print(await evidence(pg, table, chroma, chroma_dir))  # kept in the test's output
+        raise
+
+
+async def evidence(pg: asyncpg.Connection, table: dict[str, Any], chroma: dict[str, Any],
+                   chroma_dir: Path) -> str:
+    """For the ids whose vectors differ: both vectors, Chroma's log rows of the id, syncd's record."""
+    ids = sorted(k for k in set(table) & set(chroma)
+                 if not np.array_equal(table[k][0].view(np.int32), chroma[k][0].view(np.int32)))[:5]
+    db = sqlite3.connect(f"file:{chroma_dir / 'chroma.sqlite3'}?mode=ro", uri=True)
+    lines = [f"HNSW segment saved at seq_id {hnsw_saved(chroma_dir)}"]
+    try:
+        for k in ids:
+            lines.append(f"id {k}: table {table[k][0].tolist()} chroma (restarted) {chroma[k][0].tolist()}")
+            for seq, op, vec, meta in db.execute(
+                    "SELECT seq_id, operation, vector, metadata FROM embeddings_queue WHERE id = ? "
+                    "ORDER BY seq_id", (k,)):
+                v = np.frombuffer(vec, dtype="<f4").tolist() if vec else None
+                lines.append(f"  log seq {seq} op {op} vector {v} metadata {meta}")
+            record = await pg.fetchrow("SELECT update_seq, add_seq FROM syncd.chroma_vector_doubt "
+                                       "WHERE id = $1", k)
+            lines.append(f"  syncd.chroma_vector_doubt: {dict(record) if record else None}")
+    finally:
+        db.close()
+    return "\n".join(lines)
 
 
 async def test_writes_during_reconciliation(tmp_path: Path, chroma: ChromaServer, pg_dsn: str,
@@ -147,6 +198,7 @@ async def test_writes_during_reconciliation(tmp_path: Path, chroma: ChromaServer
         writer.stop.set()
         writer.join()
         await wait_until(lambda: caught_up(pg, chroma.path))
+        await wait_until(lambda: settled(pg, chroma.path))
     finally:
         writer.stop.set()
         log = stop_daemon(daemon)
@@ -154,7 +206,7 @@ async def test_writes_during_reconciliation(tmp_path: Path, chroma: ChromaServer
     assert "reconciled" in log
     chroma.stop()  # compared with Chroma restarted, as above
     chroma.start()
-    await same(pg, collection(chroma.client(), "busy", "l2"))
+    await same(pg, collection(chroma.client(), "busy", "l2"), chroma.path)
 
 
 async def reconciled(pg: asyncpg.Connection) -> None:

@@ -1,4 +1,4 @@
-"""The doubt rule (syncd.stores.chroma.doubt) against a model of Chroma 1.5.9's HNSW writer.
+"""The doubt rule (syncd.sources.chroma_doubt) against a model of Chroma 1.5.9's HNSW writer.
 
 The model follows ``LocalHnswSegmentWriter::apply_log_chunk`` (rust/segment/src/local_hnsw.rs,
 tag 1.5.9) for one id: ADD only if the id is missing, UPDATE only if it exists (and carries a
@@ -10,12 +10,17 @@ with a doubt, it is the ADD's (what the log says) or the doubtful UPDATE's.
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
 from syncd.model import Change, Op, Position
-from syncd.stores.chroma.doubt import Doubt, State, step
-from syncd.stores.pgvector.doubt import track
+from syncd.sinks.pgvector_doubt import track
+from syncd.sources import chroma_doubt
+from syncd.sources.chroma_doubt import Doubt, State, step
 
 Row = tuple[int, str, bytes | None]  # seq, operation, vector
 
@@ -103,3 +108,33 @@ def test_track_records_changed_by_a_batch() -> None:
     got = track(changes, {"a": False, "b": True, "c": False, "d": True},
                 {"c": Doubt(0, None, u), "d": Doubt(0, 1, u)})
     assert got == {"a": Doubt(1, 3, u), "c": Doubt(0, 4, u), "d": None}
+
+
+def test_scan_reads_the_log_in_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SQLite file with Chroma's queue table: the doubts, read 3 seq_ids per transaction."""
+    db = sqlite3.connect(tmp_path / "chroma.sqlite3", isolation_level=None)
+    db.execute("CREATE TABLE embeddings_queue (seq_id INTEGER PRIMARY KEY, created_at TIMESTAMP, "
+               "operation INTEGER NOT NULL, topic TEXT NOT NULL, id TEXT NOT NULL, vector BLOB, "
+               "encoding TEXT, metadata TEXT)")
+    rows = [(0, "a", b"a0"), (1, "x", b"xu"), (1, "b", None), (3, "y", None), (0, "x", b"xa"),
+            (1, "y", b"yu"), (1, "z", b"zu"), (0, "z", b"za"), (1, "z", b"zv")]
+    for op, item_id, vector in rows:
+        db.execute("INSERT INTO embeddings_queue (operation, topic, id, vector) VALUES (?, 't', ?, ?)",
+                   (op, item_id, vector))
+    db.execute("INSERT INTO embeddings_queue (operation, topic, id, vector) VALUES (1, 'other', 'q', x'00')")
+    transactions = 0
+
+    def read(fn: Any) -> Any:
+        nonlocal transactions
+        transactions += 1
+        db.execute("BEGIN")
+        try:
+            return fn(db)
+        finally:
+            db.execute("COMMIT")
+
+    monkeypatch.setattr(chroma_doubt, "SCAN_STEP", 3)
+    # x: UPDATE while missing (unknown: taken as missing), then ADD; y: UPDATE after a DELETE,
+    # no ADD yet; z: ADD after the UPDATE, then a vector UPDATE that settles it
+    assert chroma_doubt.scan(read, "t") == {"x": Doubt(2, 5, b"xu"), "y": Doubt(6, None, b"yu")}
+    assert transactions == 1 + 3 + 3 + 1

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 OPS = {0: "add", 1: "update", 2: "upsert", 3: "delete"}
 
@@ -62,27 +64,47 @@ def step(state: State, seq: int, op: str, has_vector: bool, vector: bytes | None
     return state
 
 
-def scan(conn: sqlite3.Connection, topic: str) -> dict[str, Doubt]:
-    """The doubts the log of one collection holds (one read transaction is the caller's).
+SCAN_STEP = 20_000
+"""Log rows (seq_ids) per read transaction of :func:`scan`: Chroma's writer waits for each."""
 
-    Only ids with an UPDATE carrying a vector can have one: their rows are read in order
-    (two passes over the log in SQLite, none in Python for the others), then the vectors of
-    the doubtful UPDATEs by seq_id.
+
+def scan(read: Callable[[Callable[[sqlite3.Connection], Any]], Any], topic: str) -> dict[str, Doubt]:
+    """The doubts the log of one collection holds; *read* runs a function in one short read
+    transaction.
+
+    Only ids with an UPDATE carrying a vector can have one. Two passes over the log in seq_id
+    ranges of :data:`SCAN_STEP` (in SQLite: Python sees only those ids' rows), then the
+    vectors of the doubtful UPDATEs by seq_id. Rows purged meanwhile only make an id's
+    existence unknown (taken as missing); rows written meanwhile are streamed later.
     """
+    head = int(read(lambda c: c.execute("SELECT coalesce(max(seq_id), 0) FROM embeddings_queue "
+                                        "WHERE topic = ?", (topic,)).fetchone()[0]))
+    ranges = [(lo, min(lo + SCAN_STEP, head)) for lo in range(0, head, SCAN_STEP)]
+    def rows(sql: str, *args: Any) -> Callable[[sqlite3.Connection], list[Any]]:
+        return lambda conn: conn.execute(sql, args).fetchall()
+
+    ids: set[str] = set()
+    for lo, hi in ranges:
+        ids.update(r[0] for r in read(rows(
+            "SELECT DISTINCT id FROM embeddings_queue WHERE seq_id > ? AND seq_id <= ? AND topic = ? "
+            "AND operation = 1 AND vector IS NOT NULL", lo, hi, topic)))
+    if not ids:
+        return {}
+    wanted = json.dumps(sorted(ids))
     states: dict[str, State] = {}
-    for item_id, seq, op, has_vector in conn.execute(
-            """SELECT id, seq_id, operation, vector IS NOT NULL FROM embeddings_queue
-               WHERE topic = ?1 AND id IN (SELECT id FROM embeddings_queue WHERE topic = ?1
-                                          AND operation = 1 AND vector IS NOT NULL)
-               ORDER BY seq_id""", (topic,)):
-        name = OPS.get(int(op))
-        if name is not None:
-            states[item_id] = step(states.get(item_id, (None, None)), int(seq), name, bool(has_vector))
+    for lo, hi in ranges:
+        for item_id, seq, op, has_vector in read(rows(
+                """SELECT id, seq_id, operation, vector IS NOT NULL FROM embeddings_queue
+                   WHERE seq_id > ? AND seq_id <= ? AND topic = ?
+                   AND id IN (SELECT value FROM json_each(?)) ORDER BY seq_id""", lo, hi, topic, wanted)):
+            name = OPS.get(int(op))
+            if name is not None:
+                states[item_id] = step(states.get(item_id, (None, None)), int(seq), name, bool(has_vector))
     doubts = {k: d for k, (_, d) in states.items() if d is not None}
     if not doubts:
         return {}
-    blobs = dict(conn.execute(
+    blobs = dict(read(rows(
         "SELECT seq_id, vector FROM embeddings_queue WHERE seq_id IN (SELECT value FROM json_each(?))",
-        (json.dumps([d.update_seq for d in doubts.values()]),)).fetchall())
+        json.dumps([d.update_seq for d in doubts.values()]))))
     return {k: replace(d, vector=bytes(blobs[d.update_seq])) for k, d in doubts.items()
             if blobs.get(d.update_seq) is not None}

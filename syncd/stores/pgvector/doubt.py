@@ -23,7 +23,7 @@ import asyncpg
 import numpy as np
 import structlog
 
-from syncd.errors import RowError
+from syncd.errors import RetryableError, RowError
 from syncd.model import Change, Op
 from syncd.stores.chroma.doubt import Doubt, State, step
 from syncd.stores.chroma.source import ChromaCollectionSource
@@ -103,11 +103,13 @@ def _keyed(t: VectorTable, ids: Sequence[str]) -> tuple[list[str], list[Any]]:
     return keys, values
 
 
-async def _rows(conn: asyncpg.Connection, t: VectorTable, ids: Sequence[str]) -> dict[str, Any]:
-    """The table's vectors of the ids of *ids* it holds."""
+async def _rows(conn: asyncpg.Connection, t: VectorTable, ids: Sequence[str], *,
+                vectors: bool = True) -> dict[str, Any]:
+    """The ids of *ids* the table holds, with their vectors (or None)."""
     keys, values = _keyed(t, ids)
     rows = await conn.fetch(
-        f"SELECT u.k, x.{qi(t.embedding_col)} AS e FROM unnest($1::text[], $2::{t.id_type}[]) AS u(k, v) "
+        f"SELECT u.k, {'x.' + qi(t.embedding_col) if vectors else 'NULL'} AS e "
+        f"FROM unnest($1::text[], $2::{t.id_type}[]) AS u(k, v) "
         f"JOIN {t.qualified} x ON x.{qi(t.id_col)} = u.v", keys, values)
     return {r["k"]: r["e"].to_numpy() if hasattr(r["e"], "to_numpy") else r["e"] for r in rows}
 
@@ -123,7 +125,7 @@ async def changed_records(conn: asyncpg.Connection, stream: str, t: VectorTable,
         ids |= set(known)
     if not ids:
         return {}
-    held = await _rows(conn, t, sorted(ids))
+    held = await _rows(conn, t, sorted(ids), vectors=False)
     return track(changes, {i: i in held for i in ids}, known)
 
 
@@ -175,7 +177,11 @@ async def settle(conn: asyncpg.Connection, stream: str, t: VectorTable,
     if not due:
         return (0, 0) if left else None
     ids = [r["id"] for r in due]
-    served = await source.server_vectors(ids)
+    try:
+        served = await source.server_vectors(ids)
+    except RetryableError as exc:  # the log stream goes on; asked again after the next batch or ping
+        log.warning("cannot settle vectors now", collection=t.collection, due=len(ids), error=str(exc))
+        return 0, 0
     if served is None:
         return 0, 0  # no server to ask: the table keeps what the log says
     current = await _rows(conn, t, ids)
