@@ -56,6 +56,8 @@ class Sample:
     wal: int
     phase: str
     metrics_ok: bool
+    syncd_lag: float | None
+    """The lag syncd reports itself in ``/status`` (age of the oldest change not applied)."""
 
 
 async def sample(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaign.Daemon,
@@ -70,7 +72,8 @@ async def sample(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campai
     return Sample(t, tree_rss(proc), fds, int(conns), int(changelog),
                   wal_size(setup.sqlite),
                   str(st["phase"]) if st else "?",
-                  metrics is not None and b"syncd_lag_seconds" in metrics)
+                  metrics is not None and b"syncd_lag_seconds" in metrics,
+                  st.get("lag_seconds") if st else None)
 
 
 def wal_size(sqlite: Path) -> int:
@@ -207,12 +210,13 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
     return checks, samples, lags
 
 
-HEADER = "   t s  phase       RSS MiB  fds  pg conns  changelog  WAL MiB  metrics"
+HEADER = "   t s  phase       RSS MiB  fds  pg conns  changelog  WAL MiB  metrics  syncd lag s"
 
 
 def row(s: Sample) -> str:
     return (f"{s.t:6.0f}  {s.phase:<10} {s.rss / MIB:8.1f} {s.fds:4d} {s.pg_connections:9d} "
-            f"{s.changelog:10d} {s.wal / MIB:8.1f}  {'ok' if s.metrics_ok else 'FAILED'}")
+            f"{s.changelog:10d} {s.wal / MIB:8.1f}  {'ok' if s.metrics_ok else 'FAILED':<7}  "
+            f"{'-' if s.syncd_lag is None else f'{s.syncd_lag:.2f}'}")
 
 
 def print_figures(samples: list[Sample], lags: list[tuple[float, float]],
