@@ -8,7 +8,8 @@ crash tests' randomized writer (inserts, updates, deletes and key changes over n
 commits at the given rate. Every ``--scrape`` seconds the harness reads ``/metrics`` and
 ``/status`` from the daemon's health listener and samples the daemon's RSS and open file
 descriptors (``/proc/<pid>/fd``), the target database's connections (``pg_stat_activity``),
-the rows in ``_syncd_changelog`` and the size of the SQLite WAL. Every second it samples the
+the rows in ``_syncd_changelog`` (and how many of them are applied, at or below the
+committed checkpoint, and only wait to be pruned) and the size of the SQLite WAL. Every second it samples the
 lag as seen from outside: now minus the commit-time stamp of the newest ``events`` row in
 PostgreSQL. At the end it stops the writer, waits for the stream to catch up, and checks
 (bench.campaign.final_checks): nothing lost, nothing doubled, every row equal, ``syncd verify``.
@@ -53,9 +54,13 @@ class Sample:
     fds: int
     pg_connections: int
     changelog: int
+    kept: int
+    """Changelog rows at or below the committed checkpoint: applied, waiting to be pruned."""
     wal: int
     phase: str
     metrics_ok: bool
+    syncd_lag: float | None
+    """The lag syncd reports itself in ``/status`` (age of the oldest change not applied)."""
 
 
 async def sample(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaign.Daemon,
@@ -65,12 +70,16 @@ async def sample(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campai
     conns = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
                                 "AND pid <> pg_backend_pid()", setup.database)
     changelog = campaign.sqlite_value(setup.sqlite, "SELECT count(*) FROM _syncd_changelog")
+    cp = await campaign.stored_position(conn)
+    kept = campaign.sqlite_value(setup.sqlite, "SELECT count(*) FROM _syncd_changelog "
+                                 f"WHERE id <= {cp[0] if cp else 0}")
     metrics = await asyncio.to_thread(daemon.get, "/metrics")
     st = await asyncio.to_thread(daemon.status)
-    return Sample(t, tree_rss(proc), fds, int(conns), int(changelog),
+    return Sample(t, tree_rss(proc), fds, int(conns), int(changelog), int(kept),
                   wal_size(setup.sqlite),
                   str(st["phase"]) if st else "?",
-                  metrics is not None and b"syncd_lag_seconds" in metrics)
+                  metrics is not None and b"syncd_lag_seconds" in metrics,
+                  st.get("lag_seconds") if st else None)
 
 
 def wal_size(sqlite: Path) -> int:
@@ -109,6 +118,7 @@ def bound_checks(samples: list[Sample], warm: float, rate: float) -> list[Check]
     conns = [s.pg_connections for s in samples]
     log_bound = max(20_000, int(CHANGELOG_BOUND_SECONDS * rate))
     changelog = max(s.changelog for s in after)
+    kept = max(s.kept for s in after)
     wal = max(s.wal for s in samples)
     failed = sum(not s.metrics_ok for s in samples)
     return [
@@ -126,6 +136,9 @@ def bound_checks(samples: list[Sample], warm: float, rate: float) -> list[Check]
         Check("_syncd_changelog bounded by pruning", changelog <= log_bound,
               f"max {changelog} rows after warm-up, last {samples[-1].changelog}; "
               f"bound {log_bound}"),
+        Check("applied changes pruned", kept <= log_bound,
+              f"max {kept} applied rows still in the changelog after warm-up, last "
+              f"{samples[-1].kept}; bound {log_bound}"),
         Check("SQLite WAL bounded", wal <= WAL_BOUND,
               f"max {wal / MIB:.1f} MiB, last {samples[-1].wal / MIB:.1f} MiB; "
               f"bound {WAL_BOUND / MIB:.0f} MiB"),
@@ -207,12 +220,14 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
     return checks, samples, lags
 
 
-HEADER = "   t s  phase       RSS MiB  fds  pg conns  changelog  WAL MiB  metrics"
+HEADER = ("   t s  phase       RSS MiB  fds  pg conns  changelog  (applied)  WAL MiB  metrics"
+          "  syncd lag s")
 
 
 def row(s: Sample) -> str:
     return (f"{s.t:6.0f}  {s.phase:<10} {s.rss / MIB:8.1f} {s.fds:4d} {s.pg_connections:9d} "
-            f"{s.changelog:10d} {s.wal / MIB:8.1f}  {'ok' if s.metrics_ok else 'FAILED'}")
+            f"{s.changelog:10d} {s.kept:10d} {s.wal / MIB:8.1f}  {'ok' if s.metrics_ok else 'FAILED':<7}  "
+            f"{'-' if s.syncd_lag is None else f'{s.syncd_lag:.2f}'}")
 
 
 def print_figures(samples: list[Sample], lags: list[tuple[float, float]],

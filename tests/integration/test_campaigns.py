@@ -14,6 +14,7 @@ from tests.conftest import REPO
 
 SOAK_CHECKS = ("daemon RSS flat after warm-up", "open file descriptors bounded",
                "PostgreSQL connections bounded", "_syncd_changelog bounded by pruning",
+               "applied changes pruned",
                "SQLite WAL bounded", "acknowledged writes lost", "acknowledged writes doubled",
                "rows equal (own comparison)", "syncd verify")
 CHAOS_CHECKS = ("kills done", "PostgreSQL crashes survived", "checkpoint never went backwards",
