@@ -10,7 +10,7 @@ operation that took effect per item) and to the HNSW index. The catalog is in
 Reads run on one read-only connection (``mode=ro``, busy timeout 5 s), each a
 short read transaction, on one worker thread: Chroma's journal mode is
 ``delete``, so a long read would stall its writer. The two writes syncd makes —
-the retention switch (:mod:`syncd.chroma_retention`) and pruning rows it has
+the retention switch (:mod:`syncd.stores.chroma.retention`) and pruning rows it has
 checkpointed past — go through a second connection (:attr:`ChromaLog.rw`), in
 short transactions, on the same thread.
 """
@@ -34,8 +34,8 @@ import structlog
 import watchfiles
 
 from syncd.errors import SourceBusy, SourceError, SyncdError
-from syncd.sources.chroma_doubt import Doubt, scan
-from syncd.sources.worker import call_on
+from syncd.stores.chroma.doubt import Doubt, scan
+from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.chroma")
 T = TypeVar("T")
@@ -417,7 +417,7 @@ class ChromaLog:
 
     async def vector_doubts(self, info: CollectionInfo) -> dict[str, Doubt]:
         """Ids whose vector Chroma's index may hold from an UPDATE of a missing id
-        (:mod:`syncd.sources.chroma_doubt`), from the whole log, in short read transactions."""
+        (:mod:`syncd.stores.chroma.doubt`), from the whole log, in short read transactions."""
         return await self.call(lambda: scan(self.read, self.topic(info.id)))
 
     def _pending(self, info: CollectionInfo, after: int) -> tuple[int, float | None, int]:
