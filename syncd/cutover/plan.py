@@ -28,6 +28,7 @@ from syncd.cutover.state import State
 from syncd.errors import FatalError, SyncdError, redact
 from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.stores.sqlite.capture import META
+from syncd.stores.sqlite.schema import uri
 
 log = structlog.get_logger("syncd.cutover")
 
@@ -100,7 +101,7 @@ class Objects:
 async def discover(cfg: Config, conn: asyncpg.Connection) -> Objects:
     objs = Objects()
     if cfg.sqlite is not None:
-        db = sqlite3.connect(f"file:{cfg.sqlite.path}?mode=ro", uri=True)
+        db = sqlite3.connect(uri(cfg.sqlite.path, "ro"), uri=True)
         try:
             have = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
             if META in have:

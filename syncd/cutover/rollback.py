@@ -38,6 +38,7 @@ from syncd.cutover.plan import (
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import FatalError, SyncdError
 from syncd.stores.postgres.connect import close_quietly, connect, translate
+from syncd.stores.sqlite.schema import uri
 
 
 async def _reverse_pending(sw: Switch) -> str | None:
@@ -48,7 +49,7 @@ async def _reverse_pending(sw: Switch) -> str | None:
     if not await conn.fetchval("SELECT to_regclass('syncd.changelog') IS NOT NULL"):
         return None
     if sw.cfg.sqlite is not None:
-        db = sqlite3.connect(f"file:{sw.cfg.sqlite.path}?mode=ro", uri=True)
+        db = sqlite3.connect(uri(sw.cfg.sqlite.path, "ro"), uri=True)
         try:
             done = sqlite_checkpoint(db, REVERSE_TABLES_STREAM) or 0
         finally:
@@ -70,7 +71,7 @@ async def _reverse_lags(sw: Switch) -> list[dict[str, object]]:
     has_log = await sw.conn.fetchval("SELECT to_regclass('syncd.changelog') IS NOT NULL")
     if sw.cfg.sqlite is None or not has_log:
         return []
-    db = sqlite3.connect(f"file:{sw.cfg.sqlite.path}?mode=ro", uri=True)
+    db = sqlite3.connect(uri(sw.cfg.sqlite.path, "ro"), uri=True)
     try:
         done = sqlite_checkpoint(db, REVERSE_TABLES_STREAM) or 0
     finally:
@@ -93,7 +94,7 @@ async def _preflight_rollback(sw: Switch, *, resume: bool, dry_run: bool) -> Non
         from syncd.stores.sqlite.capture import check_installed
         from syncd.stores.sqlite.schema import discover as discover_tables
 
-        db = sqlite3.connect(f"file:{sw.cfg.sqlite.path}?mode=ro", uri=True)
+        db = sqlite3.connect(uri(sw.cfg.sqlite.path, "ro"), uri=True)
         try:
             wanted = discover_tables(db, tables=tuple(sw.objects.sqlite_tables), exclude=(),
                                      no_primary_key=sw.cfg.sqlite.no_primary_key)

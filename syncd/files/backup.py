@@ -25,7 +25,6 @@ import datetime as dt
 import os
 import shutil
 import sqlite3
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from syncd.config import Config
 from syncd.errors import FatalError, SourceError
 from syncd.files import manifest as mf
 from syncd.stores.chroma.log import OP_ADD, OP_DELETE, OP_UPSERT, seq_value
-from syncd.stores.sqlite.schema import list_tables, qi
+from syncd.stores.sqlite.schema import list_tables, qi, uri
 
 log = structlog.get_logger("syncd.backup")
 
@@ -95,17 +94,12 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def read_only_uri(path: Path) -> str:
-    """A read-only SQLite URI for *path*; ``?``, ``#`` and ``%`` in it are escaped."""
-    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-
-
 def copy_sqlite(src: Path, dst: Path) -> None:
     """The database at *src* as of one commit, into the new file *dst* (SQLite's backup API)."""
     if not src.is_file():
         raise SourceError(f"backup: SQLite database {src} does not exist")
     try:
-        source = sqlite3.connect(read_only_uri(src), uri=True, timeout=_BUSY_MS / 1000)
+        source = sqlite3.connect(uri(src, "ro"), uri=True, timeout=_BUSY_MS / 1000)
         try:
             target = sqlite3.connect(dst)
             try:
@@ -163,7 +157,7 @@ def _segment_state(persist: Path) -> dict[str, tuple[int, int]]:
 
 
 def _max_seq_ids(db: Path) -> dict[str, int]:
-    conn = sqlite3.connect(read_only_uri(db), uri=True, timeout=_BUSY_MS / 1000)
+    conn = sqlite3.connect(uri(db, "ro"), uri=True, timeout=_BUSY_MS / 1000)
     try:
         return {str(s): int.from_bytes(v, "big") if isinstance(v, bytes) else int(v)
                 for s, v in conn.execute("SELECT segment_id, seq_id FROM max_seq_id")}

@@ -24,6 +24,7 @@ from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import changelog
 from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.source import PostgresSource, read_sqlite_tables
+from syncd.stores.sqlite.schema import uri
 from syncd.stores.sqlite.sink import SqliteSink
 from syncd.stream import Stream
 
@@ -116,7 +117,7 @@ async def stored_status(config: Config, dsn: str) -> list[dict[str, object]]:
     tables = await _table_names(config.sqlite)
 
     def read_sqlite() -> tuple[int | None, int]:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(uri(path, "ro"), uri=True)
         try:
             have = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
             row = db.execute(f"SELECT position FROM {CHECKPOINTS} WHERE stream = ?",

@@ -19,7 +19,7 @@ from syncd.errors import RowError
 from syncd.stores.postgres import datetime as pg_datetime
 from syncd.stores.postgres.sink import TargetTable
 from syncd.stores.postgres.types import family
-from syncd.stores.sqlite.schema import qi
+from syncd.stores.sqlite.schema import qi, uri
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ def _norm(value: Any, pg_type: str) -> Any:
 
 
 def _sqlite_rows(path: str, tt: TargetTable) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...] | str]]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(uri(path, "ro"), uri=True)
     try:
         cols = ", ".join(qi(c) for c in tt.source.column_names)
         if tt.source.synthetic_key:

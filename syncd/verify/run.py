@@ -32,7 +32,7 @@ from syncd.model import SnapshotState
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, translate
 from syncd.stores.postgres.sink import PostgresSink, TargetTable, plan_table
-from syncd.stores.sqlite.schema import Table, discover
+from syncd.stores.sqlite.schema import Table, discover, uri
 from syncd.streams.supervisor import SQLITE_STREAM
 from syncd.verify.canon import SESSION_SETTINGS
 from syncd.verify.collection_setup import ChromaVerify
@@ -137,7 +137,7 @@ def discover_tables(cfg: Config) -> list[Table]:
     assert cfg.sqlite is not None
     if not cfg.sqlite.path.exists():
         raise SyncdError(f"SQLite database {cfg.sqlite.path} does not exist (source.sqlite.path)")
-    conn = sqlite3.connect(f"file:{cfg.sqlite.path}?mode=ro", uri=True, timeout=30)
+    conn = sqlite3.connect(uri(cfg.sqlite.path, "ro"), uri=True, timeout=30)
     try:
         return discover(conn, tables=cfg.sqlite.tables, exclude=cfg.sqlite.exclude,
                         no_primary_key=cfg.sqlite.no_primary_key)

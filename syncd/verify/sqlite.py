@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from syncd.errors import SourceBusy, SourceError
 from syncd.model import Key
 from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key
-from syncd.stores.sqlite.schema import Table, qi
+from syncd.stores.sqlite.schema import Table, qi, uri
 
 T = TypeVar("T")
 Raw = tuple[Any, ...]
@@ -71,7 +71,7 @@ class SqliteReader:
         if self._conn is None:
             if not self.path.exists():
                 raise SourceError(f"SQLite database {self.path} does not exist (source.sqlite.path)")
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30,
+            self._conn = sqlite3.connect(uri(self.path, "ro"), uri=True, timeout=30,
                                          isolation_level=None, check_same_thread=False)
         return self._conn
 

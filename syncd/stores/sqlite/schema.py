@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 from syncd.errors import SchemaError
 
@@ -13,6 +15,12 @@ ROWID_COLUMN = "_syncd_rowid"
 INTERNAL_PREFIXES = ("sqlite_", "_syncd_")
 CHANGELOG = "_syncd_changelog"
 """syncd's change log in the SQLite database (:mod:`syncd.stores.sqlite.capture`)."""
+
+
+def uri(path: str | Path, mode: str) -> str:
+    """A ``file:`` URI that opens exactly *path* (``#``, ``?``, ``%`` and spaces escaped), in *mode*
+    (``ro``, ``rw``)."""
+    return f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode={mode}"
 
 
 def qi(name: str) -> str:

@@ -27,7 +27,7 @@ from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, S
 from syncd.model import START, Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
 from syncd.stores.sqlite import capture, follow, rowids
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi, uri
 from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
@@ -43,7 +43,7 @@ def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     if not path.exists():
         raise SourceError(f"SQLite database {path} does not exist (source.sqlite.path)")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout,
+        conn = sqlite3.connect(uri(path, "rw"), uri=True, timeout=timeout,
                                isolation_level=None, check_same_thread=False)
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except sqlite3.DatabaseError as exc:
