@@ -278,7 +278,10 @@ def command(files: Sequence[Path], target: str | None, write: Path, *, force: bo
         raise ConfigError(f"{write} exists; pass --force to replace it, or --write another path")
     d = derive(files, target, password_env)
     text = toml_text(d, state_dir)
-    write.write_text(text)
+    try:
+        write.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"--write {write}: cannot write it ({exc.strerror}); choose another path") from None
     for line in report(d):
         print(line)
     print(f"wrote {write}")

@@ -65,6 +65,30 @@ def test_missing_app_file_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "s.toml").exists()
 
 
+@pytest.mark.parametrize("args, needle", [
+    (("--target", "mysql://u:p@h/db"), "--target"),
+    (("--write", "/nonexistent-dir/syncd.toml"), "/nonexistent-dir/syncd.toml"),
+])
+def test_bad_arguments_are_one_line(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    proc = run_syncd("config", "--from-app", str(QCKSTRT_ENV), "--write", str(tmp_path / "s.toml"),
+                     *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and needle in proc.stderr
+    assert "Traceback" not in proc.stderr and "p@h" not in proc.stderr
+
+
+def test_toml_app_config_with_lines(tmp_path: Path) -> None:
+    app = tmp_path / "app.toml"
+    app.write_text('# the app\n[storage]\nvector_store = "chromadb"\n\n[database.connection]\n'
+                   'host = "db"\nport = 6432\ndatabase = "hub"\nuser = "hub"\n')
+    out = tmp_path / "syncd.toml"
+    proc = run_syncd("config", "--from-app", str(app), "--write", str(out))
+    assert f"cutover.rollback.storage.vector_store = chromadb  ({app}:3)" in proc.stdout
+    out.write_text(out.read_text() + f'\n[source.chroma]\npath = "{tmp_path}"\n')
+    cfg = config_mod.load(out, env={})
+    assert cfg.target.dsn == "postgresql://hub@db:6432/hub?sslmode=prefer"
+    assert cfg.cutover.app_config == app and cfg.cutover.rollback == {"storage.vector_store": "chromadb"}
+
+
 def test_signal_hub_yaml_gives_target_and_flip_and_says_what_is_missing(tmp_path: Path) -> None:
     hub = SEEDS / "signal-hub"
     out = tmp_path / "syncd.toml"
