@@ -142,6 +142,10 @@ def derive(files: Sequence[Path], target: str | None, password_env: str = DEFAUL
         d.dsn = Found(dsn, "--target")
     elif "database.connection.host" in seen:
         d.dsn = _dsn_from_yaml(seen)
+        password = seen.get("database.connection.password")
+        if password is not None and not _REF.fullmatch(password[1].value):
+            d.lines.append(f"target.dsn: the password at {password[1].where} is not copied in clear; add "
+                           "it to the DSN as ${NAME} and set NAME in syncd's environment")
     _qckstrt(d, seen, parts)
     _signal_hub(d, seen)
     if d.dsn is None:

@@ -79,9 +79,11 @@ def test_bad_arguments_are_one_line(tmp_path: Path, args: tuple[str, ...], needl
 def test_toml_app_config_with_lines(tmp_path: Path) -> None:
     app = tmp_path / "app.toml"
     app.write_text('# the app\n[storage]\nvector_store = "chromadb"\n\n[database.connection]\n'
-                   'host = "db"\nport = 6432\ndatabase = "hub"\nuser = "hub"\n')
+                   'host = "db"\nport = 6432\ndatabase = "hub"\nuser = "hub"\npassword = "hunter2"\n')
     out = tmp_path / "syncd.toml"
     proc = run_syncd("config", "--from-app", str(app), "--write", str(out))
+    assert "hunter2" not in out.read_text() + proc.stdout + proc.stderr
+    assert f"missing: target.dsn: the password at {app}:10 is not copied in clear" in proc.stdout
     assert f"cutover.rollback.storage.vector_store = chromadb  ({app}:3)" in proc.stdout
     out.write_text(out.read_text() + f'\n[source.chroma]\npath = "{tmp_path}"\n')
     cfg = config_mod.load(out, env={})
