@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embedded", help="the embedded PostgreSQL (target.dsn = \"embedded\") on its own")
     e.add_argument("action", choices=("start", "stop", "dsn"),
                    help="start it and leave it running, stop it, or print its DSN and the psql command")
+    fa = sub.add_parser("config", help="write syncd.toml from the app's own config (.env, YAML, TOML)")
+    fa.add_argument("--from-app", action="append", type=Path, required=True, metavar="FILE",
+                    help="the app's config file (repeatable)")
+    fa.add_argument("--target", default=None, metavar="DSN", help="the PostgreSQL the app moves to")
+    fa.add_argument("--write", type=Path, default=Path("syncd.toml"), metavar="FILE")
+    fa.add_argument("--force", action="store_true", help="replace an existing --write file")
+    fa.add_argument("--state-dir", default=None, metavar="DIR", help="syncd's [state] dir")
+    fa.add_argument("--password-env", default="SYNCD_TARGET_PASSWORD", metavar="NAME",
+                    help="the environment variable that holds the target's password")
     d = sub.add_parser("demo", help="try syncd on a generated app database and the embedded Postgres")
     d.add_argument("--dir", type=Path, default=None, help="demo directory (default: a new temp dir)")
     return p
@@ -85,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from syncd.demo.run import run_demo
 
             return asyncio.run(run_demo(args.dir))
+        if args.command == "config":
+            from syncd.cutover import from_app
+
+            return from_app.command(args.from_app, args.target, args.write, force=args.force,
+                                    state_dir=args.state_dir, password_env=args.password_env)
         from syncd import config as config_mod
 
         cfg = config_mod.load(_config_path(args))

@@ -1,0 +1,150 @@
+"""`syncd config --from-app`: syncd.toml derived from the seed apps' own config files (copied
+verbatim from the seeds into tests/fixtures/seeds/), through the real command line."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import pytest
+
+from syncd import config as config_mod
+from tests.conftest import run_syncd
+from tests.integration.daemon_support import free_port, start, stop, streaming, wait_for
+
+SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "seeds"
+QCKSTRT_ENV = SEEDS / "qckstrt" / "apps" / "backend" / ".env"
+
+
+def test_qckstrt_env_gives_sources_target_and_cutover_keys(tmp_path: Path) -> None:
+    out = tmp_path / "syncd.toml"
+    proc = run_syncd("config", "--from-app", str(QCKSTRT_ENV), "--write", str(out),
+                     "--target", "postgresql://qckstrt_user:s3cret@db.example:5433/qckstrt?sslmode=require",
+                     "--state-dir", str(tmp_path / "state"))
+    text = out.read_text()
+    assert "s3cret" not in text and "s3cret" not in proc.stdout + proc.stderr
+    cfg = config_mod.load(out, env={"SYNCD_TARGET_PASSWORD": "pw-from-env"})
+    assert cfg.sqlite is not None and cfg.sqlite.path == QCKSTRT_ENV.parent / "data" / "dev.sqlite"
+    assert cfg.chroma is not None and cfg.chroma.url == "http://localhost:8000"
+    assert cfg.target.dsn == "postgresql://qckstrt_user:pw-from-env@db.example:5433/qckstrt?sslmode=require"
+    assert cfg.cutover.app_config == QCKSTRT_ENV
+    assert cfg.cutover.forward == {
+        "RELATIONAL_DB_PROVIDER": "postgres", "RELATIONAL_DB_HOST": "db.example",
+        "RELATIONAL_DB_PORT": "5433", "RELATIONAL_DB_DATABASE": "qckstrt",
+        "RELATIONAL_DB_USERNAME": "qckstrt_user", "RELATIONAL_DB_SSL": "true",
+        "RELATIONAL_DB_PASSWORD": "pw-from-env", "VECTOR_DB_PROVIDER": "pgvector"}
+    assert cfg.cutover.rollback["RELATIONAL_DB_PROVIDER"] == "sqlite"
+    assert cfg.cutover.rollback["RELATIONAL_DB_DATABASE"] == "./data/dev.sqlite"
+    assert cfg.cutover.rollback["VECTOR_DB_PROVIDER"] == "chromadb"
+    assert cfg.cutover.rollback["RELATIONAL_DB_PASSWORD"] == ""
+    # one line per inferred key, naming the file and line of the .env it came from
+    sqlite_path = QCKSTRT_ENV.parent / "data" / "dev.sqlite"
+    assert f"source.sqlite.path = {sqlite_path}  ({QCKSTRT_ENV}:5)" in proc.stdout
+    assert f"source.chroma.url = http://localhost:8000  ({QCKSTRT_ENV}:7)" in proc.stdout
+    assert f"vector dimension = 384  ({QCKSTRT_ENV}:8)" in proc.stdout
+
+
+def test_an_existing_file_is_kept_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "syncd.toml"
+    out.write_text("# mine\n")
+    args = ("config", "--from-app", str(QCKSTRT_ENV), "--write", str(out))
+    proc = run_syncd(*args, check=False)
+    assert proc.returncode == 2 and out.read_text() == "# mine\n"
+    assert proc.stderr.count("\n") == 1 and "--force" in proc.stderr
+    run_syncd(*args, "--force")
+    assert "[source.sqlite]" in out.read_text()
+
+
+def test_missing_app_file_is_one_line(tmp_path: Path) -> None:
+    proc = run_syncd("config", "--from-app", str(tmp_path / "nope.env"), "--write",
+                     str(tmp_path / "s.toml"), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope.env" in proc.stderr
+    assert not (tmp_path / "s.toml").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--target", "mysql://u:p@h/db"), "--target"),
+    (("--write", "/nonexistent-dir/syncd.toml"), "/nonexistent-dir/syncd.toml"),
+])
+def test_bad_arguments_are_one_line(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    proc = run_syncd("config", "--from-app", str(QCKSTRT_ENV), "--write", str(tmp_path / "s.toml"),
+                     *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and needle in proc.stderr
+    assert "Traceback" not in proc.stderr and "p@h" not in proc.stderr
+
+
+def test_toml_app_config_with_lines(tmp_path: Path) -> None:
+    app = tmp_path / "app.toml"
+    app.write_text('# the app\n[storage]\nvector_store = "chromadb"\n\n[database.connection]\n'
+                   'host = "db"\nport = 6432\ndatabase = "hub"\nuser = "hub"\npassword = "hunter2"\n')
+    out = tmp_path / "syncd.toml"
+    proc = run_syncd("config", "--from-app", str(app), "--write", str(out))
+    assert "hunter2" not in out.read_text() + proc.stdout + proc.stderr
+    assert f"missing: target.dsn: the password at {app}:10 is not copied in clear" in proc.stdout
+    assert f"cutover.rollback.storage.vector_store = chromadb  ({app}:3)" in proc.stdout
+    out.write_text(out.read_text() + f'\n[source.chroma]\npath = "{tmp_path}"\n')
+    cfg = config_mod.load(out, env={})
+    assert cfg.target.dsn == "postgresql://hub@db:6432/hub?sslmode=prefer"
+    assert cfg.cutover.app_config == app and cfg.cutover.rollback == {"storage.vector_store": "chromadb"}
+
+
+def test_signal_hub_yaml_gives_target_and_flip_and_says_what_is_missing(tmp_path: Path) -> None:
+    hub = SEEDS / "signal-hub"
+    out = tmp_path / "syncd.toml"
+    proc = run_syncd("config", "--from-app", str(hub / "signal-hub.yaml"),
+                     "--from-app", str(hub / "config" / "production.yaml"), "--write", str(out))
+    missing = [line for line in proc.stdout.splitlines() if line.startswith("missing:")]
+    assert len(missing) == 1 and "[source.chroma]" in missing[0]
+    text = out.read_text()
+    assert "${POSTGRES_PASSWORD}" in text
+    chroma = tmp_path / "chroma"
+    out.write_text(text + f'\n[source.chroma]\npath = "{chroma}"\n')
+    cfg = config_mod.load(out, env={"POSTGRES_PASSWORD": "pw"})
+    assert cfg.target.dsn == "postgresql://postgres:pw@localhost:5432/signalhub?sslmode=require"
+    assert cfg.cutover.app_config == hub / "signal-hub.yaml"
+    assert cfg.cutover.forward == {"storage.vector_store": "postgresql"}
+    assert cfg.cutover.rollback == {"storage.vector_store": "chromadb"}
+
+
+@pytest.mark.asyncio
+async def test_qckstrt_config_runs_init_run_and_cutover(tmp_path: Path, pg_dsn: str) -> None:
+    app = tmp_path / "backend"
+    app.mkdir()
+    shutil.copy(SEEDS / "qckstrt-relational" / ".env", app / ".env")
+    (app / "data").mkdir()
+    db = sqlite3.connect(app / "data" / "dev.sqlite")
+    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)")
+    db.executemany("INSERT INTO users VALUES (?, ?)", [(i, f"u{i}@example.com") for i in range(1, 51)])
+    db.commit()
+    db.close()
+    out = tmp_path / "syncd.toml"
+    run_syncd("config", "--from-app", str(app / ".env"), "--target", pg_dsn,
+              "--state-dir", str(tmp_path / "state"), "--write", str(out))
+    port = free_port()
+    with out.open("a") as f:
+        f.write(f'\n[health]\nlisten = "127.0.0.1:{port}"\n\n[stream]\npoll_interval = 0.2\n')
+    run_syncd("--config", str(out), "init")
+    run_syncd("--config", str(out), "run", "--until-caught-up", "--timeout", "120", timeout=180)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch("SELECT id, email FROM users ORDER BY id")
+    finally:
+        await conn.close()
+    assert [(r["id"], r["email"]) for r in rows] == [(i, f"u{i}@example.com") for i in range(1, 51)]
+    log = tmp_path / "daemon.log"
+    daemon = start(out, log=log)
+    try:
+        wait_for(lambda: streaming(port), "streaming", proc=daemon, log=log)
+        run_syncd("--config", str(out), "cutover", timeout=180)
+    finally:
+        stop(daemon)
+    lines = (app / ".env").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    url = urlsplit(pg_dsn)
+    assert env == {"RELATIONAL_DB_PROVIDER": "postgres", "RELATIONAL_DB_DATABASE": url.path.lstrip("/"),
+                   "RELATIONAL_DB_HOST": url.hostname or parse_qs(url.query)["host"][0],
+                   "RELATIONAL_DB_PORT": str(url.port or 5432), "RELATIONAL_DB_USERNAME": url.username,
+                   "RELATIONAL_DB_SSL": "false"}
