@@ -5,20 +5,66 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from syncd import fence, pg_capture, supervisor
-from syncd.config import Config
-from syncd.errors import ConfigError, FatalError
+import structlog
+
+from syncd import checks, exitcodes, fence, pg_capture, supervisor
+from syncd.config import Config, exposed
+from syncd.errors import ConfigError, FatalError, SourceUnavailable
 from syncd.pg import close_quietly, connect
 from syncd.sinks import pgstate
 from syncd.sinks.postgres import PostgresSink
 from syncd.sources.sqlite import SqliteSource
+from syncd.sources.sqlite_capture import CHANGELOG
+
+log = structlog.get_logger("syncd.commands")
+
+_WRITERS = ("init", "run", "uninstall", "cutover", "rollback")
+"""Commands that write into the app's stores."""
+
+
+def preflight(cfg: Config, command: str) -> None:
+    """What can be checked before a command touches a store: paths, permissions, exposure."""
+    if cfg.target.embedded:
+        checks.state_dir(cfg.state_dir, "the embedded PostgreSQL keeps its data there")
+    elif cfg.chroma is not None and cfg.chroma.path is not None and command in _WRITERS:
+        checks.state_dir(cfg.state_dir, "syncd records Chroma's log retention there")
+    if cfg.sqlite is not None:
+        checks.sqlite_path(cfg.sqlite.path)
+    if cfg.sqlite is not None and command in _WRITERS:
+        checks.sqlite_writable(cfg.sqlite.path)
+    listen = cfg.health.listen
+    if command in ("init", "run") and listen and exposed(listen):
+        port = listen.rpartition(":")[2]
+        log.warning(f"health.listen = {listen} serves /status and /metrics to the network, without "
+                    f"authentication; listen on 127.0.0.1:{port} (or a management address), or "
+                    "firewall the port")
+
+
+def chroma_answers(cfg: Config, timeout: float = 5.0) -> None:
+    """The Chroma server of ``source.chroma.url`` answers its heartbeat (when a url is set)."""
+    if cfg.chroma is None or cfg.chroma.url is None:
+        return
+    url = cfg.chroma.url.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        why = f"it answered HTTP {exc.code} to /api/v2/heartbeat: is it a Chroma 1.x server?"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        why = f"{getattr(reason, 'strerror', None) or reason}"
+    raise SourceUnavailable(f"Chroma at {url} (source.chroma.url) does not answer: {why}; start the "
+                            "app's Chroma server, or fix source.chroma.url")
 
 
 async def init(cfg: Config) -> int:
     """Validate config, create the target schema, install capture. Idempotent."""
+    await asyncio.to_thread(chroma_answers, cfg)
     dsn = await supervisor.target_dsn(cfg)
     if cfg.chroma is not None:
         from syncd.chroma_admin import init_chroma
@@ -35,8 +81,12 @@ async def init(cfg: Config) -> int:
         raise FatalError("nothing to initialise: configure [source.sqlite]")
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
+        await asyncio.to_thread(checks.something_to_sync, cfg.sqlite, list(source.tables))
+        await asyncio.to_thread(checks.sqlite_write_lock, cfg.sqlite.path, cfg.cutover.lock_timeout,
+                                "run `syncd init` again")
         conn = await connect(cfg.target, dsn)
         try:
+            await checks.target_config(conn, cfg.target, list(source.tables.values()), cfg.sqlite.path)
             tables = await PostgresSink.prepare(conn, supervisor.SQLITE_STREAM,
                                                 list(source.tables.values()), cfg.target)
             reverse = await pg_capture.install(conn, cfg.target.schema, [tt.name for tt in tables])
@@ -56,7 +106,29 @@ async def init(cfg: Config) -> int:
 
 
 async def run(cfg: Config, *, until_caught_up: bool) -> int:
+    await asyncio.to_thread(chroma_answers, cfg)
     return await supervisor.run(cfg, until_caught_up=until_caught_up)
+
+
+def capture_state(path: Any) -> str:
+    """``installed``, or ``absent`` when the SQLite file has no changelog (never initialised, or
+    uninstalled)."""
+    import sqlite3
+
+    from syncd.errors import SourceError
+
+    if not Path(path).is_file():
+        raise SourceError(f"SQLite database {path} does not exist (source.sqlite.path)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            found = db.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                               (CHANGELOG,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise SourceError(f"SQLite database {path}: {exc} (source.sqlite.path)") from exc
+    return "installed" if found else "absent"
 
 
 async def stored_status(cfg: Config) -> list[dict[str, Any]]:
@@ -79,6 +151,12 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
             rejects = await pgstate.count_rejects(conn, supervisor.SQLITE_STREAM)
     finally:
         await close_quietly(conn)
+    if await asyncio.to_thread(capture_state, cfg.sqlite.path) == "absent":
+        state = "uninstalled" if checkpoint is not None else "not-initialised"
+        return [{"name": supervisor.SQLITE_STREAM, "phase": state, "source_position": None,
+                 "checkpoint": checkpoint.position.offset if checkpoint else None, "pending": None,
+                 "lag_seconds": None, "rejects": rejects, "snapshot_copied": None,
+                 "daemon": "not running"}, *chroma]
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
         position = checkpoint.position if checkpoint else None
@@ -147,27 +225,44 @@ async def switch_state(cfg: Config) -> dict[str, Any]:
 async def status(cfg: Config, *, as_json: bool) -> int:
     switch = await switch_state(cfg)
     streams = await asyncio.to_thread(daemon_status, cfg)
+    asked = streams is not None
     if streams is None and switch["direction"] == "reverse" and cfg.sqlite is not None:
         from syncd.reverse import stored_status as reverse_status
 
         streams = await reverse_status(cfg, await supervisor.target_dsn(cfg))
     elif streams is None:
         streams = await stored_status(cfg)
+    chroma_down = None
+    if not asked and cfg.chroma is not None and cfg.chroma.url is not None:
+        try:
+            await asyncio.to_thread(chroma_answers, cfg, 2.0)
+        except SourceUnavailable as exc:
+            chroma_down = str(exc)
     if as_json:
-        print(json.dumps({"switch": switch, "streams": streams}, indent=2))
+        print(json.dumps({"switch": switch, "streams": streams, "daemon": daemon_note(cfg, asked),
+                          "chroma_error": chroma_down}, indent=2))
         return 0
-    uses = "SQLite/Chroma (forward)" if switch["direction"] == "forward" else "PostgreSQL (reverse: cut over)"
-    print(f"app uses {uses}" + (f"; a {switch['operation']} stopped after step {switch['step']}: "
-                               f"run `syncd {switch['operation']} --resume` or `syncd rollback`"
-                               if switch["operation"] else ""))
-    for s in streams:
-        print(f"{s['name']}: {s['phase']}, checkpoint {s['checkpoint']} of {s['source_position']}, "
-              f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects "
-              f"(daemon {s.get('daemon', 'not running')})")
+    from syncd.status_report import render
+
+    print("\n".join(render(cfg, switch, streams, daemon=daemon_note(cfg, asked), chroma_error=chroma_down)))
     return 0
 
 
+def daemon_note(cfg: Config, asked: bool) -> str:
+    """Whether the figures come from the daemon, and if not, why."""
+    listen = cfg.health.listen
+    if asked:
+        return f"running (answering on {listen})"
+    if not listen or listen.endswith(":0"):
+        return (f"cannot be asked: health.listen = {listen!r} gives it no fixed address; "
+                "the figures below are read from the stores")
+    return f"not answering on {listen} (not running?); the figures below are read from the stores"
+
+
 async def uninstall(cfg: Config) -> int:
+    if cfg.sqlite is not None:
+        await asyncio.to_thread(checks.sqlite_write_lock, cfg.sqlite.path, cfg.cutover.lock_timeout,
+                                "run `syncd uninstall` again")
     if cfg.chroma is not None:
         from syncd.chroma_admin import uninstall_chroma
         from syncd.reverse_chroma import uninstall_reverse
@@ -180,7 +275,7 @@ async def uninstall(cfg: Config) -> int:
         return 0
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
-        names = list(source.tables)
+        names = [cfg.target.table_for(t) for t in source.tables]
         dropped = await source.uninstall_capture()
     finally:
         await source.close()
@@ -198,19 +293,36 @@ async def uninstall(cfg: Config) -> int:
     return 0
 
 
-async def rejects(cfg: Config, *, as_json: bool, limit: int) -> int:
-    dsn = await supervisor.target_dsn(cfg)
-    conn = await connect(cfg.target, dsn)
+async def rejects(cfg: Config, *, as_json: bool, limit: int, accepted: bool = False) -> int:
+    """List open (or accepted) rejects, and say how one is cleared."""
+    from syncd import rejects as rejects_mod
+
+    if limit < 1:
+        raise ConfigError("--limit: must be at least 1")
+    conn = await connect(cfg.target, await supervisor.target_dsn(cfg))
     try:
-        rows = await pgstate.list_rejects(conn, None, limit) if await pgstate.has_state(conn) else []
+        rows = await rejects_mod.listing(conn, limit=limit, accepted=accepted)
     finally:
         await close_quietly(conn)
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        for r in rows:
-            print(f"#{r['id']} {r['stream']} {r['object']} key={r['key']} at {r['position']}: {r['error']}")
-        print(f"{len(rows)} open rejects")
+        print("\n".join(rejects_mod.render(rows, limit=limit, accepted=accepted)))
+    return 0
+
+
+async def accept_rejects(cfg: Config, ids: list[int], *, reason: str) -> int:
+    """`syncd rejects --accept ID…`: record that PostgreSQL may lack these rows."""
+    from syncd import rejects as rejects_mod
+
+    conn = await connect(cfg.target, await supervisor.target_dsn(cfg))
+    try:
+        done = await rejects_mod.accept(conn, ids, reason=reason, by=checks.who())
+    finally:
+        await close_quietly(conn)
+    print(f"accepted {len(done)} reject{'s' if len(done) != 1 else ''} "
+          f"(#{', #'.join(str(i) for i in done)}): kept in syncd.rejects, marked accepted; verify no "
+          "longer counts them. `syncd rejects --accepted` lists them.")
     return 0
 
 
@@ -221,7 +333,7 @@ async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collec
     import sys
 
     from syncd import verify as verify_mod
-    from syncd.verify_report import render
+    from syncd.verify_report import EXIT_QUARANTINED, render
 
     if chunk_rows is not None and chunk_rows < 2:
         raise ConfigError("--chunk-rows: must be at least 2")
@@ -233,18 +345,41 @@ async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collec
         raise ConfigError("--min-recall: must be between 0 and 1")
     if ef_search is not None and not 1 <= ef_search <= 1000:
         raise ConfigError("--ef-search: must be between 1 and 1000 (pgvector's range)")
+    assert exitcodes.QUARANTINED == EXIT_QUARANTINED
     options = verify_mod.TableOptions(chunk_rows=chunk_rows or 5000)
     coll_options = verify_mod.CollectionOptions(sample_size=sample_size, k=k, min_recall=min_recall,
                                                 ef_search=ef_search)
-    report = await verify_mod.verify(cfg, await supervisor.target_dsn(cfg),
-                                     mode="counts" if counts_only else "full", tables=tables,
+    dsn = await supervisor.target_dsn(cfg)
+    report = await verify_mod.verify(cfg, dsn, mode="counts" if counts_only else "full", tables=tables,
                                      collections=collections, options=options, progress_to=sys.stderr,
                                      collection_options=coll_options)
+    if any(c.rejected for c in report.checks):
+        await _mark_rejects(cfg, dsn, report)
     if as_json:
         print(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))
     else:
         print("\n".join(render(report)))
-    return 0 if report.ok else 1
+    return report.exit_code
+
+
+async def _mark_rejects(cfg: Config, dsn: str, report: Any) -> None:
+    """Give verify's rejected rows their ``syncd.rejects`` id, and mark those an operator accepted."""
+    import dataclasses
+
+    from syncd import rejects as rejects_mod
+
+    conn = await connect(cfg.target, dsn)
+    try:
+        known = await rejects_mod.unresolved(conn)
+    finally:
+        await close_quietly(conn)
+    for c in report.checks:
+        marked = []
+        for r in c.rejected:
+            found = known.get((c.name, rejects_mod.norm_key(r.key))) if r.recorded else None
+            marked.append(dataclasses.replace(r, reject_id=found[0], accepted=found[1]) if found else r)
+        c.rejected = marked
+        c.decide()
 
 
 async def demo(directory: Any) -> int:

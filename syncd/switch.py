@@ -107,7 +107,7 @@ async def discover(cfg: Config, conn: asyncpg.Connection) -> Objects:
                     f"SELECT tbl FROM {META} WHERE tbl <> '' ORDER BY tbl")]
         finally:
             db.close()
-        objs.table_targets = [(cfg.target.schema, t) for t in objs.sqlite_tables]
+        objs.table_targets = [(cfg.target.schema, cfg.target.table_for(t)) for t in objs.sqlite_tables]
     if cfg.chroma is not None and await conn.fetchval(
             "SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.chroma_collections"):
         for r in await conn.fetch(
@@ -315,6 +315,17 @@ class Switch:
             self.say(f"  write pause: {o.pause_seconds * 1000:.1f} ms")
 
 
+def reload_note(cfg: Config, dry_run: bool) -> str:
+    """What the preflight found of the reload command, in words that do not overstate it."""
+    argv = cfg.cutover.reload_command
+    if not argv:
+        return "no reload command configured"
+    if dry_run:
+        return (f"reload command {argv[0]!r} found but not run (a real run runs it once before "
+                "fencing, to check it exits 0, and again after the flip)")
+    return "reload command ran and exited 0"
+
+
 def chroma_dir_of(cfg: Config) -> Path | None:
     return cfg.chroma.path if cfg.chroma is not None and cfg.chroma.path is not None else None
 
@@ -359,7 +370,10 @@ async def command(operation: str, cfg: Config, *, dry_run: bool, resume: bool, a
         if not as_json:
             for problem in exc.problems:
                 print(f"  ✗ {problem}")
-            print(f"syncd: {operation} refused; nothing was changed", file=sys.stderr)
+            more = len(exc.problems) - 1
+            first = exc.problems[0] if exc.problems else str(exc)
+            tail = f" (and {more} more problem{'s' if more > 1 else ''}, listed above)" if more > 0 else ""
+            print(f"syncd: {operation} refused, nothing was changed: {first}{tail}", file=sys.stderr)
             return 1
         outcome.problems = exc.problems
     except SyncdError as exc:
