@@ -130,7 +130,7 @@ async def test_cutover_rollback_cutover_under_load(migration: Migration) -> None
     assert sum(len(rows) for rows in want.values()) > 500
     assert m.stop_daemon() == 0
     shown = m.command("status").stdout
-    assert shown.startswith("app uses PostgreSQL (reverse: cut over)"), shown
+    assert shown.startswith("app: uses PostgreSQL (cut over)"), shown
     assert "postgres→sqlite: streaming" in shown and "0 pending" in shown, shown
 
 
@@ -189,7 +189,7 @@ async def test_preflight_refuses(tmp_path: Path, pg_dsn: str, problem: str) -> N
                   "reverse-capture": "reverse capture is not installed",
                   "app-config": str(m.env), "reload": "exited with 3"}[problem]
         assert expect in text, text
-        assert "refused; nothing was changed" in text
+        assert "refused, nothing was changed" in text
         assert sqlite_fences(m.db) == []
         assert await direction(m.pg_dsn) == ("forward", None)
         if before is not None:
