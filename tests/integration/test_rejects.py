@@ -77,3 +77,27 @@ async def test_a_reject_from_quarantine_to_accepted_or_fixed(tmp_path: Path, mak
     run_syncd("-c", cfg, "run", "--until-caught-up")
     assert "0 open rejects" in run_syncd("-c", cfg, "rejects").stdout
     assert await pg.fetchval("SELECT code FROM users WHERE id = 4") == "short"
+
+
+async def test_a_long_table_name_mapped_to_a_shorter_one(tmp_path: Path, make_config: Any,
+                                                         pg: asyncpg.Connection) -> None:
+    """A SQLite table name over PostgreSQL's 63 bytes: init names it and the fix; mapped, it syncs."""
+    long = "customer_subscription_invoice_line_item_adjustment_history_entries_for_audit_v02"
+    db = tmp_path / "app.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript(f"CREATE TABLE {long} (id INTEGER PRIMARY KEY, amount NUMERIC);"
+                       f"INSERT INTO {long} VALUES (1, 10), (2, 20);")
+    conn.commit()
+    refused = run_syncd("-c", str(make_config(db)), "init", check=False)
+    assert refused.returncode == 2 and f'[target.table_names] "{long}" = ' in refused.stderr
+    cfg = str(make_config(db, extra=f'\n[target.table_names]\n"{long}" = "invoice_adjustments"\n'))
+    run_syncd("-c", cfg, "init")
+    run_syncd("-c", cfg, "run", "--until-caught-up")
+    conn.execute(f"UPDATE {long} SET amount = 25 WHERE id = 2")
+    conn.commit()
+    conn.close()
+    run_syncd("-c", cfg, "run", "--until-caught-up")
+    rows = await pg.fetch("SELECT id, amount FROM invoice_adjustments ORDER BY id")
+    assert [(r["id"], int(r["amount"])) for r in rows] == [(1, 10), (2, 25)]
+    verified = run_syncd("-c", cfg, "verify", check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
