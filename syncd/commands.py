@@ -14,7 +14,7 @@ import structlog
 
 from syncd import checks, exitcodes, fence, pg_capture, supervisor
 from syncd.config import Config, exposed
-from syncd.errors import ConfigError, FatalError, SourceUnavailable
+from syncd.errors import ConfigError, FatalError, SourceUnavailable, SyncdError
 from syncd.pg import close_quietly, connect
 from syncd.sinks import pgstate
 from syncd.sinks.postgres import PostgresSink
@@ -106,8 +106,34 @@ async def init(cfg: Config) -> int:
 
 
 async def run(cfg: Config, *, until_caught_up: bool) -> int:
+    import sys
+
     await asyncio.to_thread(chroma_answers, cfg)
-    return await supervisor.run(cfg, until_caught_up=until_caught_up)
+    started = time.monotonic()
+    code = await supervisor.run(cfg, until_caught_up=until_caught_up)
+    if until_caught_up and sys.stderr.isatty():  # a person is watching: say what happened
+        print(await run_summary(cfg, code, time.monotonic() - started), file=sys.stderr)
+    return code
+
+
+async def run_summary(cfg: Config, code: int, seconds: float) -> str:
+    """One paragraph after `run --until-caught-up` in a terminal: what was copied, how long,
+    rejects, and what to do next."""
+    if code != 0:
+        return (f"syncd: stopped after {seconds:.1f} s without catching up (exit {code}); the lines "
+                "above say why, and `syncd status` shows where each stream stands.")
+    try:
+        streams = await stored_status(cfg)
+    except SyncdError:
+        streams = []
+    parts = []
+    for s in streams:
+        copied = f"{s['snapshot_copied']:,} rows copied, " if s.get("snapshot_copied") else ""
+        rejects = f"{s['rejects']:,} rejects (`syncd rejects`)" if s.get("rejects") else "no rejects"
+        parts.append(f"{s['name']}: {copied}{s.get('pending') or 0:,} pending, {rejects}")
+    return (f"syncd: caught up in {seconds:.1f} s — " + ("; ".join(parts) or "nothing to copy") + ". "
+            "Next: `syncd verify` compares both sides row by row; `syncd run` (or the service) keeps "
+            "streaming; `syncd cutover` switches the app when you are ready.")
 
 
 def capture_state(path: Any) -> str:
