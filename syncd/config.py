@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from syncd.errors import ConfigError
+from syncd.stores.postgres import dsn as dsn_mod
 
 _VAR = re.compile(r"\$\{([^}]+)\}")
 _NO_PK = ("rowid", "refuse")
@@ -55,6 +56,9 @@ class Target:
     strict: bool = False
     column_types: Mapping[str, str] = field(default_factory=dict)
     """``"table.column" -> postgres type`` overrides of the type mapping."""
+    table_names: Mapping[str, str] = field(default_factory=dict)
+    """``SQLite table -> PostgreSQL table`` for names PostgreSQL cannot take (over 63 bytes)
+    or that should differ; unlisted tables keep their SQLite name."""
     collections: tuple[CollectionTarget, ...] = ()
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
@@ -62,6 +66,17 @@ class Target:
     @property
     def embedded(self) -> bool:
         return self.dsn == "embedded"
+
+    def table_for(self, sqlite_table: str) -> str:
+        """The PostgreSQL table a SQLite table is written to."""
+        return self.table_names.get(sqlite_table, sqlite_table)
+
+    def sqlite_table_for(self, pg_table: str) -> str:
+        """The SQLite table a PostgreSQL table comes back to (the inverse of :meth:`table_for`)."""
+        for sqlite_name, pg_name in self.table_names.items():
+            if pg_name == pg_table:
+                return sqlite_name
+        return pg_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +216,12 @@ class _Reader:
     def check_unknown(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
         if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], sorted(self.seen), n=1)
+            hint = f" (did you mean {self.key(close[0])}?)" if close else \
+                f"; known here: {', '.join(sorted(self.seen))}" if self.seen else ""
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key{hint}")
 
 
 def _path(value: str, base: Path) -> Path:
@@ -233,7 +253,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         if on_delete not in ("keep", "drop"):
             raise ConfigError(f"source.chroma.on_delete: expected \"keep\" or \"drop\", got {on_delete!r}")
         chroma = ChromaSource(
-            url=c.get("url", str),
+            url=_chroma_url(c.get("url", str)),
             path=_path(path, base) if path else None,
             collections=c.strings("collections"),
             tenant=c.get("tenant", str, "default_tenant"),
@@ -250,8 +270,9 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
     t = root.table("target")
     column_types = t.table("column_types")
     for k, v in column_types.data.items():
-        if "." not in k or not isinstance(v, str):
+        if "." not in k or not isinstance(v, str) or not v.strip():
             raise ConfigError(f"target.column_types.{k}: expected \"table.column\" = \"postgres type\"")
+    table_names = _table_names(t.table("table_names"))
     collections = []
     for i, item in enumerate(t.get("collections", list, [])):
         c = _Reader(item, f"target.collections[{i}]", env)
@@ -262,11 +283,16 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
             CollectionTarget(name=c.require("name", str), table=c.require("table", str), columns=cols)
         )
         c.check_unknown()
+    schema = t.get("schema", str, "public")
+    if not schema.strip() or len(schema.encode()) > PG_NAME_BYTES:
+        raise ConfigError(f"target.schema: {schema!r} is not a PostgreSQL schema name "
+                          f"(1 to {PG_NAME_BYTES} bytes)")
     target = Target(
-        dsn=t.require("dsn", str),
-        schema=t.get("schema", str, "public"),
+        dsn=dsn_mod.normalize(t.require("dsn", str)),
+        schema=schema,
         strict=t.get("strict", bool, False),
         column_types=dict(column_types.data),
+        table_names=table_names,
         collections=tuple(collections),
         connect_timeout=t.positive("connect_timeout", float, 10.0),
         command_timeout=t.positive("command_timeout", float, 60.0),
@@ -289,7 +315,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
 
     h = root.table("health")
     health = Health(
-        listen=h.get("listen", str, "127.0.0.1:8085"),
+        listen=check_listen(h.get("listen", str, "127.0.0.1:8085")),
         max_lag_seconds=h.positive("max_lag_seconds", float, 5.0),
         stale_after_seconds=h.positive("stale_after_seconds", float, 60.0),
     )
@@ -313,6 +339,70 @@ def _backup(b: _Reader, base: Path) -> Backup:
                     auto=b.get("auto", bool, True), min_free_mb=min_free)
     b.check_unknown()
     return backup
+
+
+PG_NAME_BYTES = 63
+"""PostgreSQL's identifier limit (NAMEDATALEN - 1): longer names are cut, silently."""
+
+
+def _table_names(r: _Reader) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for k, v in r.data.items():
+        key = r.key(f'"{k}"')
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{key}: expected \"sqlite_table\" = \"postgres_table\"")
+        if len(v.encode()) > PG_NAME_BYTES:
+            raise ConfigError(f"{key}: {v!r} is {len(v.encode())} bytes; PostgreSQL's limit is "
+                              f"{PG_NAME_BYTES}: choose a shorter name")
+        clash = next((other for other, name in names.items() if name == v), None)
+        if clash is not None:
+            raise ConfigError(f"{key}: {v!r} is also the name given to {clash!r}; each table needs "
+                              "its own PostgreSQL name")
+        names[k] = v
+    return names
+
+
+def check_listen(listen: str, key: str = "health.listen") -> str:
+    """``host:port`` (or empty: no health server); a bracketed IPv6 host is allowed."""
+    if not listen:
+        return listen
+    host, colon, port = listen.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected host:port such as 127.0.0.1:8085 (or \"\" for no "
+                          f"health server), got {listen!r}")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"{key}: write an IPv6 host in brackets, e.g. [::1]:{port}; got {listen!r}")
+    return listen
+
+
+def exposed(listen: str) -> bool:
+    """True when *listen* binds beyond loopback (every interface, or a non-loopback address)."""
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    if host in ("localhost", ""):
+        return host == ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a host name: it may resolve to anything
+
+
+def _chroma_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"source.chroma.url: expected http://HOST:PORT (the app's "
+                          f"VECTOR_DB_CHROMA_URL), got {url!r}")
+    del port
+    return url
 
 
 _VERIFY = ("counts", "full", "off")
@@ -374,11 +464,26 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {path} is a directory; name the file (syncd.toml)") from exc
+    except PermissionError as exc:
+        import pwd
+
+        st = path.stat()
+        me, owner = (pwd.getpwuid(uid).pw_name for uid in (os.geteuid(), st.st_uid))
+        raise ConfigError(f"config file {path} cannot be read by user {me} (owner {owner}, mode "
+                          f"{st.st_mode & 0o777:04o}): `sudo chgrp {me} {path} && sudo chmod g+r {path}`"
+                          ) from exc
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from exc
     try:
-        data = tomllib.loads(raw.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): is it the config?"
+                          ) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
     cfg = parse(data, base=path.resolve().parent, env=os.environ if env is None else env)
     return dataclasses.replace(cfg, path=path)

@@ -22,16 +22,7 @@ Messages never contain a password: DSNs go through :func:`redact` first.
 
 from __future__ import annotations
 
-import re
-
-_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
-_PASSWORD_KV = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
-
-
-def redact(text: str) -> str:
-    """Remove passwords from URLs and ``password=...`` pairs in *text*."""
-    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    return _PASSWORD_KV.sub(r"\1***", text)
+from syncd.redact import redact as redact
 
 
 class SyncdError(Exception):

@@ -29,7 +29,10 @@ async def command(operation: str, cfg: Config, *, dry_run: bool, resume: bool, a
         if not as_json:
             for problem in exc.problems:
                 print(f"  ✗ {problem}")
-            print(f"syncd: {operation} refused; nothing was changed", file=sys.stderr)
+            more = len(exc.problems) - 1
+            first = exc.problems[0] if exc.problems else str(exc)
+            tail = f" (and {more} more problem{'s' if more > 1 else ''}, listed above)" if more > 0 else ""
+            print(f"syncd: {operation} refused, nothing was changed: {first}{tail}", file=sys.stderr)
             return 1
         outcome.problems = exc.problems
     except SyncdError as exc:

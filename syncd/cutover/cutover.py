@@ -43,6 +43,7 @@ from syncd.cutover.plan import (
     kill_point,
     pg_changelog_head,
     print_plan,
+    reload_note,
     run_reload,
     set_sqlite_checkpoint,
     sqlite_connect,
@@ -50,6 +51,7 @@ from syncd.cutover.plan import (
 )
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import SyncdError
+from syncd.service import checks
 from syncd.stores.chroma.topology import server_only
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import state as pgstate
@@ -94,6 +96,12 @@ async def _preflight_cutover(sw: Switch, *, resume: bool, dry_run: bool) -> None
                      and not any(st["name"] in p for p in problems)]
         if not problems and cfg.cutover.verify != "off":
             problems += await _quick_verify(sw)
+    if not problems and cfg.sqlite is not None:
+        try:  # the fence takes this lock: a writer that keeps it would fail the cutover half-way
+            await asyncio.to_thread(checks.sqlite_write_lock, cfg.sqlite.path, cfg.cutover.lock_timeout,
+                                    "run `syncd cutover` again")
+        except SyncdError as exc:
+            problems.append(str(exc))
     if not problems:
         problems += await sw.check_reload(run=not dry_run)
     sw.outcome.problems = problems
@@ -170,7 +178,6 @@ async def cutover(cfg: Config, dsn: str, out: TextIO, *, dry_run: bool = False,
                   resume: bool = False) -> Outcome:
     conn = await connect(cfg.target, dsn)
     try:
-        await cutover_state.ensure(conn)
         sw = Switch(cfg, dsn, conn, out, "cutover")
         sw.state = await cutover_state.load(conn)
         sw.objects = await discover(cfg, conn)
@@ -179,7 +186,7 @@ async def cutover(cfg: Config, dsn: str, out: TextIO, *, dry_run: bool = False,
         async with sw.step("preflight") as t:
             await _preflight_cutover(sw, resume=resume, dry_run=dry_run)
             t.note = (f"{len(sw.objects.sqlite_tables)} tables, {len(sw.objects.collections)} collections; "
-                      "streams caught up, reload works")
+                      "streams caught up, " + reload_note(cfg, dry_run))
         if dry_run:
             print_plan(sw, forward=True)
             sw.outcome.ok = True

@@ -109,7 +109,7 @@ async def discover(cfg: Config, conn: asyncpg.Connection) -> Objects:
                     f"SELECT tbl FROM {META} WHERE tbl <> '' ORDER BY tbl")]
         finally:
             db.close()
-        objs.table_targets = [(cfg.target.schema, t) for t in objs.sqlite_tables]
+        objs.table_targets = [(cfg.target.schema, cfg.target.table_for(t)) for t in objs.sqlite_tables]
     if cfg.chroma is not None and await conn.fetchval(
             "SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.chroma_collections"):
         for r in await conn.fetch(
@@ -315,6 +315,17 @@ class Switch:
         o = self.outcome
         if o.pause_seconds is not None:
             self.say(f"  write pause: {o.pause_seconds * 1000:.1f} ms")
+
+
+def reload_note(cfg: Config, dry_run: bool) -> str:
+    """What the preflight found of the reload command, in words that do not overstate it."""
+    argv = cfg.cutover.reload_command
+    if not argv:
+        return "no reload command configured"
+    if dry_run:
+        return (f"reload command {argv[0]!r} found but not run (a real run runs it once before "
+                "fencing, to check it exits 0, and again after the flip)")
+    return "reload command ran and exited 0"
 
 
 def chroma_dir_of(cfg: Config) -> Path | None:

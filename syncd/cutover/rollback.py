@@ -30,6 +30,7 @@ from syncd.cutover.plan import (
     discover,
     kill_point,
     print_plan,
+    reload_note,
     run_reload,
     sqlite_checkpoint,
     sqlite_connect,
@@ -117,7 +118,6 @@ async def rollback(cfg: Config, dsn: str, out: TextIO, *, dry_run: bool = False,
                   resume: bool = False) -> Outcome:
     conn = await connect(cfg.target, dsn)
     try:
-        await cutover_state.ensure(conn)
         sw = Switch(cfg, dsn, conn, out, "rollback")
         sw.state = await cutover_state.load(conn)
         sw.objects = await discover(cfg, conn)
@@ -126,7 +126,7 @@ async def rollback(cfg: Config, dsn: str, out: TextIO, *, dry_run: bool = False,
         sw.say(title + (" --resume" if resume else ""))
         async with sw.step("preflight") as t:
             await _preflight_rollback(sw, resume=resume, dry_run=dry_run)
-            t.note = "reverse streams caught up, reload works"
+            t.note = "reverse streams caught up, " + reload_note(cfg, dry_run)
         if dry_run:
             print_plan(sw, forward=False)
             sw.outcome.ok = True

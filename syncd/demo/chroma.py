@@ -20,6 +20,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from syncd.errors import FatalError
+
 COLLECTION = "demo-embeddings"
 DIM = 64
 
@@ -29,9 +31,6 @@ class DemoChroma:
     path: Path
     url: str
     process: subprocess.Popen[bytes]
-
-    def config(self) -> str:
-        return f'[source.chroma]\nurl = "{self.url}"\npath = "{self.path}"\n\n'
 
     def client(self) -> Any:
         import chromadb
@@ -78,7 +77,8 @@ def start(base: Path) -> DemoChroma | None:
         except OSError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError(f"the demo's Chroma server did not start; see {base / 'chroma-server.log'}")
+    raise FatalError(f"the demo's Chroma server did not answer within 60 s; its log: "
+                     f"{base / 'chroma-server.log'}")
 
 
 def build(chroma: DemoChroma, items: int, rng: random.Random) -> None:

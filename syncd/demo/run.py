@@ -18,6 +18,7 @@ from pathlib import Path
 
 from syncd import config
 from syncd.demo import chroma as demo_chroma
+from syncd.errors import ConfigError
 from syncd.model import Phase
 from syncd.service import logs
 from syncd.stores.postgres.connect import close_quietly, connect
@@ -98,14 +99,40 @@ def live_changes(path: Path, ids: list[str], rng: random.Random, seconds: float)
     return n
 
 
+def demo_dir(directory: Path | None) -> Path:
+    """The demo's directory, absolute: a new temp dir, or *directory* if it is new or empty."""
+    if directory is None:
+        return Path(tempfile.mkdtemp(prefix="syncd-demo-"))
+    base = Path(directory).expanduser().resolve()
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"demo --dir {directory} is a file; name a new or empty directory")
+    if base.is_dir() and any(base.iterdir()):
+        raise ConfigError(f"demo --dir {directory} is not empty; name a new or empty directory")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"demo --dir {directory}: cannot create it: {exc.strerror}") from exc
+    return base
+
+
+def write_config(base: Path, chroma: demo_chroma.DemoChroma | None, *, with_url: bool) -> Path:
+    """The demo's syncd.toml, paths relative to it. Without the url, syncd reads Chroma's persist
+    directory itself (and starts its own server when it needs one): the config still works
+    once the demo's Chroma server is gone."""
+    path = base / "syncd.toml"
+    chroma_part = ""
+    if chroma is not None:
+        url = f'url = "{chroma.url}"\n' if with_url else ""
+        chroma_part = f'[source.chroma]\n{url}path = "{chroma.path.relative_to(base)}"\n\n'
+    path.write_text('[source.sqlite]\npath = "data/dev.sqlite"\n\n' + chroma_part +
+                    '[target]\ndsn = "embedded"\n\n[state]\ndir = "state"\n\n[stream]\npoll_interval = 0.2\n')
+    return path
+
+
 async def run_demo(directory: Path | None) -> int:
     logs.configure("warning")
-    base = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="syncd-demo-"))
-    base.mkdir(parents=True, exist_ok=True)
+    base = demo_dir(directory)
     db = base / "data" / "dev.sqlite"
-    if db.exists():
-        print(f"demo: {db} already exists; pass --dir with a new directory")
-        return 2
     rng = random.Random(7)
     print(f"demo: building an app database in {db}")
     ids = build_app_db(db, users=200, documents=1000, rng=rng)
@@ -114,19 +141,22 @@ async def run_demo(directory: Path | None) -> int:
         print(f"demo: building a Chroma collection ({chroma.url}, persist directory {chroma.path})")
         await asyncio.to_thread(demo_chroma.build, chroma, 2000, rng)
     try:
-        return await _run_demo(base, db, ids, chroma, rng)
+        code = await _run_demo(base, db, ids, chroma, rng)
     finally:
         if chroma is not None:
             chroma.stop()
+    cfg_path = write_config(base, chroma, with_url=False)
+    print(f"demo: files in {base}; its config: {cfg_path}")
+    print("demo: try next (the embedded PostgreSQL starts again when a command needs it):")
+    print(f"  syncd -c {cfg_path} status      # where each stream stands")
+    print(f"  syncd -c {cfg_path} verify      # compare SQLite and Chroma with PostgreSQL, row by row")
+    print(f'  psql "$(syncd -c {cfg_path} embedded dsn)"   # look at the tables in PostgreSQL')
+    return code
 
 
 async def _run_demo(base: Path, db: Path, ids: list[str], chroma: demo_chroma.DemoChroma | None,
                     rng: random.Random) -> int:
-    cfg_path = base / "syncd.toml"
-    cfg_path.write_text(f'[source.sqlite]\npath = "{db}"\n\n{chroma.config() if chroma else ""}'
-                        '[target]\ndsn = "embedded"\n\n'
-                        f'[state]\ndir = "{base / "state"}"\n\n[stream]\npoll_interval = 0.2\n')
-    cfg = config.load(cfg_path)
+    cfg = config.load(write_config(base, chroma, with_url=True))
     print("demo: starting the embedded PostgreSQL and installing capture (syncd init)")
     await commands.init(cfg)
 
@@ -181,5 +211,4 @@ async def _run_demo(base: Path, db: Path, ids: list[str], chroma: demo_chroma.De
         chroma_equal = await demo_chroma.compare(chroma, conn) if chroma is not None else True
     finally:
         await close_quietly(conn)
-    print(f"demo: files in {base} (config: {cfg_path})")
     return 0 if code == 0 and not any(diffs.values()) and chroma_equal else 1

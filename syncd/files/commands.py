@@ -14,17 +14,6 @@ from syncd.config import Config
 COMMANDS = ("backup", "restore")
 
 
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    b = sub.add_parser("backup", help="copy the app's SQLite file and Chroma directory online, "
-                       "with a manifest")
-    b.add_argument("--to", type=Path, default=None, metavar="DIR",
-                   help="write the backup under DIR (default: backup.dir, <state.dir>/backups)")
-    r = sub.add_parser("restore", help="put the app's stores back as a backup holds them (app stopped)")
-    r.add_argument("backup", type=Path, metavar="BACKUP", help="a directory `syncd backup` wrote")
-    r.add_argument("--dry-run", action="store_true",
-                   help="check the backup and print what would be overwritten")
-
-
 def backup_lines(cfg: Config, to: Path | None, reason: str = "manual") -> list[str]:
     from syncd.files import backup
 

@@ -5,21 +5,71 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 from typing import Any
 
-from syncd.config import Config
+import structlog
+
+from syncd import exitcodes
+from syncd.config import Config, exposed
 from syncd.cutover import fence
-from syncd.errors import ConfigError, FatalError
+from syncd.errors import ConfigError, FatalError, SourceUnavailable, SyncdError
+from syncd.service import checks
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.sink import PostgresSink
+from syncd.stores.sqlite.capture import CHANGELOG
+from syncd.stores.sqlite.schema import uri
 from syncd.stores.sqlite.source import SqliteSource
 from syncd.streams import supervisor
+
+log = structlog.get_logger("syncd.streams.commands")
+
+_WRITERS = ("init", "run", "uninstall", "cutover", "rollback")
+"""Commands that write into the app's stores."""
+
+
+def preflight(cfg: Config, command: str) -> None:
+    """What can be checked before a command touches a store: paths, permissions, exposure."""
+    if cfg.target.embedded:
+        checks.state_dir(cfg.state_dir, "the embedded PostgreSQL keeps its data there")
+    elif cfg.chroma is not None and cfg.chroma.path is not None and command in _WRITERS:
+        checks.state_dir(cfg.state_dir, "syncd records Chroma's log retention there")
+    if cfg.sqlite is not None:
+        checks.sqlite_path(cfg.sqlite.path)
+    if cfg.sqlite is not None and command in _WRITERS:
+        checks.sqlite_writable(cfg.sqlite.path)
+    listen = cfg.health.listen
+    if command in ("init", "run") and listen and exposed(listen):
+        port = listen.rpartition(":")[2]
+        log.warning(f"health.listen = {listen} serves /status and /metrics to the network, without "
+                    f"authentication; listen on 127.0.0.1:{port} (or a management address), or "
+                    "firewall the port")
+
+
+def chroma_answers(cfg: Config, timeout: float = 5.0) -> None:
+    """The Chroma server of ``source.chroma.url`` answers its heartbeat (when a url is set)."""
+    if cfg.chroma is None or cfg.chroma.url is None:
+        return
+    url = cfg.chroma.url.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        why = f"it answered HTTP {exc.code} to /api/v2/heartbeat: is it a Chroma 1.x server?"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        why = f"{getattr(reason, 'strerror', None) or reason}"
+    raise SourceUnavailable(f"Chroma at {url} (source.chroma.url) does not answer: {why}; start the "
+                            "app's Chroma server, or fix source.chroma.url")
 
 
 async def init(cfg: Config) -> int:
     """Validate config, create the target schema, install capture. Idempotent."""
+    await asyncio.to_thread(chroma_answers, cfg)
     dsn = await supervisor.target_dsn(cfg)
     from syncd.files.commands import auto_backup
 
@@ -39,8 +89,12 @@ async def init(cfg: Config) -> int:
         raise FatalError("nothing to initialise: configure [source.sqlite]")
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
+        await asyncio.to_thread(checks.something_to_sync, cfg.sqlite, list(source.tables))
+        await asyncio.to_thread(checks.sqlite_write_lock, cfg.sqlite.path, cfg.cutover.lock_timeout,
+                                "run `syncd init` again")
         conn = await connect(cfg.target, dsn)
         try:
+            await checks.target_config(conn, cfg.target, list(source.tables.values()), cfg.sqlite.path)
             tables = await PostgresSink.prepare(conn, supervisor.SQLITE_STREAM,
                                                 list(source.tables.values()), cfg.target)
             reverse = await pg_capture.install(conn, cfg.target.schema, [tt.name for tt in tables])
@@ -60,9 +114,57 @@ async def init(cfg: Config) -> int:
 
 
 async def run(cfg: Config, *, until_caught_up: bool, timeout: float | None = None) -> int:
+    import sys
+
     from syncd.streams import daemon
 
-    return await daemon.run(cfg, until_caught_up=until_caught_up, timeout=timeout)
+    await asyncio.to_thread(chroma_answers, cfg)
+    started = time.monotonic()
+    code = await daemon.run(cfg, until_caught_up=until_caught_up, timeout=timeout)
+    if until_caught_up and sys.stderr.isatty():  # a person is watching: say what happened
+        print(await run_summary(cfg, code, time.monotonic() - started), file=sys.stderr)
+    return code
+
+
+async def run_summary(cfg: Config, code: int, seconds: float) -> str:
+    """One paragraph after `run --until-caught-up` in a terminal: what was copied, how long,
+    rejects, and what to do next."""
+    if code != 0:
+        return (f"syncd: stopped after {seconds:.1f} s without catching up (exit {code}); the lines "
+                "above say why, and `syncd status` shows where each stream stands.")
+    try:
+        streams = await stored_status(cfg)
+    except SyncdError:
+        streams = []
+    parts = []
+    for s in streams:
+        copied = f"{s['snapshot_copied']:,} rows copied, " if s.get("snapshot_copied") else ""
+        rejects = f"{s['rejects']:,} rejects (`syncd rejects`)" if s.get("rejects") else "no rejects"
+        parts.append(f"{s['name']}: {copied}{s.get('pending') or 0:,} pending, {rejects}")
+    return (f"syncd: caught up in {seconds:.1f} s — " + ("; ".join(parts) or "nothing to copy") + ". "
+            "Next: `syncd verify` compares both sides row by row; `syncd run` (or the service) keeps "
+            "streaming; `syncd cutover` switches the app when you are ready.")
+
+
+def capture_state(path: Any) -> str:
+    """``installed``, or ``absent`` when the SQLite file has no changelog (never initialised, or
+    uninstalled)."""
+    import sqlite3
+
+    from syncd.errors import SourceError
+
+    if not Path(path).is_file():
+        raise SourceError(f"SQLite database {path} does not exist (source.sqlite.path)")
+    try:
+        db = sqlite3.connect(uri(path, "ro"), uri=True)
+        try:
+            found = db.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                               (CHANGELOG,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise SourceError(f"SQLite database {path}: {exc} (source.sqlite.path)") from exc
+    return "installed" if found else "absent"
 
 
 async def stored_status(cfg: Config) -> list[dict[str, Any]]:
@@ -85,6 +187,12 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
             rejects = await pgstate.count_rejects(conn, supervisor.SQLITE_STREAM)
     finally:
         await close_quietly(conn)
+    if await asyncio.to_thread(capture_state, cfg.sqlite.path) == "absent":
+        state = "uninstalled" if checkpoint is not None else "not-initialised"
+        return [{"name": supervisor.SQLITE_STREAM, "phase": state, "source_position": None,
+                 "checkpoint": checkpoint.position.offset if checkpoint else None, "pending": None,
+                 "lag_seconds": None, "rejects": rejects, "snapshot_copied": None,
+                 "daemon": "not running"}, *chroma]
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
         position = checkpoint.position if checkpoint else None
@@ -118,14 +226,6 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
     return out + chroma
 
 
-def daemon_status(cfg: Config, timeout: float = 2.0) -> list[dict[str, Any]] | None:
-    """This config's daemon's own view (its /status), or None when it does not answer — or
-    when the daemon that answers serves another config (:mod:`syncd.service.identity`)."""
-    from syncd.service.identity import ask_daemon
-
-    return ask_daemon(cfg, timeout).streams
-
-
 async def switch_state(cfg: Config) -> dict[str, Any]:
     """Which stores the app uses, and a cutover / rollback stopped part-way, if any."""
     from syncd.cutover import state as cutover_state
@@ -144,33 +244,48 @@ async def status(cfg: Config, *, as_json: bool) -> int:
     switch = await switch_state(cfg)
     answer = await asyncio.to_thread(ask_daemon, cfg)
     streams = answer.streams
+    asked = streams is not None
     if streams is None and switch["direction"] == "reverse" and cfg.sqlite is not None:
         from syncd.streams.postgres_to_sqlite import stored_status as reverse_status
 
         streams = await reverse_status(cfg, await supervisor.target_dsn(cfg))
     elif streams is None:
         streams = await stored_status(cfg)
+    chroma_down = None
+    if not asked and cfg.chroma is not None and cfg.chroma.url is not None:
+        try:
+            await asyncio.to_thread(chroma_answers, cfg, 2.0)
+        except SourceUnavailable as exc:
+            chroma_down = str(exc)
     if as_json:
-        print(json.dumps({"switch": switch, "streams": streams,
-                          **({"daemon": answer.foreign} if answer.foreign else {})}, indent=2))
+        daemon = answer.foreign or daemon_note(cfg, asked)
+        print(json.dumps({"switch": switch, "streams": streams, "daemon": daemon,
+                          "chroma_error": chroma_down}, indent=2))
         return 0
-    uses = "SQLite/Chroma (forward)" if switch["direction"] == "forward" else "PostgreSQL (reverse: cut over)"
-    print(f"app uses {uses}" + (f"; a {switch['operation']} stopped after step {switch['step']}: "
-                               f"run `syncd {switch['operation']} --resume` or `syncd rollback`"
-                               if switch["operation"] else ""))
-    if answer.foreign:
-        print(answer.foreign)
-    for s in streams:
-        print(f"{s['name']}: {s['phase']}, checkpoint {s['checkpoint']} of {s['source_position']}, "
-              f"{s['pending']} pending, lag {s['lag_seconds']} s, {s['rejects']} rejects "
-              f"(daemon {s.get('daemon', 'not running')})")
     from syncd.files.commands import status_line
+    from syncd.streams.status_report import render
 
-    print(status_line(cfg))
+    lines = render(cfg, switch, streams, daemon=answer.foreign or daemon_note(cfg, asked),
+                   chroma_error=chroma_down)
+    print("\n".join([*lines, status_line(cfg)]))
     return 0
 
 
+def daemon_note(cfg: Config, asked: bool) -> str:
+    """Whether the figures come from the daemon, and if not, why."""
+    listen = cfg.health.listen
+    if asked:
+        return f"running (answering on {listen})"
+    if not listen or listen.endswith(":0"):
+        return (f"cannot be asked: health.listen = {listen!r} gives it no fixed address; "
+                "the figures below are read from the stores")
+    return f"not answering on {listen} (not running?); the figures below are read from the stores"
+
+
 async def uninstall(cfg: Config) -> int:
+    if cfg.sqlite is not None:
+        await asyncio.to_thread(checks.sqlite_write_lock, cfg.sqlite.path, cfg.cutover.lock_timeout,
+                                "run `syncd uninstall` again")
     if cfg.chroma is not None:
         from syncd.stores.chroma.admin import uninstall_chroma
         from syncd.streams.pgvector_to_chroma import uninstall_reverse
@@ -183,7 +298,7 @@ async def uninstall(cfg: Config) -> int:
         return 0
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
-        names = list(source.tables)
+        names = [cfg.target.table_for(t) for t in source.tables]
         dropped = await source.uninstall_capture()
     finally:
         await source.close()
@@ -201,19 +316,36 @@ async def uninstall(cfg: Config) -> int:
     return 0
 
 
-async def rejects(cfg: Config, *, as_json: bool, limit: int) -> int:
-    dsn = await supervisor.target_dsn(cfg)
-    conn = await connect(cfg.target, dsn)
+async def rejects(cfg: Config, *, as_json: bool, limit: int, accepted: bool = False) -> int:
+    """List open (or accepted) rejects, and say how one is cleared."""
+    from syncd.streams import rejects as rejects_mod
+
+    if limit < 1:
+        raise ConfigError("--limit: must be at least 1")
+    conn = await connect(cfg.target, await supervisor.target_dsn(cfg))
     try:
-        rows = await pgstate.list_rejects(conn, None, limit) if await pgstate.has_state(conn) else []
+        rows = await rejects_mod.listing(conn, limit=limit, accepted=accepted)
     finally:
         await close_quietly(conn)
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        for r in rows:
-            print(f"#{r['id']} {r['stream']} {r['object']} key={r['key']} at {r['position']}: {r['error']}")
-        print(f"{len(rows)} open rejects")
+        print("\n".join(rejects_mod.render(rows, limit=limit, accepted=accepted)))
+    return 0
+
+
+async def accept_rejects(cfg: Config, ids: list[int], *, reason: str) -> int:
+    """`syncd rejects --accept ID…`: record that PostgreSQL may lack these rows."""
+    from syncd.streams import rejects as rejects_mod
+
+    conn = await connect(cfg.target, await supervisor.target_dsn(cfg))
+    try:
+        done = await rejects_mod.accept(conn, ids, reason=reason, by=checks.who())
+    finally:
+        await close_quietly(conn)
+    print(f"accepted {len(done)} reject{'s' if len(done) != 1 else ''} "
+          f"(#{', #'.join(str(i) for i in done)}): kept in syncd.rejects, marked accepted; verify no "
+          "longer counts them. `syncd rejects --accepted` lists them.")
     return 0
 
 
@@ -224,7 +356,7 @@ async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collec
     import sys
 
     from syncd.verify import run as verify_mod
-    from syncd.verify.report import render
+    from syncd.verify.report import EXIT_QUARANTINED, render
 
     if chunk_rows is not None and chunk_rows < 2:
         raise ConfigError("--chunk-rows: must be at least 2")
@@ -236,18 +368,41 @@ async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collec
         raise ConfigError("--min-recall: must be between 0 and 1")
     if ef_search is not None and not 1 <= ef_search <= 1000:
         raise ConfigError("--ef-search: must be between 1 and 1000 (pgvector's range)")
+    assert exitcodes.QUARANTINED == EXIT_QUARANTINED
     options = verify_mod.TableOptions(chunk_rows=chunk_rows or 5000)
     coll_options = verify_mod.CollectionOptions(sample_size=sample_size, k=k, min_recall=min_recall,
                                                 ef_search=ef_search)
-    report = await verify_mod.verify(cfg, await supervisor.target_dsn(cfg),
-                                     mode="counts" if counts_only else "full", tables=tables,
+    dsn = await supervisor.target_dsn(cfg)
+    report = await verify_mod.verify(cfg, dsn, mode="counts" if counts_only else "full", tables=tables,
                                      collections=collections, options=options, progress_to=sys.stderr,
                                      collection_options=coll_options)
+    if any(c.rejected for c in report.checks):
+        await _mark_rejects(cfg, dsn, report)
     if as_json:
         print(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))
     else:
         print("\n".join(render(report)))
-    return 0 if report.ok else 1
+    return report.exit_code
+
+
+async def _mark_rejects(cfg: Config, dsn: str, report: Any) -> None:
+    """Give verify's rejected rows their ``syncd.rejects`` id, and mark those an operator accepted."""
+    import dataclasses
+
+    from syncd.streams import rejects as rejects_mod
+
+    conn = await connect(cfg.target, dsn)
+    try:
+        known = await rejects_mod.unresolved(conn)
+    finally:
+        await close_quietly(conn)
+    for c in report.checks:
+        marked = []
+        for r in c.rejected:
+            found = known.get((c.name, rejects_mod.norm_key(r.key))) if r.recorded else None
+            marked.append(dataclasses.replace(r, reject_id=found[0], accepted=found[1]) if found else r)
+        c.rejected = marked
+        c.decide()
 
 
 __all__ = ["asyncio", "init", "rejects", "run", "status", "stored_status", "uninstall", "verify"]

@@ -34,7 +34,7 @@ REVERSE_SQLITE_STREAM = "postgres→sqlite"
 def reverse_source(config: Config, dsn: str, sqlite_config: SqliteConfig) -> PostgresSource:
     """The PostgreSQL side of the reverse stream (opens its connections lazily)."""
     reader = changelog.ChangeReader(lambda: connect(config.target, dsn), config.target.schema)
-    return PostgresSource(reader, sqlite_config)
+    return PostgresSource(reader, sqlite_config, config.target.table_for)
 
 
 def reverse_table_stream(config: Config, dsn: str, sqlite_source_config: SqliteConfig,
@@ -64,7 +64,7 @@ def reverse_table_stream(config: Config, dsn: str, sqlite_source_config: SqliteC
 async def install_capture(config: Config, dsn: str, sqlite_config: SqliteConfig) -> list[str]:
     """Install reverse capture on the PostgreSQL tables of the SQLite stream (idempotent);
     return the tables whose triggers were created."""
-    tables = await _table_names(sqlite_config)
+    tables = await _table_names(config, sqlite_config)
     conn = await connect(config.target, dsn)
     try:
         return await pg_capture.install(conn, config.target.schema, tables)
@@ -74,7 +74,7 @@ async def install_capture(config: Config, dsn: str, sqlite_config: SqliteConfig)
 
 async def missing_capture(config: Config, dsn: str, sqlite_config: SqliteConfig) -> list[str]:
     """Tables of the SQLite stream whose PostgreSQL changes would not be captured."""
-    tables = await _table_names(sqlite_config)
+    tables = await _table_names(config, sqlite_config)
     conn = await connect(config.target, dsn)
     try:
         return await pg_capture.missing(conn, config.target.schema, tables)
@@ -99,9 +99,10 @@ async def record_start(config: Config, dsn: str, sqlite_config: SqliteConfig) ->
     return head
 
 
-async def _table_names(sqlite_config: SqliteConfig) -> list[str]:
+async def _table_names(config: Config, sqlite_config: SqliteConfig) -> list[str]:
+    """The PostgreSQL tables of the SQLite stream."""
     tables = await asyncio.to_thread(read_sqlite_tables, sqlite_config)
-    return [t.name for t in tables]
+    return [config.target.table_for(t.name) for t in tables]
 
 
 async def stored_status(config: Config, dsn: str) -> list[dict[str, object]]:
@@ -114,7 +115,7 @@ async def stored_status(config: Config, dsn: str) -> list[dict[str, object]]:
 
     assert config.sqlite is not None
     path = config.sqlite.path
-    tables = await _table_names(config.sqlite)
+    tables = await _table_names(config, config.sqlite)
 
     def read_sqlite() -> tuple[int | None, int]:
         db = sqlite3.connect(uri(path, "ro"), uri=True)

@@ -2,10 +2,16 @@
 
 A check is one table, one Chroma collection, or the search parity of one
 collection (kind ``search``). Its status is ``match``, ``differ`` (persistent
-differences, quarantined rows or items, or a problem of the whole check such as
-a dimension mismatch or a recall below the threshold), ``unsettled`` (rows kept
-changing until the settle deadline, so no verdict), ``error`` (the check could
-not run) or ``skipped`` (not asked for, or not possible here).
+differences, rows verify finds unwritable that are not in ``syncd.rejects``, or a
+problem of the whole check such as a dimension mismatch or a recall below the
+threshold), ``unsettled`` (rows kept changing until the settle deadline, so no
+verdict), ``quarantined`` (nothing differs but rows quarantined in ``syncd.rejects``
+that no operator accepted), ``error`` (the check could not run) or ``skipped`` (not
+asked for, or not possible here). Rejects an operator accepted (``syncd rejects
+--accept``) are listed and not counted.
+
+The exit code (:attr:`Report.exit_code`): 0 all match, 5 only quarantined rows stand in
+the way, 1 anything else.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MATCH, DIFFER, UNSETTLED, ERROR, SKIPPED = "match", "differ", "unsettled", "error", "skipped"
+QUARANTINED = "quarantined"
+EXIT_QUARANTINED = 5
+""":data:`syncd.exitcodes.QUARANTINED`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +53,15 @@ class Rejected:
     error: str
     recorded: bool
     """True when the row is in ``syncd.rejects``; False when verify found it unwritable itself."""
+    accepted: bool = False
+    """An operator accepted that PostgreSQL lacks the row (``syncd rejects --accept``)."""
+    reject_id: int | None = None
+    """Its id in ``syncd.rejects``."""
 
     def describe(self) -> str:
         where = "" if self.recorded else " (not in syncd.rejects)"
-        return f"key {json.dumps(self.key, default=str, ensure_ascii=False)}: {self.error}{where}"
+        ident = f"#{self.reject_id} " if self.reject_id is not None else ""
+        return f"{ident}key {json.dumps(self.key, default=str, ensure_ascii=False)}: {self.error}{where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +113,23 @@ class CheckResult:
         """Set the status from what was found (an error or skip is kept)."""
         if self.status in (ERROR, SKIPPED):
             return
-        if self.differences or self.rejected or self.counts_differ or self.problems:
+        if self.differences or self.counts_differ or self.problems or \
+                any(not r.recorded for r in self.rejected):
             self.status = DIFFER
         elif self.unsettled or self.truncated:
             self.status = UNSETTLED
+        elif any(not r.accepted for r in self.rejected):
+            self.status = QUARANTINED
         else:
             self.status = MATCH
+
+    @property
+    def quarantined(self) -> list[Rejected]:
+        return [r for r in self.rejected if r.recorded and not r.accepted]
+
+    @property
+    def accepted(self) -> list[Rejected]:
+        return [r for r in self.rejected if r.accepted]
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,17 +147,27 @@ class Report:
     """Names of skipped checks the operator asked for by name: those count as failures (a skipped
     search-parity check does not: the table has no HNSW index to compare)."""
 
+    def _passes(self, c: CheckResult) -> bool:
+        return c.ok or (c.status == SKIPPED and (c.kind == "search" or c.name not in self.required))
+
     @property
     def ok(self) -> bool:
-        return all(c.ok or (c.status == SKIPPED and (c.kind == "search" or c.name not in self.required))
-                   for c in self.checks)
+        return all(self._passes(c) for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all match; 5 nothing but quarantined rows (``syncd rejects``); 1 anything else."""
+        failing = [c for c in self.checks if not self._passes(c)]
+        if not failing:
+            return 0
+        return EXIT_QUARANTINED if all(c.status == QUARANTINED for c in failing) else 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "mode": self.mode, "seconds": round(self.seconds, 3),
-                "checks": [c.to_json() for c in self.checks]}
+        return {"ok": self.ok, "exit_code": self.exit_code, "mode": self.mode,
+                "seconds": round(self.seconds, 3), "checks": [c.to_json() for c in self.checks]}
 
 
-_MARK = {MATCH: "✓", DIFFER: "✗", UNSETTLED: "✗", ERROR: "✗", SKIPPED: "–"}
+_MARK = {MATCH: "✓", DIFFER: "✗", UNSETTLED: "✗", ERROR: "✗", SKIPPED: "–", QUARANTINED: "✗"}
 SHOWN = 20
 """Rows listed per check in the human output (all of them are in ``--json``)."""
 
@@ -151,8 +186,13 @@ def _summary(c: CheckResult) -> str:
     parts = [counts, *c.problems]
     if c.differences:
         parts.append(f"{len(c.differences):,}{'+' if c.truncated else ''} differ")
-    if c.rejected:
-        parts.append(f"{len(c.rejected):,} rejected (quarantined)")
+    if c.quarantined:
+        parts.append(f"{len(c.quarantined):,} quarantined in syncd.rejects")
+    if c.accepted:
+        parts.append(f"{len(c.accepted):,} accepted rejects (not counted)")
+    unrecorded = len(c.rejected) - len(c.quarantined) - len(c.accepted)
+    if unrecorded:
+        parts.append(f"{unrecorded:,} unwritable, not in syncd.rejects")
     if c.unsettled:
         parts.append(f"{len(c.unsettled):,} still changing, not verified")
     if c.detail:
@@ -168,7 +208,11 @@ def render(report: Report) -> list[str]:
     for c in report.checks:
         sections: Sequence[tuple[str, Sequence[str]]] = (
             ("differences", [d.describe() for d in c.differences]),
-            ("rejected (quarantined, not counted as differences)", [r.describe() for r in c.rejected]),
+            ("unwritable rows not in syncd.rejects", [r.describe() for r in c.rejected if not r.recorded]),
+            ("quarantined in syncd.rejects (PostgreSQL lacks these rows or holds an older version)",
+             [r.describe() for r in c.quarantined]),
+            ("accepted rejects (PostgreSQL lacks these rows by decision)",
+             [r.describe() for r in c.accepted]),
             ("still changing", [json.dumps(k, default=str) for k in c.unsettled]),
             ("rounded as chosen in [target.column_types] (not differences)",
              [r.describe() for r in c.rounded]),
@@ -182,10 +226,18 @@ def render(report: Report) -> list[str]:
             if len(items) > SHOWN:
                 lines.append(f"  ... {len(items) - SHOWN:,} more (--json lists them all)")
     statuses = {c.status for c in report.checks}
+    quarantined = sum(len(c.quarantined) for c in report.checks)
+    accepted = sum(len(c.accepted) for c in report.checks)
     if report.ok:
-        verdict = "everything matches"
+        verdict = "everything matches" + (f"; {accepted:,} accepted rejects not counted" if accepted else "")
+    elif report.exit_code == EXIT_QUARANTINED:
+        verdict = (f"{quarantined:,} row{'s' if quarantined != 1 else ''} quarantined in syncd.rejects — "
+                   "PostgreSQL lacks them (or holds an older version); everything else matches. Fix them "
+                   "in SQLite (the next change re-applies the row) or accept them: "
+                   "syncd rejects --accept ID (exit 5)")
     elif DIFFER in statuses:
-        verdict = "differences found"
+        verdict = "differences found" + (f" (and {quarantined:,} rows quarantined in syncd.rejects)"
+                                         if quarantined else "")
     elif ERROR in statuses:
         verdict = "not verified: a check could not run"
     elif UNSETTLED in statuses:
@@ -196,5 +248,5 @@ def render(report: Report) -> list[str]:
     return lines
 
 
-__all__ = ["DIFFER", "ERROR", "MATCH", "SKIPPED", "UNSETTLED", "CheckResult", "Difference", "Rejected",
-           "Report", "RoundedValue", "render"]
+__all__ = ["DIFFER", "ERROR", "EXIT_QUARANTINED", "MATCH", "QUARANTINED", "SKIPPED", "UNSETTLED",
+           "CheckResult", "Difference", "Rejected", "Report", "RoundedValue", "render"]

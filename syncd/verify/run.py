@@ -197,10 +197,11 @@ async def _table_checks(cfg: Config, conn: asyncpg.Connection, reader: SqliteRea
         if problem:
             out.append(CheckResult("table", table.name, status=ERROR, detail=problem))
             continue
-        existing = await PostgresSink.existing_columns(conn, cfg.target.schema, table.name)
+        pg_name = cfg.target.table_for(table.name)
+        existing = await PostgresSink.existing_columns(conn, cfg.target.schema, pg_name)
         if existing is None:
             out.append(CheckResult("table", table.name, status=ERROR,
-                                   detail=f"target table {cfg.target.schema}.{table.name} does not exist"))
+                                   detail=f"target table {cfg.target.schema}.{pg_name} does not exist"))
             continue
         try:
             tt = plan_table(table, cfg.target, existing)

@@ -49,8 +49,12 @@ async def pg_fences(dsn: str) -> list[str]:
 
 
 async def direction(dsn: str) -> tuple[str, str | None]:
+    """The stored direction; no syncd.cutover.cutover (nothing was ever switched, or a refused or dry
+    run, which create nothing) means forward."""
     conn = await asyncpg.connect(dsn)
     try:
+        if not await conn.fetchval("SELECT to_regclass('syncd.cutover.cutover') IS NOT NULL"):
+            return "forward", None
         row = await conn.fetchrow("SELECT direction, operation FROM syncd.cutover WHERE id = 1")
         return str(row["direction"]), row["operation"]
     finally:
@@ -130,7 +134,7 @@ async def test_cutover_rollback_cutover_under_load(migration: Migration) -> None
     assert sum(len(rows) for rows in want.values()) > 500
     assert m.stop_daemon() == 0
     shown = m.command("status").stdout
-    assert shown.startswith("app uses PostgreSQL (reverse: cut over)"), shown
+    assert shown.startswith("app: uses PostgreSQL (cut over)"), shown
     assert "postgres→sqlite: streaming" in shown and "0 pending" in shown, shown
 
 
@@ -189,7 +193,7 @@ async def test_preflight_refuses(tmp_path: Path, pg_dsn: str, problem: str) -> N
                   "reverse-capture": "reverse capture is not installed",
                   "app-config": str(m.env), "reload": "exited with 3"}[problem]
         assert expect in text, text
-        assert "refused; nothing was changed" in text
+        assert "refused, nothing was changed" in text
         assert sqlite_fences(m.db) == []
         assert await direction(m.pg_dsn) == ("forward", None)
         if before is not None:

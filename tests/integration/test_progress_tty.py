@@ -40,6 +40,8 @@ def test_bars_in_a_terminal_only(tmp_path: Path, make_config: Any) -> None:
     os.close(controller)
     text = seen.decode(errors="replace")
     assert "users" in text and "150,000/150,000 rows" in text and "rows/s" in text, text[-500:]
+    assert "syncd: caught up in " in text and "150,000 rows copied" in text, text[-800:]
+    assert "Next: `syncd verify`" in text, text[-800:]
 
     # plain output (pipes): no bars
     conn = sqlite3.connect(db)
@@ -48,3 +50,4 @@ def test_bars_in_a_terminal_only(tmp_path: Path, make_config: Any) -> None:
     conn.close()
     proc2 = run_syncd("--config", str(cfg), "run", "--until-caught-up")
     assert "█" not in proc2.stdout + proc2.stderr and "rows/s" not in proc2.stdout + proc2.stderr
+    assert "caught up in" not in proc2.stdout + proc2.stderr  # JSON log lines only

@@ -84,7 +84,7 @@ def synced(tmp_path: Path, make_config: Callable[..., Path], rows: int = 3000, *
 
 def verify_json(cfg: Path, *args: str) -> tuple[int, dict[str, Any]]:
     proc = run_syncd("--config", str(cfg), "verify", "--json", *args, check=False)
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode in (0, 1, 5), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -231,14 +231,17 @@ async def test_rejected_rows_are_listed_apart_from_differences(tmp_path: Path, m
     run_syncd("--config", str(cfg), "run", "--until-caught-up")
     assert await pg.fetchval("SELECT count(*) FROM syncd.rejects WHERE resolved_at IS NULL") == 2
     code, report = verify_json(cfg)
-    assert code == 1
+    assert code == 5  # nothing but quarantined rows: their own exit code
     check = next(c for c in report["checks"] if c["name"] == "everything")
-    assert check["differences"] == []
+    assert check["differences"] == [] and check["status"] == "quarantined"
     rejected = {r["key"][0]: r for r in check["rejected"]}
     assert set(rejected) == {50, 5000} and all(r["recorded"] for r in rejected.values())
     assert "longer than 20" in rejected[50]["error"]
     proc = run_syncd("--config", str(cfg), "verify", check=False)
-    assert "everything: rejected (quarantined, not counted as differences) (key: id):" in proc.stdout
+    assert "everything: quarantined in syncd.rejects (PostgreSQL lacks these rows or holds an older " \
+        "version) (key: id):" in proc.stdout
+    assert proc.returncode == 5 and proc.stdout.splitlines()[-1].startswith(
+        "2 rows quarantined in syncd.rejects — PostgreSQL lacks them")
     code, report = verify_json(cfg, "--counts")
     assert code == 1 and len(report["checks"][0]["rejected"]) == 2
 

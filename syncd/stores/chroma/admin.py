@@ -145,7 +145,7 @@ async def chroma_stored_status(config: Config, dsn: str) -> list[dict[str, Any]]
             f"""SELECT c.collection_id, c.name, c.schema_name, c.table_name, k.position,
                        k.snapshot::text AS snap,
                        (SELECT count(*) FROM {STATE_SCHEMA}.rejects r WHERE r.stream = c.stream
-                        AND r.resolved_at IS NULL) AS rejects
+                        AND r.resolved_at IS NULL AND to_jsonb(r) ->> 'accepted_at' IS NULL) AS rejects
                 FROM {STATE_SCHEMA}.chroma_collections c
                 LEFT JOIN {STATE_SCHEMA}.checkpoints k ON k.stream = c.stream
                 WHERE c.deleted_at IS NULL ORDER BY c.name""")

@@ -25,6 +25,36 @@ def describe_dsn(dsn: str) -> str:
     return redact(dsn)
 
 
+def connect_error(exc: BaseException, target: Target, dsn: str) -> SyncdError:
+    """The one line for a failed connection: where (host, port, database, user — never the
+    password), what happened, and which key to look at."""
+    import socket
+
+    from syncd.stores.postgres.dsn import where
+
+    at = where(dsn)
+    place = f"PostgreSQL at {at}"
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return FatalError(f"{place}: authentication failed ({exc}); check the user and password in "
+                          "target.dsn")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return FatalError(f"{place}: {exc}; create it (CREATE DATABASE {at.database}) or fix the "
+                          "database name in target.dsn")
+    away = f"PostgreSQL unreachable at {at}"
+    if isinstance(exc, socket.gaierror):
+        return TargetUnavailable(f"{away}: cannot resolve the host {at.host!r} ({exc.strerror}); "
+                                 "check the host in target.dsn")
+    if isinstance(exc, ConnectionRefusedError) or (
+            isinstance(exc, OSError) and "Connect call failed" in str(exc)):
+        return TargetUnavailable(f"{away}: connection refused: is it running and listening on port "
+                                 f"{at.port}? (target.dsn)")
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return TargetUnavailable(f"{away}: no answer within {target.connect_timeout:g} s "
+                                 "(target.connect_timeout): is the host reachable, or a firewall "
+                                 "dropping the packets?")
+    return translate(exc, f"connecting to {place}")
+
+
 def translate(exc: BaseException, where: str) -> SyncdError:
     """The SyncdError for an asyncpg / socket error raised while doing *where*."""
     if isinstance(exc, SyncdError):
@@ -85,7 +115,7 @@ async def connect(target: Target, dsn: str) -> asyncpg.Connection:
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError):
             raise
-        raise translate(exc, f"connecting to {describe_dsn(dsn)}") from None
+        raise connect_error(exc, target, dsn) from None
     conn.add_termination_listener(_wake_blocked_sender)
     return conn
 

@@ -12,13 +12,22 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import structlog
 
 from syncd.config import Target
-from syncd.errors import CaptureError, FatalError, RowError, SchemaError, StrictModeStop, SyncdError
+from syncd.errors import (
+    CaptureError,
+    ConfigError,
+    FatalError,
+    RowError,
+    SchemaError,
+    StrictModeStop,
+    SyncdError,
+)
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.ports import ApplyResult, Chunk
 from syncd.stores.postgres import schema_change
@@ -190,23 +199,24 @@ def plan_table(table: Table, target: Target, existing: dict[str, str] | None) ->
         override = target.column_types.get(f"{table.name}.{c.name}")
         pg_type, rounded = parse_override(override) if override else (pg_type_for(c.declared), False)
         cols.append(ColumnMap(c.name, c.declared, pg_type, nullable=not c.notnull, rounded=rounded))
+    name = target.table_for(table.name)
     if existing is None:
-        return TargetTable(table, target.schema, table.name, tuple(cols), created=True)
+        return TargetTable(table, target.schema, name, tuple(cols), created=True)
     adopted: list[ColumnMap] = []
     for cm in cols:
         if cm.name not in existing:
             raise SchemaError(
-                f"target table {target.schema}.{table.name} has no column {cm.name!r} "
+                f"target table {target.schema}.{name} has no column {cm.name!r} "
                 f"(SQLite {table.name}.{cm.name} {cm.declared or 'untyped'}); add the column or "
                 "drop the table so syncd creates it")
         have = existing[cm.name]
         if not can_hold(cm.pg_type, have):
             raise SchemaError(
-                f"target column {target.schema}.{table.name}.{cm.name} is {have}, which cannot hold "
+                f"target column {target.schema}.{name}.{cm.name} is {have}, which cannot hold "
                 f"SQLite {cm.declared or 'untyped'} values (syncd maps them to {cm.pg_type}); change "
                 f"the column, or set target.column_types.\"{table.name}.{cm.name}\"")
         adopted.append(ColumnMap(cm.name, cm.declared, have, cm.nullable, cm.rounded))
-    return TargetTable(table, target.schema, table.name, tuple(adopted), created=False)
+    return TargetTable(table, target.schema, name, tuple(adopted), created=False)
 
 
 class PostgresSink:
@@ -258,7 +268,7 @@ class PostgresSink:
             async with transaction(conn):
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", pgstate.DDL_LOCK)
                 return await cls._prepare_tables(conn, stream, tables, target)
-        except SchemaError:
+        except (SchemaError, ConfigError):
             raise
         except Exception as exc:
             raise translate(exc, "creating target tables") from exc
@@ -266,6 +276,9 @@ class PostgresSink:
     @classmethod
     async def _prepare_tables(cls, conn: asyncpg.Connection, stream: str, tables: Sequence[Table],
                               target: Target) -> list[TargetTable]:
+        from syncd.service.checks import target_config
+
+        await target_config(conn, target, tables, Path("the SQLite database"))
         await pgstate.ensure(conn)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(target.schema)}")
         planned: list[TargetTable] = []
@@ -273,7 +286,7 @@ class PostgresSink:
             recorded = await conn.fetchrow(
                 f"SELECT created, copied_from, copied_epoch FROM {pgstate.STATE_SCHEMA}.objects "
                 "WHERE stream=$1 AND object=$2", stream, table.name)
-            existing = await cls.existing_columns(conn, target.schema, table.name)
+            existing = await cls.existing_columns(conn, target.schema, target.table_for(table.name))
             if existing is not None and recorded is not None and recorded["created"]:
                 existing = await schema_change.add_columns(conn, table, target, existing)
             tt = plan_table(table, target, existing)

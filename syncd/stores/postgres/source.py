@@ -229,10 +229,14 @@ class PostgresSource:
     and the PostgreSQL column types.
     """
 
-    def __init__(self, reader: ChangeReader, sqlite_config: SqliteConfig) -> None:
+    def __init__(self, reader: ChangeReader, sqlite_config: SqliteConfig,
+                 pg_name: Callable[[str], str] = str) -> None:
         self.reader = reader
         self.sqlite_config = sqlite_config
+        self.pg_name = pg_name
+        """SQLite table -> its PostgreSQL table (``[target.table_names]``)."""
         self.tables: dict[str, ReverseTable] = {}
+        self._by_pg: dict[str, str] = {}
         self.source_id: str | None = None
         self._ready = False
         self._lock = asyncio.Lock()
@@ -243,8 +247,9 @@ class PostgresSource:
             if self._ready:
                 return
             tables = await asyncio.to_thread(read_sqlite_tables, self.sqlite_config)
-            pg_columns = {t.name: await self.reader.columns(t.name) for t in tables}
+            pg_columns = {t.name: await self.reader.columns(self.pg_name(t.name)) for t in tables}
             self.tables = {t.sqlite.name: t for t in plan(tables, pg_columns, self.reader.schema)}
+            self._by_pg = {self.pg_name(name): name for name in self.tables}
             self.source_id = await self.reader.generation()
             if self.source_id is None:
                 raise CaptureError("reverse capture is not installed in PostgreSQL "
@@ -269,25 +274,26 @@ class PostgresSource:
         yield  # pragma: no cover  (makes this an async generator)
 
     def to_change(self, row: LogRow) -> Change:
-        table = self.tables[row.table]
+        name = self._by_pg.get(row.table, row.table)
+        table = self.tables[name]
         image = table.convert(row.row) if row.row is not None else None
-        return Change(op=row.op, object=row.table, key=table.convert_key(row.key), row=image,
+        return Change(op=row.op, object=name, key=table.convert_key(row.key), row=image,
                       position=row.position, committed_at=row.committed_at)
 
     async def changes(self, after: Position, limit: int) -> Batch:
         await self.ensure()
-        rows = await self.reader.read(after, limit, self.tables.keys())
+        rows = await self.reader.read(after, limit, self._by_pg.keys())
         changes = [self.to_change(r) for r in rows]
         return Batch(changes=changes, position=rows[-1].position if rows else after)
 
     async def pending(self, after: Position) -> Pending:
         await self.ensure()
-        return await self.reader.pending(after, self.tables.keys())
+        return await self.reader.pending(after, self._by_pg.keys())
 
     async def wait(self, timeout: float) -> None:
         await self.reader.wait(timeout)
 
     async def prune(self, upto: Position) -> int:
         await self.ensure()
-        return await self.reader.prune(upto, self.tables.keys())
+        return await self.reader.prune(upto, self._by_pg.keys())
 

@@ -244,9 +244,11 @@ async def resolve_rejects(conn: asyncpg.Connection, stream: str, obj: str,
 
 
 async def count_rejects(conn: asyncpg.Connection, stream: str) -> int:
+    """Open rejects: neither resolved nor accepted (``syncd rejects --accept``,
+    :mod:`syncd.streams.rejects`)."""
     value = await conn.fetchval(
-        f"SELECT count(*) FROM {STATE_SCHEMA}.rejects WHERE stream = $1 AND resolved_at IS NULL",
-        stream)
+        f"SELECT count(*) FROM {STATE_SCHEMA}.rejects r WHERE stream = $1 AND resolved_at IS NULL "
+        "AND to_jsonb(r) ->> 'accepted_at' IS NULL", stream)
     return int(value)
 
 
@@ -254,8 +256,9 @@ async def list_rejects(conn: asyncpg.Connection, stream: str | None = None,
                        limit: int = 100) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         f"""SELECT id, stream, object, key::text AS key, position, error, created_at
-            FROM {STATE_SCHEMA}.rejects
+            FROM {STATE_SCHEMA}.rejects r
             WHERE resolved_at IS NULL AND ($1::text IS NULL OR stream = $1)
+              AND to_jsonb(r) ->> 'accepted_at' IS NULL
             ORDER BY id LIMIT $2""", stream, limit)
     return [dict(r) for r in rows]
 

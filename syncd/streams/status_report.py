@@ -1,0 +1,88 @@
+"""`syncd status` as text: which stores the app uses, whether the daemon could be asked, and
+for each stream where it stands and the command that comes next."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from syncd.config import Config
+
+
+def _stores(cfg: Config) -> str:
+    return " + ".join(name for name, on in (("SQLite", cfg.sqlite), ("Chroma", cfg.chroma)) if on)
+
+
+def app_line(cfg: Config, switch: Mapping[str, Any]) -> list[str]:
+    old = _stores(cfg)
+    if switch.get("direction") == "reverse":
+        lines = [f"app: uses PostgreSQL (cut over); syncd copies its changes back into {old}, so that "
+                 "`syncd rollback` loses nothing"]
+    else:
+        lines = [f"app: uses {old}; syncd copies its changes into PostgreSQL"]
+    if switch.get("operation"):
+        op, step = switch["operation"], switch.get("step")
+        other = "`syncd rollback`" if op == "cutover" else "`syncd cutover`"
+        lines.append(f"stopped part-way: a {op} stopped after step {step}: run `syncd {op} --resume` "
+                     f"to finish it, or {other} to undo it")
+    return lines
+
+
+def _count(n: Any) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"
+
+
+def stream_line(cfg: Config, s: Mapping[str, Any]) -> str:
+    name = str(s.get("name"))
+    if s.get("collection"):
+        name += f" (collection {s['collection']} → {s.get('table', '?')})"
+    phase = str(s.get("phase"))
+    path = cfg.sqlite.path if cfg.sqlite else "the SQLite file"
+    if phase == "not-initialised":
+        return f"{name}: not initialised — no change capture in {path}: run `syncd init`"
+    if phase == "uninstalled":
+        return (f"{name}: uninstalled — change capture was removed from {path} (`syncd uninstall`); "
+                "run `syncd init` to install it again, then `syncd run`")
+    if phase == "not-started":
+        return f"{name}: not started — nothing copied yet: run `syncd run`"
+    parts: list[str] = []
+    checkpoint, head, pending = s.get("checkpoint"), s.get("source_position"), s.get("pending")
+    if phase == "snapshot":
+        copied = s.get("snapshot_copied")
+        pct = s.get("snapshot_percent")
+        parts.append(f"copying: {_count(copied)} rows copied"
+                     + (f" ({pct:.0f} %)" if pct is not None else ""))
+    elif checkpoint is None:
+        parts.append("nothing applied yet")
+    else:
+        parts.append(f"change {_count(checkpoint)} of {_count(head)} applied")
+    if pending is not None:
+        parts.append(f"{_count(pending)} pending")
+    lag = s.get("lag_seconds")
+    if lag:
+        parts.append(f"lag {lag:.1f} s")
+    if s.get("last_error"):
+        parts.append(f"last error: {s['last_error']}")
+    rejects = s.get("rejects") or 0
+    parts.append(f"{rejects:,} rejects (`syncd rejects`)" if rejects else "no rejects")
+    if phase == "streaming" and not pending:
+        phase = "streaming, caught up"
+    return f"{name}: {phase} — " + ", ".join(parts)
+
+
+def render(cfg: Config, switch: Mapping[str, Any], streams: Sequence[Mapping[str, Any]], *, daemon: str,
+           chroma_error: str | None = None) -> list[str]:
+    lines = app_line(cfg, switch)
+    lines.append(f"daemon: {daemon}")
+    lines += [stream_line(cfg, s) for s in streams]
+    if chroma_error:
+        lines.append(f"chroma: {chroma_error}")
+    elif cfg.chroma is not None and not any(str(s.get("name", "")).startswith(("chroma", "pgvector"))
+                                            for s in streams):
+        lines.append("chroma: no collection synced yet (`syncd init`, then `syncd run`)")
+    if not streams and cfg.chroma is None:
+        lines.append("no stream: run `syncd init`")
+    return lines
+
+
+__all__ = ["app_line", "render", "stream_line"]
