@@ -219,12 +219,11 @@ async def drive(c: Campaign, args: argparse.Namespace) -> list[Check]:
             done += 1
         base = await c.settle(writer)
         rest = args.kills - done
-        crash_at = set(rng_sample(c.rng, rest + 1, args.pg_crashes))
+        crash_at = Counter(c.rng.randrange(rest + 1) for _ in range(args.pg_crashes))
         migrate_at = rest // 2 if args.schema_change else -1
         for i in range(rest + 1):
-            while i in crash_at and c.ledger.pg_crashes < args.pg_crashes:
+            for _ in range(crash_at[i]):  # several crashes may fall on the same point
                 await c.pg_crash()
-                crash_at.discard(i)
             if i == rest:
                 break
             if i == migrate_at:
@@ -252,21 +251,17 @@ async def drive(c: Campaign, args: argparse.Namespace) -> list[Check]:
         writer.halt()
     ledger = c.ledger
     total = sum(ledger.kills.values())
-    checks.insert(0, Check("kills done", total == args.kills and not ledger.daemon_died,
+    checks.insert(0, Check("kills done", total == args.kills,
                            f"{total} of {args.kills}: "
-                           + ", ".join(f"{p} {n}" for p, n in sorted(ledger.kills.items()))
-                           + (f"; daemon died by itself: {ledger.daemon_died}"
-                              if ledger.daemon_died else "")))
-    checks.insert(1, Check("PostgreSQL crashes survived", ledger.pg_crashes == args.pg_crashes,
+                           + ", ".join(f"{p} {n}" for p, n in sorted(ledger.kills.items()))))
+    checks.insert(1, Check("PostgreSQL crashes done", ledger.pg_crashes == args.pg_crashes,
                            f"{ledger.pg_crashes} of {args.pg_crashes}"))
-    checks.insert(2, Check("checkpoint never went backwards", not ledger.regressions,
+    checks.insert(2, Check("daemon never exited by itself", not ledger.daemon_died,
+                           f"{len(ledger.daemon_died)} {ledger.daemon_died[:3]}"))
+    checks.insert(3, Check("checkpoint never went backwards", not ledger.regressions,
                            f"{len(ledger.regressions)} {ledger.regressions[:3]}"))
     checks.append(Check("daemon stops on SIGTERM with exit 0", code == 0, f"exit {code}"))
     return checks
-
-
-def rng_sample(rng: random.Random, population: int, k: int) -> list[int]:
-    return [rng.randrange(population) for _ in range(k)]
 
 
 def print_ledger(ledger: Ledger) -> None:
