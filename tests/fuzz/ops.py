@@ -152,7 +152,7 @@ class OpGen:
         big = len(read_keys(conn, table)) > MAX_ROWS
         weights = {"insert": 5 if big else 25, "replace": 10, "upsert": 10 if table.pk else 0,
                    "update": 20, "update-many": 4, "key-change": 6, "delete": 30 if big else 12,
-                   "vacuum": 2, "alter": 0 if self.ddl_done else 1.5,
+                   "vacuum": 5, "alter": 0 if self.ddl_done else 1.5,
                    "rebuild": 0 if self.ddl_done else 1.5}
         kind = rng.choices(list(weights), list(weights.values()))[0]
         if kind == "vacuum":

@@ -83,7 +83,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "rails": ("users", "posts", "comments", "line_items"), "prisma": ("User", "Post", "Profile", "Tag"),
     "sqlalchemy": ("items", "orders", "parents", "children"), "raw": ("t", "data", "log", "Strange Table"),
 }
-_PK_STYLES = (("rowid-alias", 40), ("int", 8), ("text", 12), ("uuid", 12), ("composite", 10), ("none", 14))
+_PK_STYLES = (("rowid-alias", 40), ("int", 8), ("text", 12), ("uuid", 12), ("composite", 10), ("none", 18))
 
 
 def camel(name: str) -> str:

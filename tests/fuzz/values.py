@@ -124,6 +124,8 @@ class ValueGen:
                                float(rng.randint(-5, 5))))
         if k == "decimal":
             p, s = col.params or (12, 2)
+            if col.params and rng.random() < 0.1:  # a price computed in floating point
+                return round(rng.uniform(0, 10 ** min(p - s, 6)), s + 1)
             whole = rng.randint(0, 10 ** min(p - s, 9) - 1) if p > s else 0
             frac = rng.randint(0, 10**s - 1) if s else 0
             text = f"{'-' if rng.random() < 0.2 else ''}{whole}" + (f".{frac:0{s}d}" if s else "")
