@@ -40,7 +40,9 @@ OPEN = (
     "changed:time:time-zone",                # a TIME's zone offset dropped
     "syncd-error:run --until-caught-up exited N: stream failed: SQLite <path>: "
     "OperationalError: Could not decode to UTF-N",   # invalid UTF-8 text stops the stream
-    "syncd-error:run --until-caught-up exited N: stream failed: copying into",  # JSON "\u0000"
+    "syncd-error:run --until-caught-up exited N: stream failed: copying into",  # NUL in a text key
+    "syncd-error:run --until-caught-up exited N: stream crashed: OverflowError",  # year 10000 in UTC
+    "syncd-error:run --until-caught-up exited N: stream failed: foreign key",  # INTEGER -> TEXT key
 )
 
 
