@@ -1,0 +1,135 @@
+"""Differential fuzzing through the real daemon: a bounded number of seeded cases.
+
+Each case (``tests/fuzz``) draws an ORM-shaped schema, values of every SQLite storage class
+and random operations (INSERT OR REPLACE, upserts, key changes, cascades, VACUUM, a
+mid-stream ALTER or table rebuild), runs ``syncd init`` / ``run --until-caught-up`` / a
+background ``run`` that is SIGKILLed, then holds every row to an oracle that shares nothing
+with syncd, and ``syncd verify`` to the same oracle. The test fails with the divergences
+grouped by class, each with a reproduction; ``python -m bench.fuzz --cases 1 --seed S``
+replays a case and shrinks it.
+
+``SYNCD_FUZZ_SEED`` (first seed) and ``SYNCD_FUZZ_CASES`` choose other cases.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.fuzz.case import Options, run_case
+from tests.fuzz.oracle import Cell, dispatch
+from tests.fuzz.report import Summary
+from tests.fuzz.stores import SESSION
+
+FIRST_SEED = int(os.environ.get("SYNCD_FUZZ_SEED", "20261204"))
+CASES = int(os.environ.get("SYNCD_FUZZ_CASES", "10"))
+
+
+# Divergence classes found and reported for fixing (issue 11 and the fuzzing report), by tag
+# prefix; "verify-silent/<tag>" follows <tag>. While only these occur, the test is an
+# expected failure that prints them grouped; any other class fails it. Remove an entry with
+# its fix: from then on, that class fails the test again.
+OPEN = (
+    "known:",                                # issue 11 items 1, 2, 7
+    "changed:timestamp:epoch-ms",            # Unix milliseconds arrive 1 µs off
+    "accepted-unfit:date:",                  # a DATE's time of day dropped without a reject
+    "changed:time:time-zone",                # a TIME's zone offset dropped
+    "syncd-error:run --until-caught-up exited N: stream failed: SQLite <path>: "
+    "OperationalError: Could not decode to UTF-N",   # invalid UTF-8 text stops the stream
+    "syncd-error:run --until-caught-up exited N: stream failed: copying into",  # NUL in a text key
+    "syncd-error:run --until-caught-up exited N: stream crashed: OverflowError",  # year 10000 in UTC
+    "syncd-error:run --until-caught-up exited N: stream failed: foreign key",  # INTEGER -> TEXT key
+)
+
+
+def is_open(tag: str) -> bool:
+    return tag.removeprefix("verify-silent/").startswith(OPEN)
+
+
+async def test_fuzz_cases_have_no_divergence(pg_server_dsn: str, tmp_path: Path) -> None:
+    summary = Summary(first_seed=FIRST_SEED)
+    for seed in range(FIRST_SEED, FIRST_SEED + CASES):
+        summary.add(await run_case(seed, pg_server_dsn, tmp_path, Options()))
+    print(summary.text())  # with a reproduction per class; pytest shows it on failure
+    assert summary.cases == CASES
+    new = sorted(t for t in summary.groups if not is_open(t))
+    assert not new, (
+        f"new divergence classes {new} (reproductions in the captured output; replay one with "
+        "`python -m bench.fuzz --cases 1 --seed SEED`):\n" + summary.text(reproductions=False))
+    if summary.groups:
+        pytest.xfail("open divergence classes, reported for fixing:\n" + summary.text(reproductions=False))
+
+
+# --- the oracle itself, against PostgreSQL's own parser and printer --------------------------
+
+# (SQLite value, declared SQLite type, PostgreSQL type)
+ORACLE_CASES: list[tuple[object, str, str]] = [
+    ("0001-01-01 00:00:00", "DATETIME", "timestamp"),
+    ("9999-12-31 23:59:59.999999", "DATETIME", "timestamp"),
+    ("0001-01-01T00:30:00+01:00", "DATETIME", "timestamp"),
+    ("9999-12-31T23:30:00-01:00", "DATETIME", "timestamp"),
+    ("2024-03-10T02:30:00+05:30", "DATETIME", "timestamp"),
+    ("2024-01-01T00:00:00+14:00", "DATETIME", "timestamptz"),
+    ("2024-01-02 03:04:05.1230000", "DATETIME", "timestamp"),
+    ("2024-01-02 03:04", "DATETIME", "timestamp"),
+    ("2016-12-31 23:59:60", "DATETIME", "timestamp"),
+    ("2024-01-02 24:00:00", "DATETIME", "timestamp"),
+    ("1900-02-28", "DATE", "date"),
+    ("0001-01-01", "DATE", "date"),
+    ("23:59:60", "TIME", "time"),
+    ("12:00:00.5", "TIME", "time"),
+    (1700000000123, "DATETIME", "timestamp"),
+    (-62135596800, "INTEGER", "timestamp"),
+    (12.34, "DECIMAL(10,2)", "numeric(10,2)"),
+    (1e300, "NUMERIC", "numeric"),
+    (-0.0, "REAL", "double precision"),
+    (5e-324, "REAL", "double precision"),
+    (float("inf"), "REAL", "double precision"),
+    ("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "UUID", "uuid"),
+    (b"\x00\xff", "BLOB", "bytea"),
+    ("t", "BOOLEAN", "boolean"),
+]
+
+
+def _pg_input(cls: str, value: object) -> str:
+    """A value SQLite stored, as PostgreSQL's own input text."""
+    if cls == "text" and isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    if isinstance(value, float):
+        return {float("inf"): "Infinity", float("-inf"): "-Infinity"}.get(value, repr(value))
+    return str(value)
+
+
+async def test_oracle_texts_are_postgresqls_own(pg: asyncpg.Connection) -> None:
+    """PostgreSQL parses each SQLite value itself; the oracle must accept what it prints, and
+    where the oracle names one text, that text is PostgreSQL's own spelling of it. So the
+    oracle's calendar (years 1 and 9999, BC, leap seconds, zones) and formats are PostgreSQL's."""
+    await pg.execute(SESSION)
+    db = sqlite3.connect(":memory:")
+    db.text_factory = bytes
+    for value, decl, pg_type in ORACLE_CASES:
+        db.execute("DROP TABLE IF EXISTS t")
+        db.execute(f"CREATE TABLE t (v {decl})")
+        db.execute("INSERT INTO t VALUES (?)", (value,))
+        cls, stored = db.execute("SELECT typeof(v), v FROM t").fetchone()
+        exp = dispatch(Cell(cls.decode(), stored), pg_type)
+        assert exp.level != "reject", (value, exp.note)
+        if exp.want is not None:
+            assert await pg.fetchval(f"SELECT $1::text::{pg_type}::text", exp.want) == exp.want, \
+                (value, exp.want)
+        if isinstance(stored, int) and pg_type == "timestamp":  # Unix time: PostgreSQL's to_timestamp
+            seconds = stored / 1000 if abs(stored) > 10**11 else stored
+            got = await pg.fetchval("SELECT (to_timestamp($1::numeric::float8) AT TIME ZONE 'UTC')::text",
+                                    str(seconds))
+        else:
+            zoned = pg_type == "timestamp" and isinstance(value, str) and any(c in value[10:] for c in "+-Z")
+            through = "timestamptz" if zoned else pg_type
+            got = await pg.fetchval(f"SELECT $1::text::{through}::{pg_type}::text",
+                                    _pg_input(cls.decode(), stored))
+        assert exp.ok(got), f"{value!r} as {pg_type}: PostgreSQL reads {got!r}, the oracle wants {exp.want!r}"
