@@ -226,6 +226,7 @@ class Stream:
                 if self.on_batch:
                     await self.on_batch(batch)
                 await self._update_pending(position, force=False)
+                last_prune = await self._prune(position, last_prune)  # a stream that stays behind prunes too
                 continue
             await self._update_pending(position, force=True)
             if self.status.phase is Phase.CATCH_UP:
@@ -240,11 +241,7 @@ class Stream:
             if now - last_contact >= IDLE_PING_SECONDS:
                 await self.sink.ping()  # an outage shows in health even when nothing changes
                 last_contact = now
-            if now - last_prune >= self.options.prune_interval:
-                pruned = await self.source.prune(position)
-                if pruned:
-                    log.debug("pruned changelog", stream=self.name, rows=pruned, upto=position.offset)
-                last_prune = now
+            last_prune = await self._prune(position, last_prune)
             wake = asyncio.ensure_future(self.source.wait(self.options.poll_interval))
             halt = asyncio.ensure_future(stop.wait())
             try:
@@ -255,6 +252,16 @@ class Stream:
                         t.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await t
+
+    async def _prune(self, position: Position, last: float) -> float:
+        """Drop log entries up to *position* (committed) once per prune interval; the time it ran."""
+        now = time.monotonic()
+        if now - last < self.options.prune_interval:
+            return last
+        pruned = await self.source.prune(position)
+        if pruned:
+            log.debug("pruned changelog", stream=self.name, rows=pruned, upto=position.offset)
+        return now
 
     async def _update_pending(self, position: Position, *, force: bool) -> None:
         now = time.monotonic()

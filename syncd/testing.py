@@ -24,6 +24,8 @@ class MemorySource:
     rows: dict[str, dict[Key, dict[str, Any]]] = field(default_factory=dict)
     log: list[Change] = field(default_factory=list)
     fail_next: list[SyncdError] = field(default_factory=list)
+    pruned: list[tuple[int, int]] = field(default_factory=list)
+    """Each prune: (position pruned up to, changes the log held after it then)."""
     _woken: asyncio.Event = field(default_factory=asyncio.Event)
 
     def write(self, obj: str, key: Key, row: dict[str, Any] | None) -> None:
@@ -77,6 +79,7 @@ class MemorySource:
         self._woken.clear()
 
     async def prune(self, upto: Position) -> int:
+        self.pruned.append((upto.offset, len(self.log) - upto.offset))  # position, changes still after it
         return 0
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from syncd.config import StreamOptions
 from syncd.errors import SchemaChanged, SchemaError, SourceBusy, TargetUnavailable
-from syncd.model import Phase
+from syncd.model import Batch, Phase, Position
 from syncd.ports import Sink
 from syncd.stream import Stream
 from syncd.testing import MemorySink, MemorySource, same_rows
@@ -140,3 +140,27 @@ async def test_a_schema_change_copies_the_object_again_then_streams_on() -> None
     assert stream.status.retries == 0 and not stream.status.degraded
     streaming = [i for i, p in enumerate(phases) if p is Phase.STREAMING]
     assert Phase.SNAPSHOT in phases[streaming[0]:], phases
+
+
+async def test_the_log_is_pruned_while_the_stream_is_still_behind() -> None:
+    """A writer faster than the stream: no poll comes back empty for a long time, yet what was
+    applied must be pruned meanwhile (the changelog grew without bound while the stream lagged)."""
+    src, sink = seeded(3), MemorySink()
+    read = src.changes
+    calls = 0
+
+    async def writer_ahead(after: Position, limit: int) -> Batch:
+        nonlocal calls
+        calls += 1
+        if calls < 200:
+            for i in range(2 * limit):
+                src.write("t", (i % 50,), {"v": calls})
+            await asyncio.sleep(0.001)
+        return await read(after, limit)
+
+    src.changes = writer_ahead  # type: ignore[method-assign]
+    await make(src, sink).run(asyncio.Event(), until_caught_up=True)
+    assert same_rows(src, sink)
+    behind = [(upto, after) for upto, after in src.pruned if after > 0]
+    assert behind, f"nothing pruned while changes were pending: {src.pruned}"
+    assert all(upto <= sink.checkpoints["mem"].position.offset for upto, _ in src.pruned)
