@@ -267,6 +267,10 @@ async def status(cfg: Config, *, as_json: bool) -> int:
 
     lines = render(cfg, switch, streams, daemon=answer.foreign or daemon_note(cfg, asked),
                    chroma_error=chroma_down)
+    if cfg.target.embedded:
+        dsn = await supervisor.target_dsn(cfg)
+        lines.append(f"target: the embedded PostgreSQL, {dsn} (`syncd embedded dsn` prints the psql "
+                     "command; `syncd embedded start` keeps it up without the daemon)")
     print("\n".join([*lines, status_line(cfg)]))
     return 0
 

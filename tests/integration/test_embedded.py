@@ -79,6 +79,8 @@ async def test_embedded_start_dsn_stop(tmp_path: Path) -> None:
             # another syncd command uses the server and exits: the operator's server stays up
             await asyncio.to_thread(run_syncd, "--config", str(cfg), "init", timeout=180)
             assert await conn.fetchval("SELECT count(*) FROM notes") == 0
+            status = await asyncio.to_thread(run_syncd, "--config", str(cfg), "status", timeout=180)
+            assert f"target: the embedded PostgreSQL, {dsn}" in status.stdout, status.stdout
         finally:
             await conn.close()
         assert len(postmasters(pgdata)) == 1
