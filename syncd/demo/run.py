@@ -150,7 +150,7 @@ async def run_demo(directory: Path | None) -> int:
     print("demo: try next (the embedded PostgreSQL starts again when a command needs it):")
     print(f"  syncd -c {cfg_path} status      # where each stream stands")
     print(f"  syncd -c {cfg_path} verify      # compare SQLite and Chroma with PostgreSQL, row by row")
-    print(f'  psql "$(syncd -c {cfg_path} embedded dsn)"   # look at the tables in PostgreSQL')
+    print(f"  syncd -c {cfg_path} embedded dsn   # the DSN, and the psql command to look at the tables")
     return code
 
 
