@@ -42,6 +42,10 @@ def _finite(value: Any) -> bool:
     return True
 
 
+def _kind(pg_type: str) -> str:
+    return pg_type.strip().lower().split("(")[0].strip()
+
+
 def _takes_bool(pg_type: str) -> bool:
     return pg_type.strip().lower() in ("boolean", "bool", "bigint", "integer", "smallint", "int8", "int4",
                                        "int2", "int")
@@ -53,6 +57,8 @@ class _Mapped:
     not_null: bool
     expect: Expect
     boolean: bool
+    text: bool
+    json: bool
 
 
 class ItemExpect:
@@ -64,7 +70,8 @@ class ItemExpect:
         self.document = expect(t.document_col, "text") if t.document_col else None
         self.metadata = expect(t.metadata_col, "jsonb") if t.metadata_col else None
         self.mapped = [_Mapped(m.key, m.not_null, expect(m.name, m.pg_type),
-                               _takes_bool(m.pg_type)) for m in t.mapped]
+                               _takes_bool(m.pg_type), _kind(m.pg_type) in ("text", "character varying"),
+                               _kind(m.pg_type) in ("json", "jsonb")) for m in t.mapped]
         self.mapped_keys = frozenset(m.key for m in t.mapped)
 
     # --- the values, as Chroma holds them ------------------------------------------------------
@@ -129,13 +136,20 @@ class ItemExpect:
                 raise Unfit(f"column {m.expect.name!r} (metadata key {m.key!r}) is NOT NULL and the item has "
                             "no such key")
             return NULL
-        if isinstance(value, bool):
-            # Chroma's booleans: true/false in a boolean column, 1/0 in an integer one (as SQLite
-            # stores them); no spelling is chosen for them in text or other columns
-            if not m.boolean:
+        if m.json:
+            if not _finite(value):
+                raise Unfit(f"column {m.expect.name!r} (metadata key {m.key!r}): {value!r} is not finite")
+            value = json.dumps(value, ensure_ascii=False)   # the value itself, as JSON
+        elif isinstance(value, bool):
+            # true/false in a boolean column, 1/0 in an integer one (as SQLite stores them),
+            # Python's spelling (what Chroma's client returns) in a text one; nothing else holds one
+            if m.boolean:
+                value = int(value)
+            elif m.text:
+                value = str(value)
+            else:
                 raise Unfit(f"column {m.expect.name!r} (metadata key {m.key!r}): {value!r} does not fit "
                             f"{m.expect.pg_type}")
-            value = int(value)
         if isinstance(value, float) and not math.isfinite(value):
             raise Unfit(f"column {m.expect.name!r} (metadata key {m.key!r}): {value!r} is not finite")
         return self._named(m.expect, value, m.key)

@@ -32,6 +32,9 @@ content = "document"
 meta = "metadata"
 user_id = "metadata.userId"
 rank = "metadata.rank"
+flag = "metadata.flag"
+tags = "metadata.tags"
+mixed = "metadata.mixed"
 """
 DIM = 8
 
@@ -49,7 +52,9 @@ def fill(col: Any, n: int) -> None:
     docs[1] = None
     docs[2] = ""
     metas: list[dict[str, Any] | None] = [
-        {"userId": f"u{i % 5}", "rank": i, "color": ["red", "blue"][i % 2], "score": i / 3} for i in range(n)]
+        {"userId": f"u{i % 5}", "rank": i, "color": ["red", "blue"][i % 2], "score": i / 3,
+         "flag": i % 3 == 0, "tags": [f"t{i}", f"t{i + 1}"], "mixed": bool(i % 2) if i % 4 else f"m{i}"}
+        for i in range(n)]
     metas[3] = {"userId": "u3", "rank": 3}   # no unmapped key: metadata column NULL
     col.add(ids=ids, embeddings=rng.standard_normal((n, DIM)).astype(np.float32), documents=docs,
             metadatas=metas)
@@ -97,6 +102,9 @@ async def test_each_corrupted_cell_is_found_with_its_id_and_field(
         ("UPDATE doc_vectors SET content = NULL WHERE id = 'id002'", "id002", ["content"]),
         ("UPDATE doc_vectors SET rank = rank + 1 WHERE id = 'id016'", "id016", ["metadata.rank"]),
         ("UPDATE doc_vectors SET user_id = NULL WHERE id = 'id017'", "id017", ["metadata.userId"]),
+        ("UPDATE doc_vectors SET flag = NOT flag WHERE id = 'id018'", "id018", ["metadata.flag"]),
+        ("UPDATE doc_vectors SET tags = '[\"t19\", \"t21\"]' WHERE id = 'id019'", "id019", ["metadata.tags"]),
+        ("UPDATE doc_vectors SET mixed = 'true' WHERE id = 'id021'", "id021", ["metadata.mixed"]),
     ]
     for sql, _, _ in harm:
         assert await pg.execute(sql) == "UPDATE 1", sql
