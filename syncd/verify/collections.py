@@ -34,6 +34,7 @@ from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector.sink import stream_name
 from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.verify.chroma import View, head, read_view
+from syncd.verify.doubt import vector_candidates
 from syncd.verify.report import CheckResult, Difference, Rejected
 from syncd.verify.rows import Stall
 from syncd.verify.vectors import Expected, Stored, VectorCanon
@@ -99,6 +100,8 @@ class CollectionCheck:
         self.ctx = ctx
         self.problems = problems
         self.notes = notes
+        self.candidates: dict[str, str] = {}
+        """Per id, the row hash of the other vector a vector doubt allows (:mod:`syncd.verify.doubt`)."""
 
     async def run(self, mode: str) -> CheckResult:
         result = CheckResult(self.kind, self.name, key_columns=["id"], problems=list(self.problems))
@@ -217,6 +220,7 @@ class CollectionCheck:
         ctx = self.ctx
         pending = set(ids)
         findings: list[Finding] = []
+        self.candidates = await vector_candidates(ctx.conn, ctx.stream, ctx.source, sorted(pending))
         target = newest
         note = ""
         while pending:
@@ -270,6 +274,8 @@ class CollectionCheck:
             exp = self.ctx.canon.expected(item) if item is not None else None
             if exp is not None and exp.parts is not None and got is not None:
                 cols = self.ctx.canon.differing(exp, got)
+                if cols == [1] and self.candidates.get(item_id) == got.hashes[1]:
+                    cols = []   # the other vector a vector doubt allows (syncd.verify.doubt)
                 if cols:
                     findings.append(Finding(item_id, exp, got, cols))
             elif exp is not None or got is not None:

@@ -1,13 +1,14 @@
 """Row-by-row comparison of SQLite tables with their PostgreSQL copies.
 
-Both sides are read in key order, a chunk at a time, and SQLite values go
-through the same converters the stream uses, so a difference means the target
-does not hold what the stream should have written.
+Both sides are read whole, in key order. SQLite values become the parts verify expects
+PostgreSQL to hold (:mod:`syncd.verify.expect`, verify's own table, not the stream's
+converters); PostgreSQL computes the same parts in SQL from the stored values
+(:mod:`syncd.verify.canon`). A difference means the target does not hold what the source
+holds; a value verify finds not storable is reported as ``rejected``.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,11 +16,10 @@ from typing import Any
 
 import asyncpg
 
-from syncd.errors import RowError
-from syncd.stores.postgres import datetime as pg_datetime
 from syncd.stores.postgres.sink import TargetTable
-from syncd.stores.postgres.types import family
 from syncd.stores.sqlite.schema import qi, uri
+from syncd.verify.canon import NULL, RowCanon
+from syncd.verify.expect import Unfit, expect
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,61 +33,58 @@ class Difference:
         return f"{self.table} {list(self.key)}: {self.kind}{' ' + self.detail if self.detail else ''}"
 
 
-def _norm(value: Any, pg_type: str) -> Any:
-    if value is None:
-        return None
-    if family(pg_type) == "json" and isinstance(value, str):
-        return json.loads(value)
-    return value
-
-
-def _sqlite_rows(path: str, tt: TargetTable) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...] | str]]:
+def _sqlite_rows(path: str, tt: TargetTable) -> Iterator[tuple[tuple[Any, ...], tuple[str, ...] | str]]:
+    """(key, parts) per SQLite row in key order; (raw key, why) for a row verify finds not storable."""
+    expects = [expect(c.name, c.pg_type, c.rounded) for c in tt.columns]
+    names = [c.name for c in tt.columns]
+    key_idx = [names.index(k) for k in tt.source.pk]
     conn = sqlite3.connect(uri(path, "ro"), uri=True)
     try:
         cols = ", ".join(qi(c) for c in tt.source.column_names)
         if tt.source.synthetic_key:
             cols = "rowid, " + cols
         order = "rowid" if tt.source.rowid_key else ", ".join(qi(k) for k in tt.source.pk)
-        names = list(tt.source.target_columns)
-        key_idx = [names.index(k) for k in tt.source.pk]
         for raw in conn.execute(f"SELECT {cols} FROM {qi(tt.source.name)} ORDER BY {order}"):
+            parts: list[str] = []
             try:
-                converted = tt.convert_row(raw)
-                yield tuple(converted[i] for i in key_idx), tuple(
-                    _norm(v, c.pg_type) for v, c in zip(converted, tt.columns, strict=True))
-            except RowError as exc:
-                yield tuple(raw[i] for i in key_idx), exc.message
+                for e, v in zip(expects, raw, strict=True):
+                    parts.append(NULL if v is None else e.part(v))
+            except Unfit as exc:
+                why = f"column {expects[len(parts)].name}: {exc}"
+                try:
+                    yield tuple(expects[i].part(raw[i]) for i in key_idx), why
+                except Unfit:
+                    yield tuple(raw[i] for i in key_idx), why
+                continue
+            yield tuple(parts[i] for i in key_idx), tuple(parts)
     finally:
         conn.close()
 
 
 async def compare_table(sqlite_path: str, conn: asyncpg.Connection, tt: TargetTable,
                         limit: int = 100) -> list[Difference]:
-    """Differences between one SQLite table and its target (up to *limit*).
-
-    Registers syncd's exact date/time codecs on *conn* (:mod:`syncd.stores.postgres.datetime`), so that
-    years 1 and 9999 and PostgreSQL's infinities are read as what they are.
-    """
-    await pg_datetime.register(conn)
-    cols = ", ".join(qi(c.name) for c in tt.columns)
+    """Differences between one SQLite table and its target (up to *limit*); keys are given as
+    canonical parts (a row verify finds not storable: its SQLite key)."""
+    canon = RowCanon.for_columns(tt.columns, tt.source.pk)
+    parts_sql = ", ".join(canon.part_sql(i) for i in range(len(tt.columns)))
     order = ", ".join(qi(k) for k in tt.source.pk)
-    key_idx = [[c.name for c in tt.columns].index(k) for k in tt.source.pk]
-    target: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for rec in await conn.fetch(f"SELECT {cols} FROM {tt.qualified} ORDER BY {order}"):
-        values = tuple(_norm(v, c.pg_type) for v, c in zip(tuple(rec), tt.columns, strict=True))
-        target[tuple(values[i] for i in key_idx)] = values
+    target: dict[tuple[str, ...], tuple[str, ...]] = {}
+    async with conn.transaction(readonly=True):
+        await conn.execute("SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL TimeZone = 'UTC'")
+        for rec in await conn.fetch(f"SELECT {parts_sql} FROM {tt.qualified} ORDER BY {order}"):
+            values = tuple(str(v) for v in rec)
+            target[tuple(values[i] for i in canon.key_index)] = values
     diffs: list[Difference] = []
     for key, image in _sqlite_rows(sqlite_path, tt):
         have = target.pop(key, None)
         if isinstance(image, str):
             diffs.append(Difference(tt.name, key, "rejected", image))
-            continue
-        values = image
-        if have is None:
-            diffs.append(Difference(tt.name, key, "missing"))
-        elif have != values:
-            cols_diff = [c.name for c, a, b in zip(tt.columns, have, values, strict=True) if a != b]
-            diffs.append(Difference(tt.name, key, "changed", f"columns {cols_diff}"))
+        else:
+            if have is None:
+                diffs.append(Difference(tt.name, key, "missing"))
+            elif have != image:
+                cols_diff = [c.name for c, a, b in zip(tt.columns, have, image, strict=True) if a != b]
+                diffs.append(Difference(tt.name, key, "changed", f"columns {cols_diff}"))
         if len(diffs) >= limit:
             return diffs
     diffs.extend(Difference(tt.name, k, "extra") for k in list(target)[: limit - len(diffs)])

@@ -1,10 +1,10 @@
 """How one Chroma item and its pgvector row are compared: canonical parts on both sides.
 
-An item is written through the stream's own mapping (:meth:`VectorTable.record`:
-id, vector, document, the metadata keys not mapped to columns as jsonb, and each
-mapped key converted to its column's type), then every column becomes one
-canonical part (:mod:`syncd.verify.canon`), computed in Python from the record and
-in SQL from the stored row. The vector's part is the MD5 of its float32 values,
+What each column must hold is verify's own expectation (:mod:`syncd.verify.item_expect`:
+id, vector, document, the metadata keys not mapped to columns as jsonb, each mapped key in
+its column's type — no converter of the sink), one canonical part per column, computed in
+Python from the Chroma item and in SQL from the stored row (:mod:`syncd.verify.canon`).
+The vector's part is the MD5 of its float32 values,
 big-endian — in SQL, of ``vector_send`` without its 4-byte header — so equal parts
 mean equal bits, and only a short hash per column crosses the wire. When a part
 differs, the row is read whole to say which component or metadata key differs.
@@ -12,7 +12,6 @@ differs, the row is read whole to say which component or metadata key differs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,21 +20,16 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from syncd.errors import RowError
 from syncd.stores.chroma.log import Item, Vector
 from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.postgres.types import ColumnMap
 from syncd.stores.sqlite.schema import qi
-from syncd.verify.canon import NULL, CanonError, ColumnCanon, column_canon, jsonb_text, part_hash
+from syncd.verify.canon import NULL, ColumnCanon, column_canon, jsonb_text, part_hash
+from syncd.verify.expect import Unfit
+from syncd.verify.item_expect import ItemExpect, vector_part
 
 SHOWN_COMPONENTS = 3
 """Differing vector components described per item (all are counted)."""
-
-
-def vector_part(vector: Vector) -> str:
-    """MD5 of the float32 values, big-endian: what ``md5(substring(vector_send(x) from 5))`` gives."""
-    data = np.asarray(vector, dtype=np.float32).astype(">f4").tobytes()
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def float32_text(value: Any) -> str:
@@ -77,6 +71,7 @@ class VectorCanon:
             self.columns.append(column_canon(ColumnMap(t.metadata_col, "", "jsonb")))
         self.columns += [column_canon(ColumnMap(m.name, "", m.pg_type)) for m in t.mapped]
         self.names = list(t.columns)
+        self.expect = ItemExpect(table)
 
     # --- Python ------------------------------------------------------------------------------
 
@@ -84,12 +79,8 @@ class VectorCanon:
         if item.error:
             return Expected(item, None, item.error)
         try:
-            record = self.table.record(item.id, item.vector, item.document, item.metadata)
-            parts = [vector_part(v) if c is None else c.part(v)
-                     for c, v in zip(self.columns, record, strict=True)]
-        except RowError as exc:
-            return Expected(item, None, exc.message)
-        except CanonError as exc:
+            parts = self.expect.parts(item)
+        except Unfit as exc:
             return Expected(item, None, str(exc))
         return Expected(item, [part_hash(p) for p in parts])
 
@@ -132,7 +123,7 @@ class VectorCanon:
         out: list[tuple[list[str], str]] = []
         for exp, idx in pairs:
             row = by_id.get(exp.item.id)
-            record = t.record(exp.item.id, exp.item.vector, exp.item.document, exp.item.metadata)
+            record = self.expect.values(exp.item)
             names: list[str] = []
             notes: list[str] = []
             for i in idx:
@@ -171,8 +162,8 @@ class VectorCanon:
         more = f" (+{len(where) - SHOWN_COMPONENTS} more)" if len(where) > SHOWN_COMPONENTS else ""
         return f"embedding: {len(where)} of {len(a)} components differ: {shown}{more}"
 
-    def _metadata_note(self, want: str | None, got: str | None) -> tuple[list[str], str]:
-        mine = json.loads(want) if want else {}
+    def _metadata_note(self, want: dict[str, Any] | None, got: str | None) -> tuple[list[str], str]:
+        mine = want or {}
         theirs = json.loads(got) if got else {}
         if not isinstance(theirs, dict):
             return ["metadata"], f"metadata: {_show(got)} in PostgreSQL is not an object"
