@@ -97,7 +97,7 @@ def _fsync(path: Path) -> None:
 def copy_sqlite(src: Path, dst: Path) -> None:
     """The database at *src* as of one commit, into the new file *dst* (SQLite's backup API)."""
     if not src.is_file():
-        raise SourceError(f"backup: SQLite database {src} does not exist")
+        raise SourceError(f"backup: SQLite database {src} does not exist (source.sqlite.path)")
     try:
         source = sqlite3.connect(uri(src, "ro"), uri=True, timeout=_BUSY_MS / 1000)
         try:
@@ -109,7 +109,7 @@ def copy_sqlite(src: Path, dst: Path) -> None:
         finally:
             source.close()
     except sqlite3.Error as exc:
-        raise SourceError(f"backup: cannot copy SQLite database {src}: {exc}") from exc
+        raise SourceError(f"backup: cannot copy SQLite database {src}: {exc} (source.sqlite.path)") from exc
     _fsync(dst)
 
 

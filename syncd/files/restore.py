@@ -49,12 +49,12 @@ def plan(cfg: Config, root: Path, manifest: mf.Manifest) -> list[Step]:
     steps = []
     if manifest.sqlite is not None:
         if cfg.sqlite is None:
-            raise FatalError(f"restore: backup {root} holds a SQLite database but the config has no "
+            raise FatalError(f"backup {root} holds a SQLite database but the config has no "
                              "[source.sqlite]; set source.sqlite.path to where it goes")
         steps.append(Step("SQLite", root / str(manifest.sqlite["file"]), cfg.sqlite.path))
     if manifest.chroma is not None:
         if cfg.chroma is None or cfg.chroma.path is None:
-            raise FatalError(f"restore: backup {root} holds a Chroma directory but the config has no "
+            raise FatalError(f"backup {root} holds a Chroma directory but the config has no "
                              "source.chroma.path; set it to where it goes")
         steps.append(Step("Chroma", root / str(manifest.chroma["dir"]), cfg.chroma.path))
     return steps
@@ -95,7 +95,7 @@ def check_write_lock(db: Path) -> None:
         try:
             conn.execute("BEGIN EXCLUSIVE")
         except sqlite3.OperationalError as exc:
-            raise FatalError(f"restore: cannot take the write lock on {db} ({exc}): the app or syncd is "
+            raise FatalError(f"cannot take the write lock on {db} ({exc}): the app or syncd is "
                              "using it; stop them and run restore again (nothing was changed)") from exc
         conn.execute("ROLLBACK")
         with contextlib.suppress(sqlite3.Error):
@@ -112,7 +112,7 @@ def check_unused(steps: list[Step]) -> None:
         for f in files:
             pids = openers(f) if f.exists() else []
             if pids:
-                raise FatalError(f"restore: {f} is open in process {_names(pids)} (the app, `syncd run` or a "
+                raise FatalError(f"{f} is open in process {_names(pids)} (the app, `syncd run` or a "
                                  "Chroma server); stop it and run restore again (nothing was changed)")
 
 

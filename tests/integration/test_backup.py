@@ -204,7 +204,7 @@ def test_restore_refuses_while_the_app_holds_the_file(tmp_path: Path) -> None:
         app.close()
     assert proc.returncode == 1, proc
     err = proc.stderr.strip()
-    assert err.startswith("syncd: error: restore:") and "nothing was changed" in err and "\n" not in err, err
+    assert err.startswith("syncd: restore: ") and "nothing was changed" in err and "\n" not in err, err
     assert str(db) in err and "is open in process" in err, err
     assert note_ids(db) == list(range(1, 52))
 
