@@ -347,6 +347,11 @@ class RemoteCollectionSource:
     async def prune(self, upto: Position) -> int:
         return 0
 
+    async def vector_doubts(self) -> dict[str, Any]:
+        """None: with no log to read, no UPDATE of a missing id can be seen (the scans copy what
+        the server returns, which is already the truth a restarted Chroma serves)."""
+        return {}
+
 
 # --- the sink side --------------------------------------------------------------------------
 
