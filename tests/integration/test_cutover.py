@@ -49,11 +49,11 @@ async def pg_fences(dsn: str) -> list[str]:
 
 
 async def direction(dsn: str) -> tuple[str, str | None]:
-    """The stored direction; no syncd.cutover.cutover (nothing was ever switched, or a refused or dry
+    """The stored direction; no syncd.cutover (nothing was ever switched, or a refused or dry
     run, which create nothing) means forward."""
     conn = await asyncpg.connect(dsn)
     try:
-        if not await conn.fetchval("SELECT to_regclass('syncd.cutover.cutover') IS NOT NULL"):
+        if not await conn.fetchval("SELECT to_regclass('syncd.cutover') IS NOT NULL"):
             return "forward", None
         row = await conn.fetchrow("SELECT direction, operation FROM syncd.cutover WHERE id = 1")
         return str(row["direction"]), row["operation"]
