@@ -16,10 +16,11 @@ from typing import Any
 import asyncpg
 
 from syncd.errors import RowError
+from syncd.sql import qi
 from syncd.stores.postgres import datetime as pg_datetime
-from syncd.stores.postgres.sink import TargetTable
+from syncd.stores.postgres.tables import TargetTable
 from syncd.stores.postgres.types import family
-from syncd.stores.sqlite.schema import qi, uri
+from syncd.stores.sqlite.schema import uri
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,10 @@ import asyncpg
 import numpy as np
 
 from syncd.errors import RowError
-from syncd.stores.chroma.log import Item, Vector
+from syncd.sql import qi
+from syncd.stores.chroma.records import Item, Vector
 from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.postgres.types import ColumnMap
-from syncd.stores.sqlite.schema import qi
 from syncd.verify.canon import NULL, CanonError, ColumnCanon, column_canon, jsonb_text, part_hash
 
 SHOWN_COMPONENTS = 3
