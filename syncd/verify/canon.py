@@ -49,7 +49,8 @@ from typing import Any
 
 from syncd.sql import qi
 from syncd.stores.postgres.datetime import Infinity
-from syncd.stores.postgres.types import ColumnMap, base_type, family
+from syncd.stores.postgres.families import base_type, family
+from syncd.stores.postgres.types import ColumnMap
 
 NULL = "N"
 SEP = "|"

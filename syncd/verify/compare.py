@@ -18,8 +18,8 @@ import asyncpg
 from syncd.errors import RowError
 from syncd.sql import qi
 from syncd.stores.postgres import datetime as pg_datetime
+from syncd.stores.postgres.families import family
 from syncd.stores.postgres.tables import TargetTable
-from syncd.stores.postgres.types import family
 from syncd.stores.sqlite.schema import uri
 
 

@@ -19,8 +19,8 @@ import numpy.typing as npt
 from syncd.errors import RowError
 from syncd.stores.pgvector.plan import VectorTable, raw_image
 from syncd.stores.postgres.connect import transaction, translate
+from syncd.stores.postgres.families import base_type
 from syncd.stores.postgres.state import Reject
-from syncd.stores.postgres.types import base_type
 
 Record = tuple[Any, ...]
 

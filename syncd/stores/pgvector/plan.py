@@ -25,7 +25,8 @@ from syncd.config import CollectionTarget, Target
 from syncd.errors import ConfigError, RowError, SchemaError
 from syncd.sql import qi
 from syncd.stores.chroma.records import CollectionInfo, Hnsw, Vector
-from syncd.stores.postgres.types import Converter, converter, family
+from syncd.stores.postgres.converters import Converter, converter
+from syncd.stores.postgres.families import family
 
 HNSW_MAX_DIM = 2000
 HALFVEC_MAX_DIM = 4000

@@ -12,7 +12,9 @@ from typing import Any
 from syncd.config import Target
 from syncd.errors import RowError, SchemaError
 from syncd.sql import qi
-from syncd.stores.postgres.types import ColumnMap, Converter, can_hold, converter, parse_override, pg_type_for
+from syncd.stores.postgres.converters import Converter, converter
+from syncd.stores.postgres.families import can_hold
+from syncd.stores.postgres.types import ColumnMap, parse_override, pg_type_for
 from syncd.stores.sqlite.schema import ROWID_COLUMN, Index, Table
 
 
