@@ -29,7 +29,8 @@ from bench import pg
 from bench.chroma_bench import start_chroma
 from syncd import config as config_mod
 from syncd.model import Position, SnapshotState
-from syncd.stores.chroma.remote import SCAN, RemoteTopology, open_remote_sink
+from syncd.stores.chroma.remote import SCAN, RemoteTopology
+from syncd.stores.pgvector.remote_sink import open_remote_sink
 
 OUT = Path(__file__).parent / "out" / "chroma_remote"
 DIM = 384

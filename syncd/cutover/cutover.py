@@ -52,11 +52,11 @@ from syncd.cutover.plan import (
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import SyncdError
 from syncd.service import checks
+from syncd.sql import STATE_SCHEMA
 from syncd.stores.chroma.topology import server_only
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, translate
-from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.stores.sqlite.capture import CHANGELOG
 
 # --- cutover -------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import asyncpg
 
+from syncd.sql import qi, ql
 from syncd.stores.sqlite.capture import ORIGIN
-from syncd.stores.sqlite.schema import qi, ql
 
 SQLITE_PREFIX = "_syncd_fence_"
 SQLITE_MESSAGE = ("syncd: this SQLite database is fenced: the app was cut over to PostgreSQL "

@@ -26,7 +26,7 @@ from syncd.cutover import appconfig
 from syncd.cutover import state as cutover_state
 from syncd.cutover.state import State
 from syncd.errors import FatalError, SyncdError, redact
-from syncd.stores.postgres.state import STATE_SCHEMA
+from syncd.sql import STATE_SCHEMA
 from syncd.stores.sqlite.capture import META
 from syncd.stores.sqlite.schema import uri
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from syncd.stores.postgres.state import STATE_SCHEMA
+from syncd.sql import STATE_SCHEMA
 
 FORWARD = "forward"
 REVERSE = "reverse"

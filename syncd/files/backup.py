@@ -34,8 +34,9 @@ import structlog
 from syncd.config import Config
 from syncd.errors import FatalError, SourceError
 from syncd.files import manifest as mf
-from syncd.stores.chroma.log import OP_ADD, OP_DELETE, OP_UPSERT, seq_value
-from syncd.stores.sqlite.schema import list_tables, qi, uri
+from syncd.sql import qi
+from syncd.stores.chroma.records import OP_ADD, OP_DELETE, OP_UPSERT, seq_value
+from syncd.stores.sqlite.schema import list_tables, uri
 
 log = structlog.get_logger("syncd.backup")
 

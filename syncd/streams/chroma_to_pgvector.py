@@ -20,19 +20,21 @@ from syncd.config import Config
 from syncd.errors import CaptureError, FatalError, SyncdError
 from syncd.ports import Sink
 from syncd.service.health import Liveness
+from syncd.sql import STATE_SCHEMA
 from syncd.status import StreamStatus
 from syncd.stores.chroma import retention as chroma_retention
 from syncd.stores.chroma.admin import rename_table, retire
-from syncd.stores.chroma.log import CollectionInfo
-from syncd.stores.chroma.remote import RemoteCollectionSource, RemoteTopology, open_remote_sink
+from syncd.stores.chroma.records import CollectionInfo
+from syncd.stores.chroma.remote import RemoteCollectionSource, RemoteTopology
 from syncd.stores.chroma.server import find_openers
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, server_only, wanted
 from syncd.stores.pgvector.plan import parse_columns
-from syncd.stores.pgvector.sink import PgvectorSink, ensure_state, prepare_table, stream_name
+from syncd.stores.pgvector.remote_sink import open_remote_sink
+from syncd.stores.pgvector.sink import PgvectorSink
+from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, translate
-from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.stream import Stream
 from syncd.streams.ownership import Ownership
 

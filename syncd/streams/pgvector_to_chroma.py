@@ -30,17 +30,18 @@ from syncd.errors import ConfigError, SchemaError
 from syncd.model import Batch
 from syncd.ports import Sink
 from syncd.service.health import Liveness
-from syncd.stores.chroma.log import ChromaLog, CollectionInfo
+from syncd.sql import STATE_SCHEMA
+from syncd.stores.chroma.log import ChromaLog
+from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.sink import ChromaSink, ChromaWriter
 from syncd.stores.chroma.topology import Topology, wanted
 from syncd.stores.pgvector.plan import VectorTable, plan
-from syncd.stores.pgvector.sink import existing_columns
 from syncd.stores.pgvector.source import PgvectorSource
+from syncd.stores.pgvector.table import existing_columns
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import changelog
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, transaction
-from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.stream import Stream
 
 log = structlog.get_logger("syncd.streams.pgvector_to_chroma")

@@ -17,7 +17,7 @@ import asyncio
 
 from syncd.config import Config
 from syncd.config import SqliteSource as SqliteConfig
-from syncd.model import Position
+from syncd.model import Phase, Position
 from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.stores.postgres import capture as pg_capture
@@ -141,7 +141,8 @@ async def stored_status(config: Config, dsn: str) -> list[dict[str, object]]:
     finally:
         await close_quietly(conn)
     lag = 0.0 if not count or oldest is None else max(0.0, time.time() - float(oldest))
-    return [{"name": REVERSE_SQLITE_STREAM, "phase": "streaming" if checkpoint is not None else "not-started",
+    phase = Phase.STREAMING.value if checkpoint is not None else "not-started"
+    return [{"name": REVERSE_SQLITE_STREAM, "phase": phase,
              "source_position": head, "checkpoint": checkpoint, "pending": count,
              "lag_seconds": round(lag, 3), "rejects": rejects, "snapshot_copied": None,
              "daemon": "not running"}]

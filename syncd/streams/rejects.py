@@ -21,8 +21,8 @@ from typing import Any
 import asyncpg
 
 from syncd.errors import ConfigError
+from syncd.sql import STATE_SCHEMA
 from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.state import STATE_SCHEMA
 
 ACCEPT_DDL = f"""ALTER TABLE {STATE_SCHEMA}.rejects
     ADD COLUMN IF NOT EXISTS accepted_at timestamptz,

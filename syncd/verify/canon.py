@@ -47,9 +47,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from syncd.sql import qi
 from syncd.stores.postgres.datetime import Infinity
-from syncd.stores.postgres.types import ColumnMap, base_type, family
-from syncd.stores.sqlite.schema import qi
+from syncd.stores.postgres.families import base_type, family
+from syncd.stores.postgres.types import ColumnMap
 
 NULL = "N"
 SEP = "|"

@@ -18,7 +18,9 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from syncd.stores.chroma.log import ChromaLog, CollectionInfo, Item, seq_value
+from syncd.stores.chroma.catalog import read_images
+from syncd.stores.chroma.log import ChromaLog
+from syncd.stores.chroma.records import CollectionInfo, Item, seq_value
 
 
 @dataclass(slots=True)
@@ -58,7 +60,8 @@ def _view(log: ChromaLog, conn: sqlite3.Connection, info: CollectionInfo, checkp
             "SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
             "AND embedding_id IN (SELECT value FROM json_each(?))",
             (info.metadata_segment, wanted)).fetchall()
-        view.items = log._images(conn, info, [(int(r[0]), r[1], seq_value(r[2])) for r in rows])
+        view.items = read_images(conn, topic, [(int(r[0]), r[1], seq_value(r[2])) for r in rows],
+                                 log.has_arrays)
         view.tail = {r[0] for r in conn.execute(
             "SELECT DISTINCT id FROM embeddings_queue WHERE topic = ? AND seq_id > ? "
             "AND id IN (SELECT value FROM json_each(?))", (topic, after, wanted))}

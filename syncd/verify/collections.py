@@ -29,10 +29,10 @@ from typing import cast
 import asyncpg
 
 from syncd.errors import SourceError
-from syncd.stores.chroma.log import Item, ItemPage
+from syncd.sql import STATE_SCHEMA
+from syncd.stores.chroma.records import Item, ItemPage
 from syncd.stores.chroma.source import ChromaCollectionSource
-from syncd.stores.pgvector.sink import stream_name
-from syncd.stores.postgres.state import STATE_SCHEMA
+from syncd.stores.pgvector.table import stream_name
 from syncd.verify.chroma import View, head, read_view
 from syncd.verify.doubt import vector_candidates
 from syncd.verify.report import CheckResult, Difference, Rejected

@@ -16,8 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from syncd.stores.postgres.sink import TargetTable
-from syncd.stores.sqlite.schema import qi, uri
+from syncd.sql import qi
+from syncd.stores.postgres.tables import TargetTable
+from syncd.stores.sqlite.schema import uri
 from syncd.verify.canon import NULL, RowCanon
 from syncd.verify.expect import Unfit, expect
 

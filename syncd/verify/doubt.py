@@ -25,9 +25,9 @@ from collections.abc import Sequence
 import asyncpg
 import numpy as np
 
-from syncd.stores.chroma.log import OP_ADD, OP_DELETE, OP_UPDATE, OP_UPSERT, decode_vector, seq_value
+from syncd.sql import STATE_SCHEMA
+from syncd.stores.chroma.records import OP_ADD, OP_DELETE, OP_UPDATE, OP_UPSERT, decode_vector, seq_value
 from syncd.stores.chroma.source import ChromaCollectionSource
-from syncd.stores.postgres.state import STATE_SCHEMA
 from syncd.verify.canon import part_hash
 from syncd.verify.item_expect import vector_part
 

@@ -29,9 +29,11 @@ import asyncpg
 from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
 from syncd.model import SnapshotState
+from syncd.sql import STATE_SCHEMA
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect, translate
-from syncd.stores.postgres.sink import PostgresSink, TargetTable, plan_table
+from syncd.stores.postgres.sink import PostgresSink
+from syncd.stores.postgres.tables import TargetTable, plan_table
 from syncd.stores.sqlite.schema import Table, discover, uri
 from syncd.streams.supervisor import SQLITE_STREAM
 from syncd.verify.canon import SESSION_SETTINGS
@@ -165,7 +167,7 @@ async def _stream_problem(conn: asyncpg.Connection, reader: SqliteReader) -> str
     if not await pgstate.has_state(conn):
         return ("syncd has not run against this database (no syncd.checkpoints): "
                 "run `syncd init` and `syncd run`")
-    text = await conn.fetchval(f"SELECT to_jsonb(c)::text FROM {pgstate.STATE_SCHEMA}.checkpoints c "
+    text = await conn.fetchval(f"SELECT to_jsonb(c)::text FROM {STATE_SCHEMA}.checkpoints c "
                                "WHERE stream = $1", SQLITE_STREAM)
     if text is None:
         return "the sqlite stream has not started: run `syncd run`"
@@ -186,7 +188,7 @@ async def _table_checks(cfg: Config, conn: asyncpg.Connection, reader: SqliteRea
                         ) -> list[Check | CheckResult]:
     async def checkpoint() -> int:
         value = await conn.fetchval(
-            f"SELECT position FROM {pgstate.STATE_SCHEMA}.checkpoints WHERE stream = $1", SQLITE_STREAM)
+            f"SELECT position FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1", SQLITE_STREAM)
         return int(value or 0)
 
     ctx = TableContext(conn, reader, SQLITE_STREAM, checkpoint, progress.advance,

@@ -28,9 +28,9 @@ import asyncpg
 import numpy as np
 
 from syncd.errors import SourceError
+from syncd.sql import qi
 from syncd.stores.chroma.server import ChromaServer
 from syncd.stores.chroma.source import ChromaCollectionSource
-from syncd.stores.sqlite.schema import qi
 from syncd.verify.chroma import sample_ids
 from syncd.verify.collections import CollectionOptions
 from syncd.verify.report import SKIPPED, CheckResult

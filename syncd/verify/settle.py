@@ -20,18 +20,42 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from syncd.model import Key
-from syncd.stores.postgres.state import STATE_SCHEMA, jsonable
-from syncd.stores.sqlite.schema import qi
+from syncd.sql import STATE_SCHEMA, qi
+from syncd.stores.postgres.state import jsonable
+from syncd.stores.postgres.tables import TargetTable
 from syncd.verify.canon import part_hash
 from syncd.verify.report import CheckResult, Difference, Rejected
-from syncd.verify.rows import CanonKey, Finding, PgRow, Range, Row, Stall, TableContext, sort_key
-from syncd.verify.sqlite import Tail
+from syncd.verify.rows import (
+    CanonKey,
+    Finding,
+    PgRow,
+    Range,
+    Row,
+    Stall,
+    TableContext,
+    TableOptions,
+    sort_key,
+)
+from syncd.verify.sqlite import Raw, Tail
 
-if TYPE_CHECKING:
-    from syncd.verify.tables import TableCheck
+
+class TableCheck(Protocol):
+    """What settling needs of a table's check (:class:`syncd.verify.tables.TableCheck`)."""
+
+    @property
+    def tt(self) -> TargetTable: ...
+    @property
+    def ctx(self) -> TableContext: ...
+    @property
+    def opts(self) -> TableOptions: ...
+    @property
+    def raw_key_idx(self) -> list[int]: ...
+    def key_only(self, raw_key: Key) -> tuple[Key | None, CanonKey]: ...
+    def prepare(self, raws: Sequence[Raw], note_rounded: bool = False) -> list[Row]: ...
+    async def pg_rows(self, ranges: Sequence[Range], parts: bool) -> list[list[PgRow]]: ...
 
 
 async def wait_checkpoint(ctx: TableContext, position: int, deadline: float, stall: Stall) -> None:

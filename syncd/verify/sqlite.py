@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 from syncd.errors import SourceBusy, SourceError
 from syncd.model import Key
+from syncd.sql import qi
 from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key
-from syncd.stores.sqlite.schema import Table, qi, uri
+from syncd.stores.sqlite.schema import Table, uri
 
 T = TypeVar("T")
 Raw = tuple[Any, ...]

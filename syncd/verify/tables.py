@@ -33,10 +33,10 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from syncd.model import Key
-from syncd.stores.postgres.sink import TargetTable
+from syncd.sql import qi
+from syncd.stores.postgres.families import family
 from syncd.stores.postgres.state import jsonable
-from syncd.stores.postgres.types import family
-from syncd.stores.sqlite.schema import qi
+from syncd.stores.postgres.tables import TargetTable
 from syncd.verify.canon import MASK64, NULL, RowCanon
 from syncd.verify.expect import Expect, Unfit, expect
 from syncd.verify.report import CheckResult, Rejected, RoundedValue

@@ -20,10 +20,10 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from syncd.stores.chroma.log import Item, Vector
+from syncd.sql import qi
+from syncd.stores.chroma.records import Item, Vector
 from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.postgres.types import ColumnMap
-from syncd.stores.sqlite.schema import qi
 from syncd.verify.canon import NULL, ColumnCanon, column_canon, jsonb_text, part_hash
 from syncd.verify.expect import Unfit
 from syncd.verify.item_expect import ItemExpect, vector_part

@@ -28,8 +28,9 @@ from syncd.model import START, Batch, Change, Op, Position
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import changelog
 from syncd.stores.postgres.connect import connect
-from syncd.stores.postgres.sink import PostgresSink, plan_table
+from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.source import PostgresSource
+from syncd.stores.postgres.tables import plan_table
 from syncd.stores.sqlite.schema import describe
 from syncd.stores.sqlite.sink import SqliteSink
 from syncd.stores.sqlite.source import SqliteSource

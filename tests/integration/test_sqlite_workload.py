@@ -19,7 +19,8 @@ from typing import Any
 import asyncpg
 
 from syncd.config import Target
-from syncd.stores.postgres.sink import PostgresSink, TargetTable, plan_table
+from syncd.stores.postgres.sink import PostgresSink
+from syncd.stores.postgres.tables import TargetTable, plan_table
 from syncd.stores.sqlite.schema import discover
 from syncd.verify.compare import compare_all
 from tests.conftest import run_syncd

@@ -5,7 +5,9 @@ import datetime as dt
 import pytest
 
 from syncd.errors import RowError, redact
-from syncd.stores.postgres.types import can_hold, converter, pg_type_for
+from syncd.stores.postgres.converters import converter
+from syncd.stores.postgres.families import can_hold
+from syncd.stores.postgres.types import pg_type_for
 
 
 @pytest.mark.parametrize(("declared", "pg"), [

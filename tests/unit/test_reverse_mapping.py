@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.errors import RowError
+from syncd.stores.postgres.converters import converter
 from syncd.stores.postgres.source import (
     ReverseTable,
     Unfit,
@@ -27,7 +28,7 @@ from syncd.stores.postgres.source import (
     sqlite_datetime,
     to_sqlite,
 )
-from syncd.stores.postgres.types import converter, pg_type_for
+from syncd.stores.postgres.types import pg_type_for
 from syncd.stores.sqlite.schema import ROWID_COLUMN, Column, Table
 
 

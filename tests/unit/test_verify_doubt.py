@@ -13,7 +13,7 @@ import sqlite3
 
 import numpy as np
 
-from syncd.stores.chroma.log import OP_ADD, OP_DELETE, OP_UPDATE, OP_UPSERT
+from syncd.stores.chroma.records import OP_ADD, OP_DELETE, OP_UPDATE, OP_UPSERT
 from syncd.verify.doubt import _from_log
 
 OPS = {"add": OP_ADD, "update": OP_UPDATE, "upsert": OP_UPSERT, "delete": OP_DELETE}

@@ -10,16 +10,16 @@ from typing import Any
 import asyncpg
 
 from syncd.config import Config
-from syncd.model import START
+from syncd.model import START, Phase
+from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.chroma import retention as chroma_retention
-from syncd.stores.chroma.log import ChromaLog, CollectionInfo
+from syncd.stores.chroma.log import ChromaLog
+from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, server_only, wanted
-from syncd.stores.pgvector.sink import ensure_state, prepare_table, stream_name
+from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect
-from syncd.stores.postgres.state import STATE_SCHEMA
-from syncd.stores.sqlite.schema import qi
 
 # --- collections deleted or renamed --------------------------------------------------------
 
@@ -179,5 +179,5 @@ def _phase(position: int | None, snapshot: str | None, pending: int) -> str:
     if position is None:
         return "not-started"
     if snapshot and not json.loads(snapshot).get("complete"):
-        return "snapshot"
-    return "catch-up" if pending else "streaming"
+        return Phase.SNAPSHOT.value
+    return Phase.CATCH_UP.value if pending else Phase.STREAMING.value

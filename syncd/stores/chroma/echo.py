@@ -24,7 +24,7 @@ import asyncpg
 import numpy as np
 
 from syncd.model import Change, Op
-from syncd.stores.postgres.state import STATE_SCHEMA
+from syncd.sql import STATE_SCHEMA
 
 ECHO_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};

@@ -23,195 +23,32 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import numpy as np
-import numpy.typing as npt
 import structlog
 import watchfiles
 
 from syncd.errors import SourceBusy, SourceError, SyncdError
+from syncd.stores.chroma.catalog import read_catalog, read_images
 from syncd.stores.chroma.doubt import Doubt, scan
+from syncd.stores.chroma.records import (
+    DEFAULT_TOPIC_PREFIX,
+    CollectionInfo,
+    Gap,
+    Item,
+    ItemPage,
+    LogRow,
+    seq_value,
+)
 from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.chroma")
 T = TypeVar("T")
 
 SQLITE_FILE = "chroma.sqlite3"
-OP_ADD, OP_UPDATE, OP_UPSERT, OP_DELETE = 0, 1, 2, 3
-OP_NAMES = {OP_ADD: "add", OP_UPDATE: "update", OP_UPSERT: "upsert", OP_DELETE: "delete"}
-DOCUMENT_KEY = "chroma:document"
-URI_KEY = "chroma:uri"
-DEFAULT_TOPIC_PREFIX = "persistent://default/default/"
-SPACES = ("l2", "cosine", "ip")
 PRUNE_BATCH = 2000
-
-Vector = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class CollectionInfo:
-    """One collection as the catalog describes it."""
-
-    id: str
-    name: str
-    dimension: int | None
-    """None until the first item is written."""
-    space: str
-    tenant: str
-    database: str
-    metadata_segment: str
-    vector_segment: str | None
-    hnsw: Hnsw | None = None
-    """The collection's HNSW settings, when its configuration names them."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hnsw:
-    """Chroma's HNSW settings of a collection; pgvector's index is built with the same
-    ``m`` / ``ef_construction``, and ``ef_search`` is what a query should set."""
-
-    max_neighbors: int = 16
-    ef_construction: int = 100
-    ef_search: int = 100
-
-    @classmethod
-    def parse(cls, config: Any) -> Hnsw | None:
-        """From a ``hnsw`` configuration object; None when it holds none of the three."""
-        if not isinstance(config, dict):
-            return None
-        values = {k: config[k] for k in ("max_neighbors", "ef_construction", "ef_search")
-                  if isinstance(config.get(k), int) and not isinstance(config.get(k), bool)}
-        return cls(**values) if values else None
-
-
-@dataclass(frozen=True, slots=True)
-class LogRow:
-    seq: int
-    op: int
-    id: str
-    vector: bytes | None
-    encoding: str | None
-    metadata: str | None
-    created_at: float | None
-
-
-@dataclass(slots=True)
-class Item:
-    """One item as Chroma holds it now (snapshot, reconciliation)."""
-
-    id: str
-    seq: int
-    """``embeddings.seq_id``: the last operation on this id that took effect."""
-    document: str | None
-    metadata: dict[str, Any]
-    vector: Vector | None
-    """The written bits, from the log row of ``seq``; None when the log no longer holds them."""
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemPage:
-    """Items of one key range, read in one transaction.
-
-    ``keys`` are every id in the range with its seq, in key order; ``items`` the
-    full images asked for (all, or those changed after a position).
-    """
-
-    keys: list[tuple[str, int]]
-    items: list[Item]
-
-    @property
-    def last_key(self) -> str | None:
-        return self.keys[-1][0] if self.keys else None
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Log rows between two positions that are gone: Chroma purged them."""
-
-    after: int
-    before: int
-    missing: int
-
-
-def seq_value(raw: Any) -> int:
-    """A seq_id as stored: an integer, or 8 big-endian bytes in databases from Chroma < 0.5."""
-    if isinstance(raw, bytes):
-        return int.from_bytes(raw, "big")
-    return int(raw)
-
-
-def decode_vector(blob: bytes | None, encoding: str | None) -> tuple[Vector | None, str | None]:
-    """The vector of a log row and, if it cannot be read, why."""
-    if blob is None:
-        return None, None
-    if (encoding or "FLOAT32").upper() != "FLOAT32":
-        return None, f"vector encoding {encoding!r} is not supported (only FLOAT32)"
-    if len(blob) % 4:
-        return None, f"vector blob of {len(blob)} bytes is not a float32 array"
-    return np.frombuffer(blob, dtype="<f4"), None
-
-
-def _add_image(item: Item, metadata: str | None) -> bool:
-    """Fill *item*'s document and metadata from its ADD log row; False if that row's metadata
-    cannot be read (the metadata segment is read instead)."""
-    if not metadata:
-        return True
-    try:
-        parsed = json.loads(metadata)
-    except ValueError:
-        return False
-    if not isinstance(parsed, dict):
-        return False
-    item.document = parsed.pop(DOCUMENT_KEY, None)
-    parsed.pop(URI_KEY, None)
-    item.metadata = {k: v for k, v in parsed.items() if v is not None}
-    return True
-
-
-def _scalar(s: Any, i: Any, f: Any, b: Any) -> Any:
-    if b is not None:
-        return bool(b)
-    if i is not None:
-        return int(i)
-    if f is not None:
-        return float(f)
-    return s
-
-
-def _space(config_json: str | None, schema_json: str | None, legacy: str | None) -> str:
-    """The distance space: schema (1.x), then configuration, then ``hnsw:space`` metadata."""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        schema = json.loads(schema_json or "null") or {}
-        space = schema["keys"]["#embedding"]["float_list"]["vector_index"]["config"]["space"]
-        if space in SPACES:
-            return str(space)
-    with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
-        config = json.loads(config_json or "null") or {}
-        for key in ("hnsw", "hnsw_configuration"):
-            space = (config.get(key) or {}).get("space")
-            if space in SPACES:
-                return str(space)
-    if legacy in SPACES:
-        return str(legacy)
-    return "l2"  # Chroma's default: squared L2
-
-
-def _hnsw(config_json: str | None, schema_json: str | None) -> Hnsw | None:
-    """The HNSW settings: schema (1.x), then configuration."""
-    with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
-        schema = json.loads(schema_json or "null") or {}
-        found = Hnsw.parse(schema["keys"]["#embedding"]["float_list"]["vector_index"]["config"].get("hnsw"))
-        if found:
-            return found
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        config = json.loads(config_json or "null") or {}
-        return Hnsw.parse(config.get("hnsw") or config.get("hnsw_configuration"))
-    return None
 
 
 def translate(exc: BaseException, path: Path) -> SyncdError:
@@ -294,6 +131,11 @@ class ChromaLog:
         self._executor.shutdown(wait=True)
 
     @property
+    def has_arrays(self) -> bool:
+        """Whether this Chroma keeps array metadata values (``embedding_metadata_array``)."""
+        return self._has_arrays
+
+    @property
     def ro(self) -> sqlite3.Connection:
         assert self._ro is not None, "ChromaLog used before open()"
         return self._ro
@@ -327,29 +169,7 @@ class ChromaLog:
     # --- catalog -------------------------------------------------------------------------
 
     def _catalog(self, tenant: str, database: str) -> list[CollectionInfo]:
-        def read(conn: sqlite3.Connection) -> list[CollectionInfo]:
-            rows = conn.execute(
-                """SELECT c.id, c.name, c.dimension, c.config_json_str, c.schema_str, d.name, d.tenant_id,
-                          (SELECT str_value FROM collection_metadata m
-                           WHERE m.collection_id = c.id AND m.key = 'hnsw:space')
-                   FROM collections c JOIN databases d ON d.id = c.database_id
-                   WHERE d.tenant_id = ? AND d.name = ? ORDER BY c.name""", (tenant, database)).fetchall()
-            segments: dict[str, dict[str, str]] = {}
-            for seg_id, scope, coll in conn.execute("SELECT id, scope, collection FROM segments"):
-                segments.setdefault(coll, {})[scope] = seg_id
-            out = []
-            for cid, name, dim, config, schema, db_name, tenant_id, legacy in rows:
-                segs = segments.get(cid, {})
-                if "METADATA" not in segs:
-                    continue  # being created: its segments are not written yet
-                out.append(CollectionInfo(
-                    id=cid, name=name, dimension=int(dim) if dim is not None else None,
-                    space=_space(config, schema, legacy), tenant=tenant_id, database=db_name,
-                    metadata_segment=segs["METADATA"], vector_segment=segs.get("VECTOR"),
-                    hnsw=_hnsw(config, schema)))
-            return out
-
-        return self.read(read)
+        return self.read(lambda conn: read_catalog(conn, tenant, database))
 
     async def catalog(self, tenant: str, database: str) -> list[CollectionInfo]:
         """The collections of one tenant / database, by name."""
@@ -489,52 +309,9 @@ class ChromaLog:
             keys = [(r[1], seq_value(r[2])) for r in rows]
             wanted = [(int(r[0]), r[1], seq) for r, (_, seq) in zip(rows, keys, strict=True)
                       if changed_after is None or seq > changed_after]
-            return ItemPage(keys=keys, items=self._images(conn, info, wanted))
+            return ItemPage(keys=keys, items=read_images(conn, self.topic(info.id), wanted, self._has_arrays))
 
         return self.read(read)
-
-    def _images(self, conn: sqlite3.Connection, info: CollectionInfo,
-                wanted: list[tuple[int, str, int]]) -> list[Item]:
-        """Items (metadata-segment rowid, id, seq) with their documents, metadata and vectors.
-
-        The vector comes from the log row of the item's last effective operation. When that
-        row is an ADD, it also holds the item's whole metadata and document (nothing took
-        effect on the item after it), so the metadata segment is read only for the others.
-        """
-        if not wanted:
-            return []
-        items = {rowid: Item(id=eid, seq=seq, document=None, metadata={}, vector=None)
-                 for rowid, eid, seq in wanted}
-        by_seq = {seq: rowid for rowid, _, seq in wanted}
-        rest = set(items)
-        for seq, item_id, op, blob, encoding, meta in conn.execute(
-                "SELECT seq_id, id, operation, vector, encoding, metadata FROM embeddings_queue "
-                "WHERE seq_id IN (SELECT value FROM json_each(?)) AND topic = ?",
-                (json.dumps(list(by_seq)), self.topic(info.id))):
-            rowid = by_seq.get(int(seq))
-            if rowid is None or items[rowid].id != item_id:
-                continue
-            item = items[rowid]
-            if blob is not None:
-                item.vector, item.error = decode_vector(blob, encoding)
-            if op == OP_ADD and _add_image(item, meta):
-                rest.discard(rowid)
-        if rest:
-            rowids = json.dumps(sorted(rest))
-            for rowid, key, s, i, f, b in conn.execute(
-                    "SELECT id, key, string_value, int_value, float_value, bool_value "
-                    "FROM embedding_metadata WHERE id IN (SELECT value FROM json_each(?))", (rowids,)):
-                if key == DOCUMENT_KEY:
-                    items[rowid].document = s
-                elif key != URI_KEY:
-                    items[rowid].metadata[key] = _scalar(s, i, f, b)
-            if self._has_arrays:
-                for rowid, key, s, i, f, b in conn.execute(
-                        "SELECT id, key, string_value, int_value, float_value, bool_value "
-                        "FROM embedding_metadata_array WHERE id IN (SELECT value FROM json_each(?)) "
-                        "ORDER BY id, key, rowid", (rowids,)):
-                    items[rowid].metadata.setdefault(key, []).append(_scalar(s, i, f, b))
-        return list(items.values())
 
     async def items(self, info: CollectionInfo, after: str | None, limit: int,
                     changed_after: int | None = None) -> ItemPage:
@@ -548,7 +325,8 @@ class ChromaLog:
                 "SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
                 "AND embedding_id IN (SELECT value FROM json_each(?))",
                 (info.metadata_segment, json.dumps(list(ids)))).fetchall()
-            return self._images(conn, info, [(int(r[0]), r[1], seq_value(r[2])) for r in rows])
+            return read_images(conn, self.topic(info.id), [(int(r[0]), r[1], seq_value(r[2])) for r in rows],
+                               self._has_arrays)
 
         return self.read(read)
 

@@ -61,12 +61,12 @@ from syncd.stores.chroma.echo import (
     forget_echoes,
     record_echoes,
 )
-from syncd.stores.chroma.log import OP_DELETE, OP_UPSERT, ChromaLog, CollectionInfo, Item
+from syncd.stores.chroma.log import ChromaLog
+from syncd.stores.chroma.records import OP_DELETE, OP_UPSERT, CollectionInfo, Item
 from syncd.stores.chroma.server import ServerAddress
 from syncd.stores.pgvector.plan import VectorTable, raw_image
 from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, transaction
-from syncd.stores.postgres.sink import guarded
+from syncd.stores.postgres.connect import close_quietly, guarded, transaction
 from syncd.stores.postgres.state import Reject
 
 log = structlog.get_logger("syncd.sink.chroma")

@@ -34,13 +34,13 @@ from syncd.errors import LogGap, SourceBusy, SourceError
 from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
 from syncd.stores.chroma.doubt import Doubt
-from syncd.stores.chroma.log import (
+from syncd.stores.chroma.log import ChromaLog
+from syncd.stores.chroma.records import (
     DOCUMENT_KEY,
     OP_ADD,
     OP_DELETE,
     OP_NAMES,
     URI_KEY,
-    ChromaLog,
     CollectionInfo,
     Gap,
     Item,

@@ -23,9 +23,10 @@ import numpy as np
 
 from syncd.config import CollectionTarget, Target
 from syncd.errors import ConfigError, RowError, SchemaError
-from syncd.stores.chroma.log import CollectionInfo, Hnsw, Vector
-from syncd.stores.postgres.types import Converter, converter, family
-from syncd.stores.sqlite.schema import qi
+from syncd.sql import qi
+from syncd.stores.chroma.records import CollectionInfo, Hnsw, Vector
+from syncd.stores.postgres.converters import Converter, converter
+from syncd.stores.postgres.families import family
 
 HNSW_MAX_DIM = 2000
 HALFVEC_MAX_DIM = 4000

@@ -34,7 +34,7 @@ from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
 from syncd.stores.pgvector.plan import MappedColumn, VectorTable
 from syncd.stores.postgres.changelog import ChangeReader, LogRow
-from syncd.stores.postgres.types import family
+from syncd.stores.postgres.families import family
 
 
 def parse_vector(value: Any) -> np.ndarray:

@@ -36,8 +36,8 @@ import asyncpg
 import structlog
 
 from syncd.errors import CaptureError, SyncdError
+from syncd.sql import qi, ql
 from syncd.stores.postgres.connect import translate
-from syncd.stores.sqlite.schema import qi, ql
 
 log = structlog.get_logger("syncd.stores.postgres.capture")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,17 @@ async def close_quietly(conn: Any) -> None:
             conn.terminate()
             raise
         conn.terminate()
+
+
+@asynccontextmanager
+async def guarded(where: str) -> AsyncIterator[None]:
+    """Translate driver errors escaping a sink operation; a row error here is fatal."""
+    try:
+        yield
+    except SyncdError:
+        raise
+    except Exception as exc:
+        err = translate(exc, where)
+        if isinstance(err, RowError):
+            raise FatalError(f"{where}: {err.message}") from exc
+        raise err from exc

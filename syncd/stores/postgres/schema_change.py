@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
@@ -33,17 +32,16 @@ import structlog
 from syncd.config import Target
 from syncd.errors import SchemaError
 from syncd.model import Checkpoint, SnapshotState
+from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.postgres import state as pgstate
+from syncd.stores.postgres.tables import TargetTable
 from syncd.stores.postgres.types import parse_override, pg_type_for
 from syncd.stores.sqlite.capture import Captured
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, qi
-
-if TYPE_CHECKING:
-    from syncd.stores.postgres.sink import TargetTable
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table
 
 log = structlog.get_logger("syncd.sink.postgres")
 
-OBJECTS = f"{pgstate.STATE_SCHEMA}.objects"
+OBJECTS = f"{STATE_SCHEMA}.objects"
 
 
 async def add_columns(conn: asyncpg.Connection, table: Table, target: Target,
@@ -146,7 +144,7 @@ async def begin_copy_again(conn: asyncpg.Connection, stream: str, checkpoint: Ch
                            "WHERE stream = $1 AND object = $2", stream, name, captured[name].since,
                            captured[name].epoch)
         await conn.execute(
-            f"UPDATE {pgstate.STATE_SCHEMA}.rejects SET resolved_at = now() "
+            f"UPDATE {STATE_SCHEMA}.rejects SET resolved_at = now() "
             "WHERE stream = $1 AND object = $2 AND resolved_at IS NULL", stream, tt.name)
         tt.copied_from, tt.copied_epoch = captured[name].since, captured[name].epoch
     state = SnapshotState(start=checkpoint.position, done=[n for n in tables if n not in names])

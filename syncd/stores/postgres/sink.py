@@ -8,10 +8,7 @@ replaying the batch change by change under savepoints, and goes to
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,201 +19,22 @@ from syncd.config import Target
 from syncd.errors import (
     CaptureError,
     ConfigError,
-    FatalError,
     RowError,
     SchemaError,
     StrictModeStop,
-    SyncdError,
 )
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.ports import ApplyResult, Chunk
+from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.postgres import schema_change
 from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import transaction, translate
+from syncd.stores.postgres.connect import guarded, transaction, translate
 from syncd.stores.postgres.state import Reject
-from syncd.stores.postgres.types import ColumnMap, Converter, can_hold, converter, parse_override, pg_type_for
+from syncd.stores.postgres.tables import TargetTable, create_table_sql, plan_table
 from syncd.stores.sqlite.capture import Captured
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Index, Table, qi, ql
+from syncd.stores.sqlite.schema import Table
 
 log = structlog.get_logger("syncd.sink.postgres")
-
-
-@asynccontextmanager
-async def guarded(where: str) -> AsyncIterator[None]:
-    """Translate driver errors escaping a sink operation; a row error here is fatal."""
-    try:
-        yield
-    except SyncdError:
-        raise
-    except Exception as exc:
-        err = translate(exc, where)
-        if isinstance(err, RowError):
-            raise FatalError(f"{where}: {err.message}") from exc
-        raise err from exc
-
-
-@dataclass(slots=True)
-class TargetTable:
-    """One source table and the PostgreSQL table it is written to."""
-
-    source: Table
-    schema: str
-    name: str
-    columns: tuple[ColumnMap, ...]
-    created: bool = False
-    copied_from: int | None = None
-    """Changelog id the table's last copy was read after (``syncd.objects``); its changes at
-    or below it are passed over. None: never copied."""
-    copied_epoch: int | None = None
-    """Capture epoch (``_syncd_captured``) the last copy was read after."""
-    converters: tuple[Converter, ...] = field(default_factory=tuple)
-    key_converters: tuple[Converter, ...] = field(default_factory=tuple)
-    upsert_sql: str = ""
-    delete_sql: str = ""
-    unique_deletes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    """Per source UNIQUE index: delete rows holding the new row's unique value under another key.
-
-    SQLite's INSERT OR REPLACE removes such a row without firing its DELETE trigger (unless
-    the app enabled recursive_triggers), so the log never says so. In the source no other row
-    can hold the value at that point, so any such row in the target is stale. "The same value"
-    is the index's collation's: NOCASE and RTRIM columns are compared folded (:func:`fold`),
-    and so is a primary key under such a collation.
-    """
-    fold_indexes: tuple[tuple[str, str], ...] = ()
-    """(name, CREATE INDEX) on the folded values those deletes look up, on tables syncd made."""
-
-    def __post_init__(self) -> None:
-        self.converters = tuple(converter(c.pg_type, rounded=c.rounded) for c in self.columns)
-        by_name = {c.name: c for c in self.columns}
-        self.key_converters = tuple(converter(by_name[k].pg_type) for k in self.source.pk)
-        qt = self.qualified
-        names = [c.name for c in self.columns]
-        cols = ", ".join(qi(n) for n in names)
-        params = ", ".join(f"${i}" for i in range(1, len(names) + 1))
-        pk = ", ".join(qi(k) for k in self.source.pk)
-        rest = [n for n in names if n not in self.source.pk]
-        action = ("DO UPDATE SET " + ", ".join(f"{qi(n)} = EXCLUDED.{qi(n)}" for n in rest)
-                  if rest else "DO NOTHING")
-        self.upsert_sql = f"INSERT INTO {qt} ({cols}) VALUES ({params}) ON CONFLICT ({pk}) {action}"
-        where = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, 1))
-        self.delete_sql = f"DELETE FROM {qt} WHERE {where}"
-        deletes, folds = [], []
-        pk_index = Index(f"{self.name}_pkey", self.source.pk, True, self.source.pk_collations)
-        for idx in (*self.source.indexes, pk_index):
-            cols_set = set(idx.columns)
-            exprs = [fold(qi(c), coll, by_name[c].pg_type) if c in by_name else qi(c)
-                     for c, coll in zip(idx.columns, idx.collations or ("BINARY",) * len(idx.columns),
-                                        strict=True)]
-            folded = exprs != [qi(c) for c in idx.columns]
-            if (not idx.unique or not cols_set <= set(names)
-                    or (cols_set == set(self.source.pk) and not folded)):
-                continue
-            by = [*idx.columns, *self.source.pk]
-            n = len(idx.columns)
-            same = " AND ".join(f"{e} = {e.replace(qi(c), f'${i}')}"
-                                for i, (c, e) in enumerate(zip(idx.columns, exprs, strict=True), 1))
-            other = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, n + 1))
-            deletes.append((f"DELETE FROM {qt} WHERE {same} AND NOT ({other})",
-                            tuple(names.index(c) for c in by)))
-            if folded:  # the delete compares folded values: an index on them keeps it a lookup
-                folds.append((f"{idx.name}_syncd_fold",
-                              f"CREATE INDEX IF NOT EXISTS {qi(idx.name + '_syncd_fold')} ON {qt} "
-                              f"({', '.join(f'({e})' for e in exprs)})"))
-        self.unique_deletes = tuple(deletes)
-        self.fold_indexes = tuple(folds)
-
-    @property
-    def qualified(self) -> str:
-        return f"{qi(self.schema)}.{qi(self.name)}"
-
-    def convert_row(self, values: Sequence[Any]) -> tuple[Any, ...]:
-        try:
-            return tuple([conv(v) for conv, v in zip(self.converters, values, strict=True)])
-        except RowError:
-            pass
-        for col, conv, v in zip(self.columns, self.converters, values, strict=True):
-            try:
-                conv(v)
-            except RowError as exc:  # name the column
-                raise RowError(f"column {col.name}: {exc.message}", column=col.name) from None
-        raise AssertionError("unreachable")
-
-    def convert_key(self, key: Sequence[Any]) -> tuple[Any, ...]:
-        out = []
-        for name, conv, v in zip(self.source.pk, self.key_converters, key, strict=True):
-            try:
-                out.append(conv(v))
-            except RowError as exc:
-                raise RowError(f"key column {name}: {exc.message}", column=name) from None
-        return tuple(out)
-
-    def row_values(self, row: Any) -> list[Any]:
-        return [row.get(c.name) for c in self.columns]
-
-    def reason(self, key: Sequence[Any], message: str) -> str:
-        """One line for ``syncd.rejects``: table, key, then *message* (which names the column)."""
-        names = ["rowid"] if self.source.synthetic_key else list(self.source.pk)
-        pairs = ", ".join(f"{n}={v!r}" for n, v in zip(names, key, strict=False))
-        return f"{self.name} {pairs} {' '.join(message.split())}"
-
-    def refused(self, key: Sequence[Any], exc: BaseException) -> str:
-        """The reason for a row PostgreSQL itself refused, in one line naming the column
-        (or the constraint, when the error names no column)."""
-        text = str(getattr(exc, "message", None) or exc).splitlines()[0]
-        detail = getattr(exc, "detail", None)
-        column = getattr(exc, "column_name", None)
-        if not column:
-            m = re.search(r", column (\S+)", str(getattr(exc, "context", None) or ""))
-            column = m.group(1) if m else None
-        constraint = getattr(exc, "constraint_name", None)
-        where = f"column {column}: " if column else ""
-        more = [m for m in (f"constraint {constraint}" if constraint else "", detail or "") if m]
-        return self.reason(key, f"{where}{text}{' (' + '; '.join(more) + ')' if more else ''}")
-
-
-_TEXT_TYPES = ("text", "character varying", "varchar", "character", "char", "bpchar", "citext")
-
-
-def fold(expr: str, collation: str, pg_type: str) -> str:
-    """*expr* as SQLite's *collation* compares it, in PostgreSQL: NOCASE folds the 26 ASCII
-    letters only ('É' and 'é' stay apart), RTRIM ignores trailing spaces (U+0020 only). Other
-    collations, and columns that are not text in PostgreSQL, compare as they are."""
-    if pg_type.split("(")[0].strip().lower() not in _TEXT_TYPES:
-        return expr
-    if collation == "NOCASE":
-        return f"translate({expr}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
-    if collation == "RTRIM":
-        return f"rtrim({expr}, ' ')"
-    return expr
-
-
-def plan_table(table: Table, target: Target, existing: dict[str, str] | None) -> TargetTable:
-    """Map *table* onto the target; adopt *existing* columns (name -> type) when given."""
-    cols: list[ColumnMap] = []
-    if table.synthetic_key:
-        cols.append(ColumnMap(ROWID_COLUMN, "rowid", "bigint", nullable=False))
-    for c in table.columns:
-        override = target.column_types.get(f"{table.name}.{c.name}")
-        pg_type, rounded = parse_override(override) if override else (pg_type_for(c.declared), False)
-        cols.append(ColumnMap(c.name, c.declared, pg_type, nullable=not c.notnull, rounded=rounded))
-    name = target.table_for(table.name)
-    if existing is None:
-        return TargetTable(table, target.schema, name, tuple(cols), created=True)
-    adopted: list[ColumnMap] = []
-    for cm in cols:
-        if cm.name not in existing:
-            raise SchemaError(
-                f"target table {target.schema}.{name} has no column {cm.name!r} "
-                f"(SQLite {table.name}.{cm.name} {cm.declared or 'untyped'}); add the column or "
-                "drop the table so syncd creates it")
-        have = existing[cm.name]
-        if not can_hold(cm.pg_type, have):
-            raise SchemaError(
-                f"target column {target.schema}.{name}.{cm.name} is {have}, which cannot hold "
-                f"SQLite {cm.declared or 'untyped'} values (syncd maps them to {cm.pg_type}); change "
-                f"the column, or set target.column_types.\"{table.name}.{cm.name}\"")
-        adopted.append(ColumnMap(cm.name, cm.declared, have, cm.nullable, cm.rounded))
-    return TargetTable(table, target.schema, name, tuple(adopted), created=False)
 
 
 class PostgresSink:
@@ -284,7 +102,7 @@ class PostgresSink:
         planned: list[TargetTable] = []
         for table in tables:
             recorded = await conn.fetchrow(
-                f"SELECT created, copied_from, copied_epoch FROM {pgstate.STATE_SCHEMA}.objects "
+                f"SELECT created, copied_from, copied_epoch FROM {STATE_SCHEMA}.objects "
                 "WHERE stream=$1 AND object=$2", stream, table.name)
             existing = await cls.existing_columns(conn, target.schema, target.table_for(table.name))
             if existing is not None and recorded is not None and recorded["created"]:
@@ -294,7 +112,7 @@ class PostgresSink:
                 await conn.execute(create_table_sql(tt))
             if recorded is None:
                 await conn.execute(
-                    f"INSERT INTO {pgstate.STATE_SCHEMA}.objects (stream, object, target, created) "
+                    f"INSERT INTO {STATE_SCHEMA}.objects (stream, object, target, created) "
                     "VALUES ($1, $2, $3, $4)", stream, table.name, tt.qualified, tt.created)
             else:
                 tt.created = bool(recorded["created"])
@@ -554,7 +372,7 @@ class PostgresSink:
 
     async def _has_open_rejects(self, stream: str) -> bool:
         return bool(await self.conn.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM {pgstate.STATE_SCHEMA}.rejects "
+            f"SELECT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.rejects "
             "WHERE stream = $1 AND resolved_at IS NULL)", stream))
 
     def _check_strict(self, rejects: list[Reject]) -> None:
@@ -570,13 +388,3 @@ class PostgresSink:
                 log.warning("row rejected", table=r.object, key=list(r.key), error=r.error)
             if self.on_reject:
                 self.on_reject(len(rejects))
-
-
-def create_table_sql(tt: TargetTable) -> str:
-    cols = [f"{qi(c.name)} {c.pg_type}{'' if c.nullable or c.name in tt.source.pk else ' NOT NULL'}"
-            for c in tt.columns]
-    cols.append(f"PRIMARY KEY ({', '.join(qi(k) for k in tt.source.pk)})")
-    return f"CREATE TABLE IF NOT EXISTS {tt.qualified} (\n  " + ",\n  ".join(cols) + "\n)"
-
-
-__all__ = ["PostgresSink", "TargetTable", "create_table_sql", "plan_table", "ql"]

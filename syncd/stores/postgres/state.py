@@ -24,8 +24,8 @@ import asyncpg
 
 from syncd.errors import FatalError
 from syncd.model import Checkpoint, Position, SnapshotState
+from syncd.sql import STATE_SCHEMA
 
-STATE_SCHEMA = "syncd"
 DDL_LOCK = 0x73796E6364
 """``pg_advisory_xact_lock`` key held while syncd creates or alters its tables and the targets:
 streams start together, and concurrent ``CREATE … IF NOT EXISTS`` of one name can fail."""

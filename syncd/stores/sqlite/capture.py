@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.errors import CaptureError
+from syncd.sql import qi, ql
 from syncd.stores.sqlite import rowids
 from syncd.stores.sqlite.schema import CHANGELOG as CHANGELOG  # re-exported
-from syncd.stores.sqlite.schema import Table, qi, ql
+from syncd.stores.sqlite.schema import Table
 
 ORIGIN = "_syncd_origin"
 META = "_syncd_meta"

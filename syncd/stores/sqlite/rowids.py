@@ -26,7 +26,8 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from syncd.stores.sqlite.schema import CHANGELOG, Table, qi
+from syncd.sql import qi
+from syncd.stores.sqlite.schema import CHANGELOG, Table
 
 ROWIDS = "_syncd_rowids"
 SETUP = f"""CREATE TABLE IF NOT EXISTS {ROWIDS} (

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.errors import SchemaError
+from syncd.sql import qi
 
 ROWID_COLUMN = "_syncd_rowid"
 """Target column that holds the rowid of a source table without a primary key."""
@@ -21,16 +22,6 @@ def uri(path: str | Path, mode: str) -> str:
     """A ``file:`` URI that opens exactly *path* (``#``, ``?``, ``%`` and spaces escaped), in *mode*
     (``ro``, ``rw``)."""
     return f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode={mode}"
-
-
-def qi(name: str) -> str:
-    """Quote an SQL identifier (same rules in SQLite and PostgreSQL)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def ql(text: str) -> str:
-    """Quote an SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True, slots=True)

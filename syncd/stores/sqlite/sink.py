@@ -37,11 +37,12 @@ from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, StrictModeStop
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
+from syncd.sql import qi
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.source import Unfit
 from syncd.stores.postgres.state import jsonable
 from syncd.stores.sqlite import capture
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover
 from syncd.stores.sqlite.source import open_connection, translate
 from syncd.stores.sqlite.worker import call_on
 

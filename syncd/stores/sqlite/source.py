@@ -26,8 +26,9 @@ from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
 from syncd.model import START, Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
+from syncd.sql import qi
 from syncd.stores.sqlite import capture, follow, rowids
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, qi, uri
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, uri
 from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")

@@ -1,0 +1,90 @@
+"""Reading Chroma's catalog and the current images of items, on a read connection to
+``chroma.sqlite3`` (the caller's short read transaction): collections with their segments,
+distance space and HNSW settings; items with the vector of their last effective log row and
+their document and metadata (from that row when it is an ADD, else from the metadata segment)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from syncd.stores.chroma.records import (
+    DOCUMENT_KEY,
+    OP_ADD,
+    URI_KEY,
+    CollectionInfo,
+    Item,
+    add_image,
+    decode_vector,
+    distance_space,
+    hnsw_settings,
+    metadata_value,
+)
+
+
+def read_catalog(conn: sqlite3.Connection, tenant: str, database: str) -> list[CollectionInfo]:
+    """The collections of one tenant / database, by name (those whose segments are written)."""
+    rows = conn.execute(
+        """SELECT c.id, c.name, c.dimension, c.config_json_str, c.schema_str, d.name, d.tenant_id,
+                  (SELECT str_value FROM collection_metadata m
+                   WHERE m.collection_id = c.id AND m.key = 'hnsw:space')
+           FROM collections c JOIN databases d ON d.id = c.database_id
+           WHERE d.tenant_id = ? AND d.name = ? ORDER BY c.name""", (tenant, database)).fetchall()
+    segments: dict[str, dict[str, str]] = {}
+    for seg_id, scope, coll in conn.execute("SELECT id, scope, collection FROM segments"):
+        segments.setdefault(coll, {})[scope] = seg_id
+    out = []
+    for cid, name, dim, config, schema, db_name, tenant_id, legacy in rows:
+        segs = segments.get(cid, {})
+        if "METADATA" not in segs:
+            continue  # being created: its segments are not written yet
+        out.append(CollectionInfo(
+            id=cid, name=name, dimension=int(dim) if dim is not None else None,
+            space=distance_space(config, schema, legacy), tenant=tenant_id, database=db_name,
+            metadata_segment=segs["METADATA"], vector_segment=segs.get("VECTOR"),
+            hnsw=hnsw_settings(config, schema)))
+    return out
+
+
+def read_images(conn: sqlite3.Connection, topic: str, wanted: list[tuple[int, str, int]],
+                has_arrays: bool) -> list[Item]:
+    """Items (metadata-segment rowid, id, seq) with their documents, metadata and vectors.
+
+    The vector comes from the log row of the item's last effective operation. When that
+    row is an ADD, it also holds the item's whole metadata and document (nothing took
+    effect on the item after it), so the metadata segment is read only for the others.
+    """
+    if not wanted:
+        return []
+    items = {rowid: Item(id=eid, seq=seq, document=None, metadata={}, vector=None)
+             for rowid, eid, seq in wanted}
+    by_seq = {seq: rowid for rowid, _, seq in wanted}
+    rest = set(items)
+    for seq, item_id, op, blob, encoding, meta in conn.execute(
+            "SELECT seq_id, id, operation, vector, encoding, metadata FROM embeddings_queue "
+            "WHERE seq_id IN (SELECT value FROM json_each(?)) AND topic = ?",
+            (json.dumps(list(by_seq)), topic)):
+        rowid = by_seq.get(int(seq))
+        if rowid is None or items[rowid].id != item_id:
+            continue
+        item = items[rowid]
+        if blob is not None:
+            item.vector, item.error = decode_vector(blob, encoding)
+        if op == OP_ADD and add_image(item, meta):
+            rest.discard(rowid)
+    if rest:
+        rowids = json.dumps(sorted(rest))
+        for rowid, key, s, i, f, b in conn.execute(
+                "SELECT id, key, string_value, int_value, float_value, bool_value "
+                "FROM embedding_metadata WHERE id IN (SELECT value FROM json_each(?))", (rowids,)):
+            if key == DOCUMENT_KEY:
+                items[rowid].document = s
+            elif key != URI_KEY:
+                items[rowid].metadata[key] = metadata_value(s, i, f, b)
+        if has_arrays:
+            for rowid, key, s, i, f, b in conn.execute(
+                    "SELECT id, key, string_value, int_value, float_value, bool_value "
+                    "FROM embedding_metadata_array WHERE id IN (SELECT value FROM json_each(?)) "
+                    "ORDER BY id, key, rowid", (rowids,)):
+                items[rowid].metadata.setdefault(key, []).append(metadata_value(s, i, f, b))
+    return list(items.values())
