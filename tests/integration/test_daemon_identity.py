@@ -64,11 +64,11 @@ async def test_a_daemon_of_another_config_is_not_believed(tmp_path: Path, pg_dsn
 
         # A's own status believes A's daemon
         mine = run_syncd("--config", str(cfg_a), "status")
-        assert "(daemon running)" in mine.stdout, mine.stdout
+        assert "daemon: running (answering on" in mine.stdout, mine.stdout
 
         # B's status: the daemon on the port is not B's
         shown = run_syncd("--config", str(cfg_b), "status")
-        assert "(daemon running)" not in shown.stdout, shown.stdout
+        assert "daemon: running" not in shown.stdout, shown.stdout
         assert f"the daemon on 127.0.0.1:{port} serves another config" in shown.stdout + shown.stderr
         assert str(tmp_path / "a" / "state") in shown.stdout + shown.stderr
         assert "this config's daemon is not running" in shown.stdout + shown.stderr
