@@ -228,7 +228,7 @@ async def test_writes_in_pgvector_reach_chroma_exactly(tmp_path: Path, chroma: C
     finally:
         await app.close()
     async with reverse_running(config, pg_dsn):
-        await wait_until(lambda: drained(config, pg), 30)
+        await wait_until(lambda: drained(config, pg), 90)
     await register_vector(pg)
     want_docs = {k: x for k, x in (await pg_items(pg, "docs")).items() if k != "bad"}
     assert_exact(want_docs, chroma_items(docs))
@@ -307,7 +307,7 @@ async def test_sigkill_between_chroma_write_and_checkpoint_converges(
         "SELECT stream, position FROM syncd.checkpoints WHERE stream LIKE 'pgvector%'"))[0]
     assert stream["position"] == 0  # ...and the checkpoint does not
     async with reverse_running(config, pg_dsn):
-        await wait_until(lambda: drained(config, pg), 30)
+        await wait_until(lambda: drained(config, pg), 90)
     assert queue_rows(chroma.path, ["a", "b", "c"]) == after_kill  # the replay wrote nothing twice
     await register_vector(pg)
     assert_exact(await pg_items(pg, "docs"), chroma_items(docs))
