@@ -244,8 +244,11 @@ async def column_types(conn: asyncpg.Connection, target: Target, tables: Sequenc
                        path: Path) -> None:
     """``[target.column_types]`` names synced tables and columns, and types PostgreSQL has."""
     by_name = {t.name: t for t in tables}
-    for key, pg_type in target.column_types.items():
+    from syncd.stores.postgres.types import parse_override
+
+    for key, override in target.column_types.items():
         where = f'target.column_types."{key}"'
+        pg_type = parse_override(override)[0]  # "numeric(10,2) rounded": the operator chose rounding
         table, column = _split_column_key(key, by_name)
         if table not in by_name:
             raise ConfigError(f"{where}: no synced table {table!r} in {path}")
