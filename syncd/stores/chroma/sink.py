@@ -239,6 +239,9 @@ class ChromaSink:
 
     async def ensure_schema(self) -> None:
         async with guarded("creating syncd's state tables"), transaction(self.conn):
+            # the reverse streams of several collections start together: one DDL run at a time
+            # (two CREATE TABLE IF NOT EXISTS of one name race on PostgreSQL's catalog)
+            await self.conn.execute("SELECT pg_advisory_xact_lock($1)", pgstate.DDL_LOCK)
             await pgstate.ensure(self.conn)
             await self.conn.execute(ECHO_DDL)
 
