@@ -1,8 +1,10 @@
-"""Named kill points for crash tests (ghostferry style).
+"""Named kill points for crash tests (ghostferry style): the one mechanism.
 
-``SYNCD_KILL_AT=chunk:3`` makes the process SIGKILL itself right after the
-third snapshot chunk committed; ``batch:5`` after the fifth streamed batch.
-Read when ``syncd run`` starts, never at import. Unset: no hooks at all.
+``SYNCD_KILL_AT=chunk:3`` makes ``syncd run`` SIGKILL itself right after the
+third snapshot chunk committed; ``batch:5`` after the fifth streamed batch
+(counted points, read when ``run`` starts, never at import; unset: no hooks at
+all). ``SYNCD_KILL_AT=cutover:fence`` (or ``rollback:<step>``) makes a switch
+die as it reaches that step (named points, :func:`at`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,22 @@ from typing import Any
 
 Hook = Callable[..., Awaitable[None]]
 
+COUNTED = ("chunk", "batch")
+"""Points of ``syncd run`` that die after the N-th time they are reached."""
+STEPS = ("cutover", "rollback")
+"""Operations whose steps are named points (``cutover:fence``)."""
+
 
 def hooks(env: Mapping[str, str]) -> dict[str, Hook]:
     spec = env.get("SYNCD_KILL_AT", "")
     if not spec:
         return {}
     point, _, count = spec.partition(":")
-    if point not in ("chunk", "batch") or not count.isdigit():
-        raise ValueError(f"SYNCD_KILL_AT: expected chunk:N or batch:N, got {spec!r}")
+    if point in STEPS:
+        return {}  # a named point of a switch, not of ``run``
+    if point not in COUNTED or not count.isdigit():
+        raise ValueError(f"SYNCD_KILL_AT: expected chunk:N, batch:N, cutover:STEP or rollback:STEP, "
+                         f"got {spec!r}")
     remaining = int(count)
 
     async def hook(*_args: Any) -> None:
@@ -35,3 +45,9 @@ def hooks(env: Mapping[str, str]) -> dict[str, Hook]:
 
 def from_environment() -> dict[str, Hook]:
     return hooks(os.environ)
+
+
+def at(name: str) -> None:
+    """A named point (``cutover:fence``): die here if ``SYNCD_KILL_AT`` names it."""
+    if os.environ.get("SYNCD_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

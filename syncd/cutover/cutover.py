@@ -28,6 +28,7 @@ from typing import TextIO
 
 import asyncpg
 
+from syncd import killpoints
 from syncd.config import Config
 from syncd.cutover import appconfig, fence
 from syncd.cutover import state as cutover_state
@@ -40,7 +41,6 @@ from syncd.cutover.plan import (
     by_schema,
     chroma_dir_of,
     discover,
-    kill_point,
     pg_changelog_head,
     print_plan,
     reload_note,
@@ -214,7 +214,7 @@ async def _do_cutover(sw: Switch, *, resume: bool) -> None:
     await sw.record(operation="cutover", step="preflight",
                     detail={**sw.state.detail, "reverse_start": positions, "pg_was_fenced": pg_was_fenced})
     await _set_reverse_checkpoints(sw, positions)
-    kill_point("cutover:preflight")
+    killpoints.at("cutover:preflight")
     db = sqlite_connect(cfg) if cfg.sqlite is not None else None
     locked_at: float | None = None
     chroma_fenced = flipped = pg_unfenced = False
@@ -235,13 +235,13 @@ async def _do_cutover(sw: Switch, *, resume: bool) -> None:
                 sw.say("  warning: Chroma runs as a server; syncd cannot fence it: the app must stop writing")
             t.note = f"SQLite write lock held, {len(sw.objects.sqlite_tables)} tables fenced" if db else ""
         await sw.record(step="fence")
-        kill_point("cutover:fence")
+        killpoints.at("cutover:fence")
         async with sw.step("drain") as t:
             await wait_until(lambda: _forward_pending(sw, db), cfg.cutover.drain_timeout,
                              "draining the forward streams")
             t.note = "forward streams at zero pending"
         await sw.record(step="drain")
-        kill_point("cutover:drain")
+        killpoints.at("cutover:drain")
         async with sw.step("flip") as t:
             for schema, tables in by_schema(sw.objects.pg_tables).items():
                 await fence.remove_pg(conn, schema, tables)
@@ -252,11 +252,11 @@ async def _do_cutover(sw: Switch, *, resume: bool) -> None:
             t.note = f"{app[0]}" + (f" (backup {result.backup.name})" if result.backup else " (already set)")
             await sw.record(step="flip", detail={**sw.state.detail,
                                                  "backup": str(result.backup) if result.backup else None})
-        kill_point("cutover:flip")
+        killpoints.at("cutover:flip")
         async with sw.step("reload") as t:
             t.note = await run_reload(cfg)
         await sw.record(step="reload")
-        kill_point("cutover:reload")
+        killpoints.at("cutover:reload")
         async with sw.step("commit") as t:
             if db is not None:
                 await asyncio.to_thread(db.execute, "COMMIT")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -66,16 +64,6 @@ class Outcome:
                           for t in self.steps],
                 "pause_seconds": None if self.pause_seconds is None else round(self.pause_seconds, 4),
                 "problems": self.problems, "message": self.message}
-
-
-def kill_point(name: str) -> None:
-    """``SYNCD_KILL_AT=cutover:<step>`` / ``rollback:<step>``: die here, as a crash test asks."""
-    if os.environ.get("SYNCD_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _qi(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 # --- what is switched ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import TextIO
 
 import asyncpg
 
+from syncd import killpoints
 from syncd.config import Config
 from syncd.cutover import appconfig, fence
 from syncd.cutover import state as cutover_state
@@ -28,7 +29,6 @@ from syncd.cutover.plan import (
     by_schema,
     chroma_dir_of,
     discover,
-    kill_point,
     print_plan,
     reload_note,
     run_reload,
@@ -148,14 +148,14 @@ async def _do_rollback(sw: Switch) -> None:
     assert app is not None
     # An interrupted cutover may have let the app write to PostgreSQL: stream those back first.
     await sw.record(direction=REVERSE, operation="rollback", step="preflight")
-    kill_point("rollback:preflight")
+    killpoints.at("rollback:preflight")
     fenced_at = time.monotonic()
     async with sw.step("fence") as t:
         for schema, tables in by_schema(sw.objects.pg_tables).items():
             await fence.install_pg(conn, schema, tables)
         t.note = f"{len(sw.objects.pg_tables)} PostgreSQL tables fenced"
     await sw.record(step="fence", detail={**sw.state.detail, "pg_was_fenced": True})
-    kill_point("rollback:fence")
+    killpoints.at("rollback:fence")
     try:
         async with sw.step("drain") as t:
             await wait_until(lambda: _reverse_pending(sw), cfg.cutover.drain_timeout,
@@ -168,7 +168,7 @@ async def _do_rollback(sw: Switch) -> None:
         sw.say("  rollback undone: PostgreSQL unfenced; the app still uses it")
         raise
     await sw.record(step="drain")
-    kill_point("rollback:drain")
+    killpoints.at("rollback:drain")
     async with sw.step("unfence") as t:
         if cfg.sqlite is not None:
             db = sqlite_connect(cfg)
@@ -196,7 +196,7 @@ async def _do_rollback(sw: Switch) -> None:
         result = await asyncio.to_thread(appconfig.flip, app[0], app[1], dict(cfg.cutover.rollback))
         t.note = f"{app[0]}" + (f" (backup {result.backup.name})" if result.backup else " (already set)")
     await sw.record(step="flip")
-    kill_point("rollback:flip")
+    killpoints.at("rollback:flip")
     try:
         async with sw.step("reload") as t:
             t.note = await run_reload(cfg)
@@ -204,7 +204,7 @@ async def _do_rollback(sw: Switch) -> None:
         raise FatalError(f"{exc}; the app config already names the old stores and PostgreSQL is fenced: "
                          "reload the app by hand, then run `syncd rollback --resume`") from None
     await sw.record(step="reload")
-    kill_point("rollback:reload")
+    killpoints.at("rollback:reload")
     async with sw.step("commit") as t:
         await sw.record(direction=FORWARD, operation=None, step=None, detail={})
         t.note = "the daemon now streams the old stores into PostgreSQL again"
