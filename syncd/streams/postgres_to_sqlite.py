@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from syncd.config import Config
-from syncd.config import SqliteSource as SqliteConfig
+from syncd.config import Config, SqliteConfig
 from syncd.model import Phase, Position
 from syncd.ports import Sink
 from syncd.service.health import Liveness

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from syncd.config import SqliteSource as SqliteConfig
+from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, StrictModeStop
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
