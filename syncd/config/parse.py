@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from syncd.config import dsn as dsn_mod
+from syncd.config.dsn import normalize as normalize_dsn
 from syncd.config.settings import (
     Backup,
     ChromaConfig,
@@ -172,7 +172,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         raise ConfigError(f"target.schema: {schema!r} is not a PostgreSQL schema name "
                           f"(1 to {PG_NAME_BYTES} bytes)")
     target = Target(
-        dsn=dsn_mod.normalize(t.require("dsn", str)),
+        dsn=normalize_dsn(t.require("dsn", str)),
         schema=schema,
         strict=t.get("strict", bool, False),
         column_types=dict(column_types.data),
