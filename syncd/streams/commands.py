@@ -15,7 +15,9 @@ import structlog
 from syncd.config import Config, exposed
 from syncd.cutover import fence
 from syncd.errors import ConfigError, FatalError, SourceUnavailable, SyncdError
+from syncd.model import START, Phase
 from syncd.service import checks
+from syncd.status import NOT_INITIALISED, NOT_STARTED, UNINSTALLED, StreamReport
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect
@@ -166,11 +168,11 @@ def capture_state(path: Any) -> str:
     return "installed" if found else "absent"
 
 
-async def stored_status(cfg: Config) -> list[dict[str, Any]]:
+async def stored_status(cfg: Config) -> list[StreamReport]:
     """Per-stream status from the stores themselves (works with the daemon stopped)."""
     dsn = await supervisor.target_dsn(cfg)
-    out: list[dict[str, Any]] = []
-    chroma: list[dict[str, Any]] = []
+    out: list[StreamReport] = []
+    chroma: list[StreamReport] = []
     if cfg.chroma is not None:
         from syncd.stores.chroma.admin import chroma_stored_status
 
@@ -187,7 +189,7 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
     finally:
         await close_quietly(conn)
     if await asyncio.to_thread(capture_state, cfg.sqlite.path) == "absent":
-        state = "uninstalled" if checkpoint is not None else "not-initialised"
+        state = UNINSTALLED if checkpoint is not None else NOT_INITIALISED
         return [{"name": supervisor.SQLITE_STREAM, "phase": state, "source_position": None,
                  "checkpoint": checkpoint.position.offset if checkpoint else None, "pending": None,
                  "lag_seconds": None, "rejects": rejects, "snapshot_copied": None,
@@ -195,20 +197,18 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
         position = checkpoint.position if checkpoint else None
-        from syncd.model import START
-
         pending = await source.pending(position or START)
     finally:
         await source.close()
     snap = checkpoint.snapshot if checkpoint else None
     if checkpoint is None:
-        phase = "not-started"
+        phase = NOT_STARTED
     elif snap is not None and not snap.complete:
-        phase = "snapshot"
+        phase = Phase.SNAPSHOT.value
     elif pending.count:
-        phase = "catch-up"
+        phase = Phase.CATCH_UP.value
     else:
-        phase = "streaming"
+        phase = Phase.STREAMING.value
     lag = 0.0 if not pending.count or pending.oldest_committed_at is None \
         else max(0.0, time.time() - pending.oldest_committed_at)
     out.append({
