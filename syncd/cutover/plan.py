@@ -28,10 +28,12 @@ from syncd.model import Phase
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.sqlite.capture import META
 from syncd.stores.sqlite.schema import uri
+from syncd.streams.postgres_to_sqlite import REVERSE_SQLITE_STREAM
 
 log = structlog.get_logger("syncd.cutover")
 
-REVERSE_TABLES_STREAM = "postgres→sqlite"
+REVERSE_TABLES_STREAM = REVERSE_SQLITE_STREAM
+"""The reverse table stream, as cutover and rollback name it."""
 
 
 class CutoverRefused(FatalError):

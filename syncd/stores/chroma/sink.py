@@ -45,7 +45,6 @@ from syncd.errors import (
     FatalError,
     RowError,
     SourceUnavailable,
-    StrictModeStop,
     SyncdError,
 )
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
@@ -231,11 +230,7 @@ class ChromaSink:
                                           [[i] for i in self._written_ids(plan, failed)])
             await pgstate.insert_rejects(self.conn, stream, rejects)
             await pgstate.save_checkpoint(self.conn, stream, batch.position, None)
-        if rejects:
-            for r in rejects:
-                log.warning("item rejected", collection=r.object, id=r.key[0], error=r.error)
-            if self.on_reject:
-                self.on_reject(len(rejects))
+        pgstate.report_rejects(rejects, self.on_reject, items=True)
         written = len(echoes) - len(failed)
         return ApplyResult(applied=written + plan.unchanged, rejected=len(rejects))
 
@@ -363,8 +358,6 @@ class ChromaSink:
         return Reject(self.info.name, [str(ch.key[0])], image, error, ch.position)
 
     def _check_strict(self, rejects: list[Reject]) -> None:
-        if self.strict and rejects:
-            r = rejects[0]
-            raise StrictModeStop(f"strict mode: collection {r.object!r}, id {r.key[0]!r}: Chroma cannot "
-                                 f"take the row: {r.error}; fix the row in PostgreSQL, or set "
-                                 "target.strict = false to quarantine such rows")
+        pgstate.stop_if_strict(self.strict, rejects, items=True, what="Chroma cannot take the row: ",
+                               fix="fix the row in PostgreSQL, or set target.strict = false to "
+                                   "quarantine such rows")

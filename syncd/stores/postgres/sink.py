@@ -21,7 +21,6 @@ from syncd.errors import (
     ConfigError,
     RowError,
     SchemaError,
-    StrictModeStop,
 )
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.ports import ApplyResult, Chunk
@@ -376,15 +375,7 @@ class PostgresSink:
             "WHERE stream = $1 AND resolved_at IS NULL)", stream))
 
     def _check_strict(self, rejects: list[Reject]) -> None:
-        if self.strict and rejects:
-            r = rejects[0]
-            raise StrictModeStop(f"strict mode: {r.error}; "
-                                 "fix the row or the mapping (target.column_types), or set "
-                                 "target.strict = false to quarantine such rows")
+        pgstate.stop_if_strict(self.strict, rejects, items=False, fix=pgstate.ROW_FIX)
 
     def _count(self, rejects: list[Reject]) -> None:
-        if rejects:
-            for r in rejects:
-                log.warning("row rejected", table=r.object, key=list(r.key), error=r.error)
-            if self.on_reject:
-                self.on_reject(len(rejects))
+        pgstate.report_rejects(rejects, self.on_reject)

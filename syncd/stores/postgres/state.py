@@ -15,16 +15,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import structlog
 
-from syncd.errors import FatalError
+from syncd.errors import FatalError, StrictModeStop
 from syncd.model import Checkpoint, Position, SnapshotState
 from syncd.sql import STATE_SCHEMA
+
+log = structlog.get_logger("syncd.rejects")
 
 DDL_LOCK = 0x73796E6364
 """``pg_advisory_xact_lock`` key held while syncd creates or alters its tables and the targets:
@@ -96,6 +99,35 @@ class Reject:
     row: Mapping[str, Any] | None
     error: str
     position: Position | None = None
+
+
+ITEM_FIX = ("fix the item or the mapping ([[target.collections]], target.column_types), or set "
+            "target.strict = false to quarantine such items")
+ROW_FIX = ("fix the row or the mapping (target.column_types), or set target.strict = false to quarantine "
+           "such rows")
+
+
+def stop_if_strict(strict: bool, rejects: Sequence[Reject], *, items: bool, fix: str, what: str = "") -> None:
+    """Strict mode: the first reject stops the stream (nothing of the batch is committed) with its
+    reason, *what* the store says of it, and *fix*; a collection's item is named by its id."""
+    if strict and rejects:
+        r = rejects[0]
+        where = f"collection {r.object!r}, id {r.key[0]!r}: " if items else ""
+        raise StrictModeStop(f"strict mode: {where}{what}{r.error}; {fix}")
+
+
+def report_rejects(rejects: Sequence[Reject], on_reject: Callable[[int], None] | None, *,
+                   items: bool = False) -> None:
+    """Log each reject (with its table / collection and key) and count them for the status."""
+    if not rejects:
+        return
+    for r in rejects:
+        if items:
+            log.warning("item rejected", collection=r.object, id=r.key[0], error=r.error)
+        else:
+            log.warning("row rejected", table=r.object, key=list(r.key), error=r.error)
+    if on_reject:
+        on_reject(len(rejects))
 
 
 async def _current(conn: asyncpg.Connection) -> bool:
