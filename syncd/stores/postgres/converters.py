@@ -140,7 +140,8 @@ def _text(pg_type: str) -> Converter:
         if not isinstance(v, str):
             raise _fail(v, pg_type)
         if "\x00" in v:
-            raise _fail(v, pg_type, "PostgreSQL text cannot contain NUL characters")
+            raise _fail(v, pg_type, "PostgreSQL text cannot contain NUL characters; map the column "
+                        "to bytea in [target.column_types] to keep them")
         if limit is not None and len(v) > limit:
             raise _fail(v, pg_type, f"{len(v)} characters, longer than {limit}")
         return v

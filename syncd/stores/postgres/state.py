@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from syncd.errors import FatalError
-from syncd.model import Checkpoint, Position, SnapshotState
+from syncd.model import Checkpoint, Position, SnapshotState, jsonb_holds
 from syncd.sql import STATE_SCHEMA
 
 DDL_LOCK = 0x73796E6364
@@ -76,7 +76,7 @@ def jsonable(value: Any) -> Any:
     """A JSON-safe form of a raw source value (blobs as ``{"$base64": ...}``)."""
     if isinstance(value, bytes):
         return {"$base64": base64.b64encode(value).decode()}
-    if isinstance(value, str) and "\x00" in value:  # jsonb cannot hold NUL
+    if isinstance(value, str) and not jsonb_holds(value):  # NUL, invalid UTF-8
         return {"$text_base64": base64.b64encode(value.encode("utf-8", "surrogatepass")).decode()}
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return {"$float": repr(value)}
