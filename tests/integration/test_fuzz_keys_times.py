@@ -100,6 +100,8 @@ async def test_a_nul_in_a_text_key_is_a_reject_and_the_snapshot_resumes_behind_i
     assert code == 5 and differences(report) == [], json.dumps(report)[:2000]
     status = run_syncd("--config", str(cfg), "status", check=False)
     assert "Traceback" not in status.stderr, status.stderr
+    listed = run_syncd("--config", str(cfg), "rejects")
+    assert "p\\x00" in listed.stdout and "bytea" in listed.stdout, listed.stdout
 
 
 async def test_a_nul_text_key_mapped_to_bytea_is_stored(
