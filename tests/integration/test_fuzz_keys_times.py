@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from tests.conftest import REPO, run_syncd, syncd_cmd
+from tests.integration.test_reverse_tables import forward_setup, run_reverse, sqlite_rows
 from tests.integration.test_values_exact import as_text, assert_reason, differences, verify, write_sqlite
 
 KEYS = "CREATE TABLE k (id TEXT PRIMARY KEY, v INTEGER)"
@@ -182,3 +183,20 @@ async def test_a_datetime_key_in_year_10000_is_stored_and_verified(
                     "10000-01-01 00:30:00": ("2",)}
     code, report = verify(cfg)
     assert code == 0 and report["ok"], json.dumps(report)[:2000]
+
+
+async def test_the_reverse_stream_rejects_years_0_and_10000_with_a_reason(
+        tmp_path: Path, make_config: Any, pg: asyncpg.Connection) -> None:
+    """SQLite has no form syncd writes for them (the forward mapping reads four-digit years):
+    a reject in ``_syncd_rejects`` naming the value, and the stream goes on."""
+    cfg = await forward_setup(tmp_path, make_config, TIMES, "INSERT INTO events (id) VALUES (1)")
+    assert cfg.sqlite is not None
+    await pg.execute("""
+        INSERT INTO events (id, at) VALUES (20, '10000-01-01 00:30:00'), (21, '0001-12-31 23:30:00 BC'),
+                                           (22, '2024-01-01 00:00:00')""")
+    await run_reverse(cfg)
+    assert sqlite_rows(cfg.sqlite.path, "events", "id, at") == {1: (1, None), 22: (22, "2024-01-01 00:00:00")}
+    reasons = sqlite_rows(cfg.sqlite.path, "_syncd_rejects", "key, error")
+    assert sorted(reasons) == ["[20]", "[21]"], reasons
+    for _, reason in reasons.values():
+        assert "outside the years 1-9999" in reason and "\n" not in reason, reason
