@@ -74,3 +74,11 @@ def test_out_of_range_orders_with_datetimes() -> None:
 def test_postgresqls_range_ends_are_rejects() -> None:
     with pytest.raises(Exception, match="out of range"):
         converter("timestamp")(10**19)  # Unix milliseconds far past 294276 AD
+
+
+def test_a_reject_row_image_keeps_such_a_value_exactly() -> None:
+    from syncd.stores.postgres.state import jsonable
+
+    value = converter("timestamp")("9999-12-31T23:30:00-01:00")
+    assert isinstance(value, OutOfRange)
+    assert jsonable({"at": value}) == {"at": {"$timestamp": value.units}}

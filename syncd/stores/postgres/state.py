@@ -25,6 +25,7 @@ import asyncpg
 from syncd.errors import FatalError
 from syncd.model import Checkpoint, Position, SnapshotState, jsonb_holds
 from syncd.sql import STATE_SCHEMA
+from syncd.stores.postgres.datetime import OutOfRange
 
 DDL_LOCK = 0x73796E6364
 """``pg_advisory_xact_lock`` key held while syncd creates or alters its tables and the targets:
@@ -86,6 +87,8 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    if isinstance(value, OutOfRange):  # exactly: microseconds (days) since 2000-01-01
+        return {"$" + value.type: value.units}
     return str(value)  # datetime, Decimal, UUID after conversion
 
 
