@@ -271,12 +271,12 @@ class PostgresSink:
     # --- streaming ----------------------------------------------------------------------
 
     async def apply(self, stream: str, batch: Batch) -> ApplyResult:
-        prepared, rejects = self._prepare(batch.changes)
+        prepared, rejects, absent = self._prepare(batch.changes)
         self._check_strict(rejects)
         try:
             async with transaction(self.conn):
                 await self._apply_runs(prepared)
-                await self._finish_batch(stream, batch, prepared, rejects)
+                await self._finish_batch(stream, batch, [*prepared, *absent], rejects)
         except Exception as exc:
             err = translate(exc, "applying changes")
             if not isinstance(err, RowError):
@@ -284,15 +284,19 @@ class PostgresSink:
             async with guarded("applying changes one by one"), transaction(self.conn):
                 applied = await self._apply_one_by_one(prepared, rejects)
                 self._check_strict(rejects)
-                await self._finish_batch(stream, batch, applied, rejects)
+                await self._finish_batch(stream, batch, [*applied, *absent], rejects)
             prepared = applied
         self._count(rejects)
         return ApplyResult(applied=len(prepared), rejected=len(rejects))
 
     def _prepare(self, changes: Sequence[Change]) -> tuple[list[tuple[TargetTable, Change, tuple[Any, ...]]],
-                                                        list[Reject]]:
+                                                        list[Reject],
+                                                        list[tuple[TargetTable, Change, tuple[Any, ...]]]]:
+        """(changes to apply, rejects, deletes of keys the target cannot hold: nothing to delete,
+        and the key's open rejects are resolved with the batch)."""
         out: list[tuple[TargetTable, Change, tuple[Any, ...]]] = []
         rejects: list[Reject] = []
+        absent: list[tuple[TargetTable, Change, tuple[Any, ...]]] = []
         for ch in changes:
             tt = self.tables.get(ch.object)
             if tt is None or (tt.copied_from is not None and ch.position.offset <= tt.copied_from):
@@ -303,11 +307,14 @@ class PostgresSink:
                 else:
                     args = tt.convert_row(tt.row_values(ch.row))
             except RowError as exc:
+                if ch.op is Op.DELETE and not tt.key_rounded:  # no row in the target has this key
+                    absent.append((tt, ch, ()))
+                    continue
                 rejects.append(Reject(tt.name, list(ch.key), ch.row, tt.reason(ch.key, exc.message),
                                       ch.position))
                 continue
             out.append((tt, ch, args))
-        return out, rejects
+        return out, rejects, absent
 
     async def _apply_runs(self, prepared: list[tuple[TargetTable, Change, tuple[Any, ...]]]) -> None:
         """Consecutive changes with the same table and statement go in one executemany."""

@@ -24,8 +24,9 @@ import asyncpg
 import structlog
 
 from syncd.errors import FatalError, StrictModeStop
-from syncd.model import Checkpoint, Position, SnapshotState
+from syncd.model import Checkpoint, Position, SnapshotState, jsonb_holds
 from syncd.sql import STATE_SCHEMA
+from syncd.stores.postgres.datetime import OutOfRange
 
 log = structlog.get_logger("syncd.rejects")
 
@@ -79,7 +80,7 @@ def jsonable(value: Any) -> Any:
     """A JSON-safe form of a raw source value (blobs as ``{"$base64": ...}``)."""
     if isinstance(value, bytes):
         return {"$base64": base64.b64encode(value).decode()}
-    if isinstance(value, str) and "\x00" in value:  # jsonb cannot hold NUL
+    if isinstance(value, str) and not jsonb_holds(value):  # NUL, invalid UTF-8
         return {"$text_base64": base64.b64encode(value.encode("utf-8", "surrogatepass")).decode()}
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return {"$float": repr(value)}
@@ -89,6 +90,8 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    if isinstance(value, OutOfRange):  # exactly: microseconds (days) since 2000-01-01
+        return {"$" + value.type: value.units}
     return str(value)  # datetime, Decimal, UUID after conversion
 
 
