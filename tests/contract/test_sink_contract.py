@@ -155,6 +155,20 @@ async def test_refused_row(harness: Harness) -> None:
     assert reject.error.strip()
 
 
+async def test_refused_row_replayed(harness: Harness) -> None:
+    """The batch with a reject replayed records the reject once, not twice (the open rejects
+    are what status and health count)."""
+    h = harness
+    refused = batch(h.insert("a", 1, 1), h.refused("b", 2))
+    async with opened(h) as sink:
+        await started(h, sink)
+        await sink.apply(h.stream, refused)
+        await sink.apply(h.stream, refused)
+    assert await h.rows() == {"a": 1}
+    # the pgvector sink writes the id as Chroma holds it, which is not at all here: resolved
+    assert [r.key for r in await h.rejects()] == ([] if h.refreshes_rejected else [["b"]])
+
+
 async def test_strict_mode(harness: Harness) -> None:
     """In strict mode a refused row stops the stream: nothing of its batch is written, no reject
     is recorded, and the checkpoint stays."""
