@@ -37,16 +37,18 @@ class PostgresHarness(Harness):
     """PostgresSink: the forward stream of a SQLite table into PostgreSQL."""
 
     name = "postgres"
-    stream = "sqlite"
 
-    def __init__(self, pg_dsn: str, tmp_path: Path) -> None:
+    def __init__(self, pg_dsn: str, tmp_path: Path, tag: str) -> None:
         self.dsn = pg_dsn
         self.path = tmp_path / "app.sqlite"
         self.state = PostgresState(pg_dsn)
+        # the suite's tests share one database: a table and a stream of their own
+        self.table = f"{TABLE}_{tag}"
+        self.stream = f"sqlite_{tag}"
 
     async def setup(self) -> None:
         with contextlib.closing(sqlite3.connect(self.path)) as conn:
-            conn.execute(DDL)
+            conn.execute(DDL.replace(TABLE, self.table, 1))
             conn.commit()
 
     async def open(self, *, strict: bool = False) -> Sink:
@@ -67,28 +69,28 @@ class PostgresHarness(Harness):
         await sink.finish_snapshot(self.stream, state)
 
     def insert(self, key: str, value: int, position: int) -> Change:
-        return Change(Op.INSERT, TABLE, (key,), _row(key, value), Position(position))
+        return Change(Op.INSERT, self.table, (key,), _row(key, value), Position(position))
 
     def update(self, key: str, value: int, position: int) -> Change:
-        return Change(Op.UPDATE, TABLE, (key,), _row(key, value), Position(position))
+        return Change(Op.UPDATE, self.table, (key,), _row(key, value), Position(position))
 
     def delete(self, key: str, position: int) -> Change:
-        return Change(Op.DELETE, TABLE, (key,), None, Position(position))
+        return Change(Op.DELETE, self.table, (key,), None, Position(position))
 
     def refused(self, key: str, position: int) -> Change:
         # SQLite keeps text in an INTEGER column; the target's bigint cannot hold it
-        return Change(Op.INSERT, TABLE, (key,), _row(key, "not a number"), Position(position))
+        return Change(Op.INSERT, self.table, (key,), _row(key, "not a number"), Position(position))
 
     def chunk(self, rows: Mapping[str, int | None]) -> Chunk:
         values = [(k, "not a number" if v is None else v) for k, v in sorted(rows.items())]
-        return Chunk(TABLE, ("id", "n"), values, (values[-1][0],))
+        return Chunk(self.table, ("id", "n"), values, (values[-1][0],))
 
     async def rows(self) -> dict[str, int]:
         conn = await asyncpg.connect(self.dsn)
         try:
-            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"public.{TABLE}"):
+            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"public.{self.table}"):
                 return {}
-            return {r["id"]: r["n"] for r in await conn.fetch(f"SELECT id, n FROM public.{TABLE}")}
+            return {r["id"]: r["n"] for r in await conn.fetch(f"SELECT id, n FROM public.{self.table}")}
         finally:
             await conn.close()
 

@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import asyncpg
@@ -47,42 +48,59 @@ def image(op: str, value: int, dim: int = DIM) -> dict[str, Any]:
             "metadata": {"n": value}, "error": None}
 
 
+@dataclass
+class SharedChroma:
+    """The suite's Chroma: the server, a client for the tests' own reads and writes, and the log
+    and server reader the streams' sources share (as :class:`syncd.stores.chroma.topology.Topology`)."""
+
+    server: ChromaServer
+    client: Any
+    log: ChromaLog
+    reader: ServerReader
+
+    @classmethod
+    async def open(cls, server: ChromaServer) -> SharedChroma:
+        client = await asyncio.to_thread(server.client)
+        chroma_log = await ChromaLog.open(server.path)
+        try:
+            reader = await ServerReader.connect(server.url, TENANT, DATABASE)
+        except BaseException:
+            await chroma_log.close()
+            raise
+        return cls(server, client, chroma_log, reader)
+
+    async def close(self) -> None:
+        await self.reader.close()
+        await self.log.close()
+
+
 class VectorHarness(Harness):
     """A collection on the Chroma server (given a dimension, then emptied) and its pgvector table."""
 
     update_op = "upsert"
 
-    def __init__(self, pg_dsn: str, chroma: ChromaServer) -> None:
+    def __init__(self, pg_dsn: str, chroma: SharedChroma) -> None:
         self.dsn = pg_dsn
         self.chroma = chroma
         self.state = PostgresState(pg_dsn)
         self.name_in_chroma = f"contract_{uuid.uuid4().hex[:10]}"
-        self.log: ChromaLog | None = None
-        self.reader: ServerReader | None = None
         self.info: CollectionInfo | None = None
         self.table: VectorTable | None = None
 
     async def setup(self) -> None:
         def create() -> None:
-            col = collection(self.chroma.client(), self.name_in_chroma)
+            col = collection(self.chroma.client, self.name_in_chroma)
             col.add(ids=["seed"], embeddings=[vector(0).tolist()])  # the collection gets its dimension
             col.delete(ids=["seed"])
 
         await asyncio.to_thread(create)
-        self.log = await ChromaLog.open(self.chroma.path)
-        self.info = next(c for c in await self.log.catalog(TENANT, DATABASE) if c.name == self.name_in_chroma)
+        self.info = next(c for c in await self.chroma.log.catalog(TENANT, DATABASE)
+                         if c.name == self.name_in_chroma)
         assert self.info.dimension == DIM, self.info
-        self.reader = await ServerReader.connect(self.chroma.url, TENANT, DATABASE)
-
-    async def teardown(self) -> None:
-        if self.reader is not None:
-            await self.reader.close()
-        if self.log is not None:
-            await self.log.close()
 
     def source(self) -> ChromaCollectionSource:
-        assert self.log is not None and self.info is not None
-        return ChromaCollectionSource(self.log, self.reader, self.info)
+        assert self.info is not None
+        return ChromaCollectionSource(self.chroma.log, self.chroma.reader, self.info)
 
     async def _table_connection(self) -> tuple[asyncpg.Connection, VectorTable]:
         """A connection of the sink, and the collection's table (created by the first call)."""
@@ -192,17 +210,17 @@ class ChromaHarness(VectorHarness):
         self.stream = reverse_stream_name(self.info.id)
 
     async def open(self, *, strict: bool = False) -> Sink:
-        assert self.log is not None and self.info is not None
+        assert self.info is not None
         conn, table = await self._table_connection()
-        writer = ChromaWriter(self.chroma.url, TENANT, DATABASE)
+        writer = ChromaWriter(self.chroma.server.url, TENANT, DATABASE)
         try:
             await writer.connect()
         except BaseException:
             await close_quietly(conn)
             await writer.close()
             raise
-        sink = ChromaSink(conn, writer, self.log, self.info, table, self.chroma.path, strict=strict,
-                          on_close=writer.close)
+        sink = ChromaSink(conn, writer, self.chroma.log, self.info, table, self.chroma.server.path,
+                          strict=strict, on_close=writer.close)
         await sink.ensure_schema()
         return sink
 
@@ -212,7 +230,7 @@ class ChromaHarness(VectorHarness):
 
     async def rows(self) -> dict[str, int]:
         def read() -> dict[str, Any]:
-            col = self.chroma.client().get_collection(self.name_in_chroma)
+            col = self.chroma.client.get_collection(self.name_in_chroma)
             got: dict[str, Any] = col.get(include=["embeddings", "documents", "metadatas"])
             return got
 
