@@ -169,6 +169,22 @@ async def test_refused_row_replayed(harness: Harness) -> None:
     assert [r.key for r in await h.rejects()] == ([] if h.refreshes_rejected else [["b"]])
 
 
+async def test_refused_row_fixed(harness: Harness) -> None:
+    """A later change of a rejected key that the store takes resolves its reject (the usual way a
+    reject closes: the row is changed again at the source)."""
+    h = harness
+    async with opened(h) as sink:
+        await started(h, sink)
+        await sink.apply(h.stream, batch(h.insert("a", 1, 1), h.refused("b", 2)))
+        assert [r.key for r in await h.rejects()] == [["b"]]
+        result = await sink.apply(h.stream, batch(h.update("b", 2, 3)))
+        assert result.rejected == 0
+    assert await h.rejects() == []
+    # the pgvector sink writes the id as Chroma holds it, which is not at all here
+    assert await h.rows() == ({"a": 1} if h.refreshes_rejected else {"a": 1, "b": 2})
+    assert await h.checkpoint() == 3
+
+
 async def test_strict_mode(harness: Harness) -> None:
     """In strict mode a refused row stops the stream: nothing of its batch is written, no reject
     is recorded, and the checkpoint stays."""
