@@ -39,7 +39,7 @@ def batch(*changes: Change) -> Batch:
 
 async def test_fresh_stream(harness: Harness) -> None:
     """A stream never run has no checkpoint (or, for a sink that only starts where the cutover
-    put it, a clear error saying so); nothing is written by asking."""
+    put it, a clear error saying so); nothing is written by asking. Its start then reads back."""
     h = harness
     async with opened(h) as sink:
         if h.fresh_checkpoint_error is None:
@@ -49,11 +49,7 @@ async def test_fresh_stream(harness: Harness) -> None:
                 await sink.load_checkpoint(h.stream)
     assert await h.checkpoint() is None
     assert await h.rows() == {}
-
-
-async def test_start_position(harness: Harness) -> None:
-    h = harness
-    async with opened(h) as sink:
+    async with opened(h) as sink:  # the stream's start, as its first run records it
         await started(h, sink, Position(5))
     assert await h.checkpoint() == 5
 
