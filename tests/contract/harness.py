@@ -44,6 +44,9 @@ class Harness:
     """Whether a later change of a key with an open reject writes the source's current image of
     the key instead of the change (and so resolves the reject when the source no longer holds a
     row the store refuses)."""
+    rows_commit_with_checkpoint: bool = True
+    """Whether a batch's rows commit in the checkpoint's transaction (Chroma has none: items are
+    written before the checkpoint commits in PostgreSQL, and a replay writes nothing twice)."""
     fresh_checkpoint_error: type[Exception] | None = None
     """What ``load_checkpoint`` raises on a fresh stream, for a sink that cannot start without
     a recorded start position (None: it returns None)."""
@@ -101,6 +104,10 @@ class Harness:
         raise NotImplementedError
         yield
 
+    async def take_over(self) -> None:
+        """Another process claims the stream (generation 2) where the checkpoint is kept."""
+        raise NotImplementedError
+
 
 class PostgresState:
     """syncd's state tables in PostgreSQL (``syncd.checkpoints``, ``syncd.rejects``), read with plain SQL."""
@@ -129,6 +136,15 @@ class PostgresState:
         finally:
             await conn.close()
         return [StoredReject(json.loads(r["key"]), r["error"], r["position"]) for r in rows]
+
+    async def take_over(self, stream: str) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute(
+                """INSERT INTO syncd.owners (stream, generation, owner) VALUES ($1, 2, '{"pid": 2}')
+                   ON CONFLICT (stream) DO UPDATE SET generation = 2, owner = EXCLUDED.owner""", stream)
+        finally:
+            await conn.close()
 
     @asynccontextmanager
     async def terminated(self, conn: asyncpg.Connection) -> AsyncIterator[None]:

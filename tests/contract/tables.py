@@ -100,6 +100,9 @@ class PostgresHarness(Harness):
     async def rejects(self) -> list[StoredReject]:
         return await self.state.rejects(self.stream)
 
+    async def take_over(self) -> None:
+        await self.state.take_over(self.stream)
+
     @asynccontextmanager
     async def broken(self, sink: Sink) -> AsyncIterator[None]:
         assert isinstance(sink, PostgresSink)
@@ -165,6 +168,12 @@ class SqliteHarness(Harness):
         got = self._read(REJECTS, f"SELECT key, error, position FROM {REJECTS} WHERE stream = ? "
                          "AND resolved_at IS NULL ORDER BY id", self.stream)
         return [StoredReject(json.loads(k), e, p) for k, e, p in got]
+
+    async def take_over(self) -> None:
+        with contextlib.closing(sqlite3.connect(self.path)) as conn:
+            conn.execute(f"""UPDATE {CHECKPOINTS} SET generation = 2, owner = '{{"pid": 2}}'
+                             WHERE stream = ?""", (self.stream,))
+            conn.commit()
 
     @asynccontextmanager
     async def broken(self, sink: Sink) -> AsyncIterator[None]:

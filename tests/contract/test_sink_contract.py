@@ -12,6 +12,8 @@ import pytest
 from syncd.errors import StrictModeStop, SyncdError
 from syncd.model import START, Batch, Change, Position, SnapshotState
 from syncd.ports import Sink
+from syncd.stores.postgres import state as pgstate
+from syncd.stores.postgres.state import Fenced
 from tests.contract.harness import Harness
 
 
@@ -215,6 +217,30 @@ async def test_failed_write(harness: Harness) -> None:
         await sink.apply(h.stream, todo)
     assert await h.rows() == {"a": 10, "b": 2}
     assert await h.checkpoint() == 3
+
+
+async def test_checkpoint_refused(harness: Harness) -> None:
+    """Rows and checkpoint commit together: when the checkpoint write is refused after the
+    batch's rows were written (another process took the stream over), the rows and rejects of
+    the batch go with it. Chroma has no such transaction: its items stay, the checkpoint does
+    not move, and the replay by the new owner writes nothing twice."""
+    h = harness
+    async with opened(h) as sink:
+        await started(h, sink)
+        await sink.apply(h.stream, batch(h.insert("a", 1, 1)))
+    todo = batch(h.insert("b", 2, 2), h.update("a", 10, 3), h.refused("c", 4))
+    token = pgstate.claims.set(pgstate.Claims(owner={"pid": 1}, generations={h.stream: 1}))
+    try:
+        async with opened(h) as sink:
+            await sink.load_checkpoint(h.stream)  # claimed with generation 1
+            await h.take_over()
+            with pytest.raises(Fenced):
+                await sink.apply(h.stream, todo)
+    finally:
+        pgstate.claims.reset(token)
+    assert await h.checkpoint() == 1
+    assert await h.rejects() == []
+    assert await h.rows() == ({"a": 1} if h.rows_commit_with_checkpoint else {"a": 10, "b": 2})
 
 
 async def test_reopened(harness: Harness) -> None:

@@ -138,6 +138,9 @@ class VectorHarness(Harness):
     async def rejects(self) -> list[StoredReject]:
         return await self.state.rejects(self.stream)
 
+    async def take_over(self) -> None:
+        await self.state.take_over(self.stream)
+
     @asynccontextmanager
     async def broken(self, sink: Sink) -> AsyncIterator[None]:
         assert isinstance(sink, PgvectorSink | ChromaSink)
@@ -203,6 +206,7 @@ class ChromaHarness(VectorHarness):
                     "records at the flip (syncd.stores.chroma.sink.set_checkpoint)",
     }
     fresh_checkpoint_error = FatalError  # naming the cutover, which records the start
+    rows_commit_with_checkpoint = False  # Chroma acknowledges the items before the checkpoint commits
 
     async def setup(self) -> None:
         await super().setup()
