@@ -109,6 +109,10 @@ class Harness:
         raise NotImplementedError
 
 
+REFUSED = 1000
+"""A value the PostgreSQL targets' CHECK constraint refuses (see :meth:`PostgresState.constrain`)."""
+
+
 class PostgresState:
     """syncd's state tables in PostgreSQL (``syncd.checkpoints``, ``syncd.rejects``), read with plain SQL."""
 
@@ -143,6 +147,17 @@ class PostgresState:
             await conn.execute(
                 """INSERT INTO syncd.owners (stream, generation, owner) VALUES ($1, 2, '{"pid": 2}')
                    ON CONFLICT (stream) DO UPDATE SET generation = 2, owner = EXCLUDED.owner""", stream)
+        finally:
+            await conn.close()
+
+    async def constrain(self, table: str, check: str) -> None:
+        """The operator's own CHECK constraint on a target table (once): rows that pass syncd's
+        converters and that PostgreSQL itself refuses."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_constraint WHERE conname = 'contract_check' "
+                                       "AND conrelid = $1::regclass", table):
+                await conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT contract_check CHECK ({check})")
         finally:
             await conn.close()
 

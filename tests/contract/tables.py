@@ -20,7 +20,7 @@ from syncd.stores.postgres.connect import connect
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.schema import discover
 from syncd.stores.sqlite.sink import SqliteSink
-from tests.contract.harness import Harness, PostgresState, StoredReject
+from tests.contract.harness import REFUSED, Harness, PostgresState, StoredReject
 
 CHECKPOINTS = "_syncd_checkpoints"  # the reverse sink's bookkeeping, as the operator reads it
 REJECTS = "_syncd_rejects"
@@ -58,6 +58,7 @@ class PostgresHarness(Harness):
         conn = await connect(target, self.dsn)
         try:
             planned = await PostgresSink.prepare(conn, self.stream, tables, target)
+            await self.state.constrain(f"public.{self.table}", f"n < {REFUSED}")
         except BaseException:
             await conn.close()
             raise
@@ -78,10 +79,11 @@ class PostgresHarness(Harness):
         return Change(Op.DELETE, self.table, (key,), None, Position(position))
 
     def refused(self, key: str, position: int) -> Change:
-        # SQLite keeps text in an INTEGER column; the target's bigint cannot hold it
-        return Change(Op.INSERT, self.table, (key,), _row(key, "not a number"), Position(position))
+        # converted fine, refused by PostgreSQL itself (the table's CHECK constraint)
+        return Change(Op.INSERT, self.table, (key,), _row(key, REFUSED), Position(position))
 
     def chunk(self, rows: Mapping[str, int | None]) -> Chunk:
+        # SQLite keeps text in an INTEGER column; the converter for the target's bigint refuses it
         values = [(k, "not a number" if v is None else v) for k, v in sorted(rows.items())]
         return Chunk(self.table, ("id", "n"), values, (values[-1][0],))
 

@@ -19,6 +19,7 @@ from syncd.config import Target
 from syncd.errors import FatalError
 from syncd.model import Change, Op, Position, SnapshotState
 from syncd.ports import Chunk, Sink
+from syncd.sql import qi
 from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.server import ChromaServer as ServerReader
@@ -30,7 +31,7 @@ from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
 from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.streams.pgvector_to_chroma import reverse_stream_name
-from tests.contract.harness import Harness, PostgresState, StoredReject
+from tests.contract.harness import REFUSED, Harness, PostgresState, StoredReject
 from tests.integration.chroma_support import ChromaServer, collection
 
 TENANT, DATABASE = "default_tenant", "default_database"
@@ -124,7 +125,7 @@ class VectorHarness(Harness):
         return Change(Op.DELETE, self._object, (key,), None, Position(position))
 
     def refused(self, key: str, position: int) -> Change:
-        # an embedding of another dimension than the collection's
+        # an embedding of another dimension than the collection's: the sink's check refuses it
         return Change(Op.INSERT, self._object, (key,), image("add", 7, dim=DIM + 1), Position(position))
 
     @property
@@ -163,7 +164,17 @@ class PgvectorHarness(VectorHarness):
 
     async def open(self, *, strict: bool = False) -> Sink:
         conn, table = await self._table_connection()
+        try:
+            metadata = qi(table.metadata_col or "")
+            await self.state.constrain(table.qualified, f"({metadata} ->> 'n')::int < {REFUSED}")
+        except BaseException:
+            await close_quietly(conn)
+            raise
         return PgvectorSink(conn, table, self.source(), strict=strict, chunk_rows=100)
+
+    def refused(self, key: str, position: int) -> Change:
+        # converted fine, refused by PostgreSQL itself (the table's CHECK constraint)
+        return Change(Op.INSERT, self._object, (key,), image("add", REFUSED), Position(position))
 
     async def start(self, sink: Sink, position: Position) -> None:
         state = SnapshotState(start=position)
@@ -171,6 +182,7 @@ class PgvectorHarness(VectorHarness):
         await sink.finish_snapshot(self.stream, state)
 
     def chunk(self, rows: Mapping[str, int | None]) -> Chunk:
+        # an embedding of another dimension than the collection's: the sink's check refuses it
         items = [(k, vector(v) if v is not None else vector(7, DIM + 1), f"doc {v}", {"n": v}, 0, None)
                  for k, v in sorted(rows.items())]
         return Chunk(self._object, COLUMNS, items, (items[-1][0],))
