@@ -312,7 +312,7 @@ class PgvectorSink:
                 err = translate(exc, f"applying a change to {self.table.qualified}")
                 if not isinstance(err, RowError):
                     raise err from exc
-                rejects.append(change_reject(self.table, ch, err.message))
+                rejects.append(change_reject(self.table, ch, err.message.partition("\n")[0]))  # no DETAIL
         return applied
 
     async def _finish_batch(self, stream: str, batch: Batch, refreshed: set[str], seen: list[tuple[str, int]],

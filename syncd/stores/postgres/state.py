@@ -257,11 +257,16 @@ async def save_checkpoint(conn: asyncpg.Connection, stream: str, position: Posit
 
 
 async def insert_rejects(conn: asyncpg.Connection, stream: str, rejects: Sequence[Reject]) -> None:
+    """Record *rejects*; one still open for the same key and position is not recorded again
+    (a replayed batch or chunk counts its rejects once)."""
     if not rejects:
         return
     await conn.executemany(
         f"""INSERT INTO {STATE_SCHEMA}.rejects (stream, object, key, position, row_image, error)
-            VALUES ($1, $2, $3::jsonb, $4, $5::jsonb, $6)""",
+            SELECT $1, $2, $3::jsonb, $4, $5::jsonb, $6
+            WHERE NOT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.rejects WHERE stream = $1 AND object = $2
+                              AND key = $3::jsonb AND position IS NOT DISTINCT FROM $4::bigint
+                              AND resolved_at IS NULL)""",
         [(stream, r.object, json.dumps(jsonable(list(r.key))),
           r.position.offset if r.position else None,
           json.dumps(jsonable(r.row)) if r.row is not None else None, r.error) for r in rejects])
