@@ -226,7 +226,7 @@ def render(report: Report) -> list[str]:
         for title, items in sections:
             if not items:
                 continue
-            keyed = f" (key: {', '.join(c.key_columns)})" if c.key_columns else ""
+            keyed = f" (key: {', '.join(c.key_columns)})" if c.key_columns and items is not c.warnings else ""
             lines.append(f"{c.name}: {title}{keyed}:")
             lines += [f"  {item}" for item in items[:SHOWN]]
             if len(items) > SHOWN:

@@ -35,7 +35,7 @@ _REFUSING = ("22", "23", "42", "54", "0A")
 data exception, integrity violation, syntax or access rule (42501, a missing privilege, is
 not one: :func:`translate` makes it fatal), program limit, feature not supported."""
 
-_AGAIN = "the rows stream on without it; syncd tries again at its next start"
+_AGAIN = "the rows stream on regardless; syncd tries again at its next start"
 _HINTS = {
     "42804": "the two columns' types differ in PostgreSQL: make them agree (ALTER TABLE … ALTER "
              "COLUMN … TYPE …) — ",
