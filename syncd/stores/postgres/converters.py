@@ -180,6 +180,9 @@ _DATETIME = re.compile(
     r"\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
     r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?)?\s*")
 _TIME = re.compile(r"\s*(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?\s*")
+_RAILS_DATE = re.compile(r"\s*2000-01-01[T ](?=\d)(.*)", re.S)
+"""Rails' dummy date: the ActiveRecord sqlite3 adapter writes a ``time`` column's value as
+``2000-01-01 HH:MM:SS.ffffff``; that date and no other is taken as a time of day."""
 _UNIX = dt.datetime(1970, 1, 1)
 
 
@@ -279,9 +282,11 @@ def _date(v: Any) -> dt.date | Infinity:
 
 def _time(pg_type: str) -> Converter:
     def convert(v: Any) -> dt.time:
-        m = _TIME.fullmatch(v) if isinstance(v, str) else None
+        rails = _RAILS_DATE.fullmatch(v) if isinstance(v, str) else None
+        m = _TIME.fullmatch(rails.group(1) if rails else v) if isinstance(v, str) else None
         if m is None:
-            raise _fail(v, pg_type, "not a valid time (HH:MM[:SS[.ffffff]], no offset)")
+            raise _fail(v, pg_type, "not a valid time (HH:MM[:SS[.ffffff]], or Rails' "
+                        "2000-01-01 HH:MM:SS[.ffffff]; no other date, no offset)")
         h, mi, sec, frac = m.groups()
         try:
             value = dt.time(int(h), int(mi), int(sec or 0), _fraction(frac, v, pg_type))
