@@ -76,7 +76,7 @@ def refused_lines(refused: Sequence[Mapping[str, Any]]) -> list[str]:
         return []
     n = len(refused)
     lines = [f"schema: PostgreSQL refused {n} index{'es' if n != 1 else ''} or key{'s' if n != 1 else ''} "
-             "of the SQLite schema (the rows stream on without them; syncd tries again at each start; "
+             "of the SQLite schema (the rows stream on regardless; syncd tries again at each start; "
              "syncd.refused_constraints):"]
     lines += [f"  {r['object']}: {r['kind']} {r['name']} refused ({r['attempts']}×): {r['error']}; "
               f"{r['todo']}" for r in refused]

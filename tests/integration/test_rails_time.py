@@ -23,7 +23,8 @@ from tests.integration.test_values_exact import (
     write_sqlite,
 )
 
-SHIFTS = 'CREATE TABLE "shifts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "starts" time, "ends" time(0))'
+SHIFTS = ('CREATE TABLE "shifts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "starts" time, '
+          '"ends" time(0))')
 INSERT = "INSERT INTO shifts (id, starts, ends) VALUES (?, ?, ?)"
 # SQLite values -> what PostgreSQL must print
 GOOD: list[tuple[tuple[str, str], tuple[str, str]]] = [
