@@ -237,10 +237,23 @@ async def switch_state(cfg: Config) -> dict[str, Any]:
     return {"direction": state.direction, "operation": state.operation, "step": state.step}
 
 
+async def refused_constraints(cfg: Config) -> list[dict[str, Any]]:
+    """The indexes and keys PostgreSQL refused (``syncd.refused_constraints``), JSON-ready."""
+    from syncd.stores.postgres import constraints
+
+    conn = await connect(cfg.target, await supervisor.target_dsn(cfg))
+    try:
+        rows = await constraints.recorded(conn)
+    finally:
+        await close_quietly(conn)
+    return [{k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in r.items()} for r in rows]
+
+
 async def status(cfg: Config, *, as_json: bool) -> int:
     from syncd.service.identity import ask_daemon
 
     switch = await switch_state(cfg)
+    refused = await refused_constraints(cfg)
     answer = await asyncio.to_thread(ask_daemon, cfg)
     streams = answer.streams
     asked = streams is not None
@@ -259,13 +272,13 @@ async def status(cfg: Config, *, as_json: bool) -> int:
     if as_json:
         daemon = answer.foreign or daemon_note(cfg, asked)
         print(json.dumps({"switch": switch, "streams": streams, "daemon": daemon,
-                          "chroma_error": chroma_down}, indent=2))
+                          "chroma_error": chroma_down, "refused": refused}, indent=2))
         return 0
     from syncd.files.commands import status_line
     from syncd.streams.status_report import render
 
     lines = render(cfg, switch, streams, daemon=answer.foreign or daemon_note(cfg, asked),
-                   chroma_error=chroma_down)
+                   chroma_error=chroma_down, refused=refused)
     if cfg.target.embedded:
         dsn = await supervisor.target_dsn(cfg)
         lines.append(f"target: the embedded PostgreSQL, {dsn} (`syncd embedded dsn` prints the psql "

@@ -72,11 +72,25 @@ def stream_line(cfg: Config, s: StreamReport) -> str:
     return f"{name}: {phase} — " + ", ".join(parts)
 
 
+def refused_lines(refused: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The indexes and keys PostgreSQL refused: the schema in PostgreSQL is not complete."""
+    if not refused:
+        return []
+    n = len(refused)
+    lines = [f"schema: PostgreSQL refused {n} index{'es' if n != 1 else ''} or key{'s' if n != 1 else ''} "
+             "of the SQLite schema (the rows stream on regardless; syncd tries again at each start; "
+             "syncd.refused_constraints):"]
+    lines += [f"  {r['object']}: {r['kind']} {r['name']} refused ({r['attempts']}×): {r['error']}; "
+              f"{r['todo']}" for r in refused]
+    return lines
+
+
 def render(cfg: Config, switch: Mapping[str, Any], streams: Sequence[StreamReport], *, daemon: str,
-           chroma_error: str | None = None) -> list[str]:
+           chroma_error: str | None = None, refused: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     lines = app_line(cfg, switch)
     lines.append(f"daemon: {daemon}")
     lines += [stream_line(cfg, s) for s in streams]
+    lines += refused_lines(refused)
     if chroma_error:
         lines.append(f"chroma: {chroma_error}")
     elif cfg.chroma is not None and not any(str(s.get("name", "")).startswith(("chroma", "pgvector"))
@@ -87,4 +101,4 @@ def render(cfg: Config, switch: Mapping[str, Any], streams: Sequence[StreamRepor
     return lines
 
 
-__all__ = ["app_line", "render", "stream_line"]
+__all__ = ["app_line", "refused_lines", "render", "stream_line"]

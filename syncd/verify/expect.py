@@ -45,6 +45,8 @@ _SPECIAL = {"nan": "NaN", "infinity": "Infinity", "+infinity": "Infinity", "-inf
 _DATETIME = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
                        r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?)?\s*")
 _TIME = re.compile(r"\s*(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?\s*")
+_RAILS_TIME = re.compile(r"\s*2000-01-01[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?\s*")
+"""A time of day on Rails' dummy date (what ActiveRecord's sqlite3 adapter writes)."""
 _UUID = re.compile(r"\s*\{?([0-9a-fA-F]{8})-?([0-9a-fA-F]{4})-?([0-9a-fA-F]{4})-?([0-9a-fA-F]{4})-?"
                    r"([0-9a-fA-F]{12})\}?\s*")
 _TRUE, _FALSE = {"1", "true", "t", "yes", "y", "on"}, {"0", "false", "f", "no", "n", "off"}
@@ -252,7 +254,7 @@ def _date(v: Any) -> str:
 
 def _time(limit: int, pg_type: str) -> Part:
     def part(v: Any) -> str:
-        m = _TIME.fullmatch(v) if type(v) is str else None
+        m = (_TIME.fullmatch(v) or _RAILS_TIME.fullmatch(v)) if type(v) is str else None
         if m is None:
             raise _unfit(v, pg_type)
         h, mi, s, frac = m.groups()

@@ -189,6 +189,9 @@ _UNIX = -946_684_800_000_000
 """1970-01-01 in microseconds since 2000-01-01."""
 _PG_TIMESTAMPS = range(-211_813_488_000_000_000, 9_223_371_331_200_000_000)
 """PostgreSQL's timestamps: 4714-11-24 BC 00:00 up to (not including) 294277-01-01 00:00."""
+_RAILS_DATE = re.compile(r"\s*2000-01-01[T ](?=\d)(.*)", re.S)
+"""Rails' dummy date: the ActiveRecord sqlite3 adapter writes a ``time`` column's value as
+``2000-01-01 HH:MM:SS.ffffff``; that date and no other is taken as a time of day."""
 
 
 def _infinity(v: Any) -> Infinity | None:
@@ -289,9 +292,11 @@ def _date(v: Any) -> dt.date | Infinity | OutOfRange:
 
 def _time(pg_type: str) -> Converter:
     def convert(v: Any) -> dt.time:
-        m = _TIME.fullmatch(v) if isinstance(v, str) else None
+        rails = _RAILS_DATE.fullmatch(v) if isinstance(v, str) else None
+        m = _TIME.fullmatch(rails.group(1) if rails else v) if isinstance(v, str) else None
         if m is None:
-            raise _fail(v, pg_type, "not a valid time (HH:MM[:SS[.ffffff]], no offset)")
+            raise _fail(v, pg_type, "not a valid time (HH:MM[:SS[.ffffff]], or Rails' "
+                        "2000-01-01 HH:MM:SS[.ffffff]; no other date, no offset)")
         h, mi, sec, frac = m.groups()
         try:
             value = dt.time(int(h), int(mi), int(sec or 0), _fraction(frac, v, pg_type))

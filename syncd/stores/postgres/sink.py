@@ -25,7 +25,7 @@ from syncd.errors import (
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.ports import ApplyResult, Chunk
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.postgres import schema_change
+from syncd.stores.postgres import constraints, schema_change
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import guarded, transaction, translate
 from syncd.stores.postgres.state import Reject
@@ -121,62 +121,10 @@ class PostgresSink:
         return planned
 
     async def after_catch_up(self, stream: str) -> None:
-        """Create secondary indexes, unique constraints and foreign keys on tables syncd made."""
+        """Create secondary indexes, unique constraints and foreign keys on tables syncd made;
+        what PostgreSQL refuses is recorded, and the stream goes on (:mod:`.constraints`)."""
         async with guarded("creating indexes and foreign keys"):
-            await self._create_indexes_and_keys()
-
-    async def _create_indexes_and_keys(self) -> None:
-        for tt in self.tables.values():
-            if not tt.created:
-                continue
-            for idx in tt.source.indexes:
-                sql = (f"CREATE {'UNIQUE ' if idx.unique else ''}INDEX IF NOT EXISTS {qi(idx.name)} "
-                       f"ON {tt.qualified} ({', '.join(qi(c) for c in idx.columns)})")
-                await self._best_effort(sql, f"index {idx.name} on {tt.name}")
-            for name, sql in tt.fold_indexes:
-                await self._best_effort(sql, f"index {name} on {tt.name}")
-            for name in tt.source.skipped_indexes:
-                log.warning("index not recreated (expression or partial index)", table=tt.name,
-                            index=name)
-        for tt in self.tables.values():
-            if not tt.created:
-                continue
-            for i, fk in enumerate(tt.source.foreign_keys):
-                ref = self.tables.get(fk.ref_table)
-                if ref is None:
-                    log.warning("foreign key skipped: referenced table is not synced",
-                                table=tt.name, references=fk.ref_table)
-                    continue
-                cname = f"{tt.name}_fk{i}"
-                exists = await self.conn.fetchval(
-                    "SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = $2::regclass",
-                    cname, tt.qualified)
-                if exists:
-                    continue
-                actions = "".join(
-                    f" ON {what} {action}" for what, action in (("DELETE", fk.on_delete),
-                                                                ("UPDATE", fk.on_update))
-                    if action and action.upper() not in ("NO ACTION", "NONE"))
-                sql = (f"ALTER TABLE {tt.qualified} ADD CONSTRAINT {qi(cname)} FOREIGN KEY "
-                       f"({', '.join(qi(c) for c in fk.columns)}) REFERENCES {ref.qualified} "
-                       f"({', '.join(qi(c) for c in fk.ref_columns)}){actions} "
-                       "DEFERRABLE INITIALLY DEFERRED NOT VALID")
-                if await self._best_effort(sql, f"foreign key {cname}"):
-                    await self._best_effort(
-                        f"ALTER TABLE {tt.qualified} VALIDATE CONSTRAINT {qi(cname)}",
-                        f"validating foreign key {cname} (orphan rows in SQLite; it stays NOT VALID "
-                        "and is enforced for new rows only)")
-
-    async def _best_effort(self, sql: str, what: str) -> bool:
-        try:
-            await self.conn.execute(sql)
-            return True
-        except Exception as exc:
-            err = translate(exc, what)
-            if not isinstance(err, RowError):
-                raise err from exc
-            log.warning("could not create", what=what, error=str(exc))
-            return False
+            await constraints.create(self.conn, stream, self.tables)
 
     # --- checkpoint ---------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""syncd's own tables in the target: checkpoints, rejects and stream owners, in schema ``syncd``.
+"""syncd's own tables in the target: checkpoints, rejects, stream owners and the indexes and keys
+PostgreSQL refused (:mod:`syncd.stores.postgres.constraints`), in schema ``syncd``.
 
 Every function takes a connection that is already inside the caller's
 transaction, so that rows, rejects and the checkpoint commit together.
@@ -71,6 +72,19 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.owners (
     claimed_at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE {STATE_SCHEMA}.checkpoints ADD COLUMN IF NOT EXISTS generation bigint;
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.refused_constraints (
+    stream    text NOT NULL,
+    object    text NOT NULL,
+    name      text NOT NULL,
+    kind      text NOT NULL,
+    statement text NOT NULL,
+    error     text NOT NULL,
+    todo      text NOT NULL,
+    attempts  integer NOT NULL DEFAULT 1,
+    first_at  timestamptz NOT NULL DEFAULT now(),
+    last_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream, object, name)
+);
 """
 _DDL_MARK = "syncd state " + hashlib.sha256(DDL.encode()).hexdigest()[:16]
 """Comment on ``syncd.checkpoints`` once :data:`DDL` ran: a changed DDL runs again."""
