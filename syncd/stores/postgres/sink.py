@@ -134,8 +134,6 @@ class PostgresSink:
                 sql = (f"CREATE {'UNIQUE ' if idx.unique else ''}INDEX IF NOT EXISTS {qi(idx.name)} "
                        f"ON {tt.qualified} ({', '.join(qi(c) for c in idx.columns)})")
                 await self._best_effort(sql, f"index {idx.name} on {tt.name}")
-            for name, sql in tt.fold_indexes:
-                await self._best_effort(sql, f"index {name} on {tt.name}")
             for name in tt.source.skipped_indexes:
                 log.warning("index not recreated (expression or partial index)", table=tt.name,
                             index=name)
@@ -324,9 +322,6 @@ class PostgresSink:
                     break
                 args.append(aj)
                 j += 1
-            if ch.op is not Op.DELETE:
-                for dsql, idxs in tt.unique_deletes:
-                    await self.conn.executemany(dsql, [tuple(a[k] for k in idxs) for a in args])
             await self.conn.executemany(sql, args)
             i = j
 
@@ -336,9 +331,6 @@ class PostgresSink:
         for tt, ch, args in prepared:
             try:
                 async with transaction(self.conn):
-                    if ch.op is not Op.DELETE:
-                        for dsql, idxs in tt.unique_deletes:
-                            await self.conn.execute(dsql, *(args[k] for k in idxs))
                     await self.conn.execute(tt.delete_sql if ch.op is Op.DELETE else tt.upsert_sql, *args)
                 applied.append((tt, ch, args))
             except Exception as exc:
