@@ -61,8 +61,10 @@ def test_logged_changes_keep_the_reference(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_a_row_replaced_away_is_reported(tmp_path: Path) -> None:
-    """INSERT OR REPLACE over a UNIQUE index drops a row with no delete logged: not silent."""
+def test_a_row_replaced_away_is_logged_and_one_vanished_is_reported(tmp_path: Path) -> None:
+    """INSERT OR REPLACE over a UNIQUE index drops a row without its DELETE trigger: capture logs
+    that delete itself, so the rowids add up. A row gone with no delete logged at all (a write
+    made while capture is suppressed) is reported: not silent."""
     conn, tables = setup(tmp_path / "r.sqlite")
     conn.execute("CREATE UNIQUE INDEX loose_a ON loose (a)")
     tables = [describe(conn, "loose", no_primary_key="rowid"), tables[1]]
@@ -70,5 +72,11 @@ def test_a_row_replaced_away_is_reported(tmp_path: Path) -> None:
     conn.execute("INSERT INTO loose VALUES ('x', 1), ('y', 2)")
     assert rowids.renumbered(conn, tables) == {}
     conn.execute("INSERT OR REPLACE INTO loose VALUES ('x', 3)")
+    logged = conn.execute("SELECT op, pk FROM _syncd_changelog WHERE tbl = 'loose' ORDER BY id").fetchall()
+    assert logged[-2:] == [("D", "[1]"), ("I", "[3]")], logged
+    assert rowids.renumbered(conn, tables) == {}
+    conn.execute("UPDATE _syncd_origin SET suppress = 1")
+    conn.execute("DELETE FROM loose WHERE a = 'y'")
+    conn.execute("UPDATE _syncd_origin SET suppress = 0")
     assert "without a logged change" in rowids.renumbered(conn, tables)["loose"]
     conn.close()

@@ -137,8 +137,6 @@ async def create(conn: asyncpg.Connection, stream: str, tables: Mapping[str, Tar
             sql = (f"CREATE {'UNIQUE ' if idx.unique else ''}INDEX IF NOT EXISTS {qi(idx.name)} "
                    f"ON {tt.qualified} ({', '.join(qi(c) for c in idx.columns)})")
             await ledger.attempt(tt, idx.name, "unique index" if idx.unique else "index", sql)
-        for name, sql in tt.fold_indexes:
-            await ledger.attempt(tt, name, "index", sql)
         for name in tt.source.skipped_indexes:
             log.warning("index not recreated (expression or partial index)", table=tt.name, index=name)
     for tt in tables.values():

@@ -278,9 +278,6 @@ class PostgresSink:
                     break
                 args.append(aj)
                 j += 1
-            if ch.op is not Op.DELETE:
-                for dsql, idxs in tt.unique_deletes:
-                    await self.conn.executemany(dsql, [tuple(a[k] for k in idxs) for a in args])
             await self.conn.executemany(sql, args)
             i = j
 
@@ -290,9 +287,6 @@ class PostgresSink:
         for tt, ch, args in prepared:
             try:
                 async with transaction(self.conn):
-                    if ch.op is not Op.DELETE:
-                        for dsql, idxs in tt.unique_deletes:
-                            await self.conn.execute(dsql, *(args[k] for k in idxs))
                     await self.conn.execute(tt.delete_sql if ch.op is Op.DELETE else tt.upsert_sql, *args)
                 applied.append((tt, ch, args))
             except Exception as exc:

@@ -15,7 +15,7 @@ from syncd.sql import qi
 from syncd.stores.postgres.converters import Converter, converter
 from syncd.stores.postgres.families import can_hold
 from syncd.stores.postgres.types import ColumnMap, parse_override, pg_type_for
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Index, Table
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table
 
 
 @dataclass(slots=True)
@@ -36,17 +36,6 @@ class TargetTable:
     key_converters: tuple[Converter, ...] = field(default_factory=tuple)
     upsert_sql: str = ""
     delete_sql: str = ""
-    unique_deletes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    """Per source UNIQUE index: delete rows holding the new row's unique value under another key.
-
-    SQLite's INSERT OR REPLACE removes such a row without firing its DELETE trigger (unless
-    the app enabled recursive_triggers), so the log never says so. In the source no other row
-    can hold the value at that point, so any such row in the target is stale. "The same value"
-    is the index's collation's: NOCASE and RTRIM columns are compared folded (:func:`fold`),
-    and so is a primary key under such a collation.
-    """
-    fold_indexes: tuple[tuple[str, str], ...] = ()
-    """(name, CREATE INDEX) on the folded values those deletes look up, on tables syncd made."""
 
     def __post_init__(self) -> None:
         self.converters = tuple(converter(c.pg_type, rounded=c.rounded) for c in self.columns)
@@ -63,30 +52,6 @@ class TargetTable:
         self.upsert_sql = f"INSERT INTO {qt} ({cols}) VALUES ({params}) ON CONFLICT ({pk}) {action}"
         where = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, 1))
         self.delete_sql = f"DELETE FROM {qt} WHERE {where}"
-        deletes, folds = [], []
-        pk_index = Index(f"{self.name}_pkey", self.source.pk, True, self.source.pk_collations)
-        for idx in (*self.source.indexes, pk_index):
-            cols_set = set(idx.columns)
-            exprs = [fold(qi(c), coll, by_name[c].pg_type) if c in by_name else qi(c)
-                     for c, coll in zip(idx.columns, idx.collations or ("BINARY",) * len(idx.columns),
-                                        strict=True)]
-            folded = exprs != [qi(c) for c in idx.columns]
-            if (not idx.unique or not cols_set <= set(names)
-                    or (cols_set == set(self.source.pk) and not folded)):
-                continue
-            by = [*idx.columns, *self.source.pk]
-            n = len(idx.columns)
-            same = " AND ".join(f"{e} = {e.replace(qi(c), f'${i}')}"
-                                for i, (c, e) in enumerate(zip(idx.columns, exprs, strict=True), 1))
-            other = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, n + 1))
-            deletes.append((f"DELETE FROM {qt} WHERE {same} AND NOT ({other})",
-                            tuple(names.index(c) for c in by)))
-            if folded:  # the delete compares folded values: an index on them keeps it a lookup
-                folds.append((f"{idx.name}_syncd_fold",
-                              f"CREATE INDEX IF NOT EXISTS {qi(idx.name + '_syncd_fold')} ON {qt} "
-                              f"({', '.join(f'({e})' for e in exprs)})"))
-        self.unique_deletes = tuple(deletes)
-        self.fold_indexes = tuple(folds)
 
     @property
     def key_rounded(self) -> bool:
@@ -140,22 +105,6 @@ class TargetTable:
         where = f"column {column}: " if column else ""
         more = [m for m in (f"constraint {constraint}" if constraint else "", detail or "") if m]
         return self.reason(key, f"{where}{text}{' (' + '; '.join(more) + ')' if more else ''}")
-
-
-_TEXT_TYPES = ("text", "character varying", "varchar", "character", "char", "bpchar", "citext")
-
-
-def fold(expr: str, collation: str, pg_type: str) -> str:
-    """*expr* as SQLite's *collation* compares it, in PostgreSQL: NOCASE folds the 26 ASCII
-    letters only ('É' and 'é' stay apart), RTRIM ignores trailing spaces (U+0020 only). Other
-    collations, and columns that are not text in PostgreSQL, compare as they are."""
-    if pg_type.split("(")[0].strip().lower() not in _TEXT_TYPES:
-        return expr
-    if collation == "NOCASE":
-        return f"translate({expr}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
-    if collation == "RTRIM":
-        return f"rtrim({expr}, ' ')"
-    return expr
 
 
 def plan_table(table: Table, target: Target, existing: dict[str, str] | None) -> TargetTable:

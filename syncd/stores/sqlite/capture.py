@@ -7,6 +7,16 @@ exact round trip; ``json_object`` and ``quote`` may keep 15) and a BLOB is ``["b
 Tables wider than 60 columns are imaged in parts merged with ``json_patch``,
 which leaves out keys whose value is NULL: in an image, an absent column is NULL.
 
+Rows that INSERT OR REPLACE (or UPDATE OR REPLACE) removes because they conflict on a UNIQUE
+index, or on a primary key under a NOCASE / RTRIM collation, fire no DELETE trigger (unless the
+app enabled ``recursive_triggers``). Which rows those are is SQLite's decision, under its own
+comparison (a text ``'k'`` and a blob ``X'6B'`` are different values there, equal in
+PostgreSQL), so SQLite makes it: a BEFORE trigger notes the rows holding the new row's unique
+values under another key in ``_syncd_replaced``, and the AFTER trigger logs each as a delete
+before the insert or update — only if the write happened (an OR IGNORE, a DO NOTHING or a failed
+statement logs nothing; what a skipped write noted is dropped by the next write of the same
+values, and by the prune).
+
 Origin tagging: syncd's own writes (reverse sync) set ``_syncd_origin.suppress``
 to 1 inside their transaction; the triggers skip while it is 1. SQLite has one
 writer at a time, so no app write can run while the flag is set, and a crash
@@ -34,6 +44,9 @@ CAPTURED = "_syncd_captured"
 (changes of the table at or below it may predate the triggers: a column added, a table
 rebuilt), and ``epoch``, a counter that every install which changes triggers raises. The sink
 copies a table again unless its copy was read after that epoch (``syncd.objects``)."""
+REPLACED = "_syncd_replaced"
+"""Rows the app's current INSERT / UPDATE is about to replace (table, the write's unique values,
+the row's key), noted by a BEFORE trigger for the AFTER trigger to log as deletes."""
 TRIGGER_PREFIX = "_syncd_"
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _MAX_PAIRS = 60  # json_object takes at most 127 arguments in older SQLite builds
@@ -57,6 +70,11 @@ CREATE TABLE IF NOT EXISTS {META} (
     signature TEXT NOT NULL
 );
 INSERT OR IGNORE INTO {META} (tbl, signature) VALUES ('', lower(hex(randomblob(16))));
+CREATE TABLE IF NOT EXISTS {REPLACED} (
+    tbl  TEXT NOT NULL,
+    mark TEXT NOT NULL,
+    pk   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS {CAPTURED} (
     tbl   TEXT PRIMARY KEY,
     since INTEGER NOT NULL,
@@ -88,8 +106,58 @@ def _row_expr(table: Table, ref: str) -> str:
     return expr
 
 
+def _unique_sets(table: Table) -> list[tuple[tuple[str, str], ...]]:
+    """Per UNIQUE constraint whose conflicts REPLACE resolves by deleting another row: its
+    (column, collation) pairs. The primary key counts when a collation other than BINARY
+    compares it ('Bob' and 'bob' are one key there, two in PostgreSQL); rowid keys never do."""
+    sets = [tuple(zip(idx.columns, idx.collations or ("BINARY",) * len(idx.columns), strict=True))
+            for idx in table.indexes if idx.unique]
+    if not table.rowid_key and any(c != "BINARY" for c in table.pk_collations):
+        sets.append(tuple(zip(table.pk, table.pk_collations, strict=True)))
+    return sets
+
+
+def _mark_expr(table: Table) -> str:
+    """The write's unique values (the same in its BEFORE and AFTER triggers; an automatic
+    rowid is not known before the insert, so it is left out)."""
+    cols = sorted({c for s in _unique_sets(table) for c, _ in s}
+                  | (set() if table.rowid_key else set(table.pk)))
+    return "json_array(" + ", ".join(_enc(f"NEW.{qi(c)}") for c in cols) + ")"
+
+
+def _identity(table: Table, ref: str) -> str:
+    """The row of the table in the FROM clause is the row *ref* (NEW or OLD) names."""
+    if table.rowid_key:
+        return f"rowid IS {ref}.rowid"
+    return " AND ".join(f"{qi(c)} IS {ref}.{qi(c)} COLLATE BINARY" for c in table.pk)
+
+
+def _note_replaced(table: Table, event: str) -> list[str]:
+    """The statements of the BEFORE trigger: note the rows the write is about to replace."""
+    t, name, mark = qi(table.name), ql(table.name), _mark_expr(table)
+    others = f"NOT ({_identity(table, 'NEW')})"
+    if event == "UPDATE":
+        others += f" AND NOT ({_identity(table, 'OLD')})"
+    selects = [f"SELECT {_key_expr(table, t)} AS k FROM {t} WHERE "
+               + " AND ".join(f"{qi(c)} = NEW.{qi(c)} COLLATE {qi(coll)}" for c, coll in cols)
+               + f" AND {others}" for cols in _unique_sets(table)]
+    return [f"DELETE FROM {REPLACED} WHERE tbl = {name} AND mark = {mark}",
+            f"INSERT INTO {REPLACED} (tbl, mark, pk) SELECT {name}, {mark}, k FROM ("
+            + " UNION ".join(selects) + ")"]
+
+
+def _log_replaced(table: Table, log: str) -> str:
+    """The AFTER trigger's first statements: the noted rows are gone, log their deletes."""
+    name, mark = ql(table.name), _mark_expr(table)
+    return (f"{log} SELECT {name}, 'D', pk, NULL, {_NOW} FROM {REPLACED} "
+            f"WHERE tbl = {name} AND mark = {mark} ORDER BY rowid; "
+            f"DELETE FROM {REPLACED} WHERE tbl = {name} AND mark = {mark}; ")
+
+
 CAPTURE_VERSION = 2
-"""Bumped when the trigger bodies change, so that `syncd init` rebuilds older ones."""
+"""Bumped when the trigger bodies change, so that `syncd init` rebuilds older ones. (A table
+whose triggers' text differs from what :func:`trigger_ddl` makes now is rebuilt anyway, and
+copied again: the REPLACE triggers reach only tables with a unique constraint that way.)"""
 
 
 def signature(table: Table) -> str:
@@ -97,12 +165,13 @@ def signature(table: Table) -> str:
 
 
 def trigger_names(table: Table) -> list[str]:
-    return [f"{TRIGGER_PREFIX}{kind}_{table.name}" for kind in ("ins", "upd", "del")]
+    kinds = ["ins", "upd", "del"] + (["rins", "rupd"] if _unique_sets(table) else [])
+    return [f"{TRIGGER_PREFIX}{kind}_{table.name}" for kind in kinds]
 
 
 def trigger_ddl(table: Table) -> list[str]:
     t, name = qi(table.name), ql(table.name)
-    ins, upd, dele = (qi(n) for n in trigger_names(table))
+    ins, upd, dele, *before = (qi(n) for n in trigger_names(table))
     when = f"WHEN (SELECT suppress FROM {ORIGIN}) = 0"
     log = f"INSERT INTO {CHANGELOG} (tbl, op, pk, row, ts)"
     if table.synthetic_key:
@@ -113,15 +182,20 @@ def trigger_ddl(table: Table) -> list[str]:
         # BINARY: under a NOCASE key, 'Alice' -> 'alice' is a new key in PostgreSQL
         key_changed = " OR ".join(f"OLD.{qi(c)} IS NOT NEW.{qi(c)} COLLATE BINARY" for c in table.pk)
         new_op = "'U'"
-    return [
-        f"CREATE TRIGGER {ins} AFTER INSERT ON {t} {when} BEGIN "
+    replaced = _log_replaced(table, log) if before else ""
+    ddl = [
+        f"CREATE TRIGGER {ins} AFTER INSERT ON {t} {when} BEGIN {replaced}"
         f"{log} VALUES ({name}, 'I', {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
-        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} {when} BEGIN "
+        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} {when} BEGIN {replaced}"
         f"{log} SELECT {name}, 'D', {_key_expr(table, 'OLD')}, NULL, {_NOW} WHERE {key_changed}; "
         f"{log} VALUES ({name}, {new_op}, {_key_expr(table, 'NEW')}, {_row_expr(table, 'NEW')}, {_NOW}); END",
         f"CREATE TRIGGER {dele} AFTER DELETE ON {t} {when} BEGIN "
         f"{log} VALUES ({name}, 'D', {_key_expr(table, 'OLD')}, NULL, {_NOW}); END",
     ]
+    for trig, event in zip(before, ("INSERT", "UPDATE")[:len(before)], strict=True):
+        ddl.append(f"CREATE TRIGGER {trig} BEFORE {event} ON {t} {when} BEGIN "
+                   + "; ".join(_note_replaced(table, event)) + "; END")
+    return ddl
 
 
 def install(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
@@ -168,6 +242,15 @@ def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
         conn.execute("ROLLBACK")
         raise
     return changed, tables, version
+
+
+def forget_notes(conn: sqlite3.Connection) -> None:
+    """Drop what BEFORE triggers noted for writes that did not happen (an OR IGNORE, a DO
+    NOTHING): a note lives within one statement of the app, so under the write lock the caller
+    holds, none is pending."""
+    if conn.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                    (REPLACED,)).fetchone():
+        conn.execute(f"DELETE FROM {REPLACED}")
 
 
 def _head(conn: sqlite3.Connection) -> int:
@@ -246,7 +329,7 @@ def uninstall(conn: sqlite3.Connection) -> list[str]:
             "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '\\_syncd\\_%' ESCAPE '\\'")]
         for trig in triggers:
             conn.execute(f"DROP TRIGGER {qi(trig)}")
-        for tbl in (CHANGELOG, ORIGIN, META, CAPTURED, rowids.ROWIDS):
+        for tbl in (CHANGELOG, ORIGIN, META, CAPTURED, REPLACED, rowids.ROWIDS):
             conn.execute(f"DROP TABLE IF EXISTS {tbl}")
         conn.execute("COMMIT")
     except BaseException:

@@ -345,7 +345,8 @@ class SqliteSource:
         Pruning shares the reading thread: waiting out the usual busy timeout here would hold
         up reading changes for seconds — during a cutover fence, the drain itself. The first
         delete also moves the rowid references up to *upto* (:mod:`~syncd.stores.sqlite.rowids`),
-        in the same transaction: they must never be behind a pruned change.
+        in the same transaction: they must never be behind a pruned change; and it drops the
+        REPLACE notes of writes that did not happen (:func:`~syncd.stores.sqlite.capture.forget_notes`).
         """
         total = 0
         busy = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
@@ -357,6 +358,7 @@ class SqliteSource:
                     try:
                         if total == 0:
                             rowids.advance(self._conn, upto.offset)
+                            capture.forget_notes(self._conn)
                         cur = self._conn.execute(
                             f"DELETE FROM {capture.CHANGELOG} WHERE id IN (SELECT id FROM "
                             f"{capture.CHANGELOG} WHERE id <= ? ORDER BY id LIMIT 5000)", (upto.offset,))
