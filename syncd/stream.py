@@ -21,7 +21,7 @@ import tenacity
 
 from syncd.config import StreamOptions
 from syncd.errors import RetryableError, SchemaChanged, SyncdError, TargetUnavailable
-from syncd.model import Batch, Key, Phase, Position, SnapshotState, transition
+from syncd.model import Batch, InvalidText, Key, Phase, Position, SnapshotState, transition
 from syncd.ports import Chunk, Sink, Source
 from syncd.status import StreamStatus
 
@@ -32,11 +32,14 @@ IDLE_PING_SECONDS = 5.0
 
 
 def encode_key(key: Key) -> list[Any]:
-    return [{"$hex": v.hex()} if isinstance(v, bytes) else v for v in key]
+    """A key as JSON for the checkpoint; blobs and text that is not UTF-8 as their bytes."""
+    return [{"$hex": v.hex()} if isinstance(v, bytes)
+            else {"$text_hex": v.raw.hex()} if isinstance(v, InvalidText) else v for v in key]
 
 
 def decode_key(key: list[Any]) -> Key:
-    return tuple(bytes.fromhex(v["$hex"]) if isinstance(v, dict) else v for v in key)
+    return tuple((bytes.fromhex(v["$hex"]) if "$hex" in v else InvalidText(bytes.fromhex(v["$text_hex"])))
+                 if isinstance(v, dict) else v for v in key)
 
 
 class Stream:

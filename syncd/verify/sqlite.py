@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncd.errors import SourceBusy, SourceError
-from syncd.model import Key
+from syncd.model import InvalidText, Key
 from syncd.sql import qi
-from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key
+from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key, param
 from syncd.stores.sqlite.schema import Table, uri
 
 T = TypeVar("T")
@@ -74,6 +74,7 @@ class SqliteReader:
                 raise SourceError(f"SQLite database {self.path} does not exist (source.sqlite.path)")
             self._conn = sqlite3.connect(uri(self.path, "ro"), uri=True, timeout=30,
                                          isolation_level=None, check_same_thread=False)
+            self._conn.text_factory = InvalidText.read  # text that is not UTF-8: a reject
         return self._conn
 
     async def close(self) -> None:
@@ -122,8 +123,9 @@ class SqliteReader:
         params: list[Any] = []
         for op, value in ((">", bounds.lo), ("<=", bounds.hi)):
             if value is not None:
-                cond.append(f"({key}) {op} ({', '.join('?' * len(value))})")
-                params.extend(value)
+                marks = [param(v) for v in value]
+                cond.append(f"({key}) {op} ({', '.join(m for m, _ in marks)})")
+                params.extend(p for _, p in marks)
         return (" WHERE " + " AND ".join(cond) if cond else ""), params
 
     # --- reads -----------------------------------------------------------------------------
@@ -150,11 +152,11 @@ class SqliteReader:
             width = max(1, len(table.pk))
             step = max(1, 900 // width)
             for i in range(0, len(keys), step):
-                batch = keys[i:i + step]
-                tuples = ", ".join("(" + ", ".join("?" * width) + ")" for _ in batch)
+                marks = [[param(v) for v in k] for k in keys[i:i + step]]
+                tuples = ", ".join("(" + ", ".join(m for m, _ in k) + ")" for k in marks)
                 present += int(conn.execute(
                     f"SELECT count(*) FROM {qi(table.name)} WHERE ({key}) IN (VALUES {tuples})",
-                    [v for k in batch for v in k]).fetchone()[0])
+                    [p for k in marks for _, p in k]).fetchone()[0])
             return n, tail, present
         return await self._call(self._read, run)
 

@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from syncd.errors import FatalError
-from syncd.model import Checkpoint, Position, SnapshotState
+from syncd.model import Checkpoint, InvalidText, Position, SnapshotState
 from syncd.sql import STATE_SCHEMA
 
 DDL_LOCK = 0x73796E6364
@@ -73,7 +73,10 @@ _DDL_MARK = "syncd state " + hashlib.sha256(DDL.encode()).hexdigest()[:16]
 
 
 def jsonable(value: Any) -> Any:
-    """A JSON-safe form of a raw source value (blobs as ``{"$base64": ...}``)."""
+    """A JSON-safe form of a raw source value (blobs as ``{"$base64": ...}``; text with NUL or
+    not UTF-8 as ``{"$text_base64": ...}``, its bytes)."""
+    if isinstance(value, InvalidText):
+        return {"$text_base64": base64.b64encode(value.raw).decode()}
     if isinstance(value, bytes):
         return {"$base64": base64.b64encode(value).decode()}
     if isinstance(value, str) and "\x00" in value:  # jsonb cannot hold NUL

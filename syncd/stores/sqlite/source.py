@@ -24,11 +24,11 @@ import watchfiles
 
 from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
-from syncd.model import START, Batch, Change, Key, Op, Position
+from syncd.model import START, Batch, Change, InvalidText, Key, Op, Position
 from syncd.ports import Chunk, Pending
 from syncd.sql import qi
 from syncd.stores.sqlite import capture, follow, rowids
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, uri
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, affinity, discover, uri
 from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
@@ -99,6 +99,7 @@ class SqliteSource:
 
         def setup() -> tuple[sqlite3.Connection, list[Table], int | None]:
             conn = open_connection(config.path)
+            conn.text_factory = InvalidText.read
             try:
                 if check_capture:
                     followed = follow.follow(conn, config)
@@ -146,6 +147,7 @@ class SqliteSource:
         """The file at the path is another one: drop the old, follow the new (its tables keyed
         by rowid are copied again: their references name the old inode)."""
         conn = open_connection(self.path)
+        conn.text_factory = InvalidText.read
         try:
             generation = capture.generation(conn)
             if generation != self.source_id:
@@ -219,23 +221,23 @@ class SqliteSource:
             return int(self._conn.execute(f"SELECT count(*) FROM {qi(obj)}").fetchone()[0])
         return await self._call(run)
 
-    def _chunk_sql(self, table: Table, first: bool) -> str:
+    def _chunk_sql(self, table: Table, after: Key | None) -> tuple[str, list[Any]]:
         cols = ", ".join(qi(c) for c in table.column_names)
         if table.synthetic_key:
             cols = "rowid, " + cols
+        marks, params = zip(*(capture.param(v) for v in after or ()), strict=True) if after else ((), ())
         if table.rowid_key:
             order = "rowid"
-            where = "" if first else "WHERE rowid > ?"
+            where = "" if after is None else "WHERE rowid > ?"
         else:
             order = ", ".join(qi(k) for k in table.pk)
-            where = "" if first else f"WHERE ({order}) > ({', '.join('?' for _ in table.pk)})"
-        return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order} LIMIT ?"
+            where = "" if after is None else f"WHERE ({order}) > ({', '.join(marks)})"
+        return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order} LIMIT ?", list(params)
 
     def _read_chunk(self, table: Table, after: Key | None, rows: int,
                     prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
-        sql = self._chunk_sql(table, after is None)
-        params = (*(after or ()), rows)
-        batch = self._conn.execute(sql, params).fetchall()
+        sql, params = self._chunk_sql(table, after)
+        batch = self._conn.execute(sql, (*params, rows)).fetchall()
         if not batch:
             return None
         columns = table.target_columns
@@ -290,6 +292,7 @@ class SqliteSource:
                 rows = self._conn.execute(
                     f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
                     "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit)).fetchall()
+                changes = self._decode(rows)
         finally:
             self._conn.execute("COMMIT")
         if rows is None:
@@ -301,6 +304,12 @@ class SqliteSource:
                 f"changes up to id {after.offset} from it: the file was replaced by an older copy (a "
                 "restored backup?), and its new changes would be skipped. Copy again: TRUNCATE the synced "
                 "tables in PostgreSQL and DELETE their stream's row FROM syncd.checkpoints, then `syncd run`")
+        position = Position(rows[-1][0]) if rows else after
+        return Batch(changes=changes, position=position)
+
+    def _decode(self, rows: Sequence[tuple[Any, ...]]) -> list[Change]:
+        """Changes from changelog rows; in the read transaction that read them (for
+        :meth:`_zero_signs`)."""
         changes: list[Change] = []
         for cid, tbl, op, pk, row, ts in rows:
             table = self.tables.get(tbl)
@@ -308,12 +317,43 @@ class SqliteSource:
                 continue  # a table no longer synced: its changes are passed over
             key = capture.decode_key(pk)
             image = capture.decode_row(row) if row is not None else None
-            if image is not None and table.synthetic_key:
-                image[ROWID_COLUMN] = key[0]
+            if image is not None:
+                self._zero_signs(table, key, image)
+                if table.synthetic_key:
+                    image[ROWID_COLUMN] = key[0]
             changes.append(Change(op=_OPS[op], object=tbl, key=key, row=image,
                                   position=Position(cid), committed_at=ts))
-        position = Position(rows[-1][0]) if rows else after
-        return Batch(changes=changes, position=position)
+        return changes
+
+    def _zero_signs(self, table: Table, key: Key, image: dict[str, Any]) -> None:
+        """Give a REAL zero of the image the sign the row's value has now.
+
+        The trigger prints a REAL with ``printf('%!.20e')``, which drops the sign of ``-0.0``,
+        and SQLite's SQL has no other way to see it (``CAST``, ``quote``, ``json_quote`` print
+        ``0.0`` too; ``1/x`` is NULL; math functions may be missing from the app's build). Only
+        a column of BLOB affinity (no declared type, or BLOB) keeps a ``-0.0``: REAL affinity
+        stores it as the integer 0, NUMERIC and INTEGER make it 0, TEXT ``'0.0'``. So such a
+        zero is read from the row itself, in the transaction that read the change: if the row
+        still holds a REAL zero there, that one is what the key's last logged image says (its
+        later changes, if any, are logged at or below the head read with this one and come
+        after it), so the end state is exact; an earlier image may carry the later sign for a
+        moment.
+        """
+        zeros = [c.name for c in table.columns
+                 if affinity(c.declared) == "BLOB" and type(image.get(c.name)) is float
+                 and image[c.name] == 0.0]
+        if not zeros or any(isinstance(v, InvalidText) for v in key):
+            return
+        if table.synthetic_key:
+            where, params = "rowid = ?", [key[0]]
+        else:
+            where = " AND ".join(f"{qi(k)} IS ?" for k in table.pk)
+            params = list(key)
+        now = self._conn.execute(f"SELECT {', '.join(qi(c) for c in zeros)} FROM {qi(table.name)} "
+                                 f"WHERE {where}", params).fetchone()
+        for name, value in zip(zeros, now or (), strict=False):
+            if type(value) is float and value == 0.0:
+                image[name] = value
 
     def _follow_schema(self, version: int) -> None:
         """The schema changed: re-read the tables; if a captured one changed, a new one appeared
