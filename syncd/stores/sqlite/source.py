@@ -24,16 +24,15 @@ import watchfiles
 
 from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
-from syncd.model import START, Batch, Change, InvalidText, Key, Op, Position
+from syncd.model import START, Batch, InvalidText, Key, Position
 from syncd.ports import Chunk, Pending
 from syncd.sql import qi
-from syncd.stores.sqlite import capture, follow, rowids
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, affinity, discover, uri
+from syncd.stores.sqlite import capture, follow, images, rowids
+from syncd.stores.sqlite.schema import Table, discover, uri
 from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
-_OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
 
 
 PRUNE_BUSY_MS = 20
@@ -292,7 +291,7 @@ class SqliteSource:
                 rows = self._conn.execute(
                     f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
                     "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit)).fetchall()
-                changes = self._decode(rows)
+                changes = images.decode(self._conn, self.tables, rows)
         finally:
             self._conn.execute("COMMIT")
         if rows is None:
@@ -306,54 +305,6 @@ class SqliteSource:
                 "tables in PostgreSQL and DELETE their stream's row FROM syncd.checkpoints, then `syncd run`")
         position = Position(rows[-1][0]) if rows else after
         return Batch(changes=changes, position=position)
-
-    def _decode(self, rows: Sequence[tuple[Any, ...]]) -> list[Change]:
-        """Changes from changelog rows; in the read transaction that read them (for
-        :meth:`_zero_signs`)."""
-        changes: list[Change] = []
-        for cid, tbl, op, pk, row, ts in rows:
-            table = self.tables.get(tbl)
-            if table is None:
-                continue  # a table no longer synced: its changes are passed over
-            key = capture.decode_key(pk)
-            image = capture.decode_row(row) if row is not None else None
-            if image is not None:
-                self._zero_signs(table, key, image)
-                if table.synthetic_key:
-                    image[ROWID_COLUMN] = key[0]
-            changes.append(Change(op=_OPS[op], object=tbl, key=key, row=image,
-                                  position=Position(cid), committed_at=ts))
-        return changes
-
-    def _zero_signs(self, table: Table, key: Key, image: dict[str, Any]) -> None:
-        """Give a REAL zero of the image the sign the row's value has now.
-
-        The trigger prints a REAL with ``printf('%!.20e')``, which drops the sign of ``-0.0``,
-        and SQLite's SQL has no other way to see it (``CAST``, ``quote``, ``json_quote`` print
-        ``0.0`` too; ``1/x`` is NULL; math functions may be missing from the app's build). Only
-        a column of BLOB affinity (no declared type, or BLOB) keeps a ``-0.0``: REAL affinity
-        stores it as the integer 0, NUMERIC and INTEGER make it 0, TEXT ``'0.0'``. So such a
-        zero is read from the row itself, in the transaction that read the change: if the row
-        still holds a REAL zero there, that one is what the key's last logged image says (its
-        later changes, if any, are logged at or below the head read with this one and come
-        after it), so the end state is exact; an earlier image may carry the later sign for a
-        moment.
-        """
-        zeros = [c.name for c in table.columns
-                 if affinity(c.declared) == "BLOB" and type(image.get(c.name)) is float
-                 and image[c.name] == 0.0]
-        if not zeros or any(isinstance(v, InvalidText) for v in key):
-            return
-        if table.synthetic_key:
-            where, params = "rowid = ?", [key[0]]
-        else:
-            where = " AND ".join(f"{qi(k)} IS ?" for k in table.pk)
-            params = list(key)
-        now = self._conn.execute(f"SELECT {', '.join(qi(c) for c in zeros)} FROM {qi(table.name)} "
-                                 f"WHERE {where}", params).fetchone()
-        for name, value in zip(zeros, now or (), strict=False):
-            if type(value) is float and value == 0.0:
-                image[name] = value
 
     def _follow_schema(self, version: int) -> None:
         """The schema changed: re-read the tables; if a captured one changed, a new one appeared
