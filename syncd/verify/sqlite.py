@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncd.errors import SourceBusy, SourceError
-from syncd.model import InvalidText, Key
+from syncd.model import Key
 from syncd.sql import qi
-from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key, param
+from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key, fetch_all, param
 from syncd.stores.sqlite.schema import Table, uri
 
 T = TypeVar("T")
@@ -74,7 +74,6 @@ class SqliteReader:
                 raise SourceError(f"SQLite database {self.path} does not exist (source.sqlite.path)")
             self._conn = sqlite3.connect(uri(self.path, "ro"), uri=True, timeout=30,
                                          isolation_level=None, check_same_thread=False)
-            self._conn.text_factory = InvalidText.read  # text that is not UTF-8: a reject
         return self._conn
 
     async def close(self) -> None:
@@ -136,7 +135,7 @@ class SqliteReader:
         sql = f"{self._select(table)}{where} ORDER BY {self._key_sql(table)} LIMIT ?"
 
         def run(conn: sqlite3.Connection) -> tuple[list[Raw], int]:
-            return conn.execute(sql, (*params, rows)).fetchall(), self._head(conn)
+            return fetch_all(conn, sql, (*params, rows)), self._head(conn)
         return await self._call(self._read, run)
 
     async def count(self, table: Table, after: int | None) -> tuple[int, Tail, int]:
@@ -167,7 +166,7 @@ class SqliteReader:
         order = self._key_sql(table)
 
         def run(conn: sqlite3.Connection) -> tuple[list[list[Raw]], Tail]:
-            out = [conn.execute(f"{self._select(table)}{where} ORDER BY {order}", params).fetchall()
+            out = [fetch_all(conn, f"{self._select(table)}{where} ORDER BY {order}", params)
                    for where, params in sqls]
             return out, self._tail(conn, table, after)
         return await self._call(self._read, run)
@@ -179,8 +178,8 @@ class SqliteReader:
         first = conn.execute(f"SELECT min(id) FROM {CHANGELOG}").fetchone()[0]
         if first is None or first > after + 1:  # changes after `after` were pruned already
             return Tail(head, False, frozenset())
-        rows = conn.execute(f"SELECT pk FROM {CHANGELOG} WHERE id > ? AND tbl = ? LIMIT ?",
-                            (after, table.name, TAIL_LIMIT + 1)).fetchall()
+        rows = fetch_all(conn, f"SELECT pk FROM {CHANGELOG} WHERE id > ? AND tbl = ? LIMIT ?",
+                         (after, table.name, TAIL_LIMIT + 1))
         if len(rows) > TAIL_LIMIT:
             return Tail(head, False, frozenset())
         return Tail(head, True, frozenset(decode_key(r[0]) for r in rows))

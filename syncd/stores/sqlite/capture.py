@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,3 +315,20 @@ def param(value: Any) -> tuple[str, Any]:
     if isinstance(value, InvalidText):
         return "CAST(? AS TEXT)", value.raw
     return "?", value
+
+
+def fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """``conn.execute(sql, params).fetchall()``, text that is not UTF-8 read as
+    :class:`InvalidText`. The C decoder (the default ``text_factory``) reads twice as fast as
+    any Python one but raises on such text; then the same query runs again with
+    :meth:`InvalidText.read` (inside a read transaction, it sees the same rows)."""
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "Could not decode to UTF-8" not in str(exc):
+            raise
+    factory, conn.text_factory = conn.text_factory, InvalidText.read
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.text_factory = factory

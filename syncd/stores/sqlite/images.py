@@ -57,8 +57,9 @@ def zero_signs(conn: sqlite3.Connection, table: Table, key: Key, image: dict[str
     marks = [capture.param(v) for v in key]
     names = ["rowid"] if table.synthetic_key else [qi(k) for k in table.pk]
     where = " AND ".join(f"{n} IS {m}" for n, (m, _) in zip(names, marks, strict=True))
-    now = conn.execute(f"SELECT {', '.join(qi(c) for c in zeros)} FROM {qi(table.name)} WHERE {where}",
-                       [p for _, p in marks]).fetchone()
+    found = capture.fetch_all(conn, f"SELECT {', '.join(qi(c) for c in zeros)} FROM {qi(table.name)} "
+                              f"WHERE {where}", [p for _, p in marks])
+    now = found[0] if found else None
     for name, value in zip(zeros, now or (), strict=False):
         if type(value) is float and value == 0.0:
             image[name] = value

@@ -24,7 +24,7 @@ import watchfiles
 
 from syncd.config import SqliteSource as SqliteConfig
 from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
-from syncd.model import START, Batch, InvalidText, Key, Position
+from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending
 from syncd.sql import qi
 from syncd.stores.sqlite import capture, follow, images, rowids
@@ -98,7 +98,6 @@ class SqliteSource:
 
         def setup() -> tuple[sqlite3.Connection, list[Table], int | None]:
             conn = open_connection(config.path)
-            conn.text_factory = InvalidText.read
             try:
                 if check_capture:
                     followed = follow.follow(conn, config)
@@ -146,7 +145,6 @@ class SqliteSource:
         """The file at the path is another one: drop the old, follow the new (its tables keyed
         by rowid are copied again: their references name the old inode)."""
         conn = open_connection(self.path)
-        conn.text_factory = InvalidText.read
         try:
             generation = capture.generation(conn)
             if generation != self.source_id:
@@ -236,7 +234,7 @@ class SqliteSource:
     def _read_chunk(self, table: Table, after: Key | None, rows: int,
                     prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
         sql, params = self._chunk_sql(table, after)
-        batch = self._conn.execute(sql, (*params, rows)).fetchall()
+        batch = capture.fetch_all(self._conn, sql, (*params, rows))
         if not batch:
             return None
         columns = table.target_columns
@@ -288,9 +286,9 @@ class SqliteSource:
             rows = None
             if self._schema_version is None or version == self._schema_version:
                 head = self._head()
-                rows = self._conn.execute(
-                    f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
-                    "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit)).fetchall()
+                rows = capture.fetch_all(
+                    self._conn, f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
+                    "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit))
                 changes = images.decode(self._conn, self.tables, rows)
         finally:
             self._conn.execute("COMMIT")
@@ -394,7 +392,7 @@ class SqliteSource:
     async def run_sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one read query on the worker thread (status, verification)."""
         def run() -> list[tuple[Any, ...]]:
-            return self._conn.execute(sql, params).fetchall()
+            return capture.fetch_all(self._conn, sql, params)
         return await self._call(run)
 
 
