@@ -120,8 +120,11 @@ async def test_negative_zero_keeps_its_sign_on_snapshot_and_stream(
         tmp_path: Path, make_config: Any, pg: asyncpg.Connection) -> None:
     db = tmp_path / "app.sqlite"
     # untyped columns keep a REAL -0.0 as it is (a REAL column stores it as the integer 0)
-    sql(db, "CREATE TABLE m (id INTEGER PRIMARY KEY, d, t); INSERT INTO m VALUES (1, -0.0, -0.0);")
-    cfg = make_config(db, extra='[target.column_types]\n"m.d" = "double precision"\n')
+    # (and so does ANY in a STRICT table)
+    sql(db, "CREATE TABLE m (id INTEGER PRIMARY KEY, d, t); INSERT INTO m VALUES (1, -0.0, -0.0);"
+            "CREATE TABLE s (id INTEGER PRIMARY KEY, a ANY) STRICT; INSERT INTO s VALUES (1, -0.0);")
+    cfg = make_config(db, extra='[target.column_types]\n"m.d" = "double precision"\n'
+                                '"s.a" = "double precision"\n')
     run_syncd("--config", str(cfg), "init")
     run_syncd("--config", str(cfg), "run", "--until-caught-up")  # snapshot
     sql(db, """
@@ -129,11 +132,13 @@ async def test_negative_zero_keeps_its_sign_on_snapshot_and_stream(
         UPDATE m SET d = -0.0, t = -0.0 WHERE id = 4;
         INSERT INTO m VALUES (5, -0.0, -0.0);
         UPDATE m SET d = 0.0 WHERE id = 5;
+        INSERT INTO s VALUES (2, -0.0), (3, 0.0);
     """)
     run_syncd("--config", str(cfg), "run", "--until-caught-up")  # stream
     held = await as_text(pg, "SELECT id, d::text, t FROM m ORDER BY id")
     assert held == {1: ("-0", "-0.0"), 2: ("-0", "-0.0"), 3: ("0", "0.0"), 4: ("-0", "-0.0"),
                     5: ("0", "-0.0")}
+    assert await as_text(pg, "SELECT id, a::text FROM s ORDER BY id") == {1: ("-0",), 2: ("-0",), 3: ("0",)}
     code, report = verify(cfg)
     assert code == 0 and report["ok"], json.dumps(report)[:2000]
 

@@ -41,17 +41,17 @@ def zero_signs(conn: sqlite3.Connection, table: Table, key: Key, image: dict[str
     The trigger prints a REAL with ``printf('%!.20e')``, which drops the sign of ``-0.0``,
     and SQLite's SQL has no other way to see it (``CAST``, ``quote``, ``json_quote`` print
     ``0.0`` too; ``1/x`` is NULL; math functions may be missing from the app's build). Only
-    a column of BLOB affinity (no declared type, or BLOB) keeps a ``-0.0``: REAL affinity
-    stores it as the integer 0, NUMERIC and INTEGER make it 0, TEXT ``'0.0'``. So such a
-    zero is read from the row itself, in the transaction that read the change: if the row
-    still holds a REAL zero there, that one is what the key's last logged image says (its
-    later changes, if any, are logged at or below the head read with this one and come
-    after it), so the end state is exact; an earlier image may carry the later sign for a
-    moment.
+    a column of BLOB affinity (no declared type, or BLOB) or a STRICT table's ``ANY`` column
+    keeps a ``-0.0``: REAL affinity stores it as the integer 0, NUMERIC and INTEGER make it
+    0, TEXT ``'0.0'``. So such a zero is read from the row itself, in the transaction that
+    read the change: if the row still holds a REAL zero there, that one is what the key's
+    last logged image says (its later changes, if any, are logged at or below the head read
+    with this one and come after it), so the end state is exact; an earlier image may carry
+    the later sign for a moment.
     """
     zeros = [c.name for c in table.columns
-             if affinity(c.declared) == "BLOB" and type(image.get(c.name)) is float
-             and image[c.name] == 0.0]
+             if (affinity(c.declared) == "BLOB" or c.declared.strip().upper() == "ANY")
+             and type(image.get(c.name)) is float and image[c.name] == 0.0]
     if not zeros:
         return
     marks = [capture.param(v) for v in key]
