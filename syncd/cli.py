@@ -329,10 +329,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "uninstall":
         return run_async(commands.uninstall(cfg))
     if args.command == "verify":
-        return run_async(commands.verify(cfg, as_json=args.json, tables=args.table,
-                                         collections=args.collection, chunk_rows=args.chunk_rows,
-                                         counts_only=args.counts, sample_size=args.sample_size,
-                                         k=args.k, min_recall=args.min_recall, ef_search=args.ef_search))
+        from syncd.verify.command import verify
+
+        return run_async(verify(cfg, as_json=args.json, tables=args.table, collections=args.collection,
+                                chunk_rows=args.chunk_rows, counts_only=args.counts,
+                                sample_size=args.sample_size, k=args.k, min_recall=args.min_recall,
+                                ef_search=args.ef_search))
     if args.command in ("cutover", "rollback"):
         from syncd.cutover.command import command
 

@@ -15,6 +15,19 @@ Row = Mapping[str, Any]
 """A full row image: column name -> Python value as read from the source."""
 
 
+def jsonb_holds(text: str) -> bool:
+    """Whether PostgreSQL's jsonb holds *text* as a string exactly: no NUL (jsonb refuses
+    ``\\u0000``) and valid UTF-8 (no lone surrogates, which text decoded with
+    ``surrogateescape`` from invalid UTF-8 has)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class InvalidText:
     """A SQLite TEXT value that is not valid UTF-8, as its bytes.

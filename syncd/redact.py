@@ -3,7 +3,7 @@
 Two layers, both applied by :func:`redact`:
 
 1. **Known secrets.** The config registers the password it resolved for the target
-   (:func:`register_secret`, called by :mod:`syncd.stores.postgres.dsn`), in every spelling it can take in
+   (:func:`register_secret`, called by :mod:`syncd.config.dsn`), in every spelling it can take in
    output: as written, percent-encoded, JSON- and libpq-escaped. Any occurrence anywhere
    becomes ``***`` — also in text that is not shaped like a DSN at all.
 2. **Shapes.** Passwords syncd was never told about (a library's message, another DSN):

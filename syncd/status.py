@@ -7,9 +7,16 @@ the health server, metrics, systemd STATUS= and ``syncd status`` only read them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final, Required, TypedDict
 
 from syncd.model import Phase
+
+NOT_STARTED: Final = "not-started"
+"""A stored phase: capture installed, nothing copied yet."""
+NOT_INITIALISED: Final = "not-initialised"
+"""A stored phase: no change capture in the source and no checkpoint (``syncd init`` not run)."""
+UNINSTALLED: Final = "uninstalled"
+"""A stored phase: a checkpoint exists but change capture was removed (``syncd uninstall``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +72,35 @@ class StreamStatus:
             return (f"lag {self.lag_seconds:.1f} s over the limit of {max_lag_seconds:g} s "
                     f"({self.pending or 0:,} changes behind)")
         return None
+
+
+class StreamReport(TypedDict, total=False):
+    """One stream as ``syncd status`` and ``cutover`` read it: the daemon's ``/status``
+    (:meth:`StreamStatus.to_json`), or the same keys read from the stores with the daemon
+    stopped. ``phase`` is a :class:`~syncd.model.Phase` value or one of the stored phases
+    (:data:`NOT_STARTED`, :data:`NOT_INITIALISED`, :data:`UNINSTALLED`)."""
+
+    name: Required[str]
+    phase: Required[str]
+    collection: str
+    table: str
+    source_position: int | None
+    checkpoint: int | None
+    pending: int | None
+    lag_seconds: float | None
+    rejects: int
+    applied: int
+    rows_per_second: float
+    retries: int
+    last_error: str | None
+    degraded: bool
+    snapshot_copied: int | None
+    snapshot_total: int | None
+    snapshot_eta_seconds: float | None
+    snapshot_percent: float | None
+    snapshot_object: str | None
+    snapshot_object_copied: int
+    snapshot_object_total: int | None
+    last_checkpoint_at: float | None
+    updated_at: float
+    daemon: str

@@ -51,8 +51,10 @@ from syncd.cutover.plan import (
 )
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import SyncdError
+from syncd.model import Phase
 from syncd.service import checks
 from syncd.sql import STATE_SCHEMA
+from syncd.status import NOT_STARTED
 from syncd.stores.chroma.topology import server_only
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import state as pgstate
@@ -89,10 +91,11 @@ async def _preflight_cutover(sw: Switch, *, resume: bool, dry_run: bool) -> None
         from syncd.streams.commands import stored_status
 
         stored = await stored_status(cfg)
-        problems += await sw.check_streams(lambda n: n == "sqlite" or n.startswith("chroma:"), stored)
+        problems += await sw.check_streams(lambda n: n == "sqlite" or n.startswith("chroma:"),
+                                           {st["name"]: st.get("lag_seconds") for st in stored})
         problems += [f"stream {st['name']} has not copied its snapshot yet (phase {st['phase']} in "
                      "PostgreSQL's syncd.checkpoints): let `syncd run` finish it" for st in stored
-                     if st["phase"] in ("not-started", "snapshot")
+                     if st["phase"] in (NOT_STARTED, Phase.SNAPSHOT.value)
                      and not any(st["name"] in p for p in problems)]
         if not problems and cfg.cutover.verify != "off":
             problems += await _quick_verify(sw)
@@ -138,7 +141,7 @@ async def _forward_pending(sw: Switch, db: sqlite3.Connection | None) -> str | N
         from syncd.stores.chroma.admin import chroma_stored_status
 
         for s in await chroma_stored_status(sw.cfg, sw.dsn):
-            if s["phase"] in ("not-started", "snapshot"):
+            if s["phase"] in (NOT_STARTED, Phase.SNAPSHOT.value):
                 parts.append(f"{s['name']} ({s['collection']}) has not finished its snapshot")
             elif s["pending"]:
                 parts.append(f"{s['name']} ({s['collection']}) {s['pending']} pending")

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,13 +24,16 @@ from syncd.cutover import appconfig
 from syncd.cutover import state as cutover_state
 from syncd.cutover.state import State
 from syncd.errors import FatalError, SyncdError, redact
+from syncd.model import Phase
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.sqlite.capture import META
 from syncd.stores.sqlite.schema import uri
+from syncd.streams.postgres_to_sqlite import REVERSE_SQLITE_STREAM
 
 log = structlog.get_logger("syncd.cutover")
 
-REVERSE_TABLES_STREAM = "postgres→sqlite"
+REVERSE_TABLES_STREAM = REVERSE_SQLITE_STREAM
+"""The reverse table stream, as cutover and rollback name it."""
 
 
 class CutoverRefused(FatalError):
@@ -250,11 +253,11 @@ class Switch:
         return []
 
     async def check_streams(self, names: Callable[[str], bool],
-                            stored: Sequence[dict[str, Any]] = ()) -> list[str]:
+                            stored_lags: Mapping[str, float | None] | None = None) -> list[str]:
         """The daemon runs the streams *names* selects, all streaming, none lagging over the limit.
 
-        Lag is the larger of the daemon's figure and *stored* (computed from the stores: the
-        oldest change past the checkpoint), which still grows while a batch is stuck.
+        Lag is the larger of the daemon's figure and *stored_lags* (by stream name, computed from
+        the stores: the oldest change past the checkpoint), which still grows while a batch is stuck.
         """
         from syncd.service.identity import ask_daemon
 
@@ -272,9 +275,9 @@ class Switch:
         if not mine:
             problems.append("the daemon runs none of the streams this switch drains")
         limit = self.cfg.cutover.max_lag_seconds
-        lags = {str(s["name"]): s.get("lag_seconds") for s in stored}
+        lags = stored_lags or {}
         for s in mine:
-            if s.get("phase") != "streaming":
+            if s.get("phase") != Phase.STREAMING.value:
                 problems.append(f"stream {s['name']} is in phase {s.get('phase')}, not streaming"
                                 + (f": {s.get('last_error')}" if s.get("last_error") else ""))
             lag = max((x for x in (s.get("lag_seconds"), lags.get(str(s["name"])))

@@ -67,11 +67,11 @@ async def _reverse_pending(sw: Switch) -> str | None:
     return "; ".join(parts) or None
 
 
-async def _reverse_lags(sw: Switch) -> list[dict[str, object]]:
+async def _reverse_lags(sw: Switch) -> dict[str, float]:
     """The reverse table stream's lag from the stores: the oldest change past its checkpoint."""
     has_log = await sw.conn.fetchval("SELECT to_regclass('syncd.changelog') IS NOT NULL")
     if sw.cfg.sqlite is None or not has_log:
-        return []
+        return {}
     db = sqlite3.connect(uri(sw.cfg.sqlite.path, "ro"), uri=True)
     try:
         done = sqlite_checkpoint(db, REVERSE_TABLES_STREAM) or 0
@@ -80,7 +80,7 @@ async def _reverse_lags(sw: Switch) -> list[dict[str, object]]:
     oldest = await sw.conn.fetchval("SELECT min(ts) FROM syncd.changelog WHERE id > $1 AND tbl = ANY($2)",
                                     done, [t for _, t in sw.objects.table_targets])
     lag = 0.0 if oldest is None else max(0.0, time.time() - float(oldest))
-    return [{"name": REVERSE_TABLES_STREAM, "lag_seconds": lag}]
+    return {REVERSE_TABLES_STREAM: lag}
 
 
 async def _preflight_rollback(sw: Switch, *, resume: bool, dry_run: bool) -> None:

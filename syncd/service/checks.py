@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from syncd.config import PG_NAME_BYTES, SqliteSource, Target
+from syncd.config import PG_NAME_BYTES, SqliteConfig, Target
 from syncd.errors import ConfigError, FatalError, SchemaError, SourceError
 from syncd.stores.sqlite.schema import Table, list_tables
 
@@ -178,7 +178,7 @@ def describe_holders(database: Path) -> str:
 # --- what is synced, and under which names --------------------------------------------------
 
 
-def something_to_sync(config: SqliteSource, chosen: Sequence[str]) -> None:
+def something_to_sync(config: SqliteConfig, chosen: Sequence[str]) -> None:
     """Refuse a selection that syncs nothing: an empty database, or every table excluded."""
     if chosen:
         return

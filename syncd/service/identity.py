@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from syncd.config import Config
+from syncd.status import StreamReport
 
 _SECRET_KEYS = {"password", "passfile", "sslpassword"}
 
@@ -64,7 +65,7 @@ class Answer:
 
     where: str | None
     """``host:port`` asked, None when the health server is off."""
-    streams: list[dict[str, Any]] | None = None
+    streams: list[StreamReport] | None = None
     """The daemon's streams, when it is this config's daemon."""
     foreign: str | None = None
     """Why the daemon that answered is not believed, when one answered and is not ours."""

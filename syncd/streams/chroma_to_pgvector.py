@@ -29,7 +29,7 @@ from syncd.stores.chroma.remote import RemoteCollectionSource, RemoteTopology
 from syncd.stores.chroma.server import find_openers
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, server_only, wanted
-from syncd.stores.pgvector.plan import parse_columns
+from syncd.stores.pgvector.mapping import parse_columns
 from syncd.stores.pgvector.remote_sink import open_remote_sink
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name

@@ -12,11 +12,12 @@ from typing import Any
 
 import structlog
 
-from syncd import exitcodes
 from syncd.config import Config, exposed
 from syncd.cutover import fence
 from syncd.errors import ConfigError, FatalError, SourceUnavailable, SyncdError
+from syncd.model import START, Phase
 from syncd.service import checks
+from syncd.status import NOT_INITIALISED, NOT_STARTED, UNINSTALLED, StreamReport
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, connect
@@ -167,11 +168,11 @@ def capture_state(path: Any) -> str:
     return "installed" if found else "absent"
 
 
-async def stored_status(cfg: Config) -> list[dict[str, Any]]:
+async def stored_status(cfg: Config) -> list[StreamReport]:
     """Per-stream status from the stores themselves (works with the daemon stopped)."""
     dsn = await supervisor.target_dsn(cfg)
-    out: list[dict[str, Any]] = []
-    chroma: list[dict[str, Any]] = []
+    out: list[StreamReport] = []
+    chroma: list[StreamReport] = []
     if cfg.chroma is not None:
         from syncd.stores.chroma.admin import chroma_stored_status
 
@@ -188,7 +189,7 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
     finally:
         await close_quietly(conn)
     if await asyncio.to_thread(capture_state, cfg.sqlite.path) == "absent":
-        state = "uninstalled" if checkpoint is not None else "not-initialised"
+        state = UNINSTALLED if checkpoint is not None else NOT_INITIALISED
         return [{"name": supervisor.SQLITE_STREAM, "phase": state, "source_position": None,
                  "checkpoint": checkpoint.position.offset if checkpoint else None, "pending": None,
                  "lag_seconds": None, "rejects": rejects, "snapshot_copied": None,
@@ -196,20 +197,18 @@ async def stored_status(cfg: Config) -> list[dict[str, Any]]:
     source = await SqliteSource.open(cfg.sqlite, check_capture=False)
     try:
         position = checkpoint.position if checkpoint else None
-        from syncd.model import START
-
         pending = await source.pending(position or START)
     finally:
         await source.close()
     snap = checkpoint.snapshot if checkpoint else None
     if checkpoint is None:
-        phase = "not-started"
+        phase = NOT_STARTED
     elif snap is not None and not snap.complete:
-        phase = "snapshot"
+        phase = Phase.SNAPSHOT.value
     elif pending.count:
-        phase = "catch-up"
+        phase = Phase.CATCH_UP.value
     else:
-        phase = "streaming"
+        phase = Phase.STREAMING.value
     lag = 0.0 if not pending.count or pending.oldest_committed_at is None \
         else max(0.0, time.time() - pending.oldest_committed_at)
     out.append({
@@ -238,10 +237,23 @@ async def switch_state(cfg: Config) -> dict[str, Any]:
     return {"direction": state.direction, "operation": state.operation, "step": state.step}
 
 
+async def refused_constraints(cfg: Config) -> list[dict[str, Any]]:
+    """The indexes and keys PostgreSQL refused (``syncd.refused_constraints``), JSON-ready."""
+    from syncd.stores.postgres import constraints
+
+    conn = await connect(cfg.target, await supervisor.target_dsn(cfg))
+    try:
+        rows = await constraints.recorded(conn)
+    finally:
+        await close_quietly(conn)
+    return [{k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in r.items()} for r in rows]
+
+
 async def status(cfg: Config, *, as_json: bool) -> int:
     from syncd.service.identity import ask_daemon
 
     switch = await switch_state(cfg)
+    refused = await refused_constraints(cfg)
     answer = await asyncio.to_thread(ask_daemon, cfg)
     streams = answer.streams
     asked = streams is not None
@@ -260,13 +272,13 @@ async def status(cfg: Config, *, as_json: bool) -> int:
     if as_json:
         daemon = answer.foreign or daemon_note(cfg, asked)
         print(json.dumps({"switch": switch, "streams": streams, "daemon": daemon,
-                          "chroma_error": chroma_down}, indent=2))
+                          "chroma_error": chroma_down, "refused": refused}, indent=2))
         return 0
     from syncd.files.commands import status_line
     from syncd.streams.status_report import render
 
     lines = render(cfg, switch, streams, daemon=answer.foreign or daemon_note(cfg, asked),
-                   chroma_error=chroma_down)
+                   chroma_error=chroma_down, refused=refused)
     if cfg.target.embedded:
         dsn = await supervisor.target_dsn(cfg)
         lines.append(f"target: the embedded PostgreSQL, {dsn} (`syncd embedded dsn` prints the psql "
@@ -353,60 +365,4 @@ async def accept_rejects(cfg: Config, ids: list[int], *, reason: str) -> int:
     return 0
 
 
-async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collections: list[str] | None,
-                 chunk_rows: int | None, counts_only: bool, sample_size: int | None = None, k: int = 10,
-                 min_recall: float = 0.9, ef_search: int | None = None) -> int:
-    """Compare the stores; print a summary (or JSON); exit 0 only when everything matches."""
-    import sys
-
-    from syncd.verify import run as verify_mod
-    from syncd.verify.report import EXIT_QUARANTINED, render
-
-    if chunk_rows is not None and chunk_rows < 2:
-        raise ConfigError("--chunk-rows: must be at least 2")
-    if sample_size is not None and sample_size < 0:
-        raise ConfigError("--sample-size: must be 0 (no search parity) or more")
-    if k < 1:
-        raise ConfigError("--k: must be at least 1")
-    if not 0.0 <= min_recall <= 1.0:
-        raise ConfigError("--min-recall: must be between 0 and 1")
-    if ef_search is not None and not 1 <= ef_search <= 1000:
-        raise ConfigError("--ef-search: must be between 1 and 1000 (pgvector's range)")
-    assert exitcodes.QUARANTINED == EXIT_QUARANTINED
-    options = verify_mod.TableOptions(chunk_rows=chunk_rows or 5000)
-    coll_options = verify_mod.CollectionOptions(sample_size=sample_size, k=k, min_recall=min_recall,
-                                                ef_search=ef_search)
-    dsn = await supervisor.target_dsn(cfg)
-    report = await verify_mod.verify(cfg, dsn, mode="counts" if counts_only else "full", tables=tables,
-                                     collections=collections, options=options, progress_to=sys.stderr,
-                                     collection_options=coll_options)
-    if any(c.rejected for c in report.checks):
-        await _mark_rejects(cfg, dsn, report)
-    if as_json:
-        print(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))
-    else:
-        print("\n".join(render(report)))
-    return report.exit_code
-
-
-async def _mark_rejects(cfg: Config, dsn: str, report: Any) -> None:
-    """Give verify's rejected rows their ``syncd.rejects`` id, and mark those an operator accepted."""
-    import dataclasses
-
-    from syncd.streams import rejects as rejects_mod
-
-    conn = await connect(cfg.target, dsn)
-    try:
-        known = await rejects_mod.unresolved(conn)
-    finally:
-        await close_quietly(conn)
-    for c in report.checks:
-        marked = []
-        for r in c.rejected:
-            found = known.get((c.name, rejects_mod.norm_key(r.key))) if r.recorded else None
-            marked.append(dataclasses.replace(r, reject_id=found[0], accepted=found[1]) if found else r)
-        c.rejected = marked
-        c.decide()
-
-
-__all__ = ["asyncio", "init", "rejects", "run", "status", "stored_status", "uninstall", "verify"]
+__all__ = ["asyncio", "init", "rejects", "run", "status", "stored_status", "uninstall"]

@@ -33,8 +33,9 @@ from syncd.service.health import Liveness
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.records import CollectionInfo
-from syncd.stores.chroma.sink import ChromaSink, ChromaWriter
+from syncd.stores.chroma.sink import ChromaSink
 from syncd.stores.chroma.topology import Topology, wanted
+from syncd.stores.chroma.writer import ChromaWriter
 from syncd.stores.pgvector.plan import VectorTable, plan
 from syncd.stores.pgvector.source import PgvectorSource
 from syncd.stores.pgvector.table import existing_columns

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 
-from syncd.config import Config
-from syncd.config import SqliteSource as SqliteConfig
+from syncd.config import Config, SqliteConfig
 from syncd.model import Phase, Position
 from syncd.ports import Sink
 from syncd.service.health import Liveness
+from syncd.status import NOT_STARTED, StreamReport
 from syncd.stores.postgres import capture as pg_capture
 from syncd.stores.postgres import changelog
 from syncd.stores.postgres.connect import close_quietly, connect
@@ -105,7 +105,7 @@ async def _table_names(config: Config, sqlite_config: SqliteConfig) -> list[str]
     return [config.target.table_for(t.name) for t in tables]
 
 
-async def stored_status(config: Config, dsn: str) -> list[dict[str, object]]:
+async def stored_status(config: Config, dsn: str) -> list[StreamReport]:
     """The reverse table stream's status from the stores (the daemon stopped): checkpoint in
     SQLite, pending changes and their age in PostgreSQL's changelog, open rejects in SQLite."""
     import sqlite3
@@ -141,7 +141,7 @@ async def stored_status(config: Config, dsn: str) -> list[dict[str, object]]:
     finally:
         await close_quietly(conn)
     lag = 0.0 if not count or oldest is None else max(0.0, time.time() - float(oldest))
-    phase = Phase.STREAMING.value if checkpoint is not None else "not-started"
+    phase = Phase.STREAMING.value if checkpoint is not None else NOT_STARTED
     return [{"name": REVERSE_SQLITE_STREAM, "phase": phase,
              "source_position": head, "checkpoint": checkpoint, "pending": count,
              "lag_seconds": round(lag, 3), "rejects": rejects, "snapshot_copied": None,

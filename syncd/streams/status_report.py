@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from syncd.config import Config
+from syncd.model import Phase
+from syncd.status import NOT_INITIALISED, NOT_STARTED, UNINSTALLED, StreamReport
 
 
 def _stores(cfg: Config) -> str:
@@ -32,22 +34,22 @@ def _count(n: Any) -> str:
     return f"{n:,}" if isinstance(n, int) else "?"
 
 
-def stream_line(cfg: Config, s: Mapping[str, Any]) -> str:
+def stream_line(cfg: Config, s: StreamReport) -> str:
     name = str(s.get("name"))
     if s.get("collection"):
         name += f" (collection {s['collection']} → {s.get('table', '?')})"
     phase = str(s.get("phase"))
     path = cfg.sqlite.path if cfg.sqlite else "the SQLite file"
-    if phase == "not-initialised":
+    if phase == NOT_INITIALISED:
         return f"{name}: not initialised — no change capture in {path}: run `syncd init`"
-    if phase == "uninstalled":
+    if phase == UNINSTALLED:
         return (f"{name}: uninstalled — change capture was removed from {path} (`syncd uninstall`); "
                 "run `syncd init` to install it again, then `syncd run`")
-    if phase == "not-started":
+    if phase == NOT_STARTED:
         return f"{name}: not started — nothing copied yet: run `syncd run`"
     parts: list[str] = []
     checkpoint, head, pending = s.get("checkpoint"), s.get("source_position"), s.get("pending")
-    if phase == "snapshot":
+    if phase == Phase.SNAPSHOT.value:
         copied = s.get("snapshot_copied")
         pct = s.get("snapshot_percent")
         parts.append(f"copying: {_count(copied)} rows copied"
@@ -65,16 +67,30 @@ def stream_line(cfg: Config, s: Mapping[str, Any]) -> str:
         parts.append(f"last error: {s['last_error']}")
     rejects = s.get("rejects") or 0
     parts.append(f"{rejects:,} rejects (`syncd rejects`)" if rejects else "no rejects")
-    if phase == "streaming" and not pending:
+    if phase == Phase.STREAMING.value and not pending:
         phase = "streaming, caught up"
     return f"{name}: {phase} — " + ", ".join(parts)
 
 
-def render(cfg: Config, switch: Mapping[str, Any], streams: Sequence[Mapping[str, Any]], *, daemon: str,
-           chroma_error: str | None = None) -> list[str]:
+def refused_lines(refused: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The indexes and keys PostgreSQL refused: the schema in PostgreSQL is not complete."""
+    if not refused:
+        return []
+    n = len(refused)
+    lines = [f"schema: PostgreSQL refused {n} index{'es' if n != 1 else ''} or key{'s' if n != 1 else ''} "
+             "of the SQLite schema (the rows stream on regardless; syncd tries again at each start; "
+             "syncd.refused_constraints):"]
+    lines += [f"  {r['object']}: {r['kind']} {r['name']} refused ({r['attempts']}×): {r['error']}; "
+              f"{r['todo']}" for r in refused]
+    return lines
+
+
+def render(cfg: Config, switch: Mapping[str, Any], streams: Sequence[StreamReport], *, daemon: str,
+           chroma_error: str | None = None, refused: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     lines = app_line(cfg, switch)
     lines.append(f"daemon: {daemon}")
     lines += [stream_line(cfg, s) for s in streams]
+    lines += refused_lines(refused)
     if chroma_error:
         lines.append(f"chroma: {chroma_error}")
     elif cfg.chroma is not None and not any(str(s.get("name", "")).startswith(("chroma", "pgvector"))
@@ -85,4 +101,4 @@ def render(cfg: Config, switch: Mapping[str, Any], streams: Sequence[Mapping[str
     return lines
 
 
-__all__ = ["app_line", "render", "stream_line"]
+__all__ = ["app_line", "refused_lines", "render", "stream_line"]

@@ -28,7 +28,8 @@ from decimal import Decimal
 from typing import Any
 
 from syncd.model import InvalidText
-from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY
+from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY, OutOfRange
+from syncd.verify.calendar import DAY, PG_DAYS, clock, day_text, days_from_civil, month_days
 from syncd.verify.canon import CanonError, _md5_hex, _numeric_text, jsonb_text
 
 
@@ -45,10 +46,11 @@ _SPECIAL = {"nan": "NaN", "infinity": "Infinity", "+infinity": "Infinity", "-inf
 _DATETIME = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
                        r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?)?\s*")
 _TIME = re.compile(r"\s*(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?\s*")
+_RAILS_TIME = re.compile(r"\s*2000-01-01[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?\s*")
+"""A time of day on Rails' dummy date (what ActiveRecord's sqlite3 adapter writes)."""
 _UUID = re.compile(r"\s*\{?([0-9a-fA-F]{8})-?([0-9a-fA-F]{4})-?([0-9a-fA-F]{4})-?([0-9a-fA-F]{4})-?"
                    r"([0-9a-fA-F]{12})\}?\s*")
 _TRUE, _FALSE = {"1", "true", "t", "yes", "y", "on"}, {"0", "false", "f", "no", "n", "off"}
-_UNIX = dt.datetime(1970, 1, 1)
 
 
 def _short(v: Any) -> str:
@@ -198,30 +200,31 @@ def _frac(digits: str | None, limit: int, v: Any, pg_type: str) -> int:
     return micro
 
 
-def _instant(v: Any, limit: int, pg_type: str) -> dt.datetime:
-    """The UTC (or wall-clock, without offset) instant a SQLite date/time value means."""
+def _instant(v: Any, limit: int, pg_type: str) -> int:
+    """Microseconds since 1970-01-01 of the UTC (or wall-clock, without offset) instant a
+    SQLite date/time value means."""
     if type(v) in (int, float):
         if v - v != 0:
             raise _unfit(v, pg_type)
         micros = int((Decimal(v) * (1000 if abs(v) > 1e11 else 1_000_000)).to_integral_value(
             rounding=decimal.ROUND_HALF_EVEN))
-        try:
-            return _UNIX + dt.timedelta(microseconds=micros)
-        except OverflowError as exc:
-            raise _unfit(v, pg_type, "out of range") from exc
-    m = _DATETIME.fullmatch(v) if type(v) is str else None
-    if m is None:
-        raise _unfit(v, pg_type)
-    y, mo, d, h, mi, s, frac, off = m.groups()
-    try:
-        value = dt.datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0),
-                            _frac(frac, limit, v, pg_type))
+    else:
+        m = _DATETIME.fullmatch(v) if type(v) is str else None
+        if m is None:
+            raise _unfit(v, pg_type)
+        y, mo, d, h, mi, s, frac, off = m.groups()
+        year, month, day, hour, minute, second = (int(x or 0) for x in (y, mo, d, h, mi, s))
+        if not (year >= 1 and 1 <= month <= 12 and 1 <= day <= month_days(year, month)
+                and hour < 24 and minute < 60 and second < 60):
+            raise _unfit(v, pg_type, "not a valid date/time")
+        micros = (days_from_civil(year, month, day) * DAY + ((hour * 60 + minute) * 60 + second) * 1_000_000
+                  + _frac(frac, limit, v, pg_type))
         if off and off not in "Zz":
             minutes = int(off[1:3]) * 60 + int(off[3:].lstrip(":") or 0)
-            value -= dt.timedelta(minutes=minutes if off[0] == "+" else -minutes)
-    except (ValueError, OverflowError) as exc:
-        raise _unfit(v, pg_type) from exc
-    return value
+            micros -= (minutes if off[0] == "+" else -minutes) * 60_000_000
+    if micros // DAY not in PG_DAYS:
+        raise _unfit(v, pg_type, "out of range")
+    return micros
 
 
 def _infinite(v: Any) -> str | None:
@@ -230,18 +233,14 @@ def _infinite(v: Any) -> str | None:
     return None
 
 
-def _clock(value: dt.datetime | dt.time) -> str:
-    frac = f".{value.microsecond:06d}".rstrip("0") if value.microsecond else ""
-    return f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}{frac}"
-
-
 def _timestamp(limit: int, zone: bool, pg_type: str) -> Part:
     def part(v: Any) -> str:
         inf = _infinite(v)
         if inf is not None:
             return inf
-        t = _instant(v, limit, pg_type)
-        return f"{t.year:04d}-{t.month:02d}-{t.day:02d} {_clock(t)}{'+00' if zone else ''}"
+        days, micros = divmod(_instant(v, limit, pg_type), DAY)
+        date, era = day_text(days)
+        return f"{date} {clock(micros)}{'+00' if zone else ''}{era}"
     return part
 
 
@@ -249,22 +248,24 @@ def _date(v: Any) -> str:
     inf = _infinite(v)
     if inf is not None:
         return inf
-    t = _instant(v, 6, "date")
-    if t.time() != dt.time(0):
+    days, micros = divmod(_instant(v, 6, "date"), DAY)
+    if micros:
         raise _unfit(v, "date", "has a time of day")
-    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}"
+    date, era = day_text(days)
+    return date + era
 
 
 def _time(limit: int, pg_type: str) -> Part:
     def part(v: Any) -> str:
-        m = _TIME.fullmatch(v) if type(v) is str else None
+        m = (_TIME.fullmatch(v) or _RAILS_TIME.fullmatch(v)) if type(v) is str else None
         if m is None:
             raise _unfit(v, pg_type)
         h, mi, s, frac = m.groups()
         try:
-            return _clock(dt.time(int(h), int(mi), int(s or 0), _frac(frac, limit, v, pg_type)))
+            t = dt.time(int(h), int(mi), int(s or 0), _frac(frac, limit, v, pg_type))
         except ValueError as exc:
             raise _unfit(v, pg_type) from exc
+        return clock(((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.microsecond)
     return part
 
 
@@ -304,26 +305,42 @@ def _other(v: Any) -> str:
 
 # --- keys: a Python value for the range predicates, from the part ------------------------------
 
+_PART = re.compile(r"(\d{4,})-(\d\d)-(\d\d)(?: (\d\d):(\d\d):(\d\d)(?:\.(\d+))?)?(\+00)?( BC)?")
+_PG_EPOCH_DAYS = 10_957
+"""2000-01-01 in days since 1970-01-01."""
+
+
+def _part_value(p: str, kind: str) -> Any:
+    """A date/timestamp part as the value the connection's codecs write: a date or datetime,
+    an infinity, or, outside Python's years 1-9999, the exact :class:`OutOfRange`."""
+    if p in ("infinity", "-infinity"):
+        return INFINITY if p == "infinity" else MINUS_INFINITY
+    m = _PART.fullmatch(p)
+    if m is None:
+        raise ValueError(f"not a {kind} part: {p!r}")
+    y, mo, d, h, mi, s, frac, _zone, bc = m.groups()
+    year = 1 - int(y) if bc else int(y)
+    days = days_from_civil(year, int(mo), int(d))
+    if kind == "date":
+        return dt.date(year, int(mo), int(d)) if 1 <= year <= 9999 \
+            else OutOfRange("date", days - _PG_EPOCH_DAYS)
+    micros = (((int(h) * 60 + int(mi)) * 60 + int(s)) * 1_000_000 + int(((frac or "") + "000000")[:6]))
+    if not 1 <= year <= 9999:
+        return OutOfRange(kind, (days - _PG_EPOCH_DAYS) * DAY + micros)
+    value = dt.datetime(year, int(mo), int(d)) + dt.timedelta(microseconds=micros)
+    return value.replace(tzinfo=dt.UTC) if kind == "timestamptz" else value
+
+
 def _key_value(kind: str) -> Callable[[str], Any]:
-    def from_date(p: str) -> Any:
-        if p in ("infinity", "-infinity"):
-            return INFINITY if p == "infinity" else MINUS_INFINITY
-        return dt.date.fromisoformat(p)
-
-    def from_ts(p: str) -> Any:
-        if p in ("infinity", "-infinity"):
-            return INFINITY if p == "infinity" else MINUS_INFINITY
-        if p.endswith("+00"):
-            return dt.datetime.fromisoformat(p[:-3]).replace(tzinfo=dt.UTC)
-        return dt.datetime.fromisoformat(p)
-
     table: dict[str, Callable[[str], Any]] = {
         "int8": int, "int4": int, "int2": int, "numeric": Decimal,
         "float8": lambda p: struct.unpack(">d", bytes.fromhex(p))[0],
         "float4": lambda p: struct.unpack(">f", bytes.fromhex(p))[0],
         "bytea": bytes.fromhex, "bool": lambda p: p == "true", "uuid": uuid.UUID,
-        "date": from_date, "timestamp": from_ts, "timestamptz": from_ts, "time": dt.time.fromisoformat,
+        "time": dt.time.fromisoformat,
     }
+    if kind in ("date", "timestamp", "timestamptz"):
+        return lambda p: _part_value(p, kind)
     return table.get(kind, lambda p: p.split(":", 1)[1])
 
 

@@ -100,6 +100,9 @@ class CheckResult:
     """The scan stopped at the suspect limit: the rest of the table was not compared."""
     problems: list[str] = field(default_factory=list)
     """Persistent problems of the check as a whole (a dimension mismatch, recall below the threshold)."""
+    warnings: list[str] = field(default_factory=list)
+    """What the rows' verdict does not cover: indexes and keys of the SQLite schema that PostgreSQL
+    lacks (:mod:`syncd.verify.schema`). Shown; the status and exit code stay the rows'."""
     search: dict[str, Any] | None = None
     """Search parity numbers (kind ``search``): recalls, latencies, the settings used."""
     detail: str = ""
@@ -195,6 +198,8 @@ def _summary(c: CheckResult) -> str:
         parts.append(f"{unrecorded:,} unwritable, not in syncd.rejects")
     if c.unsettled:
         parts.append(f"{len(c.unsettled):,} still changing, not verified")
+    if c.warnings:
+        parts.append(f"{len(c.warnings):,} schema warning{'s' if len(c.warnings) != 1 else ''}")
     if c.detail:
         parts.append(c.detail)
     return ", ".join(parts)
@@ -216,11 +221,12 @@ def render(report: Report) -> list[str]:
             ("still changing", [json.dumps(k, default=str) for k in c.unsettled]),
             ("rounded as chosen in [target.column_types] (not differences)",
              [r.describe() for r in c.rounded]),
+            ("schema warnings (the rows are compared all the same)", c.warnings),
         )
         for title, items in sections:
             if not items:
                 continue
-            keyed = f" (key: {', '.join(c.key_columns)})" if c.key_columns else ""
+            keyed = f" (key: {', '.join(c.key_columns)})" if c.key_columns and items is not c.warnings else ""
             lines.append(f"{c.name}: {title}{keyed}:")
             lines += [f"  {item}" for item in items[:SHOWN]]
             if len(items) > SHOWN:
@@ -244,6 +250,10 @@ def render(report: Report) -> list[str]:
         verdict = "not verified: rows kept changing; run again"
     else:
         verdict = "not verified: nothing that was asked for could be checked"
+    missing = sum(len(c.warnings) for c in report.checks)
+    if missing:
+        verdict += (f"; the schema is not complete: {missing:,} index{'es' if missing != 1 else ''} or "
+                    f"key{'s' if missing != 1 else ''} missing in PostgreSQL (schema warnings above)")
     lines.append(f"{verdict} ({report.mode} verify, {report.seconds:.1f} s)")
     return lines
 

@@ -41,6 +41,7 @@ from syncd.verify.collection_setup import ChromaVerify
 from syncd.verify.collections import CollectionOptions
 from syncd.verify.report import ERROR, SKIPPED, CheckResult, Report
 from syncd.verify.rows import Stall, TableContext, TableOptions
+from syncd.verify.schema import schema_warnings
 from syncd.verify.sqlite import SqliteReader
 from syncd.verify.tables import TableCheck
 
@@ -232,6 +233,7 @@ async def verify(cfg: Config, dsn: str, *, mode: str = "full", tables: Sequence[
     checks: list[Check | CheckResult] = []
     reader: SqliteReader | None = None
     conn: asyncpg.Connection | None = None
+    warnings: dict[str, list[str]] = {}
     try:
         if cfg.sqlite is not None and not (collections and not tables):
             chosen = _choose(discover_tables(cfg), tables)
@@ -239,6 +241,7 @@ async def verify(cfg: Config, dsn: str, *, mode: str = "full", tables: Sequence[
             conn = await connect(cfg.target, dsn)
             await _session(conn)
             checks += await _table_checks(cfg, conn, reader, chosen, options, progress)
+            warnings = await schema_warnings(conn, cfg.target, SQLITE_STREAM, chosen)
         elif tables:
             raise ConfigError("--table: no [source.sqlite] is configured")
         if cfg.chroma is not None and not (tables and not collections):
@@ -247,7 +250,10 @@ async def verify(cfg: Config, dsn: str, *, mode: str = "full", tables: Sequence[
         elif collections:
             raise ConfigError("--collection: no [source.chroma] is configured")
         for check in checks:
-            report.checks.append(await _run(check, mode, progress, reader))
+            result = await _run(check, mode, progress, reader)
+            if result.kind == "table":
+                result.warnings += warnings.get(result.name, [])
+            report.checks.append(result)
     finally:
         progress.clear()
         if reader is not None:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import asyncpg
 import pytest
 
-from syncd.config import SqliteSource
+from syncd.config import SqliteConfig
 from syncd.model import Batch, Change, Op, Position
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.sqlite.sink import SqliteSink
@@ -61,7 +61,7 @@ async def test_sqlite_checkpoint_of_a_superseded_owner_is_refused(tmp_path: Path
     db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
     db.commit()
     stream = "postgres→sqlite"
-    config = SqliteSource(path=path)
+    config = SqliteConfig(path=path)
     setup = await SqliteSink.open(config)
     await setup.set_checkpoint(stream, Position(0))
     await setup.close()

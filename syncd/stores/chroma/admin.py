@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import asyncpg
 
 from syncd.config import Config
 from syncd.model import START, Phase
 from syncd.sql import STATE_SCHEMA, qi
+from syncd.status import NOT_STARTED, StreamReport
 from syncd.stores.chroma import retention as chroma_retention
 from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.records import CollectionInfo
@@ -133,7 +133,7 @@ async def uninstall_chroma(config: Config) -> list[str]:
     return [f"chroma: {what} in {chroma_log.path}"]
 
 
-async def chroma_stored_status(config: Config, dsn: str) -> list[dict[str, Any]]:
+async def chroma_stored_status(config: Config, dsn: str) -> list[StreamReport]:
     """Per-collection status from the stores (works with the daemon stopped)."""
     assert config.chroma is not None
     conn = await connect(config.target, dsn)
@@ -151,7 +151,7 @@ async def chroma_stored_status(config: Config, dsn: str) -> list[dict[str, Any]]
                 WHERE c.deleted_at IS NULL ORDER BY c.name""")
     finally:
         await close_quietly(conn)
-    out: list[dict[str, Any]] = []
+    out: list[StreamReport] = []
     chroma_log = await ChromaLog.open(config.chroma.path) if config.chroma.path else None
     try:
         catalog = {c.id: c for c in await chroma_log.catalog(config.chroma.tenant, config.chroma.database)} \
@@ -177,7 +177,7 @@ async def chroma_stored_status(config: Config, dsn: str) -> list[dict[str, Any]]
 
 def _phase(position: int | None, snapshot: str | None, pending: int) -> str:
     if position is None:
-        return "not-started"
+        return NOT_STARTED
     if snapshot and not json.loads(snapshot).get("complete"):
         return Phase.SNAPSHOT.value
     return Phase.CATCH_UP.value if pending else Phase.STREAMING.value

@@ -37,7 +37,7 @@ from syncd.errors import SourceError, SourceUnavailable
 from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
 from syncd.stores.chroma.records import SPACES, CollectionInfo, Hnsw, Vector
-from syncd.stores.chroma.server import GET_BATCH, ChromaServer, _as_float32
+from syncd.stores.chroma.server import GET_BATCH, ChromaServer, as_float32
 from syncd.stores.chroma.source import COLUMNS
 
 log = structlog.get_logger("syncd.source.chroma")
@@ -100,7 +100,7 @@ class RemoteServer(ChromaServer):
     def _items(self, got: Mapping[str, Any]) -> list[RemoteItem]:
         embeddings = got["embeddings"] if got["embeddings"] is not None else [None] * len(got["ids"])
         rows = zip(got["ids"], embeddings, got["documents"], got["metadatas"], strict=True)
-        return [RemoteItem(str(i), None if e is None else _as_float32(e), d, dict(m or {}))
+        return [RemoteItem(str(i), None if e is None else as_float32(e), d, dict(m or {}))
                 for i, e, d, m in rows]
 
     def _page(self, cid: str, offset: int, limit: int) -> list[RemoteItem]:

@@ -147,7 +147,7 @@ class ChromaServer:
         for i in range(0, len(ids), GET_BATCH):
             got = col.get(ids=list(ids[i:i + GET_BATCH]), include=["embeddings"])
             for item_id, emb in zip(got["ids"], got["embeddings"], strict=True):
-                out[item_id] = None if emb is None else _as_float32(emb)
+                out[item_id] = None if emb is None else as_float32(emb)
         return out
 
     async def get_vectors(self, collection_id: str, ids: Sequence[str]) -> dict[str, Vector | None]:
@@ -155,7 +155,7 @@ class ChromaServer:
         return await self.call(self._get_vectors, collection_id, list(ids))
 
 
-def _as_float32(values: Any) -> Vector:
+def as_float32(values: Any) -> Vector:
     arr = np.asarray(values)
     if arr.dtype == object:  # Chroma returns null for components it cannot represent
         arr = np.array([np.nan if v is None else v for v in arr], dtype=np.float32)

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +45,6 @@ from syncd.errors import (
     FatalError,
     RowError,
     SourceUnavailable,
-    StrictModeStop,
     SyncdError,
 )
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
@@ -63,7 +60,7 @@ from syncd.stores.chroma.echo import (
 )
 from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.records import OP_DELETE, OP_UPSERT, CollectionInfo, Item
-from syncd.stores.chroma.server import ServerAddress
+from syncd.stores.chroma.writer import ChromaWriter, Write, is_unavailable
 from syncd.stores.pgvector.plan import VectorTable, raw_image
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import close_quietly, guarded, transaction
@@ -81,92 +78,7 @@ async def set_checkpoint(conn: asyncpg.Connection, stream: str, position: Positi
     await pgstate.save_checkpoint(conn, stream, position, None)
 
 
-# --- the client -------------------------------------------------------------------------------
-
-class ChromaWriter:
-    """Writes through chromadb's ``HttpClient`` (as :class:`~syncd.stores.chroma.server.ChromaServer`
-    reads), blocking calls on one thread of its own."""
-
-    def __init__(self, url: str, tenant: str, database: str) -> None:
-        self.address = ServerAddress.parse(url)
-        self.tenant = tenant
-        self.database = database
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-chroma-write")
-        self._client: Any = None
-        self._collections: dict[str, Any] = {}
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    def _connect(self) -> None:
-        import chromadb
-        from chromadb.config import Settings
-
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        self._client = chromadb.HttpClient(
-            host=self.address.host, port=self.address.port, ssl=self.address.ssl, tenant=self.tenant,
-            database=self.database, settings=Settings(anonymized_telemetry=False))
-        self._client.heartbeat()
-
-    async def connect(self) -> None:
-        try:
-            await self.call(self._connect)
-        except Exception as exc:
-            raise SourceUnavailable(f"connecting to the Chroma server {self.address}: {exc}") from exc
-
-    async def close(self) -> None:
-        self._executor.shutdown(wait=False)
-
-    def heartbeat(self) -> None:
-        self._client.heartbeat()
-
-    def collection(self, collection_id: str) -> Any:
-        col = self._collections.get(collection_id)
-        if col is None:
-            self._collections = {str(c.id): c for c in self._client.list_collections()}
-            col = self._collections.get(collection_id)
-            if col is None:
-                raise FatalError(f"Chroma collection {collection_id} no longer exists on {self.address}; "
-                                 "its reverse stream cannot go on")
-        return col
-
-    def delete(self, collection_id: str, ids: list[str]) -> None:
-        self.collection(collection_id).delete(ids=ids)
-
-    def upsert(self, collection_id: str, writes: list[Write]) -> None:
-        kw: dict[str, Any] = {"ids": [w.id for w in writes],
-                              "embeddings": np.stack([w.vector for w in writes])}
-        if writes[0].metadata is not None:
-            kw["metadatas"] = [w.metadata for w in writes]
-        if writes[0].document is not None:
-            kw["documents"] = [w.document for w in writes]
-        self.collection(collection_id).upsert(**kw)
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    module = type(exc).__module__
-    if module.startswith(("httpx", "httpcore")) or isinstance(exc, OSError | TimeoutError):
-        return True
-    code = getattr(exc, "code", None)
-    status = code() if callable(code) else None
-    return isinstance(status, int) and status >= 500
-
-
 # --- planning a batch ---------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class Write:
-    """One upsert: the metadata sets the row's keys and removes (None) the ones it lost."""
-
-    id: str
-    vector: np.ndarray
-    document: str | None
-    metadata: dict[str, Any] | None
-    change: Change
-    digest: str = ""
-
 
 @dataclass(slots=True)
 class Plan:
@@ -318,11 +230,7 @@ class ChromaSink:
                                           [[i] for i in self._written_ids(plan, failed)])
             await pgstate.insert_rejects(self.conn, stream, rejects)
             await pgstate.save_checkpoint(self.conn, stream, batch.position, None)
-        if rejects:
-            for r in rejects:
-                log.warning("item rejected", collection=r.object, id=r.key[0], error=r.error)
-            if self.on_reject:
-                self.on_reject(len(rejects))
+        pgstate.report_rejects(rejects, self.on_reject, items=True)
         written = len(echoes) - len(failed)
         return ApplyResult(applied=written + plan.unchanged, rejected=len(rejects))
 
@@ -432,7 +340,7 @@ class ChromaSink:
         except SyncdError:
             raise
         except Exception as exc:
-            if _is_unavailable(exc):
+            if is_unavailable(exc):
                 raise SourceUnavailable(f"writing to Chroma at {self.writer.address}: {exc}") from exc
             if len(changes) == 1:
                 failed.append((changes[0], f"Chroma refused the item: {type(exc).__name__}: {exc}"))
@@ -450,8 +358,6 @@ class ChromaSink:
         return Reject(self.info.name, [str(ch.key[0])], image, error, ch.position)
 
     def _check_strict(self, rejects: list[Reject]) -> None:
-        if self.strict and rejects:
-            r = rejects[0]
-            raise StrictModeStop(f"strict mode: collection {r.object!r}, id {r.key[0]!r}: Chroma cannot "
-                                 f"take the row: {r.error}; fix the row in PostgreSQL, or set "
-                                 "target.strict = false to quarantine such rows")
+        pgstate.stop_if_strict(self.strict, rejects, items=True, what="Chroma cannot take the row: ",
+                               fix="fix the row in PostgreSQL, or set target.strict = false to "
+                                   "quarantine such rows")

@@ -263,7 +263,9 @@ async def copy_isolating(conn: asyncpg.Connection, t: VectorTable, records: list
         if not isinstance(err, RowError):
             raise err from exc
         if len(records) == 1:
-            rejects.append(Reject(t.collection, [raws[0][0]], raw_image(*raws[0]), err.message))
+            # one line: PostgreSQL's DETAIL repeats the whole row, vector included
+            rejects.append(Reject(t.collection, [raws[0][0]], raw_image(*raws[0]),
+                                  err.message.partition("\n")[0]))
             return
         mid = len(records) // 2
         await copy_isolating(conn, t, records[:mid], raws[:mid], rejects)

@@ -21,70 +21,26 @@ from typing import Any
 
 import numpy as np
 
-from syncd.config import CollectionTarget, Target
-from syncd.errors import ConfigError, RowError, SchemaError
+from syncd.config import Target
+from syncd.errors import RowError, SchemaError
 from syncd.sql import qi
 from syncd.stores.chroma.records import CollectionInfo, Hnsw, Vector
+from syncd.stores.pgvector.mapping import (
+    ColumnMapping,
+    Existing,
+    MappedColumn,
+    column_converter,
+    parse_columns,
+    pg_name,
+    target_entry,
+    type_for_kinds,
+)
 from syncd.stores.postgres.converters import Converter, converter
 from syncd.stores.postgres.families import family
 
 HNSW_MAX_DIM = 2000
 HALFVEC_MAX_DIM = 4000
 OPCLASS = {"cosine": "cosine", "l2": "l2", "ip": "ip"}
-
-
-@dataclass(frozen=True, slots=True)
-class MappedColumn:
-    """A metadata key kept in a column of its own."""
-
-    name: str
-    key: str
-    pg_type: str
-    not_null: bool
-    convert: Converter = field(compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Existing:
-    """A column of a table that already exists."""
-
-    pg_type: str
-    not_null: bool
-
-
-def pg_name(text: str, what: str) -> str:
-    if len(text.encode()) > 63:
-        raise SchemaError(f"{what} {text!r} is longer than PostgreSQL's 63-byte identifier limit; map the "
-                          "collection to a shorter table name with [[target.collections]] name / table")
-    return text
-
-
-def type_for_kinds(kinds: set[str]) -> str:
-    """The column type for a metadata key holding values of these kinds."""
-    if kinds == {"array"}:
-        return "jsonb"
-    if kinds == {"bool"}:
-        return "boolean"
-    if kinds == {"int"}:
-        return "bigint"
-    if kinds and kinds <= {"int", "float"}:
-        return "double precision"
-    return "text"
-
-
-def _json_converter(pg_type: str) -> Converter:
-    inner = converter(pg_type)
-
-    def convert(value: Any) -> Any:
-        if value is None:
-            return None
-        return inner(json.dumps(value, ensure_ascii=False))
-
-    return convert
-
-
-def column_converter(pg_type: str) -> Converter:
-    return _json_converter(pg_type) if family(pg_type) == "json" else converter(pg_type)
 
 
 @dataclass(slots=True)
@@ -336,52 +292,6 @@ def index_name(table: str, column: str) -> str:
 
 # --- planning -------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Mapping_:
-    """The parsed ``columns`` of a [[target.collections]] entry: target column -> source."""
-
-    id: str = "id"
-    embedding: str = "embedding"
-    document: str | None = None
-    metadata: str | None = None
-    keys: tuple[tuple[str, str], ...] = ()
-    """(column, metadata key)"""
-
-
-def parse_columns(entry: CollectionTarget | None, index: int) -> Mapping_:
-    if entry is None:
-        return Mapping_(document="document", metadata="metadata")
-    found: dict[str, str] = {}
-    keys: list[tuple[str, str]] = []
-    for column, source in entry.columns.items():
-        where = f"target.collections[{index}].columns.{column}"
-        if source.startswith("metadata."):
-            key = source[len("metadata."):]
-            if not key:
-                raise ConfigError(f"{where}: expected metadata.KEY, got {source!r}")
-            keys.append((column, key))
-        elif source in ("id", "embedding", "document", "metadata"):
-            if source in found:
-                raise ConfigError(f"{where}: {source!r} is already mapped to column {found[source]!r}")
-            found[source] = column
-        else:
-            raise ConfigError(f"{where}: expected \"id\", \"embedding\", \"document\", \"metadata\" or "
-                              f"\"metadata.KEY\", got {source!r}")
-    taken = {c for c, _ in keys} | set(found.values())
-    return Mapping_(
-        id=found.get("id", "id"), embedding=found.get("embedding", "embedding"),
-        document=found.get("document", None if "document" in taken else "document"),
-        metadata=found.get("metadata", None if "metadata" in taken else "metadata"),
-        keys=tuple(keys))
-
-
-def target_entry(target: Target, name: str) -> tuple[CollectionTarget | None, int]:
-    for i, entry in enumerate(target.collections):
-        if entry.name == name:
-            return entry, i
-    return None, -1
-
-
 def plan(info: CollectionInfo, target: Target, existing: dict[str, Existing] | None,
          key_types: Mapping[str, set[str]], warn: Callable[[str], None], *,
          table: str | None = None) -> VectorTable:
@@ -407,7 +317,7 @@ def plan(info: CollectionInfo, target: Target, existing: dict[str, Existing] | N
     return _adopt(info, target, table, mapping, existing, warn)
 
 
-def _adopt(info: CollectionInfo, target: Target, table: str, mapping: Mapping_,
+def _adopt(info: CollectionInfo, target: Target, table: str, mapping: ColumnMapping,
            existing: dict[str, Existing], warn: Callable[[str], None]) -> VectorTable:
     where = f"existing table {target.schema}.{table}"
     for role, column in (("the item id", mapping.id), ("the embedding", mapping.embedding)):

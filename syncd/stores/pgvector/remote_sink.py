@@ -17,7 +17,7 @@ import numpy as np
 import structlog
 
 from syncd.config import Config
-from syncd.errors import FatalError, RowError, StrictModeStop
+from syncd.errors import FatalError, RowError
 from syncd.model import Batch, Checkpoint, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
 from syncd.sql import STATE_SCHEMA
@@ -194,11 +194,7 @@ class RemoteSink:
             await pgstate.insert_rejects(self.conn, stream, rejects)
             if checkpoint:
                 await pgstate.save_checkpoint(self.conn, stream, position, None)
-        if rejects:
-            for rj in rejects:
-                log.warning("item rejected", collection=rj.object, id=rj.key[0], error=rj.error)
-            if self.on_reject:
-                self.on_reject(len(rejects))
+        pgstate.report_rejects(rejects, self.on_reject, items=True)
         return len(records) - (len(rejects) - refused), len(rejects)
 
     async def _write(self, records: list[tuple[str, tuple[Any, ...]]], items: Mapping[str, Mapping[str, Any]],
@@ -236,8 +232,4 @@ class RemoteSink:
         return Reject(self.table.collection, [item_id], image, error, position)
 
     def _check_strict(self, rejects: list[Reject]) -> None:
-        if self.strict and rejects:
-            r = rejects[0]
-            raise StrictModeStop(f"strict mode: collection {r.object!r}, id {r.key[0]!r}: {r.error}; fix the "
-                                 "item or the mapping ([[target.collections]], target.column_types), or set "
-                                 "target.strict = false to quarantine such items")
+        pgstate.stop_if_strict(self.strict, rejects, items=True, fix=pgstate.ITEM_FIX)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from syncd.errors import RowError, SchemaError, StrictModeStop
+from syncd.errors import RowError, SchemaError
 from syncd.model import Batch, Change, Checkpoint, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
 from syncd.sql import STATE_SCHEMA, qi
@@ -312,7 +312,7 @@ class PgvectorSink:
                 err = translate(exc, f"applying a change to {self.table.qualified}")
                 if not isinstance(err, RowError):
                     raise err from exc
-                rejects.append(change_reject(self.table, ch, err.message))
+                rejects.append(change_reject(self.table, ch, err.message.partition("\n")[0]))  # no DETAIL
         return applied
 
     async def _finish_batch(self, stream: str, batch: Batch, refreshed: set[str], seen: list[tuple[str, int]],
@@ -396,15 +396,7 @@ class PgvectorSink:
     # --- rejects ------------------------------------------------------------------------
 
     def _check_strict(self, rejects: list[Reject]) -> None:
-        if self.strict and rejects:
-            r = rejects[0]
-            raise StrictModeStop(f"strict mode: collection {r.object!r}, id {r.key[0]!r}: {r.error}; fix the "
-                                 "item or the mapping ([[target.collections]], target.column_types), or set "
-                                 "target.strict = false to quarantine such items")
+        pgstate.stop_if_strict(self.strict, rejects, items=True, fix=pgstate.ITEM_FIX)
 
     def _count(self, rejects: list[Reject]) -> None:
-        if rejects:
-            for r in rejects:
-                log.warning("item rejected", collection=r.object, id=r.key[0], error=r.error)
-            if self.on_reject:
-                self.on_reject(len(rejects))
+        pgstate.report_rejects(rejects, self.on_reject, items=True)

@@ -32,7 +32,8 @@ import numpy as np
 
 from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
-from syncd.stores.pgvector.plan import MappedColumn, VectorTable
+from syncd.stores.pgvector.mapping import MappedColumn
+from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.postgres.changelog import ChangeReader, LogRow
 from syncd.stores.postgres.families import family
 

@@ -31,7 +31,7 @@ def connect_error(exc: BaseException, target: Target, dsn: str) -> SyncdError:
     password), what happened, and which key to look at."""
     import socket
 
-    from syncd.stores.postgres.dsn import where
+    from syncd.config.dsn import where
 
     at = where(dsn)
     place = f"PostgreSQL at {at}"

@@ -17,7 +17,7 @@ from typing import Any
 
 from syncd.errors import RowError
 from syncd.model import InvalidText
-from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY, Infinity
+from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY, Infinity, OutOfRange
 from syncd.stores.postgres.families import base_type, family
 
 Converter = Callable[[Any], Any]
@@ -141,7 +141,8 @@ def _text(pg_type: str) -> Converter:
         if not isinstance(v, str):
             raise _fail(v, pg_type)
         if "\x00" in v:
-            raise _fail(v, pg_type, "PostgreSQL text cannot contain NUL characters")
+            raise _fail(v, pg_type, "PostgreSQL text cannot contain NUL characters; map the column "
+                        "to bytea in [target.column_types] to keep them")
         if limit is not None and len(v) > limit:
             raise _fail(v, pg_type, f"{len(v)} characters, longer than {limit}")
         return v
@@ -181,7 +182,17 @@ _DATETIME = re.compile(
     r"\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
     r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?)?\s*")
 _TIME = re.compile(r"\s*(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?\s*")
-_UNIX = dt.datetime(1970, 1, 1)
+_EPOCH = dt.datetime(2000, 1, 1)
+"""PostgreSQL's epoch: values are microseconds (days for a date) since it."""
+_MICRO = dt.timedelta(microseconds=1)
+_DAY = 86_400_000_000
+_UNIX = -946_684_800_000_000
+"""1970-01-01 in microseconds since 2000-01-01."""
+_PG_TIMESTAMPS = range(-211_813_488_000_000_000, 9_223_371_331_200_000_000)
+"""PostgreSQL's timestamps: 4714-11-24 BC 00:00 up to (not including) 294277-01-01 00:00."""
+_RAILS_DATE = re.compile(r"\s*2000-01-01[T ](?=\d)(.*)", re.S)
+"""Rails' dummy date: the ActiveRecord sqlite3 adapter writes a ``time`` column's value as
+``2000-01-01 HH:MM:SS.ffffff``; that date and no other is taken as a time of day."""
 
 
 def _infinity(v: Any) -> Infinity | None:
@@ -210,79 +221,83 @@ def _precision(micro: int, v: Any, pg_type: str) -> int:
     return micro
 
 
-def _parse_datetime(v: Any, pg_type: str) -> tuple[dt.datetime, bool]:
-    """(naive UTC or wall-clock datetime, whether the text carried an offset)."""
+def _parse_micros(v: Any, pg_type: str) -> int:
+    """Microseconds since 2000-01-01 of the instant *v* means: UTC when it carries an offset
+    (or is a Unix time), its wall-clock time otherwise. An offset may carry it out of Python's
+    years 1-9999 (``9999-12-31T23:30:00-01:00``), which PostgreSQL holds; a value outside
+    PostgreSQL's range is refused."""
     if isinstance(v, int | float) and not isinstance(v, bool):
         if not math.isfinite(v):
             raise _fail(v, pg_type)
         exact = Decimal(v) * (1000 if abs(v) > 1e11 else 1_000_000)
-        micros = int(exact.to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
+        micros = _UNIX + int(exact.to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
+    else:
+        if not isinstance(v, str):
+            raise _fail(v, pg_type)
+        m = _DATETIME.fullmatch(v)
+        if m is None:
+            raise _fail(v, pg_type, "not a valid date/time")
+        y, mo, d, h, mi, sec, frac, off = m.groups()
         try:
-            return _UNIX + dt.timedelta(microseconds=micros), True
-        except OverflowError as exc:
-            raise _fail(v, pg_type, "out of range") from exc
-    if not isinstance(v, str):
-        raise _fail(v, pg_type)
-    m = _DATETIME.fullmatch(v)
-    if m is None:
-        raise _fail(v, pg_type, "not a valid date/time")
-    y, mo, d, h, mi, sec, frac, off = m.groups()
+            value = dt.datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(sec or 0),
+                                _fraction(frac, v, pg_type))
+        except ValueError as exc:
+            raise _fail(v, pg_type, "not a valid date/time") from exc
+        micros = (value - _EPOCH) // _MICRO
+        if off is not None and off not in ("Z", "z"):
+            sign = -1 if off[0] == "-" else 1
+            digits = off[1:].replace(":", "")
+            micros -= sign * (int(digits[:2]) * 60 + int(digits[2:] or 0)) * 60_000_000
+    if micros not in _PG_TIMESTAMPS:
+        raise _fail(v, pg_type, "out of range: PostgreSQL's timestamps go from 4713 BC to 294276 AD")
+    return micros
+
+
+def _instant(micros: int, type_name: str) -> dt.datetime | OutOfRange:
+    """The naive datetime of *micros* (since 2000-01-01), or, outside Python's years 1-9999,
+    the exact :class:`OutOfRange` the connection's codec writes as it is."""
     try:
-        value = dt.datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(sec or 0),
-                            _fraction(frac, v, pg_type))
-    except ValueError as exc:
-        raise _fail(v, pg_type, "not a valid date/time") from exc
-    if off is None:
-        return value, False
-    if off not in ("Z", "z"):
-        sign = -1 if off[0] == "-" else 1
-        digits = off[1:].replace(":", "")
-        minutes = int(digits[:2]) * 60 + int(digits[2:] or 0)
-        try:
-            value -= sign * dt.timedelta(minutes=minutes)
-        except OverflowError as exc:
-            raise _fail(v, pg_type, "out of range") from exc
-    return value, True
+        return _EPOCH + dt.timedelta(microseconds=micros)
+    except OverflowError:
+        return OutOfRange(type_name, micros)
 
 
-def _timestamp(pg_type: str) -> Converter:
-    def convert(v: Any) -> dt.datetime | Infinity:
+def _timestamp(pg_type: str, zone: bool = False) -> Converter:
+    def convert(v: Any) -> dt.datetime | Infinity | OutOfRange:
         inf = _infinity(v)
         if inf is not None:
             return inf
-        value, _ = _parse_datetime(v, pg_type)
-        _precision(value.microsecond, v, pg_type)
-        return value
+        micros = _parse_micros(v, pg_type)
+        _precision(micros % 1_000_000, v, pg_type)
+        value = _instant(micros, "timestamptz" if zone else "timestamp")
+        return value.replace(tzinfo=dt.UTC) if zone and isinstance(value, dt.datetime) else value
 
     return convert
 
 
 def _timestamptz(pg_type: str) -> Converter:
-    inner = _timestamp(pg_type)
-
-    def convert(v: Any) -> dt.datetime | Infinity:
-        value = inner(v)
-        return value if isinstance(value, Infinity) else value.replace(tzinfo=dt.UTC)
-
-    return convert
+    return _timestamp(pg_type, zone=True)
 
 
-def _date(v: Any) -> dt.date | Infinity:
+def _date(v: Any) -> dt.date | Infinity | OutOfRange:
     inf = _infinity(v)
     if inf is not None:
         return inf
-    value, _ = _parse_datetime(v, "date")
-    if value.time() != dt.time(0):
+    days, rest = divmod(_parse_micros(v, "date"), _DAY)
+    if rest:
         raise _fail(v, "date", "has a time of day, which a date would drop; map the column to "
                     "timestamp in [target.column_types]")
-    return value.date()
+    value = _instant(days * _DAY, "date")
+    return value.date() if isinstance(value, dt.datetime) else OutOfRange("date", days)
 
 
 def _time(pg_type: str) -> Converter:
     def convert(v: Any) -> dt.time:
-        m = _TIME.fullmatch(v) if isinstance(v, str) else None
+        rails = _RAILS_DATE.fullmatch(v) if isinstance(v, str) else None
+        m = _TIME.fullmatch(rails.group(1) if rails else v) if isinstance(v, str) else None
         if m is None:
-            raise _fail(v, pg_type, "not a valid time (HH:MM[:SS[.ffffff]], no offset)")
+            raise _fail(v, pg_type, "not a valid time (HH:MM[:SS[.ffffff]], or Rails' "
+                        "2000-01-01 HH:MM:SS[.ffffff]; no other date, no offset)")
         h, mi, sec, frac = m.groups()
         try:
             value = dt.time(int(h), int(mi), int(sec or 0), _fraction(frac, v, pg_type))

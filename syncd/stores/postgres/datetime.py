@@ -11,7 +11,8 @@ format: microseconds or days since 2000-01-01) on every connection it opens, so 
 - PostgreSQL's ``infinity`` / ``-infinity`` is :data:`INFINITY` / :data:`MINUS_INFINITY`,
   both ways;
 - a value outside Python's years 1–9999 (PostgreSQL goes from 4713 BC to 294276 AD) is
-  decoded as :class:`OutOfRange` instead of failing the whole query.
+  decoded as :class:`OutOfRange` instead of failing the whole query, and an
+  :class:`OutOfRange` is written as exactly that value.
 
 One mechanism for every path: binary COPY (snapshot), parameters (stream), and the rows
 the reverse stream reads.
@@ -48,14 +49,50 @@ MINUS_INFINITY = Infinity(True)
 
 @dataclass(frozen=True, slots=True)
 class OutOfRange:
-    """A PostgreSQL date or timestamp outside Python's years 1–9999."""
+    """A PostgreSQL date or timestamp outside Python's years 1–9999, exactly: read from
+    PostgreSQL, or built by the sink's converters (a SQLite ``9999-12-31T23:30:00-01:00`` is
+    year 10000 in UTC), and written back as it is by these codecs.
+
+    It orders with the dates and datetimes of its type (verify walks keys in order)."""
 
     type: str
+    """``timestamp``, ``timestamptz`` or ``date``."""
     units: int
     """Microseconds (timestamps) or days (dates) since 2000-01-01."""
 
     def __str__(self) -> str:
         return f"a {self.type} outside the years 1-9999"
+
+    def _other(self, other: object) -> int | None:
+        if isinstance(other, OutOfRange) and (other.type == "date") == (self.type == "date"):
+            return other.units
+        if isinstance(other, dt.datetime) and self.type != "date":
+            return encode_timestamptz(other)[0] if other.tzinfo else _micros(other)
+        if isinstance(other, dt.date) and not isinstance(other, dt.datetime) and self.type == "date":
+            return other.toordinal() - _EPOCH_ORDINAL
+        return None
+
+    def __lt__(self, other: object) -> bool:
+        units = self._other(other)
+        return NotImplemented if units is None else self.units < units
+
+    def __gt__(self, other: object) -> bool:
+        units = self._other(other)
+        return NotImplemented if units is None else self.units > units
+
+    def __le__(self, other: object) -> bool:
+        units = self._other(other)
+        return NotImplemented if units is None else self.units <= units
+
+    def __ge__(self, other: object) -> bool:
+        units = self._other(other)
+        return NotImplemented if units is None else self.units >= units
+
+
+def _out_of_range(v: OutOfRange, date: bool) -> tuple[int]:
+    if (v.type == "date") != date:
+        raise TypeError(f"{v} is not a {'date' if date else 'timestamp'}")
+    return (v.units,)
 
 
 def _micros(v: Any) -> int:
@@ -69,6 +106,8 @@ def _micros(v: Any) -> int:
 def encode_timestamp(v: Any) -> tuple[int]:
     if isinstance(v, Infinity):
         return (_I64_MIN if v.negative else _I64_MAX,)
+    if isinstance(v, OutOfRange):
+        return _out_of_range(v, date=False)
     if isinstance(v, dt.datetime) and v.tzinfo is not None:
         raise TypeError("a timestamp without time zone needs a naive datetime")
     return (_micros(v),)
@@ -77,6 +116,8 @@ def encode_timestamp(v: Any) -> tuple[int]:
 def encode_timestamptz(v: Any) -> tuple[int]:
     if isinstance(v, Infinity):
         return (_I64_MIN if v.negative else _I64_MAX,)
+    if isinstance(v, OutOfRange):
+        return _out_of_range(v, date=False)
     if isinstance(v, dt.datetime):
         if v.tzinfo is None:
             v = v.astimezone()  # naive means local time, as asyncpg's own codec has it
@@ -108,6 +149,8 @@ def decode_timestamptz(t: tuple[int]) -> Any:
 def encode_date(v: Any) -> tuple[int]:
     if isinstance(v, Infinity):
         return (_I32_MIN if v.negative else _I32_MAX,)
+    if isinstance(v, OutOfRange):
+        return _out_of_range(v, date=True)
     if isinstance(v, dt.date):
         return (v.toordinal() - _EPOCH_ORDINAL,)
     raise TypeError(f"expected a date or Infinity, got {type(v).__name__}")

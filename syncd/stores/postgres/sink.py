@@ -21,12 +21,11 @@ from syncd.errors import (
     ConfigError,
     RowError,
     SchemaError,
-    StrictModeStop,
 )
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
 from syncd.ports import ApplyResult, Chunk
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.postgres import schema_change
+from syncd.stores.postgres import constraints, schema_change
 from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.connect import guarded, transaction, translate
 from syncd.stores.postgres.state import Reject
@@ -122,62 +121,10 @@ class PostgresSink:
         return planned
 
     async def after_catch_up(self, stream: str) -> None:
-        """Create secondary indexes, unique constraints and foreign keys on tables syncd made."""
+        """Create secondary indexes, unique constraints and foreign keys on tables syncd made;
+        what PostgreSQL refuses is recorded, and the stream goes on (:mod:`.constraints`)."""
         async with guarded("creating indexes and foreign keys"):
-            await self._create_indexes_and_keys()
-
-    async def _create_indexes_and_keys(self) -> None:
-        for tt in self.tables.values():
-            if not tt.created:
-                continue
-            for idx in tt.source.indexes:
-                sql = (f"CREATE {'UNIQUE ' if idx.unique else ''}INDEX IF NOT EXISTS {qi(idx.name)} "
-                       f"ON {tt.qualified} ({', '.join(qi(c) for c in idx.columns)})")
-                await self._best_effort(sql, f"index {idx.name} on {tt.name}")
-            for name, sql in tt.fold_indexes:
-                await self._best_effort(sql, f"index {name} on {tt.name}")
-            for name in tt.source.skipped_indexes:
-                log.warning("index not recreated (expression or partial index)", table=tt.name,
-                            index=name)
-        for tt in self.tables.values():
-            if not tt.created:
-                continue
-            for i, fk in enumerate(tt.source.foreign_keys):
-                ref = self.tables.get(fk.ref_table)
-                if ref is None:
-                    log.warning("foreign key skipped: referenced table is not synced",
-                                table=tt.name, references=fk.ref_table)
-                    continue
-                cname = f"{tt.name}_fk{i}"
-                exists = await self.conn.fetchval(
-                    "SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = $2::regclass",
-                    cname, tt.qualified)
-                if exists:
-                    continue
-                actions = "".join(
-                    f" ON {what} {action}" for what, action in (("DELETE", fk.on_delete),
-                                                                ("UPDATE", fk.on_update))
-                    if action and action.upper() not in ("NO ACTION", "NONE"))
-                sql = (f"ALTER TABLE {tt.qualified} ADD CONSTRAINT {qi(cname)} FOREIGN KEY "
-                       f"({', '.join(qi(c) for c in fk.columns)}) REFERENCES {ref.qualified} "
-                       f"({', '.join(qi(c) for c in fk.ref_columns)}){actions} "
-                       "DEFERRABLE INITIALLY DEFERRED NOT VALID")
-                if await self._best_effort(sql, f"foreign key {cname}"):
-                    await self._best_effort(
-                        f"ALTER TABLE {tt.qualified} VALIDATE CONSTRAINT {qi(cname)}",
-                        f"validating foreign key {cname} (orphan rows in SQLite; it stays NOT VALID "
-                        "and is enforced for new rows only)")
-
-    async def _best_effort(self, sql: str, what: str) -> bool:
-        try:
-            await self.conn.execute(sql)
-            return True
-        except Exception as exc:
-            err = translate(exc, what)
-            if not isinstance(err, RowError):
-                raise err from exc
-            log.warning("could not create", what=what, error=str(exc))
-            return False
+            await constraints.create(self.conn, stream, self.tables)
 
     # --- checkpoint ---------------------------------------------------------------------
 
@@ -272,12 +219,12 @@ class PostgresSink:
     # --- streaming ----------------------------------------------------------------------
 
     async def apply(self, stream: str, batch: Batch) -> ApplyResult:
-        prepared, rejects = self._prepare(batch.changes)
+        prepared, rejects, absent = self._prepare(batch.changes)
         self._check_strict(rejects)
         try:
             async with transaction(self.conn):
                 await self._apply_runs(prepared)
-                await self._finish_batch(stream, batch, prepared, rejects)
+                await self._finish_batch(stream, batch, [*prepared, *absent], rejects)
         except Exception as exc:
             err = translate(exc, "applying changes")
             if not isinstance(err, RowError):
@@ -285,15 +232,19 @@ class PostgresSink:
             async with guarded("applying changes one by one"), transaction(self.conn):
                 applied = await self._apply_one_by_one(prepared, rejects)
                 self._check_strict(rejects)
-                await self._finish_batch(stream, batch, applied, rejects)
+                await self._finish_batch(stream, batch, [*applied, *absent], rejects)
             prepared = applied
         self._count(rejects)
         return ApplyResult(applied=len(prepared), rejected=len(rejects))
 
     def _prepare(self, changes: Sequence[Change]) -> tuple[list[tuple[TargetTable, Change, tuple[Any, ...]]],
-                                                        list[Reject]]:
+                                                        list[Reject],
+                                                        list[tuple[TargetTable, Change, tuple[Any, ...]]]]:
+        """(changes to apply, rejects, deletes of keys the target cannot hold: nothing to delete,
+        and the key's open rejects are resolved with the batch)."""
         out: list[tuple[TargetTable, Change, tuple[Any, ...]]] = []
         rejects: list[Reject] = []
+        absent: list[tuple[TargetTable, Change, tuple[Any, ...]]] = []
         for ch in changes:
             tt = self.tables.get(ch.object)
             if tt is None or (tt.copied_from is not None and ch.position.offset <= tt.copied_from):
@@ -304,11 +255,14 @@ class PostgresSink:
                 else:
                     args = tt.convert_row(tt.row_values(ch.row))
             except RowError as exc:
+                if ch.op is Op.DELETE and not tt.key_rounded:  # no row in the target has this key
+                    absent.append((tt, ch, ()))
+                    continue
                 rejects.append(Reject(tt.name, list(ch.key), ch.row, tt.reason(ch.key, exc.message),
                                       ch.position))
                 continue
             out.append((tt, ch, args))
-        return out, rejects
+        return out, rejects, absent
 
     async def _apply_runs(self, prepared: list[tuple[TargetTable, Change, tuple[Any, ...]]]) -> None:
         """Consecutive changes with the same table and statement go in one executemany."""
@@ -376,15 +330,7 @@ class PostgresSink:
             "WHERE stream = $1 AND resolved_at IS NULL)", stream))
 
     def _check_strict(self, rejects: list[Reject]) -> None:
-        if self.strict and rejects:
-            r = rejects[0]
-            raise StrictModeStop(f"strict mode: {r.error}; "
-                                 "fix the row or the mapping (target.column_types), or set "
-                                 "target.strict = false to quarantine such rows")
+        pgstate.stop_if_strict(self.strict, rejects, items=False, fix=pgstate.ROW_FIX)
 
     def _count(self, rejects: list[Reject]) -> None:
-        if rejects:
-            for r in rejects:
-                log.warning("row rejected", table=r.object, key=list(r.key), error=r.error)
-            if self.on_reject:
-                self.on_reject(len(rejects))
+        pgstate.report_rejects(rejects, self.on_reject)

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from syncd.config import SqliteSource as SqliteConfig
+from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, RowError, SchemaError
 from syncd.model import Batch, Change, Key, Position
 from syncd.ports import Chunk, Pending

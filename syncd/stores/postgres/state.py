@@ -1,4 +1,5 @@
-"""syncd's own tables in the target: checkpoints, rejects and stream owners, in schema ``syncd``.
+"""syncd's own tables in the target: checkpoints, rejects, stream owners and the indexes and keys
+PostgreSQL refused (:mod:`syncd.stores.postgres.constraints`), in schema ``syncd``.
 
 Every function takes a connection that is already inside the caller's
 transaction, so that rows, rejects and the checkpoint commit together.
@@ -15,16 +16,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import structlog
 
-from syncd.errors import FatalError
-from syncd.model import Checkpoint, InvalidText, Position, SnapshotState
+from syncd.errors import FatalError, StrictModeStop
+from syncd.model import Checkpoint, InvalidText, Position, SnapshotState, jsonb_holds
 from syncd.sql import STATE_SCHEMA
+from syncd.stores.postgres.datetime import OutOfRange
+
+log = structlog.get_logger("syncd.rejects")
 
 DDL_LOCK = 0x73796E6364
 """``pg_advisory_xact_lock`` key held while syncd creates or alters its tables and the targets:
@@ -67,6 +72,19 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.owners (
     claimed_at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE {STATE_SCHEMA}.checkpoints ADD COLUMN IF NOT EXISTS generation bigint;
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.refused_constraints (
+    stream    text NOT NULL,
+    object    text NOT NULL,
+    name      text NOT NULL,
+    kind      text NOT NULL,
+    statement text NOT NULL,
+    error     text NOT NULL,
+    todo      text NOT NULL,
+    attempts  integer NOT NULL DEFAULT 1,
+    first_at  timestamptz NOT NULL DEFAULT now(),
+    last_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream, object, name)
+);
 """
 _DDL_MARK = "syncd state " + hashlib.sha256(DDL.encode()).hexdigest()[:16]
 """Comment on ``syncd.checkpoints`` once :data:`DDL` ran: a changed DDL runs again."""
@@ -79,7 +97,7 @@ def jsonable(value: Any) -> Any:
         return {"$text_base64": base64.b64encode(value.raw).decode()}
     if isinstance(value, bytes):
         return {"$base64": base64.b64encode(value).decode()}
-    if isinstance(value, str) and "\x00" in value:  # jsonb cannot hold NUL
+    if isinstance(value, str) and not jsonb_holds(value):  # NUL, invalid UTF-8
         return {"$text_base64": base64.b64encode(value.encode("utf-8", "surrogatepass")).decode()}
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return {"$float": repr(value)}
@@ -89,6 +107,8 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    if isinstance(value, OutOfRange):  # exactly: microseconds (days) since 2000-01-01
+        return {"$" + value.type: value.units}
     return str(value)  # datetime, Decimal, UUID after conversion
 
 
@@ -99,6 +119,35 @@ class Reject:
     row: Mapping[str, Any] | None
     error: str
     position: Position | None = None
+
+
+ITEM_FIX = ("fix the item or the mapping ([[target.collections]], target.column_types), or set "
+            "target.strict = false to quarantine such items")
+ROW_FIX = ("fix the row or the mapping (target.column_types), or set target.strict = false to quarantine "
+           "such rows")
+
+
+def stop_if_strict(strict: bool, rejects: Sequence[Reject], *, items: bool, fix: str, what: str = "") -> None:
+    """Strict mode: the first reject stops the stream (nothing of the batch is committed) with its
+    reason, *what* the store says of it, and *fix*; a collection's item is named by its id."""
+    if strict and rejects:
+        r = rejects[0]
+        where = f"collection {r.object!r}, id {r.key[0]!r}: " if items else ""
+        raise StrictModeStop(f"strict mode: {where}{what}{r.error}; {fix}")
+
+
+def report_rejects(rejects: Sequence[Reject], on_reject: Callable[[int], None] | None, *,
+                   items: bool = False) -> None:
+    """Log each reject (with its table / collection and key) and count them for the status."""
+    if not rejects:
+        return
+    for r in rejects:
+        if items:
+            log.warning("item rejected", collection=r.object, id=r.key[0], error=r.error)
+        else:
+            log.warning("row rejected", table=r.object, key=list(r.key), error=r.error)
+    if on_reject:
+        on_reject(len(rejects))
 
 
 async def _current(conn: asyncpg.Connection) -> bool:
@@ -225,11 +274,16 @@ async def save_checkpoint(conn: asyncpg.Connection, stream: str, position: Posit
 
 
 async def insert_rejects(conn: asyncpg.Connection, stream: str, rejects: Sequence[Reject]) -> None:
+    """Record *rejects*; one still open for the same key and position is not recorded again
+    (a replayed batch or chunk counts its rejects once)."""
     if not rejects:
         return
     await conn.executemany(
         f"""INSERT INTO {STATE_SCHEMA}.rejects (stream, object, key, position, row_image, error)
-            VALUES ($1, $2, $3::jsonb, $4, $5::jsonb, $6)""",
+            SELECT $1, $2, $3::jsonb, $4, $5::jsonb, $6
+            WHERE NOT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.rejects WHERE stream = $1 AND object = $2
+                              AND key = $3::jsonb AND position IS NOT DISTINCT FROM $4::bigint
+                              AND resolved_at IS NULL)""",
         [(stream, r.object, json.dumps(jsonable(list(r.key))),
           r.position.offset if r.position else None,
           json.dumps(jsonable(r.row)) if r.row is not None else None, r.error) for r in rejects])

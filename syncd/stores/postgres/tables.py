@@ -89,6 +89,11 @@ class TargetTable:
         self.fold_indexes = tuple(folds)
 
     @property
+    def key_rounded(self) -> bool:
+        """A key column rounds on purpose: a key its converter refuses may name a row stored rounded."""
+        return any(c.rounded for c in self.columns if c.name in self.source.pk)
+
+    @property
     def qualified(self) -> str:
         return f"{qi(self.schema)}.{qi(self.name)}"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from syncd.config import SqliteSource as SqliteConfig
+from syncd.config import SqliteConfig
 from syncd.stores.sqlite import capture, rowids
 from syncd.stores.sqlite.schema import Table, discover
 

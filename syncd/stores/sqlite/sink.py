@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from syncd.config import SqliteSource as SqliteConfig
+from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, StrictModeStop
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
 from syncd.ports import ApplyResult, Chunk
@@ -362,12 +362,16 @@ class SqliteSink:
 
     def _record_rejects(self, stream: str, rejects: list[Reject], applied: list[Change]) -> None:
         now = time.time()
-        if rejects:
+        if rejects:  # one still open for the key and position (a replayed batch) is not recorded again
             self._conn.executemany(
                 f"""INSERT INTO {REJECTS} (stream, object, key, position, row_image, error, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                [(stream, r.object, _json(list(r.key)), r.position.offset,
-                  _json(r.row) if r.row is not None else None, r.error, now) for r in rejects])
+                    SELECT :stream, :object, :key, :position, :row, :error, :now
+                    WHERE NOT EXISTS (SELECT 1 FROM {REJECTS} WHERE stream = :stream AND object = :object
+                                      AND key = :key AND position = :position AND resolved_at IS NULL)""",
+                [{"stream": stream, "object": r.object, "key": _json(list(r.key)),
+                  "position": r.position.offset, "row": _json(r.row) if r.row is not None else None,
+                  "error": r.error, "now": now}
+                 for r in rejects])
         if not applied or not self._conn.execute(
                 f"SELECT 1 FROM {REJECTS} WHERE stream = ? AND resolved_at IS NULL LIMIT 1",
                 (stream,)).fetchone():

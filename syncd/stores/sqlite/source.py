@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import structlog
 import watchfiles
 
-from syncd.config import SqliteSource as SqliteConfig
+from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
 from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending

@@ -12,141 +12,25 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from syncd.config.dsn import normalize as normalize_dsn
+from syncd.config.settings import (
+    Backup,
+    ChromaConfig,
+    CollectionTarget,
+    Config,
+    Cutover,
+    Health,
+    SqliteConfig,
+    StreamOptions,
+    Target,
+)
 from syncd.errors import ConfigError
-from syncd.stores.postgres import dsn as dsn_mod
 
 _VAR = re.compile(r"\$\{([^}]+)\}")
 _NO_PK = ("rowid", "refuse")
-
-
-@dataclass(frozen=True, slots=True)
-class SqliteSource:
-    path: Path
-    tables: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    no_primary_key: Literal["rowid", "refuse"] = "rowid"
-
-
-@dataclass(frozen=True, slots=True)
-class ChromaSource:
-    url: str | None = None
-    path: Path | None = None
-    collections: tuple[str, ...] | None = None
-    tenant: str = "default_tenant"
-    database: str = "default_database"
-    on_delete: Literal["keep", "drop"] = "keep"
-    """What happens to a collection's table when the collection is deleted in Chroma."""
-
-
-@dataclass(frozen=True, slots=True)
-class CollectionTarget:
-    name: str
-    table: str
-    columns: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    dsn: str
-    schema: str = "public"
-    strict: bool = False
-    column_types: Mapping[str, str] = field(default_factory=dict)
-    """``"table.column" -> postgres type`` overrides of the type mapping."""
-    table_names: Mapping[str, str] = field(default_factory=dict)
-    """``SQLite table -> PostgreSQL table`` for names PostgreSQL cannot take (over 63 bytes)
-    or that should differ; unlisted tables keep their SQLite name."""
-    collections: tuple[CollectionTarget, ...] = ()
-    connect_timeout: float = 10.0
-    command_timeout: float = 60.0
-
-    @property
-    def embedded(self) -> bool:
-        return self.dsn == "embedded"
-
-    def table_for(self, sqlite_table: str) -> str:
-        """The PostgreSQL table a SQLite table is written to."""
-        return self.table_names.get(sqlite_table, sqlite_table)
-
-    def sqlite_table_for(self, pg_table: str) -> str:
-        """The SQLite table a PostgreSQL table comes back to (the inverse of :meth:`table_for`)."""
-        for sqlite_name, pg_name in self.table_names.items():
-            if pg_name == pg_table:
-                return sqlite_name
-        return pg_table
-
-
-@dataclass(frozen=True, slots=True)
-class StreamOptions:
-    batch_size: int = 2000
-    chunk_rows: int = 5000
-    poll_interval: float = 1.0
-    prune_interval: float = 5.0
-    retry_max_seconds: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    listen: str = "127.0.0.1:8085"
-    """``host:port``; an empty string turns the health server off."""
-    max_lag_seconds: float = 5.0
-    stale_after_seconds: float = 60.0
-    """/healthz fails when a stream or the event loop has shown no progress for this long."""
-
-
-@dataclass(frozen=True, slots=True)
-class Cutover:
-    """``[cutover]``: what `syncd cutover` and `syncd rollback` flip, run and check."""
-
-    app_config: Path | None = None
-    """The app's config file to flip (``.env``, YAML or TOML)."""
-    format: str | None = None
-    """``env``, ``yaml`` or ``toml``; by default from the file name."""
-    forward: Mapping[str, str] = field(default_factory=dict)
-    """Keys (dotted paths in YAML/TOML) and the values cutover writes."""
-    rollback: Mapping[str, str] = field(default_factory=dict)
-    """Keys and the values rollback writes back."""
-    reload_command: tuple[str, ...] = ()
-    """Run after the flip (argv, no shell); must exit 0 within ``reload_timeout``."""
-    reload_timeout: float = 10.0
-    max_lag_seconds: float = 2.0
-    """Preflight refuses when a stream is further behind than this."""
-    drain_timeout: float = 10.0
-    """How long the fenced streams may take to reach zero pending changes before the fence is undone."""
-    lock_timeout: float = 5.0
-    """How long to wait for SQLite's write lock when fencing."""
-    verify: str = "counts"
-    """Preflight comparison: ``counts``, ``full`` (checksums too) or ``off``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backup:
-    """``[backup]``: where `syncd backup` writes, how many it keeps, and the automatic ones."""
-
-    dir: Path | None = None
-    """Default: ``<state.dir>/backups``."""
-    keep: int = 5
-    """Older backups in ``dir`` beyond this many are removed after a new one is complete."""
-    auto: bool = True
-    """Take a backup before `init` changes a store and before `cutover` / `rollback`."""
-    min_free_mb: int = 64
-    """A backup is refused unless this much disk stays free after it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    target: Target
-    state_dir: Path
-    sqlite: SqliteSource | None = None
-    chroma: ChromaSource | None = None
-    stream: StreamOptions = StreamOptions()
-    health: Health = Health()
-    path: Path | None = None
-    cutover: Cutover = Cutover()
-    backup: Backup = Backup()
 
 
 def interpolate(value: str, key: str, env: Mapping[str, str]) -> str:
@@ -239,7 +123,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         no_pk = s.get("no_primary_key", str, "rowid")
         if no_pk not in _NO_PK:
             raise ConfigError(f"source.sqlite.no_primary_key: expected one of {_NO_PK}, got {no_pk!r}")
-        sqlite = SqliteSource(
+        sqlite = SqliteConfig(
             path=_path(s.require("path", str), base),
             tables=s.strings("tables"),
             exclude=s.strings("exclude") or (),
@@ -252,7 +136,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         on_delete = c.get("on_delete", str, "keep")
         if on_delete not in ("keep", "drop"):
             raise ConfigError(f"source.chroma.on_delete: expected \"keep\" or \"drop\", got {on_delete!r}")
-        chroma = ChromaSource(
+        chroma = ChromaConfig(
             url=_chroma_url(c.get("url", str)),
             path=_path(path, base) if path else None,
             collections=c.strings("collections"),
@@ -288,7 +172,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         raise ConfigError(f"target.schema: {schema!r} is not a PostgreSQL schema name "
                           f"(1 to {PG_NAME_BYTES} bytes)")
     target = Target(
-        dsn=dsn_mod.normalize(t.require("dsn", str)),
+        dsn=normalize_dsn(t.require("dsn", str)),
         schema=schema,
         strict=t.get("strict", bool, False),
         column_types=dict(column_types.data),
