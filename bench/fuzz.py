@@ -112,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         root = args.work or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         dsn = args.dsn or start_server(Path(tmp))
-        summary = asyncio.run(campaign(args, dsn, root))
+        try:
+            summary = asyncio.run(campaign(args, dsn, root))
+        finally:  # before the directory goes: the exit-time stop would find no data dir
+            if not args.dsn:
+                from bench import pg
+                pg.stop_dir(Path(tmp) / "pg")
     print()
     print(summary.text())
     doc = summary.json() | {"wall_seconds": round(time.monotonic() - started, 1), "kills": args.kills}

@@ -28,6 +28,29 @@ def jsonb_holds(text: str) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class InvalidText:
+    """A SQLite TEXT value that is not valid UTF-8, as its bytes.
+
+    SQLite stores whatever bytes an app binds as text. No PostgreSQL text type can hold them:
+    converters refuse it (the row becomes a reject naming the column), a ``bytea`` column keeps
+    the bytes exactly.
+    """
+
+    raw: bytes
+
+    def __repr__(self) -> str:
+        return f"text X'{self.raw.hex()}' (not valid UTF-8)"
+
+    @staticmethod
+    def read(data: bytes) -> str | InvalidText:
+        """A SQLite ``text_factory`` that never raises: text, or the bytes that are not UTF-8."""
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return InvalidText(data)
+
+
 @total_ordering
 @dataclass(frozen=True, slots=True)
 class Position:

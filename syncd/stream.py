@@ -22,7 +22,7 @@ import tenacity
 
 from syncd.config import StreamOptions
 from syncd.errors import RetryableError, SchemaChanged, SyncdError, TargetUnavailable
-from syncd.model import Batch, Key, Phase, Position, SnapshotState, jsonb_holds, transition
+from syncd.model import Batch, InvalidText, Key, Phase, Position, SnapshotState, jsonb_holds, transition
 from syncd.ports import Chunk, Sink, Source
 from syncd.status import StreamStatus
 
@@ -35,6 +35,8 @@ IDLE_PING_SECONDS = 5.0
 def _encode_value(v: Any) -> Any:
     if isinstance(v, bytes):
         return {"$hex": v.hex()}
+    if isinstance(v, InvalidText):
+        return {"$invalid_text_hex": v.raw.hex()}
     if isinstance(v, str) and not jsonb_holds(v):
         return {"$text_hex": v.encode("utf-8", "surrogatepass").hex()}
     if isinstance(v, float) and not math.isfinite(v):  # JSON has no infinity
@@ -49,6 +51,8 @@ def _decode_value(v: Any) -> Any:
         return bytes.fromhex(v["$hex"])
     if "$text_hex" in v:
         return bytes.fromhex(v["$text_hex"]).decode("utf-8", "surrogatepass")
+    if "$invalid_text_hex" in v:
+        return InvalidText(bytes.fromhex(v["$invalid_text_hex"]))
     if "$float" in v:
         return float(v["$float"])
     raise ValueError(f"unknown key encoding {sorted(v)}")
@@ -57,7 +61,8 @@ def _decode_value(v: Any) -> Any:
 def encode_key(key: Key) -> list[Any]:
     """A key as JSON that jsonb stores exactly (the snapshot's resume position): blobs as
     ``{"$hex": …}``, text jsonb cannot hold (NUL, invalid UTF-8) as ``{"$text_hex": …}`` (its
-    UTF-8 bytes, lone surrogates kept), infinities as ``{"$float": "inf"}``."""
+    UTF-8 bytes, lone surrogates kept), SQLite text that is not UTF-8 (:class:`InvalidText`) as
+    ``{"$invalid_text_hex": …}`` (its bytes), infinities as ``{"$float": "inf"}``."""
     return [_encode_value(v) for v in key]
 
 

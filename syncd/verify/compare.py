@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from syncd.model import InvalidText
 from syncd.sql import qi
 from syncd.stores.postgres.tables import TargetTable
 from syncd.stores.sqlite.schema import uri
@@ -40,6 +41,7 @@ def _sqlite_rows(path: str, tt: TargetTable) -> Iterator[tuple[tuple[Any, ...], 
     names = [c.name for c in tt.columns]
     key_idx = [names.index(k) for k in tt.source.pk]
     conn = sqlite3.connect(uri(path, "ro"), uri=True)
+    conn.text_factory = InvalidText.read  # text that is not UTF-8: not storable but in bytea
     try:
         cols = ", ".join(qi(c) for c in tt.source.column_names)
         if tt.source.synthetic_key:

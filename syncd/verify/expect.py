@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from syncd.model import InvalidText
 from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY, OutOfRange
 from syncd.verify.calendar import DAY, PG_DAYS, clock, day_text, days_from_civil, month_days
 from syncd.verify.canon import CanonError, _md5_hex, _numeric_text, jsonb_text
@@ -169,6 +170,8 @@ def _text(limit: int | None, padded: bool, pg_type: str) -> Part:
 def _bytea(v: Any) -> str:
     if type(v) is bytes:
         return v.hex()
+    if type(v) is InvalidText:  # SQLite text that is not UTF-8: its bytes
+        return v.raw.hex()
     if type(v) is str:
         return v.encode("utf-8").hex()
     raise _unfit(v, "bytea")
@@ -294,6 +297,8 @@ def _uuid(v: Any) -> str:
 
 
 def _other(v: Any) -> str:
+    if type(v) is InvalidText:
+        raise _unfit(v, "text", "not UTF-8")
     s = v if type(v) is str else str(v)
     return f"{len(s)}:{s}"
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from syncd.errors import SourceBusy, SourceError
 from syncd.model import Key
 from syncd.sql import qi
-from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key
+from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key, fetch_all, param
 from syncd.stores.sqlite.schema import Table, uri
 
 T = TypeVar("T")
@@ -122,8 +122,9 @@ class SqliteReader:
         params: list[Any] = []
         for op, value in ((">", bounds.lo), ("<=", bounds.hi)):
             if value is not None:
-                cond.append(f"({key}) {op} ({', '.join('?' * len(value))})")
-                params.extend(value)
+                marks = [param(v) for v in value]
+                cond.append(f"({key}) {op} ({', '.join(m for m, _ in marks)})")
+                params.extend(p for _, p in marks)
         return (" WHERE " + " AND ".join(cond) if cond else ""), params
 
     # --- reads -----------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class SqliteReader:
         sql = f"{self._select(table)}{where} ORDER BY {self._key_sql(table)} LIMIT ?"
 
         def run(conn: sqlite3.Connection) -> tuple[list[Raw], int]:
-            return conn.execute(sql, (*params, rows)).fetchall(), self._head(conn)
+            return fetch_all(conn, sql, (*params, rows)), self._head(conn)
         return await self._call(self._read, run)
 
     async def count(self, table: Table, after: int | None) -> tuple[int, Tail, int]:
@@ -150,11 +151,11 @@ class SqliteReader:
             width = max(1, len(table.pk))
             step = max(1, 900 // width)
             for i in range(0, len(keys), step):
-                batch = keys[i:i + step]
-                tuples = ", ".join("(" + ", ".join("?" * width) + ")" for _ in batch)
+                marks = [[param(v) for v in k] for k in keys[i:i + step]]
+                tuples = ", ".join("(" + ", ".join(m for m, _ in k) + ")" for k in marks)
                 present += int(conn.execute(
                     f"SELECT count(*) FROM {qi(table.name)} WHERE ({key}) IN (VALUES {tuples})",
-                    [v for k in batch for v in k]).fetchone()[0])
+                    [p for k in marks for _, p in k]).fetchone()[0])
             return n, tail, present
         return await self._call(self._read, run)
 
@@ -165,7 +166,7 @@ class SqliteReader:
         order = self._key_sql(table)
 
         def run(conn: sqlite3.Connection) -> tuple[list[list[Raw]], Tail]:
-            out = [conn.execute(f"{self._select(table)}{where} ORDER BY {order}", params).fetchall()
+            out = [fetch_all(conn, f"{self._select(table)}{where} ORDER BY {order}", params)
                    for where, params in sqls]
             return out, self._tail(conn, table, after)
         return await self._call(self._read, run)
@@ -177,8 +178,8 @@ class SqliteReader:
         first = conn.execute(f"SELECT min(id) FROM {CHANGELOG}").fetchone()[0]
         if first is None or first > after + 1:  # changes after `after` were pruned already
             return Tail(head, False, frozenset())
-        rows = conn.execute(f"SELECT pk FROM {CHANGELOG} WHERE id > ? AND tbl = ? LIMIT ?",
-                            (after, table.name, TAIL_LIMIT + 1)).fetchall()
+        rows = fetch_all(conn, f"SELECT pk FROM {CHANGELOG} WHERE id > ? AND tbl = ? LIMIT ?",
+                         (after, table.name, TAIL_LIMIT + 1))
         if len(rows) > TAIL_LIMIT:
             return Tail(head, False, frozenset())
         return Tail(head, True, frozenset(decode_key(r[0]) for r in rows))

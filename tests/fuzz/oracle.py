@@ -25,8 +25,10 @@ The table, by target type (PostgreSQL session with ``DateStyle=ISO, YMD``,
   ``s`` decimals and ``p - s`` digits before the point; otherwise reject (no rounding).
 - ``text``, ``varchar(n)``: text must be itself (reject with NUL, invalid UTF-8, or more
   than n characters); an integer its decimal text; a real any text reading back as the
-  same double; a blob may be its UTF-8 text.
-- ``bytea``: a blob or text must be its bytes; a number may be its ASCII text.
+  same double; a blob may be its UTF-8 text. Text that is not UTF-8 is a reject in every
+  type but ``bytea``.
+- ``bytea``: a blob or text must be its bytes (text that is not UTF-8 too: the operator maps
+  such a column to bytea to keep them); a number may be its ASCII text.
 - ``boolean``: integer 0/1 must; other integers reject; reals 0.0/1.0 and the texts
   true/false/t/f/yes/no/on/off/y/n/1/0 may.
 - ``timestamp``, ``timestamptz``: ISO-8601 text must (``T`` or space, at most 6 fraction
@@ -259,8 +261,8 @@ def to_text(cell: Cell, n: int | None) -> Expect:
 
 def to_bytea(cell: Cell) -> Expect:
     if cell.cls in ("blob", "text"):
-        return exactly("\\x" + bytes(cell.value).hex(), cell.cls, "must" if text_of(cell) is not None
-                       or cell.cls == "blob" else "may")
+        note = "invalid-utf8" if cell.cls == "text" and text_of(cell) is None else cell.cls
+        return exactly("\\x" + bytes(cell.value).hex(), note)
     if cell.cls == "integer":
         return exactly("\\x" + str(cell.value).encode().hex(), "int", "may")
     r = float(cell.value)
@@ -307,6 +309,8 @@ def dispatch(cell: Cell, pg_type: str) -> Expect:
     if cell.cls == "null":
         return exactly(None, "null")
     base, args = _split(pg_type)
+    if cell.cls == "text" and text_of(cell) is None and base != "bytea":
+        return reject("invalid-utf8")
     if base == "bigint":
         return to_int(cell)
     if base in ("integer", "smallint"):

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from syncd.errors import RowError
+from syncd.model import InvalidText
 from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY, Infinity, OutOfRange
 from syncd.stores.postgres.families import base_type, family
 
@@ -387,6 +388,11 @@ def converter(pg_type: str, *, rounded: bool = False) -> Converter:
         }.get(fam, _passthrough)
 
     def convert(v: Any) -> Any:
+        if isinstance(v, InvalidText):
+            if fam == "bytes":
+                return v.raw
+            raise _fail(v, pg_type, "PostgreSQL text cannot hold bytes that are not UTF-8; map the "
+                        "column to bytea in [target.column_types] to keep them")
         return None if v is None else inner(v)
 
     return convert

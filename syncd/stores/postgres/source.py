@@ -34,26 +34,12 @@ from syncd.model import Batch, Change, Key, Position
 from syncd.ports import Chunk, Pending
 from syncd.stores.postgres.changelog import ChangeReader, LogRow
 from syncd.stores.postgres.datetime import Infinity, OutOfRange
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover
+from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, affinity, discover
 from syncd.stores.sqlite.source import open_connection
 
 log = structlog.get_logger("syncd.source.postgres")
 
 # --- values: PostgreSQL -> SQLite --------------------------------------------------------
-
-
-def affinity(declared: str) -> str:
-    """SQLite's column affinity for a declared type (sqlite.org/datatype3.html, 3.1)."""
-    decl = declared.upper()
-    if "INT" in decl:
-        return "INTEGER"
-    if any(s in decl for s in ("CHAR", "CLOB", "TEXT")):
-        return "TEXT"
-    if "BLOB" in decl or not decl.strip():
-        return "BLOB"
-    if any(s in decl for s in ("REAL", "FLOA", "DOUB")):
-        return "REAL"
-    return "NUMERIC"
 
 
 _JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|\s+')

@@ -25,7 +25,7 @@ import asyncpg
 import structlog
 
 from syncd.errors import FatalError, StrictModeStop
-from syncd.model import Checkpoint, Position, SnapshotState, jsonb_holds
+from syncd.model import Checkpoint, InvalidText, Position, SnapshotState, jsonb_holds
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.postgres.datetime import OutOfRange
 
@@ -91,7 +91,10 @@ _DDL_MARK = "syncd state " + hashlib.sha256(DDL.encode()).hexdigest()[:16]
 
 
 def jsonable(value: Any) -> Any:
-    """A JSON-safe form of a raw source value (blobs as ``{"$base64": ...}``)."""
+    """A JSON-safe form of a raw source value (blobs as ``{"$base64": ...}``; text with NUL or
+    not UTF-8 as ``{"$text_base64": ...}``, its bytes)."""
+    if isinstance(value, InvalidText):
+        return {"$text_base64": base64.b64encode(value.raw).decode()}
     if isinstance(value, bytes):
         return {"$base64": base64.b64encode(value).decode()}
     if isinstance(value, str) and not jsonb_holds(value):  # NUL, invalid UTF-8

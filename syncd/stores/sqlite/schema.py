@@ -86,6 +86,20 @@ class Table:
         return "|".join(f"{c.name}:{c.declared}" for c in self.columns)
 
 
+def affinity(declared: str) -> str:
+    """SQLite's column affinity for a declared type (sqlite.org/datatype3.html, 3.1)."""
+    decl = declared.upper()
+    if "INT" in decl:
+        return "INTEGER"
+    if any(s in decl for s in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in decl or not decl.strip():
+        return "BLOB"
+    if any(s in decl for s in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
 def list_tables(conn: sqlite3.Connection) -> list[str]:
     rows = conn.execute(
         "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name"

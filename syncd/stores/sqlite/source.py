@@ -24,16 +24,15 @@ import watchfiles
 
 from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
-from syncd.model import START, Batch, Change, Key, Op, Position
+from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending
 from syncd.sql import qi
-from syncd.stores.sqlite import capture, follow, rowids
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover, uri
+from syncd.stores.sqlite import capture, follow, images, rowids
+from syncd.stores.sqlite.schema import Table, discover, uri
 from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
-_OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
 
 
 PRUNE_BUSY_MS = 20
@@ -219,23 +218,23 @@ class SqliteSource:
             return int(self._conn.execute(f"SELECT count(*) FROM {qi(obj)}").fetchone()[0])
         return await self._call(run)
 
-    def _chunk_sql(self, table: Table, first: bool) -> str:
+    def _chunk_sql(self, table: Table, after: Key | None) -> tuple[str, list[Any]]:
         cols = ", ".join(qi(c) for c in table.column_names)
         if table.synthetic_key:
             cols = "rowid, " + cols
+        marks, params = zip(*(capture.param(v) for v in after or ()), strict=True) if after else ((), ())
         if table.rowid_key:
             order = "rowid"
-            where = "" if first else "WHERE rowid > ?"
+            where = "" if after is None else "WHERE rowid > ?"
         else:
             order = ", ".join(qi(k) for k in table.pk)
-            where = "" if first else f"WHERE ({order}) > ({', '.join('?' for _ in table.pk)})"
-        return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order} LIMIT ?"
+            where = "" if after is None else f"WHERE ({order}) > ({', '.join(marks)})"
+        return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order} LIMIT ?", list(params)
 
     def _read_chunk(self, table: Table, after: Key | None, rows: int,
                     prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
-        sql = self._chunk_sql(table, after is None)
-        params = (*(after or ()), rows)
-        batch = self._conn.execute(sql, params).fetchall()
+        sql, params = self._chunk_sql(table, after)
+        batch = capture.fetch_all(self._conn, sql, (*params, rows))
         if not batch:
             return None
         columns = table.target_columns
@@ -287,9 +286,10 @@ class SqliteSource:
             rows = None
             if self._schema_version is None or version == self._schema_version:
                 head = self._head()
-                rows = self._conn.execute(
-                    f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
-                    "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit)).fetchall()
+                rows = capture.fetch_all(
+                    self._conn, f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
+                    "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit))
+                changes = images.decode(self._conn, self.tables, rows)
         finally:
             self._conn.execute("COMMIT")
         if rows is None:
@@ -301,17 +301,6 @@ class SqliteSource:
                 f"changes up to id {after.offset} from it: the file was replaced by an older copy (a "
                 "restored backup?), and its new changes would be skipped. Copy again: TRUNCATE the synced "
                 "tables in PostgreSQL and DELETE their stream's row FROM syncd.checkpoints, then `syncd run`")
-        changes: list[Change] = []
-        for cid, tbl, op, pk, row, ts in rows:
-            table = self.tables.get(tbl)
-            if table is None:
-                continue  # a table no longer synced: its changes are passed over
-            key = capture.decode_key(pk)
-            image = capture.decode_row(row) if row is not None else None
-            if image is not None and table.synthetic_key:
-                image[ROWID_COLUMN] = key[0]
-            changes.append(Change(op=_OPS[op], object=tbl, key=key, row=image,
-                                  position=Position(cid), committed_at=ts))
         position = Position(rows[-1][0]) if rows else after
         return Batch(changes=changes, position=position)
 
@@ -405,7 +394,7 @@ class SqliteSource:
     async def run_sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one read query on the worker thread (status, verification)."""
         def run() -> list[tuple[Any, ...]]:
-            return self._conn.execute(sql, params).fetchall()
+            return capture.fetch_all(self._conn, sql, params)
         return await self._call(run)
 
 
