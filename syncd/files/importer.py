@@ -85,7 +85,7 @@ class Importer:
         captured = {t: Captured(int(v[0]), int(v[1])) for t, v in (cap or {}).get("captured", {}).items()}
         tables = [bd.table_from_json(o["schema"]) for o in objs]
         prepared = await PostgresSink.prepare(conn, SQLITE_STREAM, tables, self.cfg.target)
-        stream: Stream
+        streams: list[Stream] = []
 
         async def open_sink() -> Sink:
             c = await connect(self.cfg.target, self.dsn)
@@ -94,7 +94,8 @@ class Importer:
             except BaseException:
                 await close_quietly(c)
                 raise
-            sink = PostgresSink(c, tts, strict=not self.skip_errors, on_reject=stream.count_rejects,
+            sink = PostgresSink(c, tts, strict=not self.skip_errors,
+                                on_reject=streams[0].count_rejects if streams else None,
                                 source_id=source.source_id, captured=captured)
             self.sinks[SQLITE_STREAM] = sink
             return sink
@@ -105,8 +106,8 @@ class Importer:
                 await self._upsert(source, open_sink, name)
             else:
                 await self._refuse_full(conn, SQLITE_STREAM, [(tt.qualified, tt.name) for tt in prepared])
-                stream = Stream(SQLITE_STREAM, source, open_sink, self.options, on_chunk=self.kill)
-                await self._run(stream)
+                streams.append(Stream(SQLITE_STREAM, source, open_sink, self.options, on_chunk=self.kill))
+                await self._run(streams[0])
         finally:
             await source.close()
         if self.update and cap:

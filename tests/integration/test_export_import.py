@@ -199,12 +199,11 @@ async def test_sigkill_mid_export_and_mid_import_then_resume(tmp_path: Path, pg_
     bundle = tmp_path / "bundle"
     killed(["--config", str(cfg), "export", "--to", str(bundle), "--chunk-rows", "30"], "export:6")
     assert not (bundle / "manifest.json").exists()
-    kept = {p.name: p.stat().st_mtime_ns for p in bundle.rglob("*.jsonl")}
+    kept = {p: p.stat().st_mtime_ns for p in bundle.rglob("*.jsonl")}
     assert len(kept) == 6
     out = export(cfg, bundle, "--chunk-rows", "30")
     assert "table notes: 500 rows" in out.stdout, out.stdout
-    assert all(p.stat().st_mtime_ns == kept[p.name] for p in bundle.rglob("*.jsonl") if p.name in kept
-               and p.parent.name == "0001") or True
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())  # kept, not written again
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [t["rows"] for t in manifest["tables"]] == [7, 500, 50]
 
@@ -249,7 +248,6 @@ async def test_corrupted_chunk_newer_version_and_full_target_are_refused(tmp_pat
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert "already has rows" in lines[0] and "--update-existing" in lines[0], lines
     assert await pg.fetchval("SELECT count(*) FROM notes") == 1
-    assert await pg.fetchval("SELECT to_regclass('public.kinds')") is not None or True
 
     proc = do_import(cfg, bundle, "--update-existing")
     assert proc.returncode in (0, 5), proc.stdout + proc.stderr
