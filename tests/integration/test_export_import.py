@@ -46,7 +46,8 @@ def make_app(db: Path, notes: int = 120, *, invalid_utf8: bool = True) -> None:
     conn.executescript(KINDS)
     conn.executemany("INSERT INTO kinds VALUES (?, ?, ?, ?, ?)", KIND_ROWS)
     if invalid_utf8:  # syncd's own snapshot and verify cannot read such a row (they stop): not here
-        conn.execute("INSERT INTO kinds VALUES (?, 1, 1.5, CAST(X'C3FF41' AS TEXT), NULL)", (INVALID_UTF8_ID,))
+        conn.execute("INSERT INTO kinds VALUES (?, 1, 1.5, CAST(X'C3FF41' AS TEXT), NULL)",
+                     (INVALID_UTF8_ID,))
     conn.executemany("INSERT INTO notes VALUES (?, ?)", [(f"note {i}", i * 3) for i in range(notes)])
     conn.executemany("INSERT INTO tags VALUES (?, ?, ?)", [(f"k{i % 7}", i, f"label {i}") for i in range(50)])
     conn.commit()
@@ -59,7 +60,8 @@ import numpy as np
 import chromadb
 from chromadb.config import Settings
 client = chromadb.PersistentClient(sys.argv[1], settings=Settings(anonymized_telemetry=False))
-col = client.get_or_create_collection("docs", embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+col = client.get_or_create_collection("docs", embedding_function=None,
+                                     configuration={"hnsw": {"space": "cosine"}})
 n, dim = int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(7)
 vecs = rng.standard_normal((n, dim)).astype(np.float32)
@@ -144,13 +146,15 @@ async def check_docs(pg: asyncpg.Connection, written: dict[str, Any]) -> None:
         raw = bytes(r["v"])
         dim = struct.unpack(">H", raw[:2])[0]
         bits = list(struct.unpack(f">{dim}I", raw[4:4 + 4 * dim]))
-        held[r["id"]] = {"bits": bits, "document": r["document"], "metadata": json.loads(r["m"]) if r["m"] else None}
+        held[r["id"]] = {"bits": bits, "document": r["document"],
+                         "metadata": json.loads(r["m"]) if r["m"] else None}
     assert held.keys() == written.keys()
     for item_id, w in written.items():
         assert held[item_id]["bits"] == w["bits"], item_id
         assert held[item_id]["document"] == w["document"], item_id
         assert held[item_id]["metadata"] == w["metadata"], item_id
-    assert await pg.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'docs' AND indexdef LIKE '%hnsw%'")
+    assert await pg.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'docs' "
+                             "AND indexdef LIKE '%hnsw%'")
 
 
 def export(cfg: Path, to: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -232,7 +236,8 @@ async def test_corrupted_chunk_newer_version_and_full_target_are_refused(tmp_pat
     (bundle / victim).write_bytes(original.replace(b"note 7", b"note 8", 1))
     proc = do_import(cfg, bundle)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1 and victim in lines[0] and "sha256" in lines[0], proc.stderr
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert victim in lines[0] and "sha256" in lines[0], lines
     assert await pg.fetchval("SELECT to_regclass('public.notes')") is None  # nothing loaded at all
     (bundle / victim).write_bytes(original)
 
