@@ -18,12 +18,17 @@ source without capture must not have changed in between (checked: file size and 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ctypes
 import datetime as dt
 import json
+import multiprocessing
 import os
+import signal
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +38,12 @@ from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import FatalError, SourceError
 from syncd.files import bundle as bd
+from syncd.files import chroma_export
 from syncd.sql import qi
-from syncd.stores.chroma.catalog import read_catalog, read_images
-from syncd.stores.chroma.records import (
-    DEFAULT_TOPIC_PREFIX,
-    OP_ADD,
-    OP_DELETE,
-    OP_UPDATE,
-    OP_UPSERT,
-    CollectionInfo,
-    Item,
-    Vector,
-    decode_vector,
-    seq_value,
-)
+from syncd.stores.chroma.catalog import read_catalog
+from syncd.stores.chroma.records import DEFAULT_TOPIC_PREFIX, CollectionInfo
 from syncd.stores.pgvector.plan import plan as plan_vectors
-from syncd.stores.postgres.tables import TargetTable, plan_table
+from syncd.stores.postgres.tables import plan_table
 from syncd.stores.sqlite import capture
 from syncd.stores.sqlite.schema import Table, discover, uri
 from syncd.verify.canon import NULL, CanonError, row_hash_int
@@ -58,6 +53,9 @@ from syncd.verify.vectors import VectorCanon
 log = structlog.get_logger("syncd.export")
 
 PROGRESS = "progress.json"
+_PR_SET_PDEATHSIG = 1
+WORKERS = 2
+"""Processes encoding and hashing table chunks (at most the CPUs)."""
 _BUSY_S = 30.0
 
 
@@ -75,11 +73,11 @@ def _stamp(path: Path) -> list[int]:
 
 
 class TableHasher:
-    """Rows -> (hashed rows, XOR of row hashes) in verify's canonical encoding (verify's own
-    expectation of each SQLite value, never the sink's converters)."""
+    """A row's 64-bit hash in verify's canonical encoding (verify's own expectation of each
+    SQLite value, never the sink's converters), for columns (name, PostgreSQL type, rounded)."""
 
-    def __init__(self, tt: TargetTable) -> None:
-        self.expects = [expect(c.name, c.pg_type, c.rounded) for c in tt.columns]
+    def __init__(self, types: Sequence[tuple[str, str, bool]]) -> None:
+        self.expects = [expect(name, pg_type, rounded) for name, pg_type, rounded in types]
 
     def row(self, raw: Sequence[Any]) -> int | None:
         parts = []
@@ -104,6 +102,20 @@ class Exporter:
         self.state: dict[str, Any] = {}
         self.kill = killpoints.counter("export")
         self.written = 0
+        self.workers = max(1, min(WORKERS, os.cpu_count() or 1))
+        self._pool: ProcessPoolExecutor | None = None
+
+    def pool(self) -> ProcessPoolExecutor:
+        """Processes that encode, write and hash table chunks while this one reads the next."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_die_with_parent, initargs=(os.getpid(),))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     # --- progress ---------------------------------------------------------------------------
 
@@ -208,26 +220,30 @@ class Exporter:
     def _table(self, conn: sqlite3.Connection, obj: dict[str, Any]) -> None:
         table = bd.table_from_json(obj["schema"])
         tt = plan_table(table, self.cfg.target, None)
-        hasher = TableHasher(tt)
+        types = [(c.name, c.pg_type, c.rounded) for c in tt.columns]
         columns = table.target_columns
         key_idx = [columns.index(k) for k in table.pk]
         last = obj["chunks"][-1]["last_key"] if obj["chunks"] else None
         cur = conn.execute(*_select(table, [bd.decode_value(v) for v in last] if last else None))
-        while True:
-            rows = cur.fetchmany(self.chunk_rows)
-            if not rows:
-                break
-            rows = [tuple(_sqlite_value(v) for v in r) for r in rows]
-            acc, hashed = 0, 0
-            for r in rows:
-                h = hasher.row(r)
-                if h is not None:
-                    acc ^= h
-                    hashed += 1
-            rel = bd.chunk_name("tables", obj["index"], len(obj["chunks"]) + 1)
-            sha = bd.write_chunk(self.root, rel, (bd.encode_row(columns, r) for r in rows))
-            key = [bd.encode_value(rows[-1][i]) for i in key_idx]
-            self._chunk_done(obj, bd.ChunkEntry(rel, sha, len(rows), hashed, f"{acc:016x}", key))
+        pending: collections.deque[tuple[Future[tuple[str, int, str]], str, int, list[Any]]] = \
+            collections.deque()
+        try:
+            while True:
+                rows = cur.fetchmany(self.chunk_rows)
+                if rows:
+                    rel = bd.chunk_name("tables", obj["index"], len(obj["chunks"]) + len(pending) + 1)
+                    key = [bd.encode_value(_sqlite_value(rows[-1][i])) for i in key_idx]
+                    pending.append((self.pool().submit(encode_table_chunk, str(self.root), rel, columns,
+                                                       types, rows), rel, len(rows), key))
+                while pending and (not rows or len(pending) > self.workers):
+                    future, rel, n, key = pending.popleft()
+                    sha, hashed, xor = future.result()
+                    self._chunk_done(obj, bd.ChunkEntry(rel, sha, n, hashed, xor, key))
+                if not rows:
+                    break
+        finally:
+            for future, *_ in pending:
+                future.cancel()
         obj["done"] = True
         self.save()
         log.info("table exported", table=obj["name"], rows=obj["rows"], chunks=len(obj["chunks"]))
@@ -277,7 +293,8 @@ class Exporter:
                     "space": info.space, "hnsw": None if info.hnsw is None else {
                         "max_neighbors": info.hnsw.max_neighbors,
                         "ef_construction": info.hnsw.ef_construction, "ef_search": info.hnsw.ef_search},
-                    "position": _head(conn, info, prefix + info.id), "rows": 0, "chunks": [], "done": False})
+                    "position": chroma_export.head(conn, info, prefix + info.id), "rows": 0, "chunks": [],
+                    "done": False})
             self.save()
         by_id = {c.id: c for c in catalog}
         for obj in self.state["collections"]:
@@ -293,11 +310,11 @@ class Exporter:
                     has_arrays: bool) -> None:
         canon = VectorCanon(plan_vectors(info, self.cfg.target, None, {}, lambda _w: None), "vector_send")
         after = obj["chunks"][-1]["last_key"][0] if obj["chunks"] else None
-        for items in _item_pages(conn, info, topic, after, self.chunk_rows, has_arrays):
+        for items in chroma_export.item_pages(conn, info, topic, after, self.chunk_rows, has_arrays):
             acc, hashed = 0, 0
             for item in items:
                 if item.vector is None and item.error is None:
-                    item.vector = _vector_from_log(conn, topic, item.id, item.seq)
+                    item.vector = chroma_export.vector_from_log(conn, topic, item.id, item.seq)
                 if item.vector is None and item.error is None:
                     raise SourceError(
                         f"collection {info.name!r}: Chroma purged the log row that holds the vector "
@@ -308,7 +325,7 @@ class Exporter:
                     acc ^= row_hash_int("|".join(exp.parts))
                     hashed += 1
             rel = bd.chunk_name("collections", obj["index"], len(obj["chunks"]) + 1)
-            sha = bd.write_chunk(self.root, rel, (_line(i) for i in items))
+            sha = bd.write_chunk(self.root, rel, (chroma_export.line(i) for i in items))
             entry = bd.ChunkEntry(rel, sha, len(items), hashed, f"{acc:016x}", [items[-1].id])
             self._chunk_done(obj, entry)
         obj["done"] = True
@@ -316,64 +333,26 @@ class Exporter:
         log.info("collection exported", collection=obj["name"], items=obj["rows"], chunks=len(obj["chunks"]))
 
 
-def _line(item: Item) -> str:
-    line = bd.encode_item(item.id, item.vector, item.document, item.metadata, item.seq)
-    if item.error:
-        return line[:-1] + f',"error":{json.dumps(item.error)}}}'
-    return line
+def _die_with_parent(parent: int) -> None:
+    """In a worker: be killed with the export (a SIGKILLed export leaves no worker behind)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def _vector_from_log(conn: sqlite3.Connection, topic: str, item_id: str, seq: int) -> Vector | None:
-    """The vector of an item whose last effective operation carried none (a metadata UPDATE):
-    the id's log rows replayed up to *seq* with Chroma's rules (None when the log no longer
-    starts with the write that created it)."""
-    exists: bool | None = None
-    vector: Vector | None = None
-    for op, blob, encoding in conn.execute(
-            "SELECT operation, vector, encoding FROM embeddings_queue WHERE topic = ? AND id = ? "
-            "AND seq_id <= ? ORDER BY seq_id", (topic, item_id, seq)):
-        if exists is None and op not in (OP_ADD, OP_UPSERT):
-            return None  # its history was purged
-        got = decode_vector(blob, encoding)[0] if blob is not None else None
-        if op == OP_DELETE:
-            exists, vector = False, None
-        elif op == OP_UPSERT or (op == OP_ADD and not exists):
-            exists, vector = True, got if got is not None else vector
-        elif op == OP_UPDATE and exists and got is not None:
-            vector = got
-    return vector if exists else None
-
-
-def _head(conn: sqlite3.Connection, info: CollectionInfo, topic: str) -> int:
-    """The collection's log position in this read transaction: every operation at or below it is
-    in the metadata segment (as the stream's snapshot start)."""
-    row = conn.execute("SELECT seq_id FROM max_seq_id WHERE segment_id = ?",
-                       (info.metadata_segment,)).fetchone()
-    applied = seq_value(row[0]) if row and row[0] is not None else None
-    newest = conn.execute("SELECT max(seq_id) FROM embeddings_queue WHERE topic = ?", (topic,)).fetchone()[0]
-    if applied is None or newest is None:
-        return 0
-    return min(applied, int(newest))
-
-
-def _item_pages(conn: sqlite3.Connection, info: CollectionInfo, topic: str, after: str | None, rows: int,
-                has_arrays: bool) -> Iterator[list[Item]]:
-    while True:
-        sql = ("SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
-               + ("AND embedding_id > ? " if after is not None else "") + "ORDER BY embedding_id LIMIT ?")
-        params: tuple[Any, ...] = (info.metadata_segment, after, rows) if after is not None \
-            else (info.metadata_segment, rows)
-        found = conn.execute(sql, params).fetchall()
-        if not found:
-            return
-        wanted = [(int(r[0]), str(r[1]), seq_value(r[2])) for r in found]
-        items = read_images(conn, topic, wanted, has_arrays)
-        items.sort(key=lambda i: i.id.encode("utf-8", "surrogatepass"))
-        if items:
-            yield items
-        if len(found) < rows:
-            return
-        after = str(found[-1][1])
+def encode_table_chunk(root: str, rel: str, columns: Sequence[str], types: Sequence[tuple[str, str, bool]],
+                       rows: Sequence[Sequence[Any]]) -> tuple[str, int, str]:
+    """Write one chunk file and hash its rows (in a worker process): sha256, hashed rows, XOR."""
+    hasher = TableHasher(types)
+    acc, hashed = 0, 0
+    for r in rows:
+        h = hasher.row([_sqlite_value(v) for v in r])
+        if h is not None:
+            acc ^= h
+            hashed += 1
+    sha = bd.write_chunk(Path(root), rel, (bd.encode_row(columns, r) for r in rows))
+    return sha, hashed, f"{acc:016x}"
 
 
 def _select(table: Table, after: list[Any] | None) -> tuple[str, tuple[Any, ...]]:
@@ -402,8 +381,11 @@ def export(cfg: Config, to: Path, *, tables: Sequence[str] | None = None,
                   chunk_rows=chunk_rows or cfg.stream.chunk_rows)
     ex.load()
     only_one = bool(tables) != bool(collections)
-    if cfg.sqlite is not None and not (only_one and collections):
-        ex.export_sqlite()
-    if cfg.chroma is not None and not (only_one and tables):
-        ex.export_chroma()
+    try:
+        if cfg.sqlite is not None and not (only_one and collections):
+            ex.export_sqlite()
+        if cfg.chroma is not None and not (only_one and tables):
+            ex.export_chroma()
+    finally:
+        ex.close()
     return ex.finish()

@@ -92,7 +92,8 @@ class BundleCheck:
         want = _bundle_side(obj)
         gone = 0
         if rejected or planned != [(c.name, c.pg_type) for c in tt.columns]:
-            hasher, cols = TableHasher(tt), table.target_columns
+            hasher = TableHasher([(c.name, c.pg_type, c.rounded) for c in tt.columns])
+            cols = table.target_columns
             key_idx = [cols.index(k) for k in table.pk]
             n, acc = 0, 0
             for line in _lines(self.root, obj):

@@ -186,6 +186,12 @@ async def test_round_trip_every_storage_class_and_a_collection(tmp_path: Path, p
     assert manifest["format"] == "syncd-export" and manifest["version"] == 1
     docs = manifest["collections"][0]
     assert (docs["dimension"], docs["space"], docs["rows"], len(docs["chunks"])) == (DIM, "cosine", 250, 7)
+    kinds = manifest["tables"][0]
+    assert kinds["name"] == "kinds"
+    chunk = (tmp_path / "bundle" / kinds["chunks"][0]["file"]).read_text()
+    lines = [json.loads(x) for x in chunk.splitlines()]
+    assert lines[INVALID_UTF8_ID - 1]["t"] == {"$text_hex": "c3ff41"}  # TEXT stays TEXT, not a blob
+    assert lines[0]["b"] == {"$blob": "AP8Q"} and lines[0]["i"] == {"$int": str(2**63 - 1)}
     first = json.loads((tmp_path / "bundle" / docs["chunks"][0]["file"]).read_text().splitlines()[0])
     assert {"id", "embedding", "document", "metadata"} <= first.keys()
 
@@ -205,8 +211,10 @@ async def test_sigkill_mid_export_and_mid_import_then_resume(tmp_path: Path, pg_
     bundle = tmp_path / "bundle"
     killed(["--config", str(cfg), "export", "--to", str(bundle), "--chunk-rows", "30"], "export:6")
     assert not (bundle / "manifest.json").exists()
-    kept = {p: p.stat().st_mtime_ns for p in bundle.rglob("*.jsonl")}
-    assert len(kept) == 6
+    progress = json.loads((bundle / "progress.json").read_text())
+    recorded = [bundle / c["file"] for t in progress["tables"] for c in t["chunks"]]
+    assert len(recorded) == 6  # chunks written ahead but not recorded are written again
+    kept = {p: p.stat().st_mtime_ns for p in recorded}
     out = export(cfg, bundle, "--chunk-rows", "30")
     assert "table notes: 500 rows" in out.stdout, out.stdout
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())  # kept, not written again
