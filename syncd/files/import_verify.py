@@ -6,7 +6,7 @@ SQLite values by verify's own expectation (:mod:`syncd.verify.expect`), never by
 converters. Per collection, the rows' per-column hashes (``VectorCanon``) are streamed and
 folded the same way. XOR is order-free, so one pass each side suffices; rows quarantined in
 ``syncd.rejects`` are taken out of the bundle's side (the bundle is read again for them, and
-when the target adopted a table with other column types than the export planned).
+when the target table was not created with the types the export planned: an adopted table).
 
 Exit code as `syncd verify`: 0 equal, 5 only rejected rows differ, 1 something else differs.
 """
@@ -30,6 +30,7 @@ from syncd.stores.chroma.records import Item
 from syncd.stores.pgvector.table import prepare_table, stream_name
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.state import jsonable
+from syncd.stores.postgres.tables import plan_table
 from syncd.streams.supervisor import SQLITE_STREAM
 from syncd.verify.canon import MASK64, RowCanon, row_hash_int
 from syncd.verify.vectors import VectorCanon
@@ -91,7 +92,9 @@ class BundleCheck:
         planned = [(c["name"], c["pg_type"]) for c in obj["target"]["columns"]]
         want = _bundle_side(obj)
         gone = 0
-        if rejected or planned != [(c.name, c.pg_type) for c in tt.columns]:
+        same = tt.created and planned == [(c.name, c.pg_type)
+                                          for c in plan_table(table, self.cfg.target, None).columns]
+        if rejected or not same:  # the bundle's hashes do not apply as they are: hash it again
             hasher = TableHasher([(c.name, c.pg_type, c.rounded) for c in tt.columns])
             cols = table.target_columns
             key_idx = [cols.index(k) for k in table.pk]
@@ -99,7 +102,7 @@ class BundleCheck:
             for line in _lines(self.root, obj):
                 r = bd.decode_row(cols, line)
                 h = hasher.row(r)
-                if _key_text(jsonable([r[i] for i in key_idx])) in rejected:
+                if rejected and _key_text(jsonable([r[i] for i in key_idx])) in rejected:
                     gone += 1
                 elif h is not None:
                     n, acc = n + 1, acc ^ h
