@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from syncd.service import logs
 
         logs.configure(args.log_level or os.environ.get("SYNCD_LOG_LEVEL")
-                       or ("info" if args.command == "run" else "warning"))
+                       or _default_log_level(args.command))
         return _dispatch(args)
     except ConfigError as exc:
         where = getattr(args, "config_file", None)
@@ -415,6 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("SYNCD_DEBUG"):
             raise
         return exitcodes.FAILED
+
+
+def _default_log_level(command: str) -> str:
+    """info for `run`; `import` says what happened itself (a rejected row is counted in its summary,
+    a stopped load is its one error line), so only critical; warning for the others."""
+    return {"run": "info", "import": "critical"}.get(command, "warning")
 
 
 def print_json(data: object) -> None:

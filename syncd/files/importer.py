@@ -192,8 +192,10 @@ class Importer:
         try:
             await stream.run(stop, until_caught_up=True)
         except StrictModeStop as exc:
-            raise FatalError(f"{exc} (import: --skip-errors quarantines such rows in syncd.rejects "
-                             "instead)") from exc
+            what = str(exc).split("; fix the row", 1)[0].split("; fix the item", 1)[0]
+            raise FatalError(f"{what}; fix it in the source or the mapping (target.column_types), or "
+                             "import with --skip-errors (the default) to quarantine such rows in "
+                             "syncd.rejects") from exc
 
     async def _upsert(self, source: BundleSource, open_sink: Callable[[], Any], name: str) -> None:
         """--update-existing: every chunk as upserts through the sink's apply path; the position of

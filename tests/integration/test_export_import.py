@@ -195,6 +195,11 @@ async def test_round_trip_every_storage_class_and_a_collection(tmp_path: Path, p
     first = json.loads((tmp_path / "bundle" / docs["chunks"][0]["file"]).read_text().splitlines()[0])
     assert {"id", "embedding", "document", "metadata"} <= first.keys()
 
+    proc = do_import(cfg, tmp_path / "bundle", "--no-skip-errors")  # the first bad row stops it
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "--skip-errors" in lines[0], proc.stderr
+    assert await pg.fetchval("SELECT count(*) FROM kinds") == 0  # its chunk rolled back whole
+
     proc = do_import(cfg, tmp_path / "bundle", "--batch-size", "25")
     assert proc.returncode == 5, proc.stdout + proc.stderr  # equal except the quarantined row
     assert "sha256 ok" in proc.stdout and "differ" not in proc.stdout, proc.stdout
