@@ -215,6 +215,38 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("backup", type=Path, metavar="BACKUP", help="a directory `syncd backup` wrote")
     rs.add_argument("--dry-run", action="store_true",
                     help="check the backup and print what would be overwritten")
+    ex = _sub(sub, "export", "write every table and collection as a bundle: chunked JSONL plus a manifest",
+              "Reads the app consistently (one SQLite read transaction; Chroma at one log position) and\n"
+              "writes nothing to it. Run it again after an interruption: it keeps the chunks written.",
+              "  syncd -c syncd.toml export --to /srv/bundle\n"
+              "  syncd -c syncd.toml export --to /srv/bundle --table users --table orders\n"
+              "  head -1 /srv/bundle/collections/0000/000001.jsonl | jq .")
+    ex.add_argument("--to", type=Path, required=True, metavar="DIR", help="a new or empty directory")
+    ex.add_argument("--table", action="append", metavar="NAME", help="only this table (repeatable)")
+    ex.add_argument("--collection", action="append", metavar="NAME", help="only this collection (repeatable)")
+    ex.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
+                    help="chunk file format (default jsonl; parquet needs pyarrow, not installed)")
+    ex.add_argument("--chunk-rows", type=_at_least(1), default=None, metavar="N",
+                    help="rows per chunk file (default: stream.chunk_rows)")
+    im = _sub(sub, "import", "load a bundle into the target (PostgreSQL / pgvector), then verify it",
+              "Checks every chunk's sha256 first; loads with binary COPY through the snapshot's sink,\n"
+              "builds indexes after; resumable. A bundle with capture positions lets `syncd run` continue\n"
+              "streaming from where the export read. Exit as verify: 0 equal, 5 only rejects differ.",
+              "  syncd -c syncd.toml import /srv/bundle\n"
+              "  syncd -c syncd.toml import /srv/bundle --batch-size 10000 --no-skip-errors\n"
+              "  syncd -c syncd.toml import /srv/bundle && syncd -c syncd.toml run --until-caught-up")
+    im.add_argument("bundle", type=Path, metavar="DIR", help="a directory `syncd export` wrote")
+    im.add_argument("--batch-size", type=_at_least(1), default=None, metavar="N",
+                    help="rows per COPY / transaction (default: stream.chunk_rows)")
+    im.add_argument("--workers", type=_at_least(1), default=2, metavar="N",
+                    help="chunk files read, checked and converted ahead of the load (default 2)")
+    im.add_argument("--skip-errors", action=argparse.BooleanOptionalAction, default=True,
+                    help="quarantine rows the target cannot hold in syncd.rejects (default); "
+                         "--no-skip-errors stops at the first")
+    im.add_argument("--update-existing", action="store_true",
+                    help="upsert into tables that already hold rows (default: refuse them)")
+    im.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip comparing the target with the bundle's hashes after the load")
     e = _sub(sub, "embedded", "the embedded PostgreSQL (target.dsn = \"embedded\") on its own",
              "Look at the target without running the daemon.",
              "  syncd -c syncd.toml embedded dsn\n  syncd -c syncd.toml embedded start")
@@ -257,6 +289,8 @@ _ADVICE = {
     "rollback": "`syncd status` shows where it stopped: `syncd rollback --resume`",
     "run": "the checkpoint is in PostgreSQL: `syncd run` resumes from it",
     "demo": "start it again with a new --dir",
+    "export": "run the same `syncd export` again: it keeps the chunks written and goes on",
+    "import": "run the same `syncd import` again: it resumes after the last chunk loaded",
 }
 
 
@@ -315,8 +349,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from syncd.stores.postgres.embedded import command as embedded_command
 
         return embedded_command(cfg, args.action)
-    commands.preflight(cfg, args.command)
-    if args.command in ("backup", "restore"):
+    if args.command != "import":  # the import's machine may not have the app's stores
+        commands.preflight(cfg, args.command)
+    if args.command in ("backup", "restore", "export", "import"):
         from syncd.files import commands as files
 
         return files.run(args, cfg)
@@ -360,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from syncd.service import logs
 
         logs.configure(args.log_level or os.environ.get("SYNCD_LOG_LEVEL")
-                       or ("info" if args.command == "run" else "warning"))
+                       or _default_log_level(args.command))
         return _dispatch(args)
     except ConfigError as exc:
         where = getattr(args, "config_file", None)
@@ -382,6 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("SYNCD_DEBUG"):
             raise
         return exitcodes.FAILED
+
+
+def _default_log_level(command: str) -> str:
+    """info for `run`; `import` says what happened itself (a rejected row is counted in its summary,
+    a stopped load is its one error line), so only critical; warning for the others."""
+    return {"run": "info", "import": "critical"}.get(command, "warning")
 
 
 def print_json(data: object) -> None:

@@ -1,4 +1,4 @@
-"""The `syncd backup` and `syncd restore` subcommands: their arguments and what they print."""
+"""The `syncd backup`, `restore`, `export` and `import` subcommands: their arguments and what they print."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TextIO
 
 from syncd.config import Config
+from syncd.errors import ConfigError
 
-COMMANDS = ("backup", "restore")
+COMMANDS = ("backup", "restore", "export", "import")
 
 
 def backup_lines(cfg: Config, to: Path | None, reason: str = "manual") -> list[str]:
@@ -60,7 +61,43 @@ def status_line(cfg: Config) -> str:
     return f"backups: {len(done)} in {directory}, newest {done[-1].name}"
 
 
+def export_lines(cfg: Config, args: argparse.Namespace) -> list[str]:
+    from syncd.files.export import export
+
+    if args.format != "jsonl":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            raise ConfigError("--format parquet: pyarrow is not installed with this syncd; use --format "
+                              "jsonl (the default)")
+        raise ConfigError("--format parquet: not built yet; use --format jsonl (the default)")
+    m = export(cfg, args.to, tables=args.table, collections=args.collection, chunk_rows=args.chunk_rows)
+    lines = [f"bundle written: {args.to} (format {m.get('format', 'syncd-export')} 1, manifest.json)"]
+    for t in m["tables"]:
+        lines.append(f"table {t['name']}: {t['rows']} rows in {len(t['chunks'])} chunks")
+    for c in m["collections"]:
+        lines.append(f"collection {c['name']}: {c['rows']} items in {len(c['chunks'])} chunks, "
+                     f"{c['dimension']}-d {c['space']}, log position {c['position']}")
+    cap = (m.get("sqlite") or {}).get("capture")
+    if m.get("sqlite") is not None:
+        lines.append(f"SQLite capture position {cap['position']}: `syncd run` can continue from it after the "
+                     "import" if cap else "SQLite has no change capture: the bundle is a copy, `syncd run` "
+                     "cannot continue from it (run `syncd init` before exporting for that)")
+    return lines
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "export":
+        for line in export_lines(cfg, args):
+            print(line)
+        return 0
+    if args.command == "import":
+        from syncd.cli import run_async
+        from syncd.files.importer import run_import
+
+        return run_async(run_import(cfg, args.bundle, batch_size=args.batch_size, workers=args.workers,
+                                    skip_errors=args.skip_errors, update_existing=args.update_existing,
+                                    verify=args.verify))
     if args.command == "backup":
         lines = backup_lines(cfg, args.to)
     else:
