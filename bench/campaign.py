@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,11 +152,18 @@ class Setup:
         return [sys.executable, "-m", "syncd.cli", "--config", str(self.config), *args]
 
 
-def prepare(server: pg.Server, work: Path, *, database: str, seed: int, scale: int,
-            archive_rows: int = 0, stream: dict[str, Any] | None = None) -> Setup:
-    """A populated app database (``scale`` sets its size), an empty target and the config."""
+def prepare(server: pg.Server | None, work: Path, *, database: str, seed: int, scale: int,
+            archive_rows: int = 0, stream: dict[str, Any] | None = None,
+            sqlite_dir: Path | None = None, state_dir: Path | None = None,
+            target: tuple[str, str] | None = None,
+            target_options: dict[str, Any] | None = None) -> Setup:
+    """A populated app database (``scale`` sets its size), an empty target and the config.
+    The app's file goes in *sqlite_dir* and syncd's state in *state_dir* if given (a small
+    filesystem of their own), else in *work*. *target* is (the DSN the harness reads, the one
+    syncd is given, e.g. through a proxy) of an empty database the caller made; else *server*
+    gets a fresh database *database*."""
     work.mkdir(parents=True, exist_ok=True)
-    db = work / "app.sqlite"
+    db = (sqlite_dir or work) / "app.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     create_database(db, archive_rows=archive_rows)
@@ -165,11 +173,17 @@ def prepare(server: pg.Server, work: Path, *, database: str, seed: int, scale: i
                      audit=3 * scale, settings=scale, sessions=2 * scale)
     finally:
         app.close()
-    dsn = pg.recreate_database(server, database)
+    if target is None:
+        assert server is not None
+        dsn = syncd_dsn = pg.recreate_database(server, database)
+    else:
+        dsn, syncd_dsn = target
     health = f"127.0.0.1:{free_port()}"
     lines = ["[source.sqlite]", f"path = {json.dumps(str(db))}", "",
-             "[target]", f"dsn = {json.dumps(dsn)}", "",
-             "[state]", f"dir = {json.dumps(str(work / 'state'))}", "",
+             "[target]", f"dsn = {json.dumps(syncd_dsn)}"]
+    lines += [f"{k} = {v!r}" for k, v in (target_options or {}).items()]
+    lines += ["",
+             "[state]", f"dir = {json.dumps(str(state_dir or work / 'state'))}", "",
              "[health]", f"listen = {json.dumps(health)}", "", "[stream]"]
     lines += [f"{k} = {v!r}" for k, v in (stream or {}).items()]
     config = work / "syncd.toml"
@@ -257,10 +271,16 @@ class Daemon:
 class PacedWriter:
     """The crash tests' :class:`Writer` at about ``rate`` row changes per second, in a thread."""
 
-    def __init__(self, sqlite: Path, seed: int, rate: float) -> None:
+    def __init__(self, sqlite: Path, seed: int, rate: float, *, tolerate_full: bool = False) -> None:
         self.writer = Writer(sqlite, seed, parent_key_changes=False, full_precision_reals=False)
         self.interval = CHANGES_PER_TRANSACTION / rate
         self.error: BaseException | None = None
+        self.tolerate_full = tolerate_full
+        """Go on after a transaction fails for want of space (SQLITE_FULL / an I/O error)."""
+        self.failed: Counter[str] = Counter()
+        """Failed transactions by error message."""
+        self.half_logged = 0
+        """Failed transactions after which the changelog held rows it did not hold before."""
         self._stop = threading.Event()
         self._pause = threading.Event()
         self._thread = threading.Thread(target=self._run, name="app-writer", daemon=True)
@@ -274,13 +294,31 @@ class PacedWriter:
                     self._stop.wait(0.05)
                     started, n = time.monotonic(), 0
                     continue
-                self.writer.transaction()
+                if self.tolerate_full:
+                    self._transaction_or_failure()
+                else:
+                    self.writer.transaction()
                 n += 1
                 delay = started + n * self.interval - time.monotonic()
                 if delay > 0:
                     self._stop.wait(delay)
         except BaseException as exc:  # reported by stop()
             self.error = exc
+
+    def _transaction_or_failure(self) -> None:
+        """One transaction; if the disk is full, check that it left nothing in the changelog."""
+        conn = self.writer.conn
+        top = conn.execute("SELECT coalesce(max(id), 0) FROM _syncd_changelog").fetchone()[0]
+        try:
+            self.writer.transaction()
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc) and "I/O" not in str(exc):
+                raise
+            self.failed[str(exc)] += 1
+            after = conn.execute("SELECT coalesce(max(id), 0) FROM _syncd_changelog").fetchone()[0]
+            if after > top or conn.in_transaction:
+                self.half_logged += 1
+            self._stop.wait(0.02)
 
     @property
     def tally(self) -> Tally:
