@@ -1,4 +1,5 @@
-"""The short versions of the reliability campaigns (bench/soak.py, bench/chaos.py), so the
+"""The short versions of the reliability campaigns (bench/soak.py, bench/chaos.py,
+bench/diskfull.py, bench/switchchaos.py, bench/netchaos.py), so the
 harness keeps working. Each runs as a subprocess with its own PostgreSQL server (the kill
 campaign kills it) and reads both stores back at the end; a lost, doubled or unequal write
 or a broken bound makes it exit 1 and the test fail. docs/reliability.md has the long runs.
@@ -82,3 +83,28 @@ def test_short_disk_full_state_dir(tmp_path: Path) -> None:
 
 def test_short_disk_full_app_sqlite(tmp_path: Path) -> None:
     disk_full(tmp_path, "sqlite")
+
+
+SWITCH_CHECKS = ("switch kills done", "every killed switch finished (resume / revert)",
+                 "no switch left pending at the end", "app writes refused",
+                 "acknowledged writes lost", "acknowledged writes doubled", "syncd verify",
+                 "daemon stops on SIGTERM with exit 0")
+NET_CHECKS = ("toxic rounds", "daemon never exited by itself", "caught up within 60 s of every round",
+              "acknowledged writes lost", "streamed writes applied (audit trigger)",
+              "acknowledged writes doubled", "rows equal (own comparison)", "syncd verify",
+              "no traceback in the daemon's log")
+
+
+def test_short_switch_kill_campaign(tmp_path: Path) -> None:
+    """SIGKILLs of `syncd cutover` / `syncd rollback` at random steps, then --resume or revert."""
+    out = campaign("bench.switchchaos", "--kills", "2", "--rate", "100", "--work", str(tmp_path))
+    passed(out, SWITCH_CHECKS)
+    assert "switch kills done: 2 of 2" in out
+    assert "acknowledged writes lost: 0 " in out and "acknowledged writes doubled: 0 " in out
+
+
+def test_short_network_campaign(tmp_path: Path) -> None:
+    """Random toxics on syncd's PostgreSQL connection for 20 s."""
+    out = campaign("bench.netchaos", "--minutes", "0.33", "--rate", "150", "--work", str(tmp_path))
+    passed(out, NET_CHECKS)
+    assert "acknowledged writes lost: 0 " in out and "acknowledged writes doubled: 0 " in out
