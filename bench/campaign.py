@@ -151,11 +151,18 @@ class Setup:
         return [sys.executable, "-m", "syncd.cli", "--config", str(self.config), *args]
 
 
-def prepare(server: pg.Server, work: Path, *, database: str, seed: int, scale: int,
-            archive_rows: int = 0, stream: dict[str, Any] | None = None) -> Setup:
-    """A populated app database (``scale`` sets its size), an empty target and the config."""
+def prepare(server: pg.Server | None, work: Path, *, database: str, seed: int, scale: int,
+            archive_rows: int = 0, stream: dict[str, Any] | None = None,
+            sqlite_dir: Path | None = None, state_dir: Path | None = None,
+            target: tuple[str, str] | None = None,
+            target_options: dict[str, Any] | None = None) -> Setup:
+    """A populated app database (``scale`` sets its size), an empty target and the config.
+    The app's file goes in *sqlite_dir* and syncd's state in *state_dir* if given (a small
+    filesystem of their own), else in *work*. *target* is (the DSN the harness reads, the one
+    syncd is given, e.g. through a proxy) of an empty database the caller made; else *server*
+    gets a fresh database *database*."""
     work.mkdir(parents=True, exist_ok=True)
-    db = work / "app.sqlite"
+    db = (sqlite_dir or work) / "app.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     create_database(db, archive_rows=archive_rows)
@@ -165,11 +172,17 @@ def prepare(server: pg.Server, work: Path, *, database: str, seed: int, scale: i
                      audit=3 * scale, settings=scale, sessions=2 * scale)
     finally:
         app.close()
-    dsn = pg.recreate_database(server, database)
+    if target is None:
+        assert server is not None
+        dsn = syncd_dsn = pg.recreate_database(server, database)
+    else:
+        dsn, syncd_dsn = target
     health = f"127.0.0.1:{free_port()}"
     lines = ["[source.sqlite]", f"path = {json.dumps(str(db))}", "",
-             "[target]", f"dsn = {json.dumps(dsn)}", "",
-             "[state]", f"dir = {json.dumps(str(work / 'state'))}", "",
+             "[target]", f"dsn = {json.dumps(syncd_dsn)}"]
+    lines += [f"{k} = {v!r}" for k, v in (target_options or {}).items()]
+    lines += ["",
+             "[state]", f"dir = {json.dumps(str(state_dir or work / 'state'))}", "",
              "[health]", f"listen = {json.dumps(health)}", "", "[stream]"]
     lines += [f"{k} = {v!r}" for k, v in (stream or {}).items()]
     config = work / "syncd.toml"
@@ -274,13 +287,17 @@ class PacedWriter:
                     self._stop.wait(0.05)
                     started, n = time.monotonic(), 0
                     continue
-                self.writer.transaction()
+                self._transaction()
                 n += 1
                 delay = started + n * self.interval - time.monotonic()
                 if delay > 0:
                     self._stop.wait(delay)
         except BaseException as exc:  # reported by stop()
             self.error = exc
+
+    def _transaction(self) -> None:
+        """One app transaction (a subclass may tolerate some failures)."""
+        self.writer.transaction()
 
     @property
     def tally(self) -> Tally:

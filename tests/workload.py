@@ -222,6 +222,7 @@ class Writer:
         rng, conn = self.rng, self.conn
         done: list[str] = []
         conn.execute("BEGIN IMMEDIATE")
+        seq = self._seq
         try:
             for op in rng.choices(self._ops, self._weights, k=rng.randint(1, 5)):
                 op()
@@ -230,15 +231,19 @@ class Writer:
             conn.execute("INSERT INTO events (seq, kind, at) VALUES (?, ?, ?)",
                          (self._seq, done[0], self._now()))
             conn.execute("UPDATE counters SET n = n + 1 WHERE id = ?", (rng.randint(1, 10),))
+            if rng.random() < self.rollback_rate:
+                conn.execute("ROLLBACK")
+                self._seq = seq
+                self.tally.rollbacks += 1
+                return
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # a failed statement or COMMIT (SQLITE_FULL, an I/O error) may already have
+            # rolled the transaction back
+            self._seq = seq
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        if rng.random() < self.rollback_rate:
-            conn.execute("ROLLBACK")
-            self._seq -= 1
-            self.tally.rollbacks += 1
-            return
-        conn.execute("COMMIT")
         self.tally.transactions += 1
         for name in done:
             self.tally.ops[name] = self.tally.ops.get(name, 0) + 1

@@ -100,9 +100,15 @@ class StateDirLock:
                 other = None
             raise AlreadyRunning(f"syncd is already running on state dir {self.path.parent}: "
                                  f"{pgstate.describe_owner(other)}; stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder.to_json()) + "\n").encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder.to_json()) + "\n").encode(), 0)
+            os.fsync(fd)
+        except OSError as exc:  # a full disk (ENOSPC), a quota, an I/O error
+            os.close(fd)
+            raise FatalError(f"state.dir {self.path.parent}: cannot write {self.path.name}: "
+                             f"{exc.strerror}; free space there (or point state.dir elsewhere) "
+                             "and start syncd again") from None
         self._fd = fd
 
     def release(self) -> None:

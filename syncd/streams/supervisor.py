@@ -28,7 +28,7 @@ from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.status import StreamStatus
 from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, resolve_dsn, try_replica_role
+from syncd.stores.postgres.connect import close_quietly, connect, guarded, resolve_dsn, try_replica_role
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.source import SqliteSource
 from syncd.stream import Stream
@@ -75,8 +75,11 @@ def sqlite_stream(config: Config, dsn: str, source: SqliteSource,
         try:
             tables = await PostgresSink.prepare(conn, SQLITE_STREAM, list(source.tables.values()),
                                                 config.target)
-            stream.count_rejects(await pgstate.count_rejects(conn, SQLITE_STREAM) - stream.status.rejects)
-            if not await try_replica_role(conn) and not replica_warned:
+            async with guarded("opening the target"):  # a connection lost here is retried
+                open_rejects = await pgstate.count_rejects(conn, SQLITE_STREAM)
+                replica = await try_replica_role(conn)
+            stream.count_rejects(open_rejects - stream.status.rejects)
+            if not replica and not replica_warned:
                 replica_warned = True
                 log.warning("not allowed to set session_replication_role: foreign keys syncd creates "
                             "are deferred to commit, and target triggers fire for syncd's writes")

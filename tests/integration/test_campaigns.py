@@ -1,4 +1,5 @@
-"""The short versions of the reliability campaigns (bench/soak.py, bench/chaos.py), so the
+"""The short versions of the reliability campaigns (bench/soak.py, bench/chaos.py,
+bench/diskfull.py, bench/switchchaos.py, bench/netchaos.py), so the
 harness keeps working. Each runs as a subprocess with its own PostgreSQL server (the kill
 campaign kills it) and reads both stores back at the end; a lost, doubled or unequal write
 or a broken bound makes it exit 1 and the test fail. docs/reliability.md has the long runs.
@@ -50,3 +51,60 @@ def test_short_kill_campaign(tmp_path: Path) -> None:
                    "--rate", "150", "--work", str(tmp_path))
     passed(out, CHAOS_CHECKS)
     assert "kills done: 3 of 3" in out
+
+
+DISK_FULL_CHECKS = ("daemon stayed up while full", "caught up after space was freed",
+                    "acknowledged writes lost", "streamed writes applied (audit trigger)",
+                    "acknowledged writes doubled", "rows equal (own comparison)", "syncd verify",
+                    "no traceback in the daemon's log")
+DISK_FULL_OWN = {"pg": ("daemon said the disk is full", "daemon degraded while full"),
+                 "state": ("daemon streamed while full", "restart on a full state dir"),
+                 "sqlite": ("app transactions failed for want of space",
+                            "failed app transactions left changelog rows")}
+
+
+def disk_full(tmp_path: Path, scenario: str) -> None:
+    """bench.diskfull mounts a small tmpfs per store (it must run as root: without, it fails
+    with a line saying so rather than skipping)."""
+    out = campaign("bench.diskfull", "--only", scenario, "--full-seconds", "8", "--rate", "150",
+                   "--work", str(tmp_path))
+    passed(out, tuple(f"{scenario}: {name}" for name in DISK_FULL_CHECKS + DISK_FULL_OWN[scenario]))
+    assert f"{scenario}: acknowledged writes lost: 0 " in out
+    assert f"{scenario}: acknowledged writes doubled: 0 " in out
+
+
+def test_short_disk_full_postgres(tmp_path: Path) -> None:
+    disk_full(tmp_path, "pg")
+
+
+def test_short_disk_full_state_dir(tmp_path: Path) -> None:
+    disk_full(tmp_path, "state")
+
+
+def test_short_disk_full_app_sqlite(tmp_path: Path) -> None:
+    disk_full(tmp_path, "sqlite")
+
+
+SWITCH_CHECKS = ("switch kills done", "every killed switch finished (resume / revert)",
+                 "no switch left pending at the end",
+                 "acknowledged writes lost", "acknowledged writes doubled", "syncd verify",
+                 "daemon stops on SIGTERM with exit 0")
+NET_CHECKS = ("toxic rounds", "daemon never exited by itself", "caught up within 60 s of every round",
+              "acknowledged writes lost", "streamed writes applied (audit trigger)",
+              "acknowledged writes doubled", "rows equal (own comparison)", "syncd verify",
+              "no traceback in the daemon's log")
+
+
+def test_short_switch_kill_campaign(tmp_path: Path) -> None:
+    """SIGKILLs of `syncd cutover` / `syncd rollback` at random steps, then --resume or revert."""
+    out = campaign("bench.switchchaos", "--kills", "2", "--rate", "100", "--work", str(tmp_path))
+    passed(out, SWITCH_CHECKS)
+    assert "switch kills done: 2 of 2" in out
+    assert "acknowledged writes lost: 0 " in out and "acknowledged writes doubled: 0 " in out
+
+
+def test_short_network_campaign(tmp_path: Path) -> None:
+    """Random toxics on syncd's PostgreSQL connection for 20 s."""
+    out = campaign("bench.netchaos", "--minutes", "0.33", "--rate", "150", "--work", str(tmp_path))
+    passed(out, NET_CHECKS)
+    assert "acknowledged writes lost: 0 " in out and "acknowledged writes doubled: 0 " in out

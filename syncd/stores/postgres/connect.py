@@ -20,6 +20,9 @@ _ROW_CLASSES = ("22", "23")
 _RETRY_STATES = {"57P01", "57P02", "57P03", "53300"}
 _CONFLICT_STATES = {"40001", "40P01"}
 """Serialization failure, deadlock: the transaction lost a conflict and is retried as it is."""
+_DISK_FULL = "53100"
+"""The server could not extend a file: its transaction is rolled back whole; retried until
+someone frees space (the stream waits in ``degraded``, it does not stop)."""
 
 
 def describe_dsn(dsn: str) -> str:
@@ -69,6 +72,10 @@ def translate(exc: BaseException, where: str) -> SyncdError:
         return FatalError(f"{where}: {exc}; grant the privilege to syncd's user")
     if state in _CONFLICT_STATES:
         return RetryableError(f"{where}: {exc} (rolled back; retrying)")
+    if state == _DISK_FULL:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return RetryableError(f"{where}: PostgreSQL is out of disk space ({first}); free space "
+                              "on the server's data directory; retrying until then")
     if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError | asyncpg.PostgresConnectionError
                   | asyncpg.InterfaceError | ConnectionError | asyncpg.exceptions.InternalClientError
                   ) or state in _RETRY_STATES:

@@ -72,6 +72,8 @@ class SqliteSource:
         self._conn = conn
         self.tables = {t.name: t for t in tables}
         self._executor = executor
+        self._prune_full = False
+        """The last prune failed for want of space (warned once until one succeeds)."""
         self._woken = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watch = asyncio.Event()
@@ -353,12 +355,21 @@ class SqliteSource:
                             f"{capture.CHANGELOG} WHERE id <= ? ORDER BY id LIMIT 5000)", (upto.offset,))
                         self._conn.execute("COMMIT")
                     except BaseException:
-                        self._conn.execute("ROLLBACK")
+                        if self._conn.in_transaction:  # SQLITE_FULL has rolled it back already
+                            self._conn.execute("ROLLBACK")
                         raise
                 except sqlite3.OperationalError as exc:
                     if "locked" in str(exc) or "busy" in str(exc):
                         return total  # the app (or a cutover fence) is writing: prune next time
+                    if "full" in str(exc):  # SQLITE_FULL: the app's disk; reading goes on
+                        if not self._prune_full:
+                            log.warning("cannot prune the changelog: the disk is full; pruning "
+                                        "again once there is space", path=str(self.path),
+                                        error=str(exc))
+                        self._prune_full = True
+                        return total
                     raise
+                self._prune_full = False
                 total += cur.rowcount
                 if cur.rowcount < 5000:
                     return total
