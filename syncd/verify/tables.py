@@ -31,6 +31,7 @@ import time
 from syncd.model import Key
 from syncd.sql import qi
 from syncd.stores.postgres.state import jsonable
+from syncd.verify.fastpath import FastPath
 from syncd.verify.report import CheckResult, Rejected
 from syncd.verify.rowcompare import PgStream, RowCompare, TooManyRows
 from syncd.verify.rows import Range, Row
@@ -42,34 +43,77 @@ def _bound(row: Row | None) -> Row | None:
     return None if row is None else Row(row.raw_key, row.conv_key, row.key, None)
 
 
+class _Found:
+    """Suspect ranges collected by a scan, bounded by ``max_differences``."""
+
+    def __init__(self, check: TableCheck, result: CheckResult) -> None:
+        self.check, self.result = check, result
+        self.found: dict[tuple[Key | None, Key | None], Range] = {}
+
+    def add(self, new: list[Range], rows: int) -> bool:
+        """Record *new* suspects after *rows* rows were compared; True when the scan must stop."""
+        self.found.update((r.ident, Range(_bound(r.lo), _bound(r.hi))) for r in new)
+        self.check.ctx.progress(self.check.name, rows)
+        self.result.truncated = len(self.found) > self.check.opts.max_differences
+        return self.result.truncated
+
+    def ranges(self) -> list[Range]:
+        return list(self.found.values())
+
+
 class TableCheck(RowCompare):
     """One table's verification; :meth:`run` fills a :class:`CheckResult`."""
 
     kind = "table"
 
     async def scan(self, result: CheckResult) -> tuple[list[Range], int]:
-        """Compare every chunk; return the suspect ranges and the newest SQLite head seen.
-
-        PostgreSQL aggregates chunk *n* while Python converts and hashes chunk *n + 1*.
-        """
-        found: dict[tuple[Key | None, Key | None], Range] = {}
+        """Compare every chunk; return the suspect ranges and the newest SQLite head seen."""
         result.source_rows, result.target_rows = 0, 0
+        fast = FastPath(self)
+        if await fast.unusable() is None:
+            return await self._scan_digests(fast, result)
+        return await self._scan_rows(result)
+
+    async def _scan_digests(self, fast: FastPath, result: CheckResult) -> tuple[list[Range], int]:
+        """Digest per key range on both sides; the ranges that disagree are compared row by row."""
+        found = _Found(self, result)
+        newest = 0
+        for rng in await fast.ranges():
+            equal, digest, n_pg = await fast.compare(rng)
+            result.chunks += 1
+            newest = max(newest, digest.head)
+            if equal:
+                result.source_rows = (result.source_rows or 0) + digest.rows
+                result.target_rows = (result.target_rows or 0) + n_pg
+                if rng.hi is not None and self.ordered:
+                    self._last_key = rng.hi.conv_key
+                found.add([], digest.rows)
+                continue
+            result.chunks_by_row += 1
+            [raws], tail = await self.ctx.reader.ranges(self.tt.source, [rng.bounds()], None)
+            rows = self.prepare(raws, note_rounded=True)
+            newest = max(newest, tail.head)
+            self._track_order(rows)
+            result.source_rows = (result.source_rows or 0) + len(rows)
+            aggregate = asyncio.ensure_future(self.pg_buckets(rng, []))
+            if found.add(await self._finish_chunk(rng, rows, tail.head, aggregate, result), len(rows)):
+                break
+        return found.ranges(), newest
+
+    async def _scan_rows(self, result: CheckResult) -> tuple[list[Range], int]:
+        """Every row read and hashed in Python; PostgreSQL aggregates chunk *n* while Python
+        converts and hashes chunk *n + 1*."""
+        found = _Found(self, result)
         newest = 0
         stream = self._pg_stream() if self.streamed else None
         pending: tuple[Range, list[Row], int, asyncio.Future[dict[int, tuple[int, int]]]] | None = None
-
-        def add(new: list[Range], rows: int) -> bool:
-            found.update((r.ident, Range(_bound(r.lo), _bound(r.hi))) for r in new)
-            self.ctx.progress(self.name, rows)
-            result.truncated = len(found) > self.opts.max_differences
-            return result.truncated
-
+        add = found.add
         try:
             async with contextlib.aclosing(self.chunks()) as chunks:
                 async for rng, rows, head in chunks:
                     newest = max(newest, head)
                     self._track_order(rows)
-                    result.source_rows += len(rows)
+                    result.source_rows = (result.source_rows or 0) + len(rows)
                     if stream is not None:
                         if add(await self._compare_streamed(rng, rows, stream, result), len(rows)):
                             break
@@ -89,8 +133,7 @@ class TableCheck(RowCompare):
                     await pending[3]
             if stream is not None:
                 await stream.close()
-        return list(found.values()), newest
-
+        return found.ranges(), newest
 
     async def _compare_streamed(self, rng: Range, rows: list[Row], stream: PgStream,
                                 result: CheckResult) -> list[Range]:
