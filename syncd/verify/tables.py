@@ -95,10 +95,28 @@ class TableCheck(RowCompare):
             newest = max(newest, tail.head)
             self._track_order(rows)
             result.source_rows = (result.source_rows or 0) + len(rows)
-            aggregate = asyncio.ensure_future(self.pg_buckets(rng, []))
-            if found.add(await self._finish_chunk(rng, rows, tail.head, aggregate, result), len(rows)):
-                break
+            for piece, piece_rows in self._pieces(rng, rows):
+                aggregate = asyncio.ensure_future(self.pg_buckets(piece, []))
+                if found.add(await self._finish_chunk(piece, piece_rows, tail.head, aggregate, result),
+                             len(piece_rows)):
+                    return found.ranges(), newest
         return found.ranges(), newest
+
+    def _pieces(self, rng: Range, rows: list[Row]) -> list[tuple[Range, list[Row]]]:
+        """*rows* of *rng* in ranges of about ``chunk_rows`` rows, as the row-by-row scan reads them
+        (suspects stay as narrow, and settling re-reads as little, as there)."""
+        out: list[tuple[Range, list[Row]]] = []
+        lo, start, n = rng.lo, 0, self.opts.chunk_rows
+        while len(rows) - start > n:
+            j = next((i for i in range(start + n - 1, start - 1, -1) if rows[i].conv_key is not None), None)
+            if j is None:  # no writable key in this stretch: end the piece at the next one
+                j = next((i for i in range(start + n, len(rows) - 1) if rows[i].conv_key is not None), None)
+                if j is None:
+                    break
+            out.append((Range(lo, rows[j]), rows[start:j + 1]))
+            lo, start = rows[j], j + 1
+        out.append((Range(lo, rng.hi), rows[start:]))
+        return out
 
     async def _scan_rows(self, result: CheckResult) -> tuple[list[Range], int]:
         """Every row read and hashed in Python; PostgreSQL aggregates chunk *n* while Python
