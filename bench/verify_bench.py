@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.against:
         sbs = side_by_side(setup, rows, args.against, args.runs)
         out = OUT / f"verify-side-by-side-{args.users}-{args.documents}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(sbs, indent=2))
         pg.drop_database(server, "bench_verify")
         log(f"median {sbs['median_seconds']}, speedup {sbs['speedup']}x; results in {out}")
