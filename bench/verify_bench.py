@@ -17,6 +17,11 @@
 
 Results go to ``bench/out/verify-<users>-<documents>.json`` and a summary to stderr.
 
+Side by side with another build of syncd (``--against PATH/TO/syncd --runs N``): after
+step 1, ``syncd verify --json`` of this tree and of the other build alternate on the same
+copy, N runs each, with the load average before each run; rows/s and the ratio of the
+medians go to ``bench/out/verify-side-by-side-<users>-<documents>.json``.
+
 Collections (``--collection-items N``, e.g. 100000 with ``--dim 384``):
 
     .venv/bin/python -m bench.verify_bench --collection-items 100000 --dim 384
@@ -216,6 +221,33 @@ def over_the_wire(setup: syncd_run.Setup, socket_path: Path, mbit: float | None)
     return out
 
 
+def load() -> float:
+    """The 1-minute load average (what else runs on the machine)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def side_by_side(setup: syncd_run.Setup, rows: int, other: Path, runs: int) -> dict[str, Any]:
+    """verify of this tree and of *other*, alternating, *runs* each; their times and rows/s."""
+    builds = {"this": syncd_run.SYNCD, "other": other}
+    out: dict[str, Any] = {"rows": rows, "other": str(other), "runs": {k: [] for k in builds}}
+    for i in range(runs):
+        for name, exe in (builds.items() if i % 2 == 0 else reversed(builds.items())):
+            before = load()
+            m = measured([str(exe), "--config", str(setup.config), "verify", "--json"])
+            report = json.loads(m["stdout"]) if m["stdout"] else {}
+            run = {"seconds": m["seconds"], "rows_per_s": round(rows / m["seconds"]),
+                   "peak_rss_mb": m["peak_rss_mb"], "ok": report.get("ok"), "load_before": before,
+                   "chunks": {c["name"]: [c.get("chunks"), c.get("chunks_by_row")]
+                              for c in report.get("checks", [])}}
+            out["runs"][name].append(run)
+            log(f"{name}: {m['seconds']:.2f} s ({run['rows_per_s']:,} rows/s), ok={run['ok']}, "
+                f"load {before:.2f}")
+    med = {k: sorted(r["seconds"] for r in v)[len(v) // 2] for k, v in out["runs"].items()}
+    out["median_seconds"] = med
+    out["speedup"] = round(med["other"] / med["this"], 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=200_000)
@@ -223,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mbit", type=float, default=1000.0, help="link speed the proxy paces at")
     ap.add_argument("--work", type=Path, default=OUT / "verify")
     ap.add_argument("--baseline", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
+    ap.add_argument("--against", type=Path, help="another syncd executable to run verify side by side with")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each build with --against")
     ap.add_argument("--collection-items", type=int, default=0,
                     help="benchmark a Chroma collection of this many vectors instead of the app database")
     ap.add_argument("--dim", type=int, default=384, help="dimension of the collection's vectors")
@@ -244,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     setup, snap = syncd_run.snapshot(server, source, work / "syncd", "bench_verify")
     rows = sum(snap["source_rows"].values())
     warm_file(setup.sqlite)
+    if args.against:
+        sbs = side_by_side(setup, rows, args.against, args.runs)
+        out = OUT / f"verify-side-by-side-{args.users}-{args.documents}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(sbs, indent=2))
+        pg.drop_database(server, "bench_verify")
+        log(f"median {sbs['median_seconds']}, speedup {sbs['speedup']}x; results in {out}")
+        return 0
     r: dict[str, Any] = {"rows": rows, "source_rows": snap["source_rows"],
                          "snapshot_seconds": round(snap["seconds"], 2)}
     log(f"{rows:,} rows copied in {snap['seconds']:.1f} s; verify (full), then --counts")

@@ -62,7 +62,7 @@ def _unfit(v: Any, pg_type: str, why: str = "") -> Unfit:
     return Unfit(f"{_short(v)} does not fit {pg_type}{': ' + why if why else ''}")
 
 
-def _kind(pg_type: str) -> tuple[str, int | None, int | None]:
+def kind_of(pg_type: str) -> tuple[str, int | None, int | None]:
     """(kind, first type modifier, second) of a PostgreSQL type name as format_type prints it."""
     t = " ".join(pg_type.lower().split())
     m = re.search(r"\(\s*(\d+)\s*(?:,\s*(-?\d+)\s*)?\)", t)
@@ -362,7 +362,7 @@ def _plain_text(rounded: bool) -> Part:
 
 
 def expect(name: str, pg_type: str, rounded: bool = False) -> Expect:
-    kind, a, b = _kind(pg_type)
+    kind, a, b = kind_of(pg_type)
     parts: dict[str, Callable[[bool], Part]] = {
         "int8": lambda r: _int(64, pg_type), "int4": lambda r: _int(32, pg_type),
         "int2": lambda r: _int(16, pg_type),
@@ -380,4 +380,4 @@ def expect(name: str, pg_type: str, rounded: bool = False) -> Expect:
     return Expect(name, pg_type, make(rounded), _key_value(kind), make(False) if rounded else None)
 
 
-__all__ = ["Expect", "Unfit", "expect"]
+__all__ = ["Expect", "Unfit", "expect", "kind_of"]

@@ -107,6 +107,10 @@ class CheckResult:
     """Search parity numbers (kind ``search``): recalls, latencies, the settings used."""
     detail: str = ""
     seconds: float = 0.0
+    chunks: int = 0
+    """Key ranges compared by digest (tables; 0 when every row was compared row by row)."""
+    chunks_by_row: int = 0
+    """Of those, the ranges compared row by row (digests differed, or a value needs Python)."""
 
     @property
     def ok(self) -> bool:

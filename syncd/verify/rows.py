@@ -27,6 +27,8 @@ class TableOptions:
     settle_seconds: float = 60.0
     stall_seconds: float = 10.0
     """Stop waiting when the stream's checkpoint has not moved for this long."""
+    digest_rows: int = 10_000
+    """Rows per key range compared by digest (:mod:`syncd.verify.fastpath`); 0: row by row only."""
     stream_keys: bool | None = None
     """Force (True) or forbid (False) streaming key hashes instead of range aggregates; None: auto."""
 

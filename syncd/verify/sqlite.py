@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,22 @@ class Tail:
     """Every change after the position was still in the log (none pruned)."""
     keys: frozenset[Key]
     """Raw keys of the table changed after the position."""
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """What SQLite says about the rows of one key range (:meth:`SqliteReader.digest`)."""
+
+    rows: int
+    decided: int
+    """Rows whose every part SQL (or a registered part function) decided; fewer: Python must look."""
+    md5: str | None
+    """None for an empty range."""
+    head: int
+
+
+def _md5(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 class SqliteReader:
@@ -138,6 +155,45 @@ class SqliteReader:
             return fetch_all(conn, sql, (*params, rows)), self._head(conn)
         return await self._call(self._read, run)
 
+    async def cuts(self, table: Table, every: int) -> list[Key]:
+        """Every *every*-th key in key order: the bounds of the digest chunks (one read of the key)."""
+        key = self._key_sql(table)
+        names = ["rowid"] if table.rowid_key else list(table.pk)
+        aliased = ", ".join(f"{k if table.rowid_key else qi(k)} AS k{i}" for i, k in enumerate(names))
+        outer = ", ".join(f"k{i}" for i in range(len(names)))
+        sql = (f"SELECT {outer} FROM (SELECT {aliased}, row_number() OVER (ORDER BY {key}) AS n "
+               f"FROM {qi(table.name)}) WHERE n % ? = 0")
+
+        def run(conn: sqlite3.Connection) -> list[Key]:
+            return [tuple(r) for r in conn.execute(sql, (every,))]
+        return await self._call(self._read, run)
+
+    async def digest(self, table: Table, bounds: Bounds, row_text: str,
+                     functions: Mapping[str, Callable[[Any], str | None]]) -> Digest:
+        """Digest of the rows in *bounds*: MD5 over the MD5s of their canonical texts, in key order.
+
+        *row_text* is SQL for a row's canonical text, NULL when Python must decide a part;
+        *functions* are the SQLite functions it calls.
+        """
+        where, params = self._range_sql(table, bounds)
+        sql = (f"SELECT count(*), count(h), group_concat(h, '') FROM ("
+               f"SELECT syncd_md5(CAST({row_text} AS BLOB)) AS h FROM {qi(table.name)}{where} "
+               f"ORDER BY {self._key_sql(table)})")
+
+        def run(conn: sqlite3.Connection) -> Digest:
+            for name, fn in functions.items():
+                conn.create_function(name, 1, fn, deterministic=True)
+            conn.create_function("syncd_md5", 1, _md5, deterministic=True)
+            n, decided, hashes = conn.execute(sql, params).fetchone()
+            return Digest(int(n), int(decided), _md5(hashes.encode("ascii")) if hashes else None,
+                          self._head(conn))
+        return await self._call(self._read, run)
+
+    async def encoding(self) -> str:
+        def run(conn: sqlite3.Connection) -> str:
+            return str(conn.execute("PRAGMA encoding").fetchone()[0])
+        return await self._call(self._read, run)
+
     async def count(self, table: Table, after: int | None) -> tuple[int, Tail, int]:
         """Rows in *table*, the changes to it logged after *after*, and how many of the keys
         those changes touched exist now (all in one read)."""
@@ -198,4 +254,4 @@ class SqliteReader:
         return await self._call(self._read, run)
 
 
-__all__ = ["Bounds", "Raw", "SqliteReader", "Tail"]
+__all__ = ["Bounds", "Digest", "Raw", "SqliteReader", "Tail"]
