@@ -57,7 +57,7 @@ ALTER TABLE public.events ENABLE ALWAYS TRIGGER note;
 ALTER TABLE public.counters ENABLE ALWAYS TRIGGER note;
 """
 """Counts every row write syncd commits into events / counters (rolled back with it), as
-tests/integration/test_sqlite_crash.py does."""
+tests/integration/sqlite/test_sqlite_crash.py does."""
 
 
 # --- checks --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ phases the daemon goes through:
    ``archive`` table and small chunks make it last); the daemon is started, allowed to run
    for a random moment once ``/status`` says ``snapshot``, and killed.
 2. Once the snapshot is complete and caught up, the writer pauses and audit triggers are
-   installed in PostgreSQL (as in tests/integration/test_sqlite_crash.py): from then on
+   installed in PostgreSQL (as in tests/integration/sqlite/test_sqlite_crash.py): from then on
    every row write syncd commits into ``events`` / ``counters`` is counted.
 3. catch-up and streaming: the rest of the kills. For a catch-up kill the daemon stays down
    for a moment while the app writes, then is killed while it replays the backlog; for a

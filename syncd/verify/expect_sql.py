@@ -5,7 +5,7 @@ expression that yields exactly the part :func:`syncd.verify.expect.expect` would
 the value, or NULL when SQL cannot decide it (another storage class, an odd layout, a
 value the type cannot hold: Python must look at it, and the whole chunk is compared row
 by row). The rule is one-sided on purpose: a SQL part is only produced for values whose
-Python part is known to be the same text (``tests/unit/test_verify_expect_sql.py`` checks
+Python part is known to be the same text (``tests/unit/verify/test_verify_expect_sql.py`` checks
 this against :mod:`syncd.verify.expect` over many values of every kind).
 
 Kinds SQL cannot render exactly (IEEE bits of floats, jsonb's text for JSON) are computed

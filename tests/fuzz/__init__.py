@@ -10,5 +10,5 @@ an oracle that shares nothing with syncd (:mod:`tests.fuzz.oracle`), or be in
 tagged with a class (:mod:`tests.fuzz.classify`) so that a report groups them
 (:mod:`tests.fuzz.report`). ``syncd verify`` is run too and held to the same oracle.
 
-Entry points: ``tests/integration/test_fuzz.py`` (a few cases) and ``python -m bench.fuzz``.
+Entry points: ``tests/integration/campaigns/test_fuzz.py`` (a few cases) and ``python -m bench.fuzz``.
 """

@@ -2,7 +2,7 @@
 
 One table drives two things, so that they cannot drift apart:
 
-- ``tests/integration/test_bad_inputs.py`` runs every case through the real `syncd`
+- ``tests/integration/service/test_bad_inputs.py`` runs every case through the real `syncd`
   executable and checks the exit code, the one line (it must contain every fragment of
   ``says``), no traceback, no password, and the stores unchanged;
 - the "When something is wrong" table of ``docs/operations.md``, written by

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_syncd
-from tests.integration.chroma_support import ChromaServer, run_chroma, write_config
-from tests.integration.test_chroma_vector_doubt import (
+from tests.integration.chroma.test_chroma_vector_doubt import (
     DIM,
     SYNC_THRESHOLD,
     hnsw_saved,
@@ -26,6 +25,7 @@ from tests.integration.test_chroma_vector_doubt import (
     open_collection,
     update_then_add,
 )
+from tests.integration.chroma_support import ChromaServer, run_chroma, write_config
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from syncd import config as config_mod
 from tests.conftest import run_syncd
 from tests.integration.daemon_support import free_port, start, stop, streaming, wait_for
 
-SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "seeds"
+SEEDS = Path(__file__).resolve().parents[2] / "fixtures" / "seeds"
 QCKSTRT_ENV = SEEDS / "qckstrt" / "apps" / "backend" / ".env"
 
 

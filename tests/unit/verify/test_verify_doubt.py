@@ -1,7 +1,7 @@
 """verify's own doubt rule (syncd.verify.doubt) against a model of Chroma 1.5.9's HNSW writer.
 
 For every short sequence of operations on one id, and every replay of a suffix of the log over
-the state already reached (what the bug does; tests/unit/test_chroma_doubt.py), the vector the
+the state already reached (what the bug does; tests/unit/stores/test_chroma_doubt.py), the vector the
 index ends with is the log's last image or the candidate verify derives from the log — and
 verify derives a candidate only where a replay can change the vector.
 """

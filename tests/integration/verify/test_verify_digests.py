@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.integration.test_verify_tables import found, synced, verify_json
+from tests.integration.verify.test_verify_tables import found, synced, verify_json
 
 ROWS = 40_000
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from tests.conftest import run_syncd
-from tests.integration.test_reverse_tables import forward_setup, run_reverse, sqlite_rows
+from tests.integration.cutover.test_reverse_tables import forward_setup, run_reverse, sqlite_rows
 
 EDGES = """
 CREATE TABLE events (id INTEGER PRIMARY KEY, at DATETIME, day DATE, tz TIMESTAMPTZ, note TEXT)

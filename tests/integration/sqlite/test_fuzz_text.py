@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from tests.conftest import run_syncd
-from tests.integration.test_values_exact import as_text, differences, verify
+from tests.integration.sqlite.test_values_exact import as_text, differences, verify
 
 
 def sql(db: Path, script: str) -> None:

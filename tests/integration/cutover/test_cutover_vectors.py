@@ -13,8 +13,8 @@ import pytest
 from syncd.stores.chroma import fence as chroma_fence
 from tests.app import records
 from tests.integration.chroma_support import run_chroma
+from tests.integration.cutover.test_cutover import TABLES, assert_none_lost, direction, written_on
 from tests.integration.cutover_support import Migration
-from tests.integration.test_cutover import TABLES, assert_none_lost, direction, written_on
 
 COLLECTION = "embeddings"
 

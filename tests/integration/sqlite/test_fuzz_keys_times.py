@@ -24,8 +24,14 @@ from typing import Any
 import asyncpg
 
 from tests.conftest import REPO, run_syncd, syncd_cmd
-from tests.integration.test_reverse_tables import forward_setup, run_reverse, sqlite_rows
-from tests.integration.test_values_exact import as_text, assert_reason, differences, verify, write_sqlite
+from tests.integration.cutover.test_reverse_tables import forward_setup, run_reverse, sqlite_rows
+from tests.integration.sqlite.test_values_exact import (
+    as_text,
+    assert_reason,
+    differences,
+    verify,
+    write_sqlite,
+)
 
 KEYS = "CREATE TABLE k (id TEXT PRIMARY KEY, v INTEGER)"
 

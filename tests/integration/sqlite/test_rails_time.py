@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from tests.conftest import run_syncd
-from tests.integration.test_values_exact import (
+from tests.integration.sqlite.test_values_exact import (
     as_text,
     assert_reason,
     differences,
