@@ -166,6 +166,8 @@ async def settle(conn: asyncpg.Connection, stream: str, t: VectorTable,
                  source: ChromaCollectionSource) -> tuple[int, int] | None:
     """Settle the records whose ADD Chroma's saved index has reached; returns (settled, vectors
     rewritten), or None when the stream has none left."""
+    if not await has_records(conn, stream):
+        return None  # nothing in doubt (always so for a server-only source: it has no log to ask)
     saved = await source.hnsw_saved()
     async with transaction(conn):
         await conn.execute(f"DELETE FROM {TABLE} WHERE stream = $1 AND add_seq IS NULL AND update_seq <= $2",

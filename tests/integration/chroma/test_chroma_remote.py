@@ -105,6 +105,7 @@ async def test_server_only(tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) 
         finally:
             out = stop_daemon(daemon)
         assert "Traceback" not in out, out[-3000:]
+        assert "stream stopped" not in out, out[-3000:]  # no stream may die (ping once asked a log)
 
         # changes while syncd is down, then SIGKILL in the middle of the scan that finds them. A
         # kill that lands when every stream has just finished its scan (the resumed scans of the
@@ -135,3 +136,4 @@ async def test_server_only(tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) 
         finally:
             out = stop_daemon(daemon)
         assert "Traceback" not in out, out[-3000:]
+        assert "stream stopped" not in out, out[-3000:]  # no stream may die (ping once asked a log)
