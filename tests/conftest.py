@@ -7,6 +7,7 @@ test that asks for ``pg_dsn`` gets a database of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -52,14 +53,21 @@ def pg_server_dsn() -> Iterator[str]:
 @pytest.fixture
 async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
     """A fresh, empty database on the test server; dropped afterwards."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(pg_server_dsn)
+    async with fresh_database(pg_server_dsn, "t_") as dsn:
+        yield dsn
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_dsn: str, prefix: str) -> AsyncIterator[str]:
+    """The DSN of a new, empty database on *server_dsn*, dropped on exit."""
+    name = prefix + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield _with_database(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
+    yield _with_database(server_dsn, name)
+    admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -9,10 +9,9 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.conftest import _with_database
+from tests.conftest import fresh_database
 from tests.contract.harness import Harness
 from tests.contract.tables import PostgresHarness, SqliteHarness
 from tests.contract.vectors import ChromaHarness, PgvectorHarness, SharedChroma
@@ -22,18 +21,8 @@ from tests.integration.chroma_support import ChromaServer
 @pytest.fixture(scope="session")
 async def contract_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
     """A database of the suite's own on the test server; dropped afterwards."""
-    name = "contract_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield _with_database(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(pg_server_dsn, "contract_") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
