@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from syncd.errors import FatalError
-from syncd.files.manifest import fsync_dir
+from syncd.files.manifest import fsync_dir, load
 from syncd.stores.sqlite.schema import Column, ForeignKey, Index, Table
 
 FORMAT = "syncd-export"
@@ -208,21 +208,8 @@ def write_manifest(root: Path, data: dict[str, Any]) -> None:
 def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest of the bundle at *root*, checked (a newer version is refused)."""
     path = root / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise FatalError(f"{root}: not a syncd export bundle (no {MANIFEST}); pass a directory "
-                         "`syncd export` wrote") from exc
-    except (OSError, ValueError) as exc:
-        raise FatalError(f"{path}: unreadable or not JSON ({exc}); the bundle is damaged") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FatalError(f"{path}: not a syncd export manifest (format is not {FORMAT!r})")
-    version = data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise FatalError(f"{path}: version {version!r} is not a format version")
-    if version > FORMAT_VERSION:
-        raise FatalError(f"{root}: bundle format version {version} is newer than this syncd reads "
-                         f"({FORMAT_VERSION}); import it with the syncd version that wrote it or newer")
+    data, _version = load(root, fmt=FORMAT, newest=FORMAT_VERSION, what="export bundle", command="export",
+                          then="import")
     for obj in [*data.get("tables", []), *data.get("collections", [])]:
         for c in obj.get("chunks", []):
             f = str(c.get("file", ""))

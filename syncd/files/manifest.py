@@ -88,24 +88,35 @@ def write(root: Path, manifest: Manifest) -> None:
     fsync_dir(root)
 
 
-def read(root: Path) -> Manifest:
-    """Read and check the manifest of the backup at *root* (refuses a newer format version)."""
+def load(root: Path, *, fmt: str, newest: int, what: str, command: str,
+         then: str) -> tuple[dict[str, Any], int]:
+    """The JSON manifest of the *what* (``backup``, ``export bundle``) at *root*, with its format
+    version: refused with one line when missing, damaged, of another format, or newer than
+    *newest* (*command* wrote it; *then* is what the operator does with it)."""
     path = root / MANIFEST
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise FatalError(f"{root}: not a syncd backup (no {MANIFEST}); pass a directory "
-                         "`syncd backup` wrote") from exc
+        raise FatalError(f"{root}: not a syncd {what} (no {MANIFEST}); pass a directory "
+                         f"`syncd {command}` wrote") from exc
     except (OSError, ValueError) as exc:
-        raise FatalError(f"{path}: unreadable or not JSON ({exc}); the backup is damaged") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FatalError(f"{path}: not a syncd backup manifest (format is not {FORMAT!r})")
+        raise FatalError(f"{path}: unreadable or not JSON ({exc}); the {what} is damaged") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise FatalError(f"{path}: not a syncd {what} manifest (format is not {fmt!r})")
     version = data.get("version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise FatalError(f"{path}: version {version!r} is not a format version")
-    if version > FORMAT_VERSION:
-        raise FatalError(f"{root}: backup format version {version} is newer than this syncd reads "
-                         f"({FORMAT_VERSION}); restore it with the syncd version that wrote it or newer")
+    if version > newest:
+        raise FatalError(f"{root}: {what} format version {version} is newer than this syncd reads "
+                         f"({newest}); {then} it with the syncd version that wrote it or newer")
+    return data, version
+
+
+def read(root: Path) -> Manifest:
+    """Read and check the manifest of the backup at *root* (refuses a newer format version)."""
+    path = root / MANIFEST
+    data, version = load(root, fmt=FORMAT, newest=FORMAT_VERSION, what="backup", command="backup",
+                         then="restore")
     try:
         files = tuple(FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"])
     except (KeyError, TypeError, ValueError) as exc:
