@@ -310,6 +310,15 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
             if task is not None and len(got) == 1:
                 task.cancel()
 
+        def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            # A connection attempt cancelled by the signal leaves its driver's future failed
+            # and unread ("Future exception was never retrieved"); after a signal that is the
+            # expected end of it, not a second error line.
+            if got and isinstance(context.get("exception"), OSError):
+                return
+            loop.default_exception_handler(context)
+
+        loop.set_exception_handler(on_loop_error)
         for sig in _SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
