@@ -115,6 +115,11 @@ class Settler:
             target = tail.head
             if tail.complete:
                 pending, moving = self._judge(seen, tail, decided, out, only)
+                # Later rounds judge only the keys still in flight here: a key that first
+                # appears after this round was written after verify read the range (an
+                # append-only table's open last range gains new keys in every round, and
+                # would never settle otherwise); the next verify sees it.
+                only = set(moving)
             if not pending:
                 break
             if time.monotonic() >= self.deadline or self.stall.stuck:
