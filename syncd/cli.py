@@ -358,7 +358,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = config_mod.load(path)
     args.config_file = path  # errors from here on are about what the file says
     if args.command == "embedded":
-        from syncd.stores.postgres.embedded import command as embedded_command
+        from syncd.pg.embedded import command as embedded_command
 
         return embedded_command(cfg, args.action)
     if args.command != "import":  # the import's machine may not have the app's stores

@@ -18,6 +18,8 @@ import structlog
 from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import CaptureError, FatalError, SyncdError
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, translate
 from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.sql import STATE_SCHEMA
@@ -33,8 +35,6 @@ from syncd.stores.pgvector.mapping import parse_columns
 from syncd.stores.pgvector.remote_sink import open_remote_sink
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, translate
 from syncd.stream import Stream
 from syncd.streams.ownership import Ownership
 

@@ -16,11 +16,11 @@ from syncd.config import Config, exposed
 from syncd.cutover import fence
 from syncd.errors import ConfigError, FatalError, SourceUnavailable, SyncdError
 from syncd.model import START, Phase
+from syncd.pg import capture as pg_capture
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect
 from syncd.service import checks
 from syncd.status import NOT_INITIALISED, NOT_STARTED, UNINSTALLED, StreamReport
-from syncd.stores.postgres import capture as pg_capture
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.capture import CHANGELOG
 from syncd.stores.sqlite.schema import uri

@@ -17,12 +17,12 @@ import asyncio
 
 from syncd.config import Config, SqliteConfig
 from syncd.model import Phase, Position
+from syncd.pg import capture as pg_capture
+from syncd.pg import changelog
+from syncd.pg.connect import close_quietly, connect
 from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.status import NOT_STARTED, StreamReport
-from syncd.stores.postgres import capture as pg_capture
-from syncd.stores.postgres import changelog
-from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.source import PostgresSource, read_sqlite_tables
 from syncd.stores.sqlite.schema import uri
 from syncd.stores.sqlite.sink import SqliteSink

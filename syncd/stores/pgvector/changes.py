@@ -10,10 +10,10 @@ from typing import Any
 
 from syncd.errors import RowError
 from syncd.model import Change, Op
+from syncd.pg.state import Reject
 from syncd.stores.chroma.records import Item
 from syncd.stores.pgvector.copy import Record
 from syncd.stores.pgvector.plan import VectorTable, raw_image
-from syncd.stores.postgres.state import Reject
 
 Prepared = tuple[str, Record, Change]
 """The statement kind (a key of :attr:`PgvectorSink._sql`), its arguments, and the change."""

@@ -17,10 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from syncd.errors import RowError
+from syncd.pg.connect import transaction, translate
+from syncd.pg.families import base_type
+from syncd.pg.state import Reject
 from syncd.stores.pgvector.plan import VectorTable, raw_image
-from syncd.stores.postgres.connect import transaction, translate
-from syncd.stores.postgres.families import base_type
-from syncd.stores.postgres.state import Reject
 
 Record = tuple[Any, ...]
 

@@ -25,11 +25,11 @@ import structlog
 
 from syncd.errors import RetryableError, RowError
 from syncd.model import Change, Op
+from syncd.pg.connect import transaction
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.chroma.doubt import Doubt, State, step
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector.plan import VectorTable
-from syncd.stores.postgres.connect import transaction
 
 log = structlog.get_logger("syncd.sink.pgvector")
 

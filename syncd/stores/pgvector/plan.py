@@ -23,6 +23,8 @@ import numpy as np
 
 from syncd.config import Target
 from syncd.errors import RowError, SchemaError
+from syncd.pg.converters import Converter, converter
+from syncd.pg.families import family
 from syncd.sql import qi
 from syncd.stores.chroma.records import CollectionInfo, Hnsw, Vector
 from syncd.stores.pgvector.mapping import (
@@ -35,8 +37,6 @@ from syncd.stores.pgvector.mapping import (
     target_entry,
     type_for_kinds,
 )
-from syncd.stores.postgres.converters import Converter, converter
-from syncd.stores.postgres.families import family
 
 HNSW_MAX_DIM = 2000
 HALFVEC_MAX_DIM = 4000

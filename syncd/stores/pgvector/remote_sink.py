@@ -19,6 +19,9 @@ import structlog
 from syncd.config import Config
 from syncd.errors import FatalError, RowError
 from syncd.model import Batch, Checkpoint, Position, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, guarded, transaction, translate
+from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.chroma.records import Vector
@@ -27,9 +30,6 @@ from syncd.stores.pgvector.changes import convertible
 from syncd.stores.pgvector.plan import VectorTable, raw_image
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, guarded, transaction, translate
-from syncd.stores.postgres.state import Reject
 
 log = structlog.get_logger("syncd.source.chroma")
 

@@ -24,9 +24,12 @@ import structlog
 
 from syncd.errors import RowError, SchemaError
 from syncd.model import Batch, Change, Checkpoint, Position, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, guarded, transaction, translate
+from syncd.pg.echo import forget_echoes, take_echoes
+from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.chroma.echo import forget_echoes, take_echoes
 from syncd.stores.chroma.records import Item
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector import doubt as pgvector_doubt
@@ -48,9 +51,6 @@ from syncd.stores.pgvector.copy import (
 )
 from syncd.stores.pgvector.plan import VectorTable, raw_image
 from syncd.stores.pgvector.table import build_index, stream_name
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, guarded, transaction, translate
-from syncd.stores.postgres.state import Reject
 
 log = structlog.get_logger("syncd.sink.pgvector")
 

@@ -32,8 +32,8 @@ import structlog
 from syncd.config import Target
 from syncd.errors import SchemaError
 from syncd.model import Checkpoint, SnapshotState
+from syncd.pg import state as pgstate
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.tables import TargetTable
 from syncd.stores.postgres.types import parse_override, pg_type_for
 from syncd.stores.sqlite.capture import Captured

@@ -31,9 +31,9 @@ import structlog
 from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, RowError, SchemaError
 from syncd.model import Batch, Change, Key, Position
+from syncd.pg.changelog import ChangeReader, LogRow
+from syncd.pg.datetime import Infinity, OutOfRange
 from syncd.ports import Chunk, Pending
-from syncd.stores.postgres.changelog import ChangeReader, LogRow
-from syncd.stores.postgres.datetime import Infinity, OutOfRange
 from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, affinity, discover
 from syncd.stores.sqlite.source import open_connection
 

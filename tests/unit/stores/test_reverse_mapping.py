@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.errors import RowError
-from syncd.stores.postgres.converters import converter
+from syncd.pg.converters import converter
 from syncd.stores.postgres.source import (
     ReverseTable,
     Unfit,
