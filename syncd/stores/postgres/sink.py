@@ -27,11 +27,10 @@ from syncd.pg import state as pgstate
 from syncd.pg.connect import guarded, transaction, translate
 from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
+from syncd.ports.tables import Captured, Table
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.postgres import constraints, schema_change
 from syncd.stores.postgres.tables import TargetTable, create_table_sql, plan_table
-from syncd.stores.sqlite.capture import Captured
-from syncd.stores.sqlite.schema import Table
 
 log = structlog.get_logger("syncd.sink.postgres")
 

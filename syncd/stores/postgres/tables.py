@@ -13,9 +13,9 @@ from syncd.config import Target
 from syncd.errors import RowError, SchemaError
 from syncd.pg.converters import Converter, converter
 from syncd.pg.families import can_hold
+from syncd.ports.tables import ROWID_COLUMN, Table
 from syncd.sql import qi
 from syncd.stores.postgres.types import ColumnMap, parse_override, pg_type_for
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table
 
 
 @dataclass(slots=True)

@@ -29,15 +29,14 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from syncd.errors import CaptureError
 from syncd.model import InvalidText
+from syncd.ports.tables import Captured, Table
 from syncd.sql import qi, ql
 from syncd.stores.sqlite import rowids
 from syncd.stores.sqlite.schema import CHANGELOG as CHANGELOG  # re-exported
-from syncd.stores.sqlite.schema import Table
 
 ORIGIN = "_syncd_origin"
 META = "_syncd_meta"
@@ -300,14 +299,6 @@ def stale(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
     if CHANGELOG not in have or META not in have:
         raise CaptureError("change capture is not installed in the SQLite database: run `syncd init`")
     return [t.name for t in tables if _stale(conn, t)]
-
-
-@dataclass(frozen=True, slots=True)
-class Captured:
-    """One ``_syncd_captured`` row: the head and the epoch of a table's current triggers."""
-
-    since: int
-    epoch: int
 
 
 def captured_since(conn: sqlite3.Connection) -> dict[str, Captured]:

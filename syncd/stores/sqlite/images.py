@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from syncd.model import Change, Key, Op, Position
+from syncd.ports.tables import ROWID_COLUMN, Table, affinity
 from syncd.sql import qi
 from syncd.stores.sqlite import capture
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, affinity
 
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
 

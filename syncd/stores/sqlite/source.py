@@ -23,12 +23,14 @@ import structlog
 import watchfiles
 
 from syncd.config import SqliteConfig
-from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
+from syncd.errors import CaptureError, SchemaChanged, SourceBusy
 from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending
+from syncd.ports.tables import Captured, Table
 from syncd.sql import qi
 from syncd.stores.sqlite import capture, follow, images, rowids
-from syncd.stores.sqlite.schema import Table, discover, uri
+from syncd.stores.sqlite.connect import open_connection, translate
+from syncd.stores.sqlite.schema import discover
 from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
@@ -36,30 +38,6 @@ T = TypeVar("T")
 
 
 PRUNE_BUSY_MS = 20
-
-
-def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
-    """Open an existing SQLite database read-write, with clear errors."""
-    if not path.exists():
-        raise SourceError(f"SQLite database {path} does not exist (source.sqlite.path)")
-    try:
-        conn = sqlite3.connect(uri(path, "rw"), uri=True, timeout=timeout,
-                               isolation_level=None, check_same_thread=False)
-        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
-    except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise SourceBusy(f"SQLite database {path}: {exc}") from exc
-        raise SourceError(f"SQLite database {path}: {exc} (source.sqlite.path)") from exc
-    return conn
-
-
-def translate(exc: BaseException, path: Path) -> SyncdError:
-    if isinstance(exc, SyncdError):
-        return exc
-    text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-        return SourceBusy(f"SQLite {path}: {text}")
-    return SourceError(f"SQLite {path}: {type(exc).__name__}: {text}")
 
 
 class SqliteSource:
@@ -78,7 +56,7 @@ class SqliteSource:
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watch = asyncio.Event()
         self.source_id: str | None = None
-        self.captured: dict[str, capture.Captured] = {}
+        self.captured: dict[str, Captured] = {}
         """Per table, when its capture was (re)installed (``_syncd_captured``)."""
         self._schema_version: int | None = None  # None: capture not followed (init, verify)
         self._file: int | None = None
