@@ -28,7 +28,7 @@ from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending
 from syncd.ports.tables import Captured, Table
 from syncd.sql import qi
-from syncd.stores.sqlite import capture, follow, images, rowids
+from syncd.stores.sqlite import capture, follow, images, rowids, values
 from syncd.stores.sqlite.connect import open_connection, translate
 from syncd.stores.sqlite.schema import discover
 from syncd.stores.sqlite.worker import call_on
@@ -202,7 +202,7 @@ class SqliteSource:
         cols = ", ".join(qi(c) for c in table.column_names)
         if table.synthetic_key:
             cols = "rowid, " + cols
-        marks, params = zip(*(capture.param(v) for v in after or ()), strict=True) if after else ((), ())
+        marks, params = zip(*(values.param(v) for v in after or ()), strict=True) if after else ((), ())
         if table.rowid_key:
             order = "rowid"
             where = "" if after is None else "WHERE rowid > ?"
@@ -214,7 +214,7 @@ class SqliteSource:
     def _read_chunk(self, table: Table, after: Key | None, rows: int,
                     prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
         sql, params = self._chunk_sql(table, after)
-        batch = capture.fetch_all(self._conn, sql, (*params, rows))
+        batch = values.fetch_all(self._conn, sql, (*params, rows))
         if not batch:
             return None
         columns = table.target_columns
@@ -266,7 +266,7 @@ class SqliteSource:
             rows = None
             if self._schema_version is None or version == self._schema_version:
                 head = self._head()
-                rows = capture.fetch_all(
+                rows = values.fetch_all(
                     self._conn, f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
                     "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit))
                 changes = images.decode(self._conn, self.tables, rows)
@@ -383,7 +383,7 @@ class SqliteSource:
     async def run_sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one read query on the worker thread (status, verification)."""
         def run() -> list[tuple[Any, ...]]:
-            return capture.fetch_all(self._conn, sql, params)
+            return values.fetch_all(self._conn, sql, params)
         return await self._call(run)
 
 
