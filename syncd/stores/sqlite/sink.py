@@ -40,11 +40,10 @@ from syncd.pg import state as pgstate
 from syncd.pg.state import jsonable
 from syncd.ports import ApplyResult, Chunk
 from syncd.ports.tables import ROWID_COLUMN, Table, Unfit
-from syncd.sql import qi
+from syncd.sql import call_on, qi
 from syncd.stores.sqlite import capture
 from syncd.stores.sqlite.connect import open_connection, translate
 from syncd.stores.sqlite.schema import discover
-from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.sink.sqlite")
 T = TypeVar("T")

@@ -27,11 +27,10 @@ from syncd.errors import CaptureError, SchemaChanged, SourceBusy
 from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending
 from syncd.ports.tables import Captured, Table
-from syncd.sql import qi
+from syncd.sql import call_on, qi
 from syncd.stores.sqlite import capture, follow, images, rowids, values
 from syncd.stores.sqlite.connect import open_connection, translate
 from syncd.stores.sqlite.schema import discover
-from syncd.stores.sqlite.worker import call_on
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
