@@ -21,12 +21,12 @@ from syncd.errors import CaptureError, FatalError, SyncdError
 from syncd.pg import state as pgstate
 from syncd.pg.connect import close_quietly, connect, translate
 from syncd.ports import Sink
+from syncd.ports.collections import CollectionInfo
 from syncd.service.health import Liveness
 from syncd.sql import STATE_SCHEMA
 from syncd.status import StreamStatus
 from syncd.stores.chroma import retention as chroma_retention
 from syncd.stores.chroma.admin import rename_table, retire
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.remote import RemoteCollectionSource, RemoteTopology
 from syncd.stores.chroma.server import find_openers
 from syncd.stores.chroma.source import ChromaCollectionSource

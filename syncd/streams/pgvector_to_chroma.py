@@ -33,10 +33,10 @@ from syncd.pg import changelog
 from syncd.pg import state as pgstate
 from syncd.pg.connect import close_quietly, connect, transaction
 from syncd.ports import Sink
+from syncd.ports.collections import CollectionInfo
 from syncd.service.health import Liveness
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.sink import ChromaSink
 from syncd.stores.chroma.topology import Topology, wanted
 from syncd.stores.chroma.writer import ChromaWriter

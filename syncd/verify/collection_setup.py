@@ -19,8 +19,8 @@ from syncd.errors import ConfigError, SyncdError
 from syncd.model import SnapshotState
 from syncd.pg import state as pgstate
 from syncd.pg.connect import close_quietly, connect
+from syncd.ports.collections import CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, wanted
 from syncd.stores.pgvector.plan import VectorTable, plan

@@ -20,9 +20,9 @@ from syncd.errors import FatalError
 from syncd.model import Change, Op, Position, SnapshotState
 from syncd.pg.connect import close_quietly, connect
 from syncd.ports import Chunk, Sink
+from syncd.ports.collections import CollectionInfo
 from syncd.sql import qi
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.server import ChromaServer as ServerReader
 from syncd.stores.chroma.sink import ChromaSink
 from syncd.stores.chroma.source import COLUMNS, ChromaCollectionSource

@@ -31,19 +31,12 @@ import structlog
 import watchfiles
 
 from syncd.errors import SourceBusy, SourceError, SyncdError
+from syncd.ports.collections import CollectionInfo, Doubt, Item, ItemPage
 from syncd.sql import call_on
 from syncd.stores.chroma.catalog import read_catalog, read_images
-from syncd.stores.chroma.doubt import Doubt, scan
+from syncd.stores.chroma.doubt import scan
 from syncd.stores.chroma.prune import prune_rows
-from syncd.stores.chroma.records import (
-    DEFAULT_TOPIC_PREFIX,
-    CollectionInfo,
-    Gap,
-    Item,
-    ItemPage,
-    LogRow,
-    seq_value,
-)
+from syncd.stores.chroma.records import DEFAULT_TOPIC_PREFIX, Gap, LogRow, seq_value
 
 log = structlog.get_logger("syncd.source.chroma")
 T = TypeVar("T")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from syncd.stores.chroma.records import CollectionInfo, seq_value
+from syncd.ports.collections import CollectionInfo
+from syncd.stores.chroma.records import seq_value
 
 PRUNE_BATCH = 2000
 

@@ -60,9 +60,10 @@ from syncd.pg.echo import (
 )
 from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
+from syncd.ports.collections import CollectionInfo, Item
 from syncd.stores.chroma import fence as chroma_fence
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import OP_DELETE, OP_UPSERT, CollectionInfo, Item
+from syncd.stores.chroma.records import OP_DELETE, OP_UPSERT
 from syncd.stores.chroma.writer import ChromaWriter, Write, is_unavailable
 from syncd.stores.pgvector.plan import VectorTable, raw_image
 

@@ -11,7 +11,7 @@ from typing import Any
 from syncd.errors import RowError
 from syncd.model import Change, Op
 from syncd.pg.state import Reject
-from syncd.stores.chroma.records import Item
+from syncd.ports.collections import Item
 from syncd.stores.pgvector.copy import Record
 from syncd.stores.pgvector.plan import VectorTable, raw_image
 

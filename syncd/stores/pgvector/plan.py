@@ -25,8 +25,8 @@ from syncd.config import Target
 from syncd.errors import RowError, SchemaError
 from syncd.pg.converters import Converter, converter
 from syncd.pg.families import family
+from syncd.ports.collections import CollectionInfo, Hnsw, Vector
 from syncd.sql import qi
-from syncd.stores.chroma.records import CollectionInfo, Hnsw, Vector
 from syncd.stores.pgvector.mapping import (
     ColumnMapping,
     Existing,

@@ -29,9 +29,8 @@ from syncd.pg.connect import close_quietly, guarded, transaction, translate
 from syncd.pg.echo import forget_echoes, take_echoes
 from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
+from syncd.ports.collections import ChromaCollection, Item
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.chroma.records import Item
-from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector import doubt as pgvector_doubt
 from syncd.stores.pgvector import seen as seen_rows
 from syncd.stores.pgvector.changes import (
@@ -59,7 +58,7 @@ log = structlog.get_logger("syncd.sink.pgvector")
 class PgvectorSink:
     """Writes one collection into its table; owns that stream's checkpoint."""
 
-    def __init__(self, conn: asyncpg.Connection, table: VectorTable, source: ChromaCollectionSource, *,
+    def __init__(self, conn: asyncpg.Connection, table: VectorTable, source: ChromaCollection, *,
                  strict: bool, chunk_rows: int, on_reject: Callable[[int], None] | None = None,
                  busy: Callable[[str, str], contextlib.AbstractContextManager[None]] | None = None) -> None:
         self.conn = conn

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from syncd.model import Change, Op, Position
+from syncd.ports.collections import Doubt, State, step
 from syncd.stores.chroma import doubt as chroma_doubt
-from syncd.stores.chroma.doubt import Doubt, State, step
 from syncd.stores.pgvector.doubt import track
 
 Row = tuple[int, str, bytes | None]  # seq, operation, vector
