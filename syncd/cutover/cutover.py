@@ -138,7 +138,7 @@ async def _forward_pending(sw: Switch, db: sqlite3.Connection | None) -> str | N
         elif checkpoint.position.offset < int(head):
             parts.append(f"sqlite at {checkpoint.position.offset} of {head}")
     if sw.cfg.chroma is not None:
-        from syncd.stores.chroma.admin import chroma_stored_status
+        from syncd.streams.chroma_admin import chroma_stored_status
 
         for s in await chroma_stored_status(sw.cfg, sw.dsn):
             if s["phase"] in (NOT_STARTED, Phase.SNAPSHOT.value):

@@ -9,7 +9,7 @@ Shared vocabulary, not a store: the pgvector sink is handed its collection by th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -136,6 +136,31 @@ def step(state: State, seq: int, op: str, has_vector: bool, vector: bytes | None
             return True, None  # took effect, the same on every replay
         return exists, Doubt(seq, None, vector)
     return state
+
+
+def raw_image(item_id: str, vector: Vector | None, document: str | None,
+              metadata: Mapping[str, Any] | None, op: str | None = None) -> dict[str, Any]:
+    """A JSON-safe image of an item for the reject table."""
+    image: dict[str, Any] = {"id": item_id}
+    if op:
+        image["op"] = op
+    image["embedding"] = None if vector is None else [float(x) for x in np.asarray(vector, dtype=np.float64)]
+    image["document"] = document
+    image["metadata"] = dict(metadata) if metadata is not None else None
+    return image
+
+
+class MappedTable(Protocol):
+    """What the reverse Chroma sink asks of the pgvector table it reads from
+    (:class:`syncd.stores.pgvector.plan.VectorTable`)."""
+
+    @property
+    def metadata_col(self) -> str | None: ...
+
+    @property
+    def mapped_keys(self) -> frozenset[str]:
+        """The metadata keys lifted into columns of their own."""
+        ...
 
 
 class KeyTypes(Protocol):

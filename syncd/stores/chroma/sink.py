@@ -60,12 +60,11 @@ from syncd.pg.echo import (
 )
 from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
-from syncd.ports.collections import CollectionInfo, Item
+from syncd.ports.collections import CollectionInfo, Item, MappedTable, raw_image
 from syncd.stores.chroma import fence as chroma_fence
 from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.records import OP_DELETE, OP_UPSERT
 from syncd.stores.chroma.writer import ChromaWriter, Write, is_unavailable
-from syncd.stores.pgvector.plan import VectorTable, raw_image
 
 log = structlog.get_logger("syncd.sink.chroma")
 T = TypeVar("T")
@@ -133,7 +132,7 @@ class ChromaSink:
     in PostgreSQL and commits after Chroma acknowledged the batch."""
 
     def __init__(self, conn: asyncpg.Connection, writer: ChromaWriter, chroma_log: ChromaLog,
-                 info: CollectionInfo, table: VectorTable, persist_dir: Path | None, *, strict: bool,
+                 info: CollectionInfo, table: MappedTable, persist_dir: Path | None, *, strict: bool,
                  on_reject: Callable[[int], None] | None = None,
                  after_write: Callable[[Batch], Awaitable[None]] | None = None,
                  on_close: Callable[[], Awaitable[None]] | None = None) -> None:

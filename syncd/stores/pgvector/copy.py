@@ -20,7 +20,8 @@ from syncd.errors import RowError
 from syncd.pg.connect import transaction, translate
 from syncd.pg.families import base_type
 from syncd.pg.state import Reject
-from syncd.stores.pgvector.plan import VectorTable, raw_image
+from syncd.ports.collections import raw_image
+from syncd.stores.pgvector.plan import VectorTable
 
 Record = tuple[Any, ...]
 

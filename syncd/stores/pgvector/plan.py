@@ -371,17 +371,3 @@ def create_table_sql(t: VectorTable) -> str:
     # insert into the HNSW index again (an HNSW insert costs milliseconds)
     return (f"CREATE TABLE IF NOT EXISTS {t.qualified} (\n  " + ",\n  ".join(cols)
             + "\n) WITH (fillfactor = 90)")
-
-
-def raw_image(item_id: str, vector: Vector | None, document: str | None,
-              metadata: Mapping[str, Any] | None, op: str | None = None) -> dict[str, Any]:
-    """A JSON-safe image of an item for the reject table."""
-    image: dict[str, Any] = {"id": item_id}
-    if op:
-        image["op"] = op
-    image["embedding"] = None if vector is None else [float(x) for x in np.asarray(vector, dtype=np.float64)]
-    image["document"] = document
-    image["metadata"] = dict(metadata) if metadata is not None else None
-    return image
-
-

@@ -23,10 +23,10 @@ from syncd.pg import state as pgstate
 from syncd.pg.connect import close_quietly, connect, guarded, transaction, translate
 from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
-from syncd.ports.collections import ScannedCollection, ScanPage, Vector
+from syncd.ports.collections import ScannedCollection, ScanPage, Vector, raw_image
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.pgvector.changes import convertible
-from syncd.stores.pgvector.plan import VectorTable, raw_image
+from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table
 

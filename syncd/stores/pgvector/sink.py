@@ -29,7 +29,7 @@ from syncd.pg.connect import close_quietly, guarded, transaction, translate
 from syncd.pg.echo import forget_echoes, take_echoes
 from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
-from syncd.ports.collections import ChromaCollection, Item
+from syncd.ports.collections import ChromaCollection, Item, raw_image
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.pgvector import doubt as pgvector_doubt
 from syncd.stores.pgvector import seen as seen_rows
@@ -49,7 +49,7 @@ from syncd.stores.pgvector.copy import (
     copy_payload,
     snapshot_records,
 )
-from syncd.stores.pgvector.plan import VectorTable, raw_image
+from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.pgvector.table import build_index, stream_name
 
 log = structlog.get_logger("syncd.sink.pgvector")
