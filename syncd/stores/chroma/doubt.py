@@ -15,8 +15,8 @@ index is saved past the ADD, a restarted Chroma returns the UPDATE's vector too.
 
 Only that pattern diverges: per id, an UPDATE carrying a vector while the id is missing,
 then the ADD that creates it, with no DELETE, UPSERT or effective vector UPDATE after the
-ADD. This module follows it (:func:`step`), from the log (:func:`scan`) or from a stream's
-changes. Which vector Chroma ends up with depends on its timing; it is fixed on disk once
+ADD. :func:`syncd.ports.collections.step` follows it, from the log (:func:`scan`, here)
+or from a stream's changes (the pgvector sink). Which vector Chroma ends up with depends on its timing; it is fixed on disk once
 the HNSW segment's ``max_seq_id`` reaches the ADD (see docs/chroma.md).
 """
 

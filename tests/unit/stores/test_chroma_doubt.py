@@ -1,4 +1,5 @@
-"""The doubt rule (syncd.stores.chroma.doubt) against a model of Chroma 1.5.9's HNSW writer.
+"""The doubt rule (syncd.ports.collections.step, syncd.stores.chroma.doubt.scan) against a model
+of Chroma 1.5.9's HNSW writer.
 
 The model follows ``LocalHnswSegmentWriter::apply_log_chunk`` (rust/segment/src/local_hnsw.rs,
 tag 1.5.9) for one id: ADD only if the id is missing, UPDATE only if it exists (and carries a
