@@ -16,8 +16,9 @@ index is saved past the ADD, a restarted Chroma returns the UPDATE's vector too.
 Only that pattern diverges: per id, an UPDATE carrying a vector while the id is missing,
 then the ADD that creates it, with no DELETE, UPSERT or effective vector UPDATE after the
 ADD. :func:`syncd.ports.collections.step` follows it, from the log (:func:`scan`, here)
-or from a stream's changes (the pgvector sink). Which vector Chroma ends up with depends on its timing; it is fixed on disk once
-the HNSW segment's ``max_seq_id`` reaches the ADD (see docs/chroma.md).
+or from a stream's changes (the pgvector sink). Which vector Chroma ends up with depends on its
+timing; it is fixed on disk once the HNSW segment's ``max_seq_id`` reaches the ADD (see
+docs/chroma.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What Chroma's persist directory holds, as values: log rows and purged gaps (the collection,
 its HNSW settings, items and pages of items are shared with pgvector, in
-:mod:`syncd.ports.collections`); and the decoding of its stored forms (seq ids, float32 vectors, the ADD row's metadata JSON, metadata values, the distance
-space). See docs/chroma.md."""
+:mod:`syncd.ports.collections`); and the decoding of its stored forms (seq ids, float32
+vectors, the ADD row's metadata JSON, metadata values, the distance space). See docs/chroma.md."""
 
 from __future__ import annotations
 
