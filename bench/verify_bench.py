@@ -148,7 +148,7 @@ async def _pull(dsn: str, tables: list[str]) -> int:
 
 async def _compare(config: Path) -> int:
     from syncd import config as config_mod
-    from syncd.stores.postgres.connect import connect
+    from syncd.pg.connect import connect
     from syncd.stores.postgres.sink import PostgresSink
     from syncd.stores.postgres.tables import plan_table
     from syncd.verify.compare import compare_all

@@ -10,45 +10,21 @@ from __future__ import annotations
 import signal
 import sys
 
+from syncd.service import signals  # first, so that a signal during start-up is one line too
 
-class Interrupted(BaseException):
-    """A signal (SIGINT, SIGTERM, SIGHUP) asked syncd to stop; unwinds like KeyboardInterrupt."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-_started = False
-"""False until :func:`main` runs: a signal before that (while Python imports) ends at once."""
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    if not _started:
-        import os
-
-        name = signal.Signals(signum).name
-        os.write(2, f"syncd: interrupted by {name} while starting; nothing was done\n".encode())
-        os._exit(128 + signum)
-    raise Interrupted(signum)
-
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-for _sig in _SIGNALS:  # first, so that a signal during start-up is one line too
-    signal.signal(_sig, _interrupt)
+signals.install()
 
 import argparse  # noqa: E402 - after the signal handlers, on purpose
-import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-from collections.abc import Callable, Coroutine, Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, NoReturn, TypeVar  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
 
 from syncd import __version__, exitcodes  # noqa: E402
 from syncd.errors import ConfigError, SyncdError, redact  # noqa: E402
+from syncd.service.signals import Interrupted, run_async  # noqa: E402
 
-T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = exitcodes.OK, exitcodes.FAILED, exitcodes.USAGE
 
 DESCRIPTION = """\
@@ -297,47 +273,6 @@ _ADVICE = {
 }
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run, with SIGINT / SIGTERM / SIGHUP cancelling the command so that it cleans
-    up, then raising :class:`Interrupted`."""
-    async def main() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        got: list[int] = []
-
-        def on_signal(signum: int) -> None:
-            got.append(signum)
-            if task is not None and len(got) == 1:
-                task.cancel()
-
-        def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-            # A connection attempt cancelled by the signal leaves its driver's future failed
-            # and unread ("Future exception was never retrieved"); after a signal that is the
-            # expected end of it, not a second error line.
-            if got and isinstance(context.get("exception"), OSError):
-                return
-            loop.default_exception_handler(context)
-
-        loop.set_exception_handler(on_loop_error)
-        for sig in _SIGNALS:
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            result = await coro
-        except asyncio.CancelledError:
-            if got:
-                raise Interrupted(got[0]) from None
-            raise
-        finally:
-            for sig in _SIGNALS:
-                loop.remove_signal_handler(sig)
-                signal.signal(sig, _interrupt)
-        if got:
-            raise Interrupted(got[0])
-        return result
-
-    return asyncio.run(main())
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     from syncd.streams import commands
 
@@ -358,7 +293,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = config_mod.load(path)
     args.config_file = path  # errors from here on are about what the file says
     if args.command == "embedded":
-        from syncd.stores.postgres.embedded import command as embedded_command
+        from syncd.pg.embedded import command as embedded_command
 
         return embedded_command(cfg, args.action)
     if args.command != "import":  # the import's machine may not have the app's stores
@@ -396,9 +331,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global _started
     args = argparse.Namespace(command=None)
-    _started = True
+    signals.started()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -1,7 +1,18 @@
-"""SQL text shared by every store: quoting (the same rules in SQLite and PostgreSQL) and the name
-of the PostgreSQL schema that holds syncd's own state."""
+"""SQL every store shares: quoting (the same rules in SQLite and PostgreSQL), the name of the
+PostgreSQL schema that holds syncd's own state, and running sqlite3 work (the SQLite store's and
+Chroma's ``chroma.sqlite3``) on a store's one worker thread, with errors translated at the edge."""
 
 from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from syncd.errors import SyncdError
+
+T = TypeVar("T")
 
 STATE_SCHEMA = "syncd"
 """The PostgreSQL schema of syncd's state tables (checkpoints, rejects, objects, …)."""
@@ -15,3 +26,13 @@ def qi(name: str) -> str:
 def ql(text: str) -> str:
     """Quote an SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
+
+
+async def call_on(executor: ThreadPoolExecutor, translate: Callable[[BaseException], SyncdError],
+                  fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` on *executor*; a sqlite3 error comes out as ``translate(error)``."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(executor, fn, *args)
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc

@@ -13,7 +13,7 @@ from syncd.cutover.cutover import cutover
 from syncd.cutover.plan import CutoverRefused, Outcome
 from syncd.cutover.rollback import rollback
 from syncd.errors import SyncdError
-from syncd.stores.postgres.connect import resolve_dsn
+from syncd.pg.connect import resolve_dsn
 
 
 async def command(operation: str, cfg: Config, *, dry_run: bool, resume: bool, as_json: bool) -> int:

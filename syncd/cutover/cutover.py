@@ -52,13 +52,13 @@ from syncd.cutover.plan import (
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import SyncdError
 from syncd.model import Phase
+from syncd.pg import capture as pg_capture
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, translate
 from syncd.service import checks
 from syncd.sql import STATE_SCHEMA
 from syncd.status import NOT_STARTED
 from syncd.stores.chroma.topology import server_only
-from syncd.stores.postgres import capture as pg_capture
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, translate
 from syncd.stores.sqlite.capture import CHANGELOG
 
 # --- cutover -------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ async def _forward_pending(sw: Switch, db: sqlite3.Connection | None) -> str | N
         elif checkpoint.position.offset < int(head):
             parts.append(f"sqlite at {checkpoint.position.offset} of {head}")
     if sw.cfg.chroma is not None:
-        from syncd.stores.chroma.admin import chroma_stored_status
+        from syncd.streams.chroma_admin import chroma_stored_status
 
         for s in await chroma_stored_status(sw.cfg, sw.dsn):
             if s["phase"] in (NOT_STARTED, Phase.SNAPSHOT.value):

@@ -38,12 +38,12 @@ from syncd.cutover.plan import (
 )
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import FatalError, SyncdError
-from syncd.stores.postgres.connect import close_quietly, connect, translate
+from syncd.pg.connect import close_quietly, connect, translate
 from syncd.stores.sqlite.schema import uri
 
 
 async def _reverse_pending(sw: Switch) -> str | None:
-    from syncd.stores.postgres import capture as pg_capture  # noqa: F401  (the changelog is pg_capture's)
+    from syncd.pg import capture as pg_capture  # noqa: F401  (the changelog is pg_capture's)
 
     parts: list[str] = []
     conn = sw.conn

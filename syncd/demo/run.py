@@ -20,8 +20,8 @@ from syncd import config
 from syncd.demo import chroma as demo_chroma
 from syncd.errors import ConfigError
 from syncd.model import Phase
+from syncd.pg.connect import close_quietly, connect
 from syncd.service import logs
-from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.streams import commands, supervisor
 from syncd.verify import compare

@@ -23,7 +23,7 @@ import numpy as np
 
 from syncd.errors import FatalError
 from syncd.files.manifest import fsync_dir, load
-from syncd.stores.sqlite.schema import Column, ForeignKey, Index, Table
+from syncd.ports.tables import Column, ForeignKey, Index, Table
 
 FORMAT = "syncd-export"
 FORMAT_VERSION = 1

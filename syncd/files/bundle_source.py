@@ -21,8 +21,7 @@ from typing import Any
 from syncd.files import bundle as bd
 from syncd.model import Batch, Key, Position
 from syncd.ports import Chunk, Pending
-from syncd.stores.chroma.doubt import Doubt
-from syncd.stores.chroma.records import CollectionInfo, Hnsw, Item, Vector
+from syncd.ports.collections import CollectionInfo, Doubt, Hnsw, Item, Vector
 from syncd.stores.chroma.source import COLUMNS as ITEM_COLUMNS
 
 Decode = Callable[[bytes], tuple[Any, ...]]

@@ -9,18 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from syncd.files import bundle as bd
+from syncd.ports.collections import CollectionInfo, Item, Vector
 from syncd.stores.chroma.catalog import read_images
-from syncd.stores.chroma.records import (
-    OP_ADD,
-    OP_DELETE,
-    OP_UPDATE,
-    OP_UPSERT,
-    CollectionInfo,
-    Item,
-    Vector,
-    decode_vector,
-    seq_value,
-)
+from syncd.stores.chroma.records import OP_ADD, OP_DELETE, OP_UPDATE, OP_UPSERT, decode_vector, seq_value
 
 
 def line(item: Item) -> str:

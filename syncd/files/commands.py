@@ -92,8 +92,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             print(line)
         return 0
     if args.command == "import":
-        from syncd.cli import run_async
         from syncd.files.importer import run_import
+        from syncd.service.signals import run_async
 
         return run_async(run_import(cfg, args.bundle, batch_size=args.batch_size, workers=args.workers,
                                     skip_errors=args.skip_errors, update_existing=args.update_existing,

@@ -39,13 +39,15 @@ from syncd.config import Config
 from syncd.errors import FatalError, SourceError
 from syncd.files import bundle as bd
 from syncd.files import chroma_export
+from syncd.ports.collections import CollectionInfo
+from syncd.ports.tables import Table
 from syncd.sql import qi
 from syncd.stores.chroma.catalog import read_catalog
-from syncd.stores.chroma.records import DEFAULT_TOPIC_PREFIX, CollectionInfo
+from syncd.stores.chroma.records import DEFAULT_TOPIC_PREFIX
 from syncd.stores.pgvector.plan import plan as plan_vectors
 from syncd.stores.postgres.tables import plan_table
 from syncd.stores.sqlite import capture
-from syncd.stores.sqlite.schema import Table, discover, uri
+from syncd.stores.sqlite.schema import discover, uri
 from syncd.verify.canon import NULL, CanonError, row_hash_int
 from syncd.verify.expect import Unfit, expect
 from syncd.verify.vectors import VectorCanon

@@ -25,11 +25,11 @@ from syncd.config import Config
 from syncd.files import bundle as bd
 from syncd.files.bundle_source import CollectionBundleSource, _item
 from syncd.files.export import TableHasher
+from syncd.pg.state import jsonable
+from syncd.ports.collections import Item
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.chroma.records import Item
 from syncd.stores.pgvector.table import prepare_table, stream_name
 from syncd.stores.postgres.sink import PostgresSink
-from syncd.stores.postgres.state import jsonable
 from syncd.stores.postgres.tables import plan_table
 from syncd.streams.supervisor import SQLITE_STREAM
 from syncd.verify.canon import MASK64, RowCanon, row_hash_int

@@ -31,15 +31,15 @@ from syncd.errors import FatalError, StrictModeStop
 from syncd.files import bundle as bd
 from syncd.files.bundle_source import BundleSource, CollectionBundleSource, table_source
 from syncd.model import Batch, Change, Op, Position, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect
 from syncd.ports import Sink
+from syncd.ports.tables import Captured
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.tables import TargetTable
-from syncd.stores.sqlite.capture import Captured
 from syncd.stream import Stream
 from syncd.streams.supervisor import SQLITE_STREAM, target_dsn
 

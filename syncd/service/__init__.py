@@ -1,1 +1,1 @@
-"""Running as a service: health HTTP, systemd notify, logs, progress."""
+"""Running as a service: health HTTP, systemd notify, logs, progress, signals."""

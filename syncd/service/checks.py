@@ -18,7 +18,8 @@ import asyncpg
 
 from syncd.config import PG_NAME_BYTES, SqliteConfig, Target
 from syncd.errors import ConfigError, FatalError, SchemaError, SourceError
-from syncd.stores.sqlite.schema import Table, list_tables
+from syncd.ports.tables import Table
+from syncd.stores.sqlite.schema import list_tables
 
 
 def user_name(uid: int | None = None) -> str:

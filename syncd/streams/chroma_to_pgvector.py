@@ -5,7 +5,7 @@ server only, the streams scan it instead (:mod:`syncd.stores.chroma.remote`).
 Collections created while syncd runs get a table and a snapshot; deleted ones
 have their table kept and marked, or dropped (``source.chroma.on_delete``);
 renamed ones keep streaming, and a table syncd named after the collection is
-renamed with it (:mod:`syncd.stores.chroma.admin`).
+renamed with it (:mod:`syncd.streams.chroma_admin`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import structlog
 from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import CaptureError, FatalError, SyncdError
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, translate
 from syncd.ports import Sink
+from syncd.ports.collections import CollectionInfo
 from syncd.service.health import Liveness
 from syncd.sql import STATE_SCHEMA
 from syncd.status import StreamStatus
 from syncd.stores.chroma import retention as chroma_retention
-from syncd.stores.chroma.admin import rename_table, retire
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.remote import RemoteCollectionSource, RemoteTopology
 from syncd.stores.chroma.server import find_openers
 from syncd.stores.chroma.source import ChromaCollectionSource
@@ -33,9 +34,8 @@ from syncd.stores.pgvector.mapping import parse_columns
 from syncd.stores.pgvector.remote_sink import open_remote_sink
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, translate
 from syncd.stream import Stream
+from syncd.streams.chroma_admin import rename_table, retire
 from syncd.streams.ownership import Ownership
 
 log = structlog.get_logger("syncd.chroma")

@@ -16,11 +16,11 @@ from syncd.config import Config, exposed
 from syncd.cutover import fence
 from syncd.errors import ConfigError, FatalError, SourceUnavailable, SyncdError
 from syncd.model import START, Phase
+from syncd.pg import capture as pg_capture
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect
 from syncd.service import checks
 from syncd.status import NOT_INITIALISED, NOT_STARTED, UNINSTALLED, StreamReport
-from syncd.stores.postgres import capture as pg_capture
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.capture import CHANGELOG
 from syncd.stores.sqlite.schema import uri
@@ -76,7 +76,7 @@ async def init(cfg: Config) -> int:
 
     await auto_backup(cfg, "init")
     if cfg.chroma is not None:
-        from syncd.stores.chroma.admin import init_chroma
+        from syncd.streams.chroma_admin import init_chroma
         from syncd.streams.pgvector_to_chroma import install_reverse_capture
 
         for line in await init_chroma(cfg, dsn):
@@ -174,7 +174,7 @@ async def stored_status(cfg: Config) -> list[StreamReport]:
     out: list[StreamReport] = []
     chroma: list[StreamReport] = []
     if cfg.chroma is not None:
-        from syncd.stores.chroma.admin import chroma_stored_status
+        from syncd.streams.chroma_admin import chroma_stored_status
 
         chroma = await chroma_stored_status(cfg, dsn)
     if cfg.sqlite is None:
@@ -303,7 +303,7 @@ async def uninstall(cfg: Config) -> int:
         await asyncio.to_thread(checks.sqlite_write_lock, cfg.sqlite.path, cfg.cutover.lock_timeout,
                                 "run `syncd uninstall` again")
     if cfg.chroma is not None:
-        from syncd.stores.chroma.admin import uninstall_chroma
+        from syncd.streams.chroma_admin import uninstall_chroma
         from syncd.streams.pgvector_to_chroma import uninstall_reverse
 
         for line in await uninstall_chroma(cfg):

@@ -25,12 +25,12 @@ import structlog
 
 from syncd.config import Config
 from syncd.errors import RetryableError, SyncdError
+from syncd.pg.connect import close_quietly, connect
 from syncd.service import progress
 from syncd.service.health import Liveness, serve, tick
 from syncd.service.identity import identify
 from syncd.service.notify import Notifier, summarize, watchdog_interval, watchdog_loop
 from syncd.status import StreamStatus
-from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.streams.ownership import Holder, Ownership, StateDirLock
 from syncd.streams.supervisor import Supervisor, target_dsn
 

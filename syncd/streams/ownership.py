@@ -8,7 +8,7 @@ Three layers, each catching what the one before cannot:
 2. **An advisory lock per stream** in the target (``pg_try_advisory_lock``, session level, on a
    dedicated connection named ``syncd owner``). A second daemon on the same target from another
    state dir (another host, a copied config) exits 1 naming the first.
-3. **The fencing generation** (``syncd.owners``, see :mod:`syncd.stores.postgres.state`): claiming a
+3. **The fencing generation** (``syncd.owners``, see :mod:`syncd.pg.state`): claiming a
    stream bumps its generation, and every checkpoint write is conditioned on it. The advisory
    lock goes when its connection dies; if another process then claims the stream, the first
    one's next commit fails instead of moving the position. After a reconnect the lock is taken
@@ -34,8 +34,8 @@ import structlog
 
 from syncd.config import Config
 from syncd.errors import FatalError, SyncdError
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, translate
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, translate
 
 log = structlog.get_logger("syncd.streams.ownership")
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """The pgvector → Chroma streams (after `syncd cutover`): one per collection.
 
 Each collection's table (recorded in ``syncd.chroma_collections`` by the forward
-stream) is read through the PostgreSQL changelog (:mod:`syncd.stores.postgres.capture`,
+stream) is read through the PostgreSQL changelog (:mod:`syncd.pg.capture`,
 :class:`~syncd.stores.pgvector.source.PgvectorSource`) and written into Chroma
 (:class:`~syncd.stores.chroma.sink.ChromaSink`). Stream names are
 ``pgvector→chroma:<collection id>``, the mirror of the forward ``chroma:<collection id>``
@@ -28,21 +28,21 @@ import structlog
 from syncd.config import Config
 from syncd.errors import ConfigError, SchemaError
 from syncd.model import Batch
+from syncd.pg import capture as pg_capture
+from syncd.pg import changelog
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, transaction
 from syncd.ports import Sink
+from syncd.ports.collections import CollectionInfo
 from syncd.service.health import Liveness
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.sink import ChromaSink
 from syncd.stores.chroma.topology import Topology, wanted
 from syncd.stores.chroma.writer import ChromaWriter
 from syncd.stores.pgvector.plan import VectorTable, plan
 from syncd.stores.pgvector.source import PgvectorSource
 from syncd.stores.pgvector.table import existing_columns
-from syncd.stores.postgres import capture as pg_capture
-from syncd.stores.postgres import changelog
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, transaction
 from syncd.stream import Stream
 
 log = structlog.get_logger("syncd.streams.pgvector_to_chroma")

@@ -14,16 +14,18 @@ UTF-8) and a field of ``/status``; nothing parses it.
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from syncd.config import Config, SqliteConfig
 from syncd.model import Phase, Position
+from syncd.pg import capture as pg_capture
+from syncd.pg import changelog
+from syncd.pg.connect import close_quietly, connect
 from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.status import NOT_STARTED, StreamReport
-from syncd.stores.postgres import capture as pg_capture
-from syncd.stores.postgres import changelog
-from syncd.stores.postgres.connect import close_quietly, connect
-from syncd.stores.postgres.source import PostgresSource, read_sqlite_tables
+from syncd.stores.postgres.source import PostgresSource
+from syncd.stores.sqlite.connect import read_tables
 from syncd.stores.sqlite.schema import uri
 from syncd.stores.sqlite.sink import SqliteSink
 from syncd.stream import Stream
@@ -34,7 +36,7 @@ REVERSE_SQLITE_STREAM = "postgres→sqlite"
 def reverse_source(config: Config, dsn: str, sqlite_config: SqliteConfig) -> PostgresSource:
     """The PostgreSQL side of the reverse stream (opens its connections lazily)."""
     reader = changelog.ChangeReader(lambda: connect(config.target, dsn), config.target.schema)
-    return PostgresSource(reader, sqlite_config, config.target.table_for)
+    return PostgresSource(reader, functools.partial(read_tables, sqlite_config), config.target.table_for)
 
 
 def reverse_table_stream(config: Config, dsn: str, sqlite_source_config: SqliteConfig,
@@ -101,7 +103,7 @@ async def record_start(config: Config, dsn: str, sqlite_config: SqliteConfig) ->
 
 async def _table_names(config: Config, sqlite_config: SqliteConfig) -> list[str]:
     """The PostgreSQL tables of the SQLite stream."""
-    tables = await asyncio.to_thread(read_sqlite_tables, sqlite_config)
+    tables = await asyncio.to_thread(read_tables, sqlite_config)
     return [config.target.table_for(t.name) for t in tables]
 
 

@@ -3,7 +3,7 @@
 A reject is *open* until one of two things happens:
 
 - **resolved**: the app changed the row in SQLite again and the new version was applied
-  (``resolved_at``; the stream does it, :func:`syncd.stores.postgres.state.resolve_rejects`);
+  (``resolved_at``; the stream does it, :func:`syncd.pg.state.resolve_rejects`);
 - **accepted**: an operator decided that PostgreSQL may lack the row (``syncd rejects
   --accept ID``). Nothing is deleted: the row image and the reason stay, with who accepted it,
   when and why (``accepted_at``, ``accepted_by``, ``accepted_reason``). ``verify`` lists
@@ -21,8 +21,8 @@ from typing import Any
 import asyncpg
 
 from syncd.errors import ConfigError
+from syncd.pg import state as pgstate
 from syncd.sql import STATE_SCHEMA
-from syncd.stores.postgres import state as pgstate
 
 ACCEPT_DDL = f"""ALTER TABLE {STATE_SCHEMA}.rejects
     ADD COLUMN IF NOT EXISTS accepted_at timestamptz,

@@ -24,11 +24,11 @@ from syncd.config import Config
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import FatalError, RetryableError, SyncdError
 from syncd.model import Phase
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, guarded, resolve_dsn, try_replica_role
 from syncd.ports import Sink
 from syncd.service.health import Liveness
 from syncd.status import StreamStatus
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, guarded, resolve_dsn, try_replica_role
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.source import SqliteSource
 from syncd.stream import Stream

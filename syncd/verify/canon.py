@@ -47,9 +47,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from syncd.pg.datetime import Infinity
+from syncd.pg.families import base_type, family
 from syncd.sql import qi
-from syncd.stores.postgres.datetime import Infinity
-from syncd.stores.postgres.families import base_type, family
 from syncd.stores.postgres.types import ColumnMap
 
 NULL = "N"

@@ -18,9 +18,10 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from syncd.ports.collections import CollectionInfo, Item
 from syncd.stores.chroma.catalog import read_images
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import CollectionInfo, Item, seq_value
+from syncd.stores.chroma.records import seq_value
 
 
 @dataclass(slots=True)

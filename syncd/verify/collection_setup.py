@@ -17,14 +17,14 @@ import asyncpg
 from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
 from syncd.model import SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect
+from syncd.ports.collections import CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, wanted
 from syncd.stores.pgvector.plan import VectorTable, plan
 from syncd.stores.pgvector.table import existing_columns, stream_name
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.verify.collections import CollectionCheck, CollectionContext, CollectionOptions
 from syncd.verify.report import ERROR, MATCH, CheckResult
 from syncd.verify.rows import Stall

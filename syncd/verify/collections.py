@@ -29,8 +29,8 @@ from typing import cast
 import asyncpg
 
 from syncd.errors import SourceError
+from syncd.ports.collections import Item, ItemPage
 from syncd.sql import STATE_SCHEMA
-from syncd.stores.chroma.records import Item, ItemPage
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector.table import stream_name
 from syncd.verify.chroma import View, head, read_view

@@ -11,7 +11,7 @@ from typing import Any
 from syncd import exitcodes
 from syncd.config import Config
 from syncd.errors import ConfigError
-from syncd.stores.postgres.connect import close_quietly, connect
+from syncd.pg.connect import close_quietly, connect
 from syncd.streams import supervisor
 from syncd.verify import run as verify_mod
 from syncd.verify.report import EXIT_QUARANTINED, render

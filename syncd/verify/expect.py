@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from syncd.model import InvalidText
-from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY, OutOfRange
+from syncd.pg.datetime import INFINITY, MINUS_INFINITY, OutOfRange
 from syncd.verify.calendar import DAY, PG_DAYS, clock, day_text, days_from_civil, month_days
 from syncd.verify.canon import CanonError, _md5_hex, _numeric_text, jsonb_text
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from syncd.stores.chroma.records import Item, Vector
+from syncd.ports.collections import Item, Vector
 from syncd.stores.pgvector.plan import VectorTable
 from syncd.verify.canon import NULL
 from syncd.verify.expect import Expect, Unfit, expect

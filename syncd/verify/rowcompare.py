@@ -19,9 +19,9 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from syncd.model import Key
+from syncd.pg.families import family
+from syncd.pg.state import jsonable
 from syncd.sql import qi
-from syncd.stores.postgres.families import family
-from syncd.stores.postgres.state import jsonable
 from syncd.stores.postgres.tables import TargetTable
 from syncd.verify.canon import MASK64, NULL, RowCanon
 from syncd.verify.expect import Expect, Unfit, expect

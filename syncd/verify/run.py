@@ -29,12 +29,13 @@ import asyncpg
 from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
 from syncd.model import SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, translate
+from syncd.ports.tables import Table
 from syncd.sql import STATE_SCHEMA
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, translate
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.tables import TargetTable, plan_table
-from syncd.stores.sqlite.schema import Table, discover, uri
+from syncd.stores.sqlite.schema import discover, uri
 from syncd.streams.supervisor import SQLITE_STREAM
 from syncd.verify.canon import SESSION_SETTINGS
 from syncd.verify.collection_setup import ChromaVerify

@@ -20,8 +20,8 @@ from typing import Any
 import asyncpg
 
 from syncd.config import Target
+from syncd.ports.tables import Table
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.sqlite.schema import Table
 
 _FOREIGN_KEYS = """
 SELECT c.conname::text AS name, c.convalidated AS ok, c.confrelid::oid AS ref,

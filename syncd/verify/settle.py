@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from syncd.model import Key
+from syncd.pg.state import jsonable
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.postgres.state import jsonable
 from syncd.stores.postgres.tables import TargetTable
 from syncd.verify.canon import part_hash
 from syncd.verify.report import CheckResult, Difference, Rejected

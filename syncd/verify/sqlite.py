@@ -20,9 +20,11 @@ from typing import Any, TypeVar
 
 from syncd.errors import SourceBusy, SourceError
 from syncd.model import Key
+from syncd.ports.tables import Table
 from syncd.sql import qi
-from syncd.stores.sqlite.capture import CHANGELOG, META, decode_key, fetch_all, param
-from syncd.stores.sqlite.schema import Table, uri
+from syncd.stores.sqlite.capture import CHANGELOG, META
+from syncd.stores.sqlite.schema import uri
+from syncd.stores.sqlite.values import decode_key, fetch_all, param
 
 T = TypeVar("T")
 Raw = tuple[Any, ...]

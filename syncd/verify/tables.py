@@ -29,8 +29,8 @@ import json
 import time
 
 from syncd.model import Key
+from syncd.pg.state import jsonable
 from syncd.sql import qi
-from syncd.stores.postgres.state import jsonable
 from syncd.verify.fastpath import FastPath
 from syncd.verify.report import CheckResult, Rejected
 from syncd.verify.rowcompare import PgStream, RowCompare, TooManyRows

@@ -20,8 +20,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from syncd.ports.collections import Item, Vector
 from syncd.sql import qi
-from syncd.stores.chroma.records import Item, Vector
 from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.postgres.types import ColumnMap
 from syncd.verify.canon import NULL, ColumnCanon, column_canon, jsonb_text, part_hash

@@ -15,8 +15,8 @@ import asyncpg
 
 from syncd.config import SqliteConfig, Target
 from syncd.model import Change, Op, Position, SnapshotState
+from syncd.pg.connect import connect
 from syncd.ports import Chunk, Sink
-from syncd.stores.postgres.connect import connect
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.schema import discover
 from syncd.stores.sqlite.sink import SqliteSink

@@ -11,9 +11,9 @@ import pytest
 
 from syncd.errors import StrictModeStop, SyncdError
 from syncd.model import START, Batch, Change, Position, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.state import Fenced
 from syncd.ports import Sink
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.state import Fenced
 from tests.contract.harness import REFUSED, Harness
 
 

@@ -18,10 +18,11 @@ import numpy as np
 from syncd.config import Target
 from syncd.errors import FatalError
 from syncd.model import Change, Op, Position, SnapshotState
+from syncd.pg.connect import close_quietly, connect
 from syncd.ports import Chunk, Sink
+from syncd.ports.collections import CollectionInfo
 from syncd.sql import qi
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.server import ChromaServer as ServerReader
 from syncd.stores.chroma.sink import ChromaSink
 from syncd.stores.chroma.source import COLUMNS, ChromaCollectionSource
@@ -29,7 +30,6 @@ from syncd.stores.chroma.writer import ChromaWriter
 from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
-from syncd.stores.postgres.connect import close_quietly, connect
 from syncd.streams.pgvector_to_chroma import reverse_stream_name
 from tests.contract.harness import REFUSED, Harness, PostgresState, StoredReject
 from tests.integration.chroma_support import ChromaServer, collection

@@ -4,7 +4,7 @@ asyncpg sends an ``executemany`` (and a COPY) as fast as the socket takes it, an
 the transport to drain when the server reads slower than that. If the connection dies in
 that wait, asyncpg fails the statement's result but never wakes the sender: ``executemany``
 sat out the rest of ``command_timeout`` (COPY, with no timeout on that wait, for ever) before
-syncd could retry. Here: syncd's own connection (:func:`syncd.stores.postgres.connect.connect`) through
+syncd could retry. Here: syncd's own connection (:func:`syncd.pg.connect.connect`) through
 Toxiproxy, the upstream narrowed so the send buffers fill, then the proxy goes away. The statement must
 fail long before ``command_timeout``, with a connection error syncd retries.
 """
@@ -19,7 +19,7 @@ import asyncpg
 
 from syncd.config import Target
 from syncd.errors import TargetUnavailable
-from syncd.stores.postgres.connect import close_quietly, connect, translate
+from syncd.pg.connect import close_quietly, connect, translate
 
 COMMAND_TIMEOUT = 120.0
 NOTICED_WITHIN = 30.0

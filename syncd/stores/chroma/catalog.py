@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from syncd.ports.collections import CollectionInfo, Item
 from syncd.stores.chroma.records import (
     DOCUMENT_KEY,
     OP_ADD,
     URI_KEY,
-    CollectionInfo,
-    Item,
     add_image,
     decode_vector,
     distance_space,

@@ -15,9 +15,10 @@ index is saved past the ADD, a restarted Chroma returns the UPDATE's vector too.
 
 Only that pattern diverges: per id, an UPDATE carrying a vector while the id is missing,
 then the ADD that creates it, with no DELETE, UPSERT or effective vector UPDATE after the
-ADD. This module follows it (:func:`step`), from the log (:func:`scan`) or from a stream's
-changes. Which vector Chroma ends up with depends on its timing; it is fixed on disk once
-the HNSW segment's ``max_seq_id`` reaches the ADD (see docs/chroma.md).
+ADD. :func:`syncd.ports.collections.step` follows it, from the log (:func:`scan`, here)
+or from a stream's changes (the pgvector sink). Which vector Chroma ends up with depends on its
+timing; it is fixed on disk once the HNSW segment's ``max_seq_id`` reaches the ADD (see
+docs/chroma.md).
 """
 
 from __future__ import annotations
@@ -25,43 +26,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+from syncd.ports.collections import Doubt, State, step
+
 OPS = {0: "add", 1: "update", 2: "upsert", 3: "delete"}
-
-
-@dataclass(frozen=True, slots=True)
-class Doubt:
-    """An id whose vector Chroma's index may hold from an UPDATE its log says had no effect."""
-
-    update_seq: int
-    """The last UPDATE carrying a vector while the id was missing."""
-    add_seq: int | None
-    """The ADD that created the id after it; None while the id is still missing."""
-    vector: bytes | None = None
-    """That UPDATE's float32 bits, little-endian, as logged."""
-
-
-State = tuple[bool | None, Doubt | None]
-"""Whether the id exists (None: not known) and its doubt."""
-
-
-def step(state: State, seq: int, op: str, has_vector: bool, vector: bytes | None = None) -> State:
-    """*state* after one log row of the id. With existence unknown, an UPDATE is taken as
-    missing its id and an ADD as creating it: a doubt too many costs one read from Chroma."""
-    exists, doubt = state
-    if op in ("delete", "upsert"):  # gone, or a vector set whatever the id's state
-        return op == "upsert", None
-    if op == "add":
-        if exists:
-            return True, doubt  # an ADD of an existing id does nothing
-        return True, None if doubt is None else replace(doubt, add_seq=seq)
-    if op == "update" and has_vector:
-        if exists:
-            return True, None  # took effect, the same on every replay
-        return exists, Doubt(seq, None, vector)
-    return state
 
 
 SCAN_STEP = 20_000

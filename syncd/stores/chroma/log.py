@@ -31,24 +31,17 @@ import structlog
 import watchfiles
 
 from syncd.errors import SourceBusy, SourceError, SyncdError
+from syncd.ports.collections import CollectionInfo, Doubt, Item, ItemPage
+from syncd.sql import call_on
 from syncd.stores.chroma.catalog import read_catalog, read_images
-from syncd.stores.chroma.doubt import Doubt, scan
-from syncd.stores.chroma.records import (
-    DEFAULT_TOPIC_PREFIX,
-    CollectionInfo,
-    Gap,
-    Item,
-    ItemPage,
-    LogRow,
-    seq_value,
-)
-from syncd.stores.sqlite.worker import call_on
+from syncd.stores.chroma.doubt import scan
+from syncd.stores.chroma.prune import prune_rows
+from syncd.stores.chroma.records import DEFAULT_TOPIC_PREFIX, Gap, LogRow, seq_value
 
 log = structlog.get_logger("syncd.source.chroma")
 T = TypeVar("T")
 
 SQLITE_FILE = "chroma.sqlite3"
-PRUNE_BATCH = 2000
 
 
 def translate(exc: BaseException, path: Path) -> SyncdError:
@@ -352,38 +345,7 @@ class ChromaLog:
     # --- pruning -------------------------------------------------------------------------
 
     def _prune(self, info: CollectionInfo, upto: int) -> int:
-        """Delete the collection's rows at or below *upto* that Chroma itself no longer needs:
-        below the ``max_seq_id`` of both its segments (what Chroma's own purge deletes), so a
-        restarting Chroma can still replay what its HNSW index has not saved."""
-        if info.vector_segment is None:
-            return 0
-        conn = self.rw
-        floors = dict(conn.execute(
-            "SELECT segment_id, seq_id FROM max_seq_id WHERE segment_id IN (?, ?)",
-            (info.metadata_segment, info.vector_segment)).fetchall())
-        if len(floors) < 2 or any(v is None for v in floors.values()):
-            return 0
-        below = min(upto + 1, *(seq_value(v) for v in floors.values()))
-        topic = self.topic(info.id)
-        total = 0
-        # give way at once when Chroma is writing: this thread also serves every stream's reads
-        conn.execute("PRAGMA busy_timeout = 50")
-        try:
-            while True:
-                try:
-                    cur = conn.execute(
-                        "DELETE FROM embeddings_queue WHERE seq_id IN (SELECT seq_id FROM embeddings_queue "
-                        "WHERE topic = ? AND seq_id < ? ORDER BY seq_id LIMIT ?)",
-                        (topic, below, PRUNE_BATCH))
-                except sqlite3.OperationalError as exc:
-                    if "locked" in str(exc) or "busy" in str(exc):
-                        return total  # prune next time
-                    raise
-                total += cur.rowcount
-                if cur.rowcount < PRUNE_BATCH:
-                    return total
-        finally:
-            conn.execute("PRAGMA busy_timeout = 5000")
+        return prune_rows(self.rw, info, self.topic(info.id), upto)
 
     async def prune(self, info: CollectionInfo, upto: int) -> int:
         return await self.call(self._prune, info, upto)

@@ -1,7 +1,7 @@
-"""What Chroma's persist directory holds, as values: a collection as the catalog describes it,
-its HNSW settings, log rows, items, pages of items, purged gaps; and the decoding of its stored
-forms (seq ids, float32 vectors, the ADD row's metadata JSON, metadata values, the distance
-space). See docs/chroma.md."""
+"""What Chroma's persist directory holds, as values: log rows and purged gaps (the collection,
+its HNSW settings, items and pages of items are shared with pgvector, in
+:mod:`syncd.ports.collections`); and the decoding of its stored forms (seq ids, float32
+vectors, the ADD row's metadata JSON, metadata values, the distance space). See docs/chroma.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+
+from syncd.ports.collections import Hnsw, Item, Vector
 
 OP_ADD, OP_UPDATE, OP_UPSERT, OP_DELETE = 0, 1, 2, 3
 OP_NAMES = {OP_ADD: "add", OP_UPDATE: "update", OP_UPSERT: "upsert", OP_DELETE: "delete"}
@@ -19,45 +20,6 @@ DOCUMENT_KEY = "chroma:document"
 URI_KEY = "chroma:uri"
 DEFAULT_TOPIC_PREFIX = "persistent://default/default/"
 SPACES = ("l2", "cosine", "ip")
-
-Vector = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class CollectionInfo:
-    """One collection as the catalog describes it."""
-
-    id: str
-    name: str
-    dimension: int | None
-    """None until the first item is written."""
-    space: str
-    tenant: str
-    database: str
-    metadata_segment: str
-    vector_segment: str | None
-    hnsw: Hnsw | None = None
-    """The collection's HNSW settings, when its configuration names them."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hnsw:
-    """Chroma's HNSW settings of a collection; pgvector's index is built with the same
-    ``m`` / ``ef_construction``, and ``ef_search`` is what a query should set."""
-
-    max_neighbors: int = 16
-    ef_construction: int = 100
-    ef_search: int = 100
-
-    @classmethod
-    def parse(cls, config: Any) -> Hnsw | None:
-        """From a ``hnsw`` configuration object; None when it holds none of the three."""
-        if not isinstance(config, dict):
-            return None
-        values = {k: config[k] for k in ("max_neighbors", "ef_construction", "ef_search")
-                  if isinstance(config.get(k), int) and not isinstance(config.get(k), bool)}
-        return cls(**values) if values else None
-
 
 @dataclass(frozen=True, slots=True)
 class LogRow:
@@ -68,36 +30,6 @@ class LogRow:
     encoding: str | None
     metadata: str | None
     created_at: float | None
-
-
-@dataclass(slots=True)
-class Item:
-    """One item as Chroma holds it now (snapshot, reconciliation)."""
-
-    id: str
-    seq: int
-    """``embeddings.seq_id``: the last operation on this id that took effect."""
-    document: str | None
-    metadata: dict[str, Any]
-    vector: Vector | None
-    """The written bits, from the log row of ``seq``; None when the log no longer holds them."""
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemPage:
-    """Items of one key range, read in one transaction.
-
-    ``keys`` are every id in the range with its seq, in key order; ``items`` the
-    full images asked for (all, or those changed after a position).
-    """
-
-    keys: list[tuple[str, int]]
-    items: list[Item]
-
-    @property
-    def last_key(self) -> str | None:
-        return self.keys[-1][0] if self.keys else None
 
 
 @dataclass(frozen=True, slots=True)

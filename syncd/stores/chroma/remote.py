@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -36,7 +35,8 @@ from syncd.config import Config
 from syncd.errors import SourceError, SourceUnavailable
 from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
-from syncd.stores.chroma.records import SPACES, CollectionInfo, Hnsw, Vector
+from syncd.ports.collections import CollectionInfo, Hnsw, RemoteItem, ScanPage
+from syncd.stores.chroma.records import SPACES
 from syncd.stores.chroma.server import GET_BATCH, ChromaServer, as_float32
 from syncd.stores.chroma.source import COLUMNS
 
@@ -46,14 +46,6 @@ SCAN = 10**9
 """Positions per scan: ``scan * SCAN + items read``."""
 DONE = SCAN - 1
 """Offset part of a position whose scan is complete."""
-
-@dataclass(frozen=True, slots=True)
-class RemoteItem:
-    id: str
-    vector: Vector | None
-    document: str | None
-    metadata: dict[str, Any]
-
 
 def _space(model: Any) -> str:
     config = getattr(model, "configuration_json", None) or {}
@@ -181,14 +173,6 @@ class _KeyTypes:
 
     async def key_types(self, info: CollectionInfo, keys: Sequence[str]) -> dict[str, set[str]]:
         return await self.server.call(self.server._key_types, info.id, list(keys))
-
-
-@dataclass(frozen=True, slots=True)
-class ScanPage(Batch):
-    """One page of a scan: the items read (full images), and whether it ends the scan."""
-
-    scan: int = 0
-    final: bool = False
 
 
 class RemoteCollectionSource:

@@ -37,8 +37,8 @@ import numpy as np
 import structlog
 
 from syncd.errors import ConfigError, SourceError, SourceUnavailable, SyncdError
+from syncd.ports.collections import Vector
 from syncd.stores.chroma.log import SQLITE_FILE
-from syncd.stores.chroma.records import Vector
 
 log = structlog.get_logger("syncd.source.chroma")
 T = TypeVar("T")

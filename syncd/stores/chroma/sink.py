@@ -13,7 +13,7 @@ id it touches:
    ``delete``, and the changelog position it comes from, so that a replayed batch
    records nothing twice) is committed in ``syncd.chroma_echo``; the forward sink
    skips the Chroma log row of that write and deletes the record
-   (:mod:`syncd.stores.chroma.echo`);
+   (:mod:`syncd.pg.echo`);
 3. the writes go through the chromadb ``HttpClient`` of the configured server (or
    the private ``chroma run`` syncd starts for a persist directory): deletes, then
    upserts whose metadata sets every key the row holds and removes (``None``) the
@@ -48,9 +48,9 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
-from syncd.ports import ApplyResult, Chunk
-from syncd.stores.chroma import fence as chroma_fence
-from syncd.stores.chroma.echo import (
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, guarded, transaction
+from syncd.pg.echo import (
     DELETED,
     ECHO_DDL,
     Echo,
@@ -58,13 +58,13 @@ from syncd.stores.chroma.echo import (
     forget_echoes,
     record_echoes,
 )
+from syncd.pg.state import Reject
+from syncd.ports import ApplyResult, Chunk
+from syncd.ports.collections import CollectionInfo, Item, MappedTable, raw_image
+from syncd.stores.chroma import fence as chroma_fence
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import OP_DELETE, OP_UPSERT, CollectionInfo, Item
+from syncd.stores.chroma.records import OP_DELETE, OP_UPSERT
 from syncd.stores.chroma.writer import ChromaWriter, Write, is_unavailable
-from syncd.stores.pgvector.plan import VectorTable, raw_image
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, guarded, transaction
-from syncd.stores.postgres.state import Reject
 
 log = structlog.get_logger("syncd.sink.chroma")
 T = TypeVar("T")
@@ -132,7 +132,7 @@ class ChromaSink:
     in PostgreSQL and commits after Chroma acknowledged the batch."""
 
     def __init__(self, conn: asyncpg.Connection, writer: ChromaWriter, chroma_log: ChromaLog,
-                 info: CollectionInfo, table: VectorTable, persist_dir: Path | None, *, strict: bool,
+                 info: CollectionInfo, table: MappedTable, persist_dir: Path | None, *, strict: bool,
                  on_reject: Callable[[int], None] | None = None,
                  after_write: Callable[[Batch], Awaitable[None]] | None = None,
                  on_close: Callable[[], Awaitable[None]] | None = None) -> None:

@@ -33,7 +33,7 @@ import structlog
 from syncd.errors import LogGap, SourceBusy, SourceError
 from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
-from syncd.stores.chroma.doubt import Doubt
+from syncd.ports.collections import CollectionInfo, Doubt, Item, ItemPage, Vector
 from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.records import (
     DOCUMENT_KEY,
@@ -41,12 +41,8 @@ from syncd.stores.chroma.records import (
     OP_DELETE,
     OP_NAMES,
     URI_KEY,
-    CollectionInfo,
     Gap,
-    Item,
-    ItemPage,
     LogRow,
-    Vector,
     decode_vector,
 )
 from syncd.stores.chroma.server import ChromaServer

@@ -21,8 +21,8 @@ import structlog
 
 from syncd.config import Config
 from syncd.errors import ConfigError, SourceError
+from syncd.ports.collections import CollectionInfo
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.server import ChromaServer, PrivateServer, ensure_unused
 
 log = structlog.get_logger("syncd.chroma")

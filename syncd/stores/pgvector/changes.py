@@ -10,10 +10,10 @@ from typing import Any
 
 from syncd.errors import RowError
 from syncd.model import Change, Op
-from syncd.stores.chroma.records import Item
+from syncd.pg.state import Reject
+from syncd.ports.collections import Item, raw_image
 from syncd.stores.pgvector.copy import Record
-from syncd.stores.pgvector.plan import VectorTable, raw_image
-from syncd.stores.postgres.state import Reject
+from syncd.stores.pgvector.plan import VectorTable
 
 Prepared = tuple[str, Record, Change]
 """The statement kind (a key of :attr:`PgvectorSink._sql`), its arguments, and the change."""

@@ -17,10 +17,11 @@ import numpy as np
 import numpy.typing as npt
 
 from syncd.errors import RowError
-from syncd.stores.pgvector.plan import VectorTable, raw_image
-from syncd.stores.postgres.connect import transaction, translate
-from syncd.stores.postgres.families import base_type
-from syncd.stores.postgres.state import Reject
+from syncd.pg.connect import transaction, translate
+from syncd.pg.families import base_type
+from syncd.pg.state import Reject
+from syncd.ports.collections import raw_image
+from syncd.stores.pgvector.plan import VectorTable
 
 Record = tuple[Any, ...]
 

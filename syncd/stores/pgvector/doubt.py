@@ -25,11 +25,10 @@ import structlog
 
 from syncd.errors import RetryableError, RowError
 from syncd.model import Change, Op
+from syncd.pg.connect import transaction
+from syncd.ports.collections import ChromaCollection, Doubt, State, step
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.chroma.doubt import Doubt, State, step
-from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector.plan import VectorTable
-from syncd.stores.postgres.connect import transaction
 
 log = structlog.get_logger("syncd.sink.pgvector")
 
@@ -163,7 +162,7 @@ def same_vector(a: Any, b: Any, cosine: bool) -> bool:
 
 
 async def settle(conn: asyncpg.Connection, stream: str, t: VectorTable,
-                 source: ChromaCollectionSource) -> tuple[int, int] | None:
+                 source: ChromaCollection) -> tuple[int, int] | None:
     """Settle the records whose ADD Chroma's saved index has reached; returns (settled, vectors
     rewritten), or None when the stream has none left."""
     if not await has_records(conn, stream):

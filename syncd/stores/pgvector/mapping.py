@@ -9,8 +9,8 @@ from typing import Any
 
 from syncd.config import CollectionTarget, Target
 from syncd.errors import ConfigError, SchemaError
-from syncd.stores.postgres.converters import Converter, converter
-from syncd.stores.postgres.families import family
+from syncd.pg.converters import Converter, converter
+from syncd.pg.families import family
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,10 @@ import numpy as np
 
 from syncd.config import Target
 from syncd.errors import RowError, SchemaError
+from syncd.pg.converters import Converter, converter
+from syncd.pg.families import family
+from syncd.ports.collections import CollectionInfo, Hnsw, Vector
 from syncd.sql import qi
-from syncd.stores.chroma.records import CollectionInfo, Hnsw, Vector
 from syncd.stores.pgvector.mapping import (
     ColumnMapping,
     Existing,
@@ -35,8 +37,6 @@ from syncd.stores.pgvector.mapping import (
     target_entry,
     type_for_kinds,
 )
-from syncd.stores.postgres.converters import Converter, converter
-from syncd.stores.postgres.families import family
 
 HNSW_MAX_DIM = 2000
 HALFVEC_MAX_DIM = 4000
@@ -371,17 +371,3 @@ def create_table_sql(t: VectorTable) -> str:
     # insert into the HNSW index again (an HNSW insert costs milliseconds)
     return (f"CREATE TABLE IF NOT EXISTS {t.qualified} (\n  " + ",\n  ".join(cols)
             + "\n) WITH (fillfactor = 90)")
-
-
-def raw_image(item_id: str, vector: Vector | None, document: str | None,
-              metadata: Mapping[str, Any] | None, op: str | None = None) -> dict[str, Any]:
-    """A JSON-safe image of an item for the reject table."""
-    image: dict[str, Any] = {"id": item_id}
-    if op:
-        image["op"] = op
-    image["embedding"] = None if vector is None else [float(x) for x in np.asarray(vector, dtype=np.float64)]
-    image["document"] = document
-    image["metadata"] = dict(metadata) if metadata is not None else None
-    return image
-
-

@@ -19,17 +19,16 @@ import structlog
 from syncd.config import Config
 from syncd.errors import FatalError, RowError
 from syncd.model import Batch, Checkpoint, Position, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect, guarded, transaction, translate
+from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
+from syncd.ports.collections import ScannedCollection, ScanPage, Vector, raw_image
 from syncd.sql import STATE_SCHEMA
-from syncd.stores.chroma.records import Vector
-from syncd.stores.chroma.remote import RemoteCollectionSource, ScanPage
 from syncd.stores.pgvector.changes import convertible
-from syncd.stores.pgvector.plan import VectorTable, raw_image
+from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect, guarded, transaction, translate
-from syncd.stores.postgres.state import Reject
 
 log = structlog.get_logger("syncd.source.chroma")
 
@@ -59,7 +58,7 @@ def digest(vector: Vector | None, document: str | None, metadata: Mapping[str, A
     return h.digest()
 
 
-async def open_remote_sink(config: Config, dsn: str, source: RemoteCollectionSource, *,
+async def open_remote_sink(config: Config, dsn: str, source: ScannedCollection, *,
                            on_reject: Callable[[int], None] | None = None,
                            busy: Callable[[str, str], contextlib.AbstractContextManager[None]] | None = None,
                            ) -> RemoteSink:
@@ -83,7 +82,7 @@ async def open_remote_sink(config: Config, dsn: str, source: RemoteCollectionSou
 class RemoteSink:
     """The pgvector sink for snapshot and index; scan pages applied by digest, with the checkpoint."""
 
-    def __init__(self, inner: PgvectorSink, source: RemoteCollectionSource, *, strict: bool,
+    def __init__(self, inner: PgvectorSink, source: ScannedCollection, *, strict: bool,
                  on_reject: Callable[[int], None] | None) -> None:
         self.inner = inner
         self.conn: asyncpg.Connection = inner.conn

@@ -24,12 +24,15 @@ import structlog
 
 from syncd.errors import RowError, SchemaError
 from syncd.model import Batch, Change, Checkpoint, Position, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, guarded, transaction, translate
+from syncd.pg.echo import forget_echoes, take_echoes
+from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
+from syncd.ports.collections import ChromaCollection, Item, raw_image
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.chroma.echo import forget_echoes, take_echoes
-from syncd.stores.chroma.records import Item
-from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector import doubt as pgvector_doubt
+from syncd.stores.pgvector import seen as seen_rows
 from syncd.stores.pgvector.changes import (
     KIND_ORDER,
     Prepared,
@@ -46,11 +49,8 @@ from syncd.stores.pgvector.copy import (
     copy_payload,
     snapshot_records,
 )
-from syncd.stores.pgvector.plan import VectorTable, raw_image
+from syncd.stores.pgvector.plan import VectorTable
 from syncd.stores.pgvector.table import build_index, stream_name
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, guarded, transaction, translate
-from syncd.stores.postgres.state import Reject
 
 log = structlog.get_logger("syncd.sink.pgvector")
 
@@ -58,7 +58,7 @@ log = structlog.get_logger("syncd.sink.pgvector")
 class PgvectorSink:
     """Writes one collection into its table; owns that stream's checkpoint."""
 
-    def __init__(self, conn: asyncpg.Connection, table: VectorTable, source: ChromaCollectionSource, *,
+    def __init__(self, conn: asyncpg.Connection, table: VectorTable, source: ChromaCollection, *,
                  strict: bool, chunk_rows: int, on_reject: Callable[[int], None] | None = None,
                  busy: Callable[[str, str], contextlib.AbstractContextManager[None]] | None = None) -> None:
         self.conn = conn
@@ -101,7 +101,7 @@ class PgvectorSink:
                 raise SchemaError(
                     f"target table {t.schema}.{t.name} already has rows, and syncd copies collection "
                     f"{t.collection!r} into an empty table; empty it (TRUNCATE {t.qualified}) and run again")
-            await self.conn.execute(f"DELETE FROM {STATE_SCHEMA}.chroma_seen WHERE stream = $1", stream)
+            await seen_rows.clear(self.conn, stream)
             await pgvector_doubt.clear(self.conn, stream)
             await pgstate.save_checkpoint(self.conn, stream, state.start, state)
 
@@ -130,33 +130,19 @@ class PgvectorSink:
             if not await copy_binary(self.conn, self.table, prepared.payload):
                 await copy_isolating(self.conn, self.table, prepared.records, prepared.raws, rejects)
             self._check_strict(rejects)
-            await self._save_seen(stream, seen)
+            await seen_rows.save(self.conn, stream, seen)
             await pgstate.insert_rejects(self.conn, stream, rejects)
             await pgstate.save_checkpoint(self.conn, stream, state.start, state)
         self._count(rejects)
         return ApplyResult(applied=len(chunk.rows) - len(rejects), rejected=len(rejects))
-
-    async def _save_seen(self, stream: str, seen: list[tuple[str, int]]) -> None:
-        if seen:
-            await self.conn.executemany(
-                f"""INSERT INTO {STATE_SCHEMA}.chroma_seen (stream, id, seq) VALUES ($1, $2, $3)
-                    ON CONFLICT (stream, id) DO UPDATE SET seq = EXCLUDED.seq""",
-                [(stream, item_id, seq) for item_id, seq in seen])
 
     # --- streaming ----------------------------------------------------------------------
 
     async def _skipped(self, stream: str, batch: Batch) -> set[int]:
         """Indexes of changes the snapshot (or reconciliation) image already holds."""
         if self._max_seen is None:
-            self._max_seen = int(await self.conn.fetchval(
-                f"SELECT coalesce(max(seq), 0) FROM {STATE_SCHEMA}.chroma_seen WHERE stream = $1", stream))
-        if not batch.changes or batch.changes[0].position.offset > self._max_seen:
-            return set()
-        ids = list({str(ch.key[0]) for ch in batch.changes})
-        seen = {r["id"]: int(r["seq"]) for r in await self.conn.fetch(
-            f"SELECT id, seq FROM {STATE_SCHEMA}.chroma_seen WHERE stream = $1 AND id = ANY($2::text[])",
-            stream, ids)}
-        return {i for i, ch in enumerate(batch.changes) if ch.position.offset <= seen.get(str(ch.key[0]), -1)}
+            self._max_seen = await seen_rows.max_seq(self.conn, stream)
+        return await seen_rows.held(self.conn, stream, batch, self._max_seen)
 
     async def apply(self, stream: str, batch: Batch) -> ApplyResult:
         """Apply *batch* with Chroma's semantics; checkpoint it in the same transaction.
@@ -321,8 +307,8 @@ class PgvectorSink:
             await pgstate.resolve_rejects(self.conn, stream, self.table.collection, [[k] for k in refreshed])
         await pgstate.insert_rejects(self.conn, stream, rejects)
         if self._max_seen and batch.position.offset >= self._max_seen and not seen:
-            await self.conn.execute(f"DELETE FROM {STATE_SCHEMA}.chroma_seen WHERE stream = $1", stream)
-        await self._save_seen(stream, seen)
+            await seen_rows.clear(self.conn, stream)
+        await seen_rows.save(self.conn, stream, seen)
         await pgstate.save_checkpoint(self.conn, stream, batch.position, None)
 
     async def _has_open_rejects(self, stream: str) -> bool:
@@ -354,7 +340,7 @@ class PgvectorSink:
                       f"AND NOT ({qi(t.id_col)}{text_id} = ANY($3::text[]))")
         async with guarded(f"reconciling {t.qualified}"):
             async with transaction(self.conn):
-                await self.conn.execute(f"DELETE FROM {STATE_SCHEMA}.chroma_seen WHERE stream = $1", stream)
+                await seen_rows.clear(self.conn, stream)
             after: str | None = None
             async for page in self.source.pages(None, self.chunk_rows, changed_after=checkpoint.offset):
                 last_page = len(page.keys) < self.chunk_rows
@@ -368,7 +354,7 @@ class PgvectorSink:
                     deleted += int(status.split()[-1])
                     if records:
                         await self.conn.executemany(self._sql["replace"], records)
-                    await self._save_seen(stream, seen)
+                    await seen_rows.save(self.conn, stream, seen)
                     await pgstate.insert_rejects(self.conn, stream, rejects)
                 copied += len(records)
                 rejects_total += len(rejects)

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from syncd.model import Batch, Change, Key, Op, Position
+from syncd.pg.changelog import ChangeReader, LogRow
+from syncd.pg.families import family
 from syncd.ports import Chunk, Pending
 from syncd.stores.pgvector.mapping import MappedColumn
 from syncd.stores.pgvector.plan import VectorTable
-from syncd.stores.postgres.changelog import ChangeReader, LogRow
-from syncd.stores.postgres.families import family
 
 
 def parse_vector(value: Any) -> np.ndarray:

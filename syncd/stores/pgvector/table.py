@@ -10,14 +10,13 @@ import structlog
 
 from syncd.config import Target
 from syncd.errors import SchemaError, SyncdError
+from syncd.pg import state as pgstate
+from syncd.pg.connect import transaction, translate
+from syncd.ports.collections import ChromaCollection, CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.chroma.records import CollectionInfo
-from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector import doubt as pgvector_doubt
 from syncd.stores.pgvector.mapping import Existing, parse_columns, target_entry
 from syncd.stores.pgvector.plan import VectorTable, create_table_sql, plan
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import transaction, translate
 
 log = structlog.get_logger("syncd.sink.pgvector")
 
@@ -77,7 +76,7 @@ async def existing_columns(conn: asyncpg.Connection, schema: str, table: str) ->
     return {r["attname"]: Existing(r["type"], bool(r["attnotnull"])) for r in rows}
 
 
-async def prepare_table(conn: asyncpg.Connection, source: ChromaCollectionSource,
+async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
                         target: Target) -> VectorTable:
     """Create or adopt the collection's table (idempotent) and record it; return the mapping."""
     info = source.info

@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from syncd.pg.connect import translate
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.postgres.connect import translate
 from syncd.stores.postgres.tables import TargetTable
 
 log = structlog.get_logger("syncd.sink.postgres")

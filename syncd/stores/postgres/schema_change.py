@@ -32,12 +32,11 @@ import structlog
 from syncd.config import Target
 from syncd.errors import SchemaError
 from syncd.model import Checkpoint, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.ports.tables import ROWID_COLUMN, Captured, Table
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.postgres import state as pgstate
 from syncd.stores.postgres.tables import TargetTable
 from syncd.stores.postgres.types import parse_override, pg_type_for
-from syncd.stores.sqlite.capture import Captured
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table
 
 log = structlog.get_logger("syncd.sink.postgres")
 

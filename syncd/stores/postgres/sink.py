@@ -23,15 +23,14 @@ from syncd.errors import (
     SchemaError,
 )
 from syncd.model import Batch, Change, Checkpoint, Op, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.connect import guarded, transaction, translate
+from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
+from syncd.ports.tables import Captured, Table
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.postgres import constraints, schema_change
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import guarded, transaction, translate
-from syncd.stores.postgres.state import Reject
 from syncd.stores.postgres.tables import TargetTable, create_table_sql, plan_table
-from syncd.stores.sqlite.capture import Captured
-from syncd.stores.sqlite.schema import Table
 
 log = structlog.get_logger("syncd.sink.postgres")
 
@@ -55,7 +54,7 @@ class PostgresSink:
             await self.conn.fetchval("SELECT 1")
 
     async def close(self) -> None:
-        from syncd.stores.postgres.connect import close_quietly
+        from syncd.pg.connect import close_quietly
 
         await close_quietly(self.conn)
 

@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import math
 import re
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,14 +27,12 @@ from typing import Any
 
 import structlog
 
-from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, RowError, SchemaError
 from syncd.model import Batch, Change, Key, Position
+from syncd.pg.changelog import ChangeReader, LogRow
+from syncd.pg.datetime import Infinity, OutOfRange
 from syncd.ports import Chunk, Pending
-from syncd.stores.postgres.changelog import ChangeReader, LogRow
-from syncd.stores.postgres.datetime import Infinity, OutOfRange
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, affinity, discover
-from syncd.stores.sqlite.source import open_connection
+from syncd.ports.tables import ROWID_COLUMN, Table, Unfit, affinity
 
 log = structlog.get_logger("syncd.source.postgres")
 
@@ -124,14 +121,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@dataclass(frozen=True, slots=True)
-class Unfit:
-    """A value SQLite cannot hold; the sink rejects the change that carries it."""
-
-    value: Any
-    error: str
-
-
 # --- tables ------------------------------------------------------------------------------
 
 
@@ -193,18 +182,6 @@ def plan(tables: Sequence[Table], pg_columns: Mapping[str, Mapping[str, str]],
     return out
 
 
-def read_sqlite_tables(config: SqliteConfig) -> list[Table]:
-    """The SQLite tables of the forward stream (same selection), described."""
-    conn = open_connection(config.path)
-    try:
-        return discover(conn, tables=config.tables, exclude=config.exclude,
-                        no_primary_key=config.no_primary_key)
-    except sqlite3.Error as exc:
-        raise CaptureError(f"SQLite {config.path}: {exc}") from exc
-    finally:
-        conn.close()
-
-
 # --- the source --------------------------------------------------------------------------
 
 
@@ -215,10 +192,11 @@ class PostgresSource:
     and the PostgreSQL column types.
     """
 
-    def __init__(self, reader: ChangeReader, sqlite_config: SqliteConfig,
+    def __init__(self, reader: ChangeReader, read_tables: Callable[[], list[Table]],
                  pg_name: Callable[[str], str] = str) -> None:
         self.reader = reader
-        self.sqlite_config = sqlite_config
+        self.read_tables = read_tables
+        """The SQLite tables of the forward stream, described (a blocking call)."""
         self.pg_name = pg_name
         """SQLite table -> its PostgreSQL table (``[target.table_names]``)."""
         self.tables: dict[str, ReverseTable] = {}
@@ -232,7 +210,7 @@ class PostgresSource:
         async with self._lock:
             if self._ready:
                 return
-            tables = await asyncio.to_thread(read_sqlite_tables, self.sqlite_config)
+            tables = await asyncio.to_thread(self.read_tables)
             pg_columns = {t.name: await self.reader.columns(self.pg_name(t.name)) for t in tables}
             self.tables = {t.sqlite.name: t for t in plan(tables, pg_columns, self.reader.schema)}
             self._by_pg = {self.pg_name(name): name for name in self.tables}

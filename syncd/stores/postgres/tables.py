@@ -11,11 +11,11 @@ from typing import Any
 
 from syncd.config import Target
 from syncd.errors import RowError, SchemaError
+from syncd.pg.converters import Converter, converter
+from syncd.pg.families import can_hold
+from syncd.ports.tables import ROWID_COLUMN, Table
 from syncd.sql import qi
-from syncd.stores.postgres.converters import Converter, converter
-from syncd.stores.postgres.families import can_hold
 from syncd.stores.postgres.types import ColumnMap, parse_override, pg_type_for
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table
 
 
 @dataclass(slots=True)

@@ -1,5 +1,5 @@
 """SQLite declared types -> PostgreSQL types, and the column mapping (the per-value converters
-are in :mod:`syncd.stores.postgres.converters`, type families in :mod:`~syncd.stores.postgres.families`).
+are in :mod:`syncd.pg.converters`, type families in :mod:`~syncd.pg.families`).
 
 SQLite stores any value in any column; PostgreSQL does not. The *target* type
 decides how a value is converted, and a value that does not fit raises
@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from syncd.stores.postgres.converters import ROUNDED, Converter, converter
+from syncd.pg.converters import ROUNDED, Converter, converter
 
 _PAREN = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*(?:\(\s*([^)]*)\))?\s*$")
 

@@ -25,19 +25,14 @@ rolls the flag back with the transaction.
 
 from __future__ import annotations
 
-import json
-import re
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from syncd.errors import CaptureError
-from syncd.model import InvalidText
+from syncd.ports.tables import Captured, Table
 from syncd.sql import qi, ql
 from syncd.stores.sqlite import rowids
 from syncd.stores.sqlite.schema import CHANGELOG as CHANGELOG  # re-exported
-from syncd.stores.sqlite.schema import Table
 
 ORIGIN = "_syncd_origin"
 META = "_syncd_meta"
@@ -302,14 +297,6 @@ def stale(conn: sqlite3.Connection, tables: Iterable[Table]) -> list[str]:
     return [t.name for t in tables if _stale(conn, t)]
 
 
-@dataclass(frozen=True, slots=True)
-class Captured:
-    """One ``_syncd_captured`` row: the head and the epoch of a table's current triggers."""
-
-    since: int
-    epoch: int
-
-
 def captured_since(conn: sqlite3.Connection) -> dict[str, Captured]:
     """``_syncd_captured``, by table."""
     if not conn.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
@@ -357,61 +344,3 @@ def check_installed(conn: sqlite3.Connection, tables: Iterable[Table]) -> None:
 def generation(conn: sqlite3.Connection) -> str | None:
     row = conn.execute(f"SELECT signature FROM {META} WHERE tbl = ?", (GENERATION_KEY,)).fetchone()
     return str(row[0]) if row else None
-
-
-def decode_value(v: Any) -> Any:
-    """Undo the trigger's tagging of REAL and BLOB values; text that is not UTF-8 (read with
-    ``surrogateescape``, see :func:`_loads`) becomes :class:`~syncd.model.InvalidText` again."""
-    if isinstance(v, list) and len(v) == 2 and v[0] in ("r", "b") and isinstance(v[1], str):
-        return float(v[1]) if v[0] == "r" else bytes.fromhex(v[1])
-    if isinstance(v, str) and _ESCAPED.search(v):
-        return InvalidText(v.encode("utf-8", "surrogateescape"))
-    return v
-
-
-_ESCAPED = re.compile("[\udc80-\udcff]")
-"""A byte that is not UTF-8, as ``surrogateescape`` decodes it (valid UTF-8 has no surrogates)."""
-
-
-def _loads(text: str | InvalidText) -> Any:
-    """Parse a logged image. The source reads text with :meth:`InvalidText.read`: an image
-    holding text that is not UTF-8 arrives as :class:`InvalidText` (``json_object`` copies
-    such bytes as they are); each of its bytes that is not UTF-8 decodes to a lone surrogate,
-    which :func:`decode_value` turns back into the exact bytes."""
-    if isinstance(text, InvalidText):
-        text = text.raw.decode("utf-8", "surrogateescape")
-    return json.loads(text)
-
-
-def decode_row(text: str | InvalidText) -> dict[str, Any]:
-    return {k: decode_value(v) for k, v in _loads(text).items()}
-
-
-def decode_key(text: str | InvalidText) -> tuple[Any, ...]:
-    return tuple(decode_value(v) for v in _loads(text))
-
-
-def param(value: Any) -> tuple[str, Any]:
-    """A SQL placeholder and its parameter for a value read from SQLite: text that is not
-    UTF-8 is bound as its bytes and cast back to TEXT (bound as a blob it would compare
-    unlike the text it is)."""
-    if isinstance(value, InvalidText):
-        return "CAST(? AS TEXT)", value.raw
-    return "?", value
-
-
-def fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    """``conn.execute(sql, params).fetchall()``, text that is not UTF-8 read as
-    :class:`InvalidText`. The C decoder (the default ``text_factory``) reads twice as fast as
-    any Python one but raises on such text; then the same query runs again with
-    :meth:`InvalidText.read` (inside a read transaction, it sees the same rows)."""
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "Could not decode to UTF-8" not in str(exc):
-            raise
-    factory, conn.text_factory = conn.text_factory, InvalidText.read
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.text_factory = factory

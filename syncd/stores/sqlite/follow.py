@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from syncd.config import SqliteConfig
+from syncd.ports.tables import Table
 from syncd.stores.sqlite import capture, rowids
-from syncd.stores.sqlite.schema import Table, discover
+from syncd.stores.sqlite.schema import discover
 
 log = structlog.get_logger("syncd.source.sqlite")
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from syncd.model import Change, Key, Op, Position
+from syncd.ports.tables import ROWID_COLUMN, Table, affinity
 from syncd.sql import qi
-from syncd.stores.sqlite import capture
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, affinity
+from syncd.stores.sqlite import values
 
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
 
@@ -24,8 +24,8 @@ def decode(conn: sqlite3.Connection, tables: Mapping[str, Table],
         table = tables.get(tbl)
         if table is None:
             continue  # a table no longer synced: its changes are passed over
-        key = capture.decode_key(pk)
-        image = capture.decode_row(row) if row is not None else None
+        key = values.decode_key(pk)
+        image = values.decode_row(row) if row is not None else None
         if image is not None:
             zero_signs(conn, table, key, image)
             if table.synthetic_key:
@@ -54,10 +54,10 @@ def zero_signs(conn: sqlite3.Connection, table: Table, key: Key, image: dict[str
              and type(image.get(c.name)) is float and image[c.name] == 0.0]
     if not zeros:
         return
-    marks = [capture.param(v) for v in key]
+    marks = [values.param(v) for v in key]
     names = ["rowid"] if table.synthetic_key else [qi(k) for k in table.pk]
     where = " AND ".join(f"{n} IS {m}" for n, (m, _) in zip(names, marks, strict=True))
-    found = capture.fetch_all(conn, f"SELECT {', '.join(qi(c) for c in zeros)} FROM {qi(table.name)} "
+    found = values.fetch_all(conn, f"SELECT {', '.join(qi(c) for c in zeros)} FROM {qi(table.name)} "
                               f"WHERE {where}", [p for _, p in marks])
     now = found[0] if found else None
     for name, value in zip(zeros, now or (), strict=False):

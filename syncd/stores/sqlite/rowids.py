@@ -26,8 +26,9 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from syncd.ports.tables import Table
 from syncd.sql import qi
-from syncd.stores.sqlite.schema import CHANGELOG, Table
+from syncd.stores.sqlite.schema import CHANGELOG
 
 ROWIDS = "_syncd_rowids"
 SETUP = f"""CREATE TABLE IF NOT EXISTS {ROWIDS} (

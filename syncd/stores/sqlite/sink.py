@@ -9,7 +9,7 @@ Each batch is one ``BEGIN IMMEDIATE`` transaction that
 3. records refused rows in ``_syncd_rejects`` and writes the checkpoint into
    ``_syncd_checkpoints`` — only while the row still holds the fencing generation this
    process claimed the stream with (stamped by :meth:`SqliteSink.load_checkpoint`; see
-   :mod:`syncd.streams.ownership`), else :class:`~syncd.stores.postgres.state.Fenced` rolls the batch back;
+   :mod:`syncd.streams.ownership`), else :class:`~syncd.pg.state.Fenced` rolls the batch back;
 4. sets ``suppress`` back to 0 and commits.
 
 A crash anywhere rolls all of it back, the flag included: the checkpoint is never ahead of
@@ -36,15 +36,14 @@ import structlog
 from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, StrictModeStop
 from syncd.model import Batch, Change, Checkpoint, Op, Position, SnapshotState
+from syncd.pg import state as pgstate
+from syncd.pg.state import jsonable
 from syncd.ports import ApplyResult, Chunk
-from syncd.sql import qi
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.source import Unfit
-from syncd.stores.postgres.state import jsonable
+from syncd.ports.tables import ROWID_COLUMN, Table, Unfit
+from syncd.sql import call_on, qi
 from syncd.stores.sqlite import capture
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Table, discover
-from syncd.stores.sqlite.source import open_connection, translate
-from syncd.stores.sqlite.worker import call_on
+from syncd.stores.sqlite.connect import open_connection, translate
+from syncd.stores.sqlite.schema import discover
 
 log = structlog.get_logger("syncd.sink.sqlite")
 T = TypeVar("T")

@@ -23,43 +23,20 @@ import structlog
 import watchfiles
 
 from syncd.config import SqliteConfig
-from syncd.errors import CaptureError, SchemaChanged, SourceBusy, SourceError, SyncdError
+from syncd.errors import CaptureError, SchemaChanged, SourceBusy
 from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending
-from syncd.sql import qi
-from syncd.stores.sqlite import capture, follow, images, rowids
-from syncd.stores.sqlite.schema import Table, discover, uri
-from syncd.stores.sqlite.worker import call_on
+from syncd.ports.tables import Captured, Table
+from syncd.sql import call_on, qi
+from syncd.stores.sqlite import capture, follow, images, rowids, values
+from syncd.stores.sqlite.connect import open_connection, translate
+from syncd.stores.sqlite.schema import discover
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
 
 
 PRUNE_BUSY_MS = 20
-
-
-def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
-    """Open an existing SQLite database read-write, with clear errors."""
-    if not path.exists():
-        raise SourceError(f"SQLite database {path} does not exist (source.sqlite.path)")
-    try:
-        conn = sqlite3.connect(uri(path, "rw"), uri=True, timeout=timeout,
-                               isolation_level=None, check_same_thread=False)
-        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
-    except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise SourceBusy(f"SQLite database {path}: {exc}") from exc
-        raise SourceError(f"SQLite database {path}: {exc} (source.sqlite.path)") from exc
-    return conn
-
-
-def translate(exc: BaseException, path: Path) -> SyncdError:
-    if isinstance(exc, SyncdError):
-        return exc
-    text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-        return SourceBusy(f"SQLite {path}: {text}")
-    return SourceError(f"SQLite {path}: {type(exc).__name__}: {text}")
 
 
 class SqliteSource:
@@ -78,7 +55,7 @@ class SqliteSource:
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watch = asyncio.Event()
         self.source_id: str | None = None
-        self.captured: dict[str, capture.Captured] = {}
+        self.captured: dict[str, Captured] = {}
         """Per table, when its capture was (re)installed (``_syncd_captured``)."""
         self._schema_version: int | None = None  # None: capture not followed (init, verify)
         self._file: int | None = None
@@ -224,7 +201,7 @@ class SqliteSource:
         cols = ", ".join(qi(c) for c in table.column_names)
         if table.synthetic_key:
             cols = "rowid, " + cols
-        marks, params = zip(*(capture.param(v) for v in after or ()), strict=True) if after else ((), ())
+        marks, params = zip(*(values.param(v) for v in after or ()), strict=True) if after else ((), ())
         if table.rowid_key:
             order = "rowid"
             where = "" if after is None else "WHERE rowid > ?"
@@ -236,7 +213,7 @@ class SqliteSource:
     def _read_chunk(self, table: Table, after: Key | None, rows: int,
                     prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
         sql, params = self._chunk_sql(table, after)
-        batch = capture.fetch_all(self._conn, sql, (*params, rows))
+        batch = values.fetch_all(self._conn, sql, (*params, rows))
         if not batch:
             return None
         columns = table.target_columns
@@ -288,7 +265,7 @@ class SqliteSource:
             rows = None
             if self._schema_version is None or version == self._schema_version:
                 head = self._head()
-                rows = capture.fetch_all(
+                rows = values.fetch_all(
                     self._conn, f"SELECT id, tbl, op, pk, row, ts FROM {capture.CHANGELOG} "
                     "WHERE id > ? ORDER BY id LIMIT ?", (after.offset, limit))
                 changes = images.decode(self._conn, self.tables, rows)
@@ -405,7 +382,7 @@ class SqliteSource:
     async def run_sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one read query on the worker thread (status, verification)."""
         def run() -> list[tuple[Any, ...]]:
-            return capture.fetch_all(self._conn, sql, params)
+            return values.fetch_all(self._conn, sql, params)
         return await self._call(run)
 
 

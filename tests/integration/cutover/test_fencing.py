@@ -19,7 +19,7 @@ import pytest
 
 from syncd.config import SqliteConfig
 from syncd.model import Batch, Change, Op, Position
-from syncd.stores.postgres import state as pgstate
+from syncd.pg import state as pgstate
 from syncd.stores.sqlite.sink import SqliteSink
 
 T = TypeVar("T")
@@ -97,7 +97,7 @@ async def test_a_deadlock_is_retried_not_fatal(pg_dsn: str) -> None:
     """Two transactions locking two rows in opposite orders: PostgreSQL aborts one with
     "deadlock detected" (40P01). syncd retries such a transaction; it names no outage."""
     from syncd.errors import RetryableError, TargetUnavailable
-    from syncd.stores.postgres.connect import translate
+    from syncd.pg.connect import translate
 
     one, two = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
     try:

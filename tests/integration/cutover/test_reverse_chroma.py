@@ -28,10 +28,10 @@ from pgvector.asyncpg import register_vector
 
 from syncd.config import Config, load
 from syncd.model import Position
+from syncd.pg import capture as pg_capture
+from syncd.pg import changelog
 from syncd.stores.chroma import fence as chroma_fence
 from syncd.stores.pgvector.source import parse_vector
-from syncd.stores.postgres import capture as pg_capture
-from syncd.stores.postgres import changelog
 from syncd.streams.pgvector_to_chroma import (
     install_reverse_capture,
     open_reverse_chroma_streams,

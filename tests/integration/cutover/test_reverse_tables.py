@@ -25,9 +25,9 @@ from syncd import config as config_mod
 from syncd.config import Target
 from syncd.errors import CaptureError
 from syncd.model import START, Batch, Change, Op, Position
-from syncd.stores.postgres import capture as pg_capture
-from syncd.stores.postgres import changelog
-from syncd.stores.postgres.connect import connect
+from syncd.pg import capture as pg_capture
+from syncd.pg import changelog
+from syncd.pg.connect import connect
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.source import PostgresSource
 from syncd.stores.postgres.tables import plan_table

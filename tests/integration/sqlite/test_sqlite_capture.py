@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from syncd.stores.sqlite import capture
 from syncd.stores.sqlite.schema import describe
+from syncd.stores.sqlite.values import decode_row
 
 values = st.one_of(
     st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -36,7 +37,7 @@ def test_row_image_round_trip(tmp_path: Path, row: list[Any]) -> None:
     conn.execute('INSERT INTO "t x" VALUES (1, ?, ?, ?)', row)
     held = conn.execute('SELECT c0, c1, c2 FROM "t x"').fetchone()
     image = conn.execute(f"SELECT row FROM {capture.CHANGELOG}").fetchone()[0]
-    decoded = capture.decode_row(image)
+    decoded = decode_row(image)
     assert [decoded[f"c{i}"] for i in range(3)] == list(held)
     assert [type(decoded[f"c{i}"]) for i in range(3)] == [type(v) for v in held]
     conn.close()
@@ -45,7 +46,7 @@ def test_row_image_round_trip(tmp_path: Path, row: list[Any]) -> None:
 def test_wide_table_and_origin_suppression(tmp_path: Path) -> None:
     conn = make_db(tmp_path / "wide.sqlite", 150)  # past json_object's 127-argument limit
     conn.execute('INSERT INTO "t x" (id, c0, c149) VALUES (1, 1.5, x\'00ff\')')
-    image = capture.decode_row(conn.execute(f"SELECT row FROM {capture.CHANGELOG}").fetchone()[0])
+    image = decode_row(conn.execute(f"SELECT row FROM {capture.CHANGELOG}").fetchone()[0])
     assert image["c0"] == 1.5 and image["c149"] == b"\x00\xff"
     # past 60 columns images are merged with json_patch, which leaves NULL keys out: absent = NULL
     assert all(image.get(f"c{i}") is None for i in range(1, 149))

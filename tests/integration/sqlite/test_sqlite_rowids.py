@@ -11,8 +11,9 @@ import random
 import sqlite3
 from pathlib import Path
 
+from syncd.ports.tables import Table
 from syncd.stores.sqlite import capture, rowids
-from syncd.stores.sqlite.schema import CHANGELOG, Table, describe
+from syncd.stores.sqlite.schema import CHANGELOG, describe
 
 
 def setup(path: Path) -> tuple[sqlite3.Connection, list[Table]]:

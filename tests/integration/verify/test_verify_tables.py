@@ -405,7 +405,7 @@ CANON_CASES: list[tuple[str, list[Any]]] = [
 
 async def test_canonical_encoding_agrees_with_postgresql(pg: asyncpg.Connection) -> None:
     """Each type's Python canonical part equals the SQL one, value by value (the crux of verify)."""
-    from syncd.stores.postgres.datetime import register
+    from syncd.pg.datetime import register
     from syncd.stores.postgres.types import ColumnMap
     from syncd.verify.canon import NULL, SESSION_SETTINGS, RowCanon
 

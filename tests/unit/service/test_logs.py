@@ -56,7 +56,7 @@ def test_json_lines_with_level_time_logger_and_fields() -> None:
 def test_a_dsn_never_reaches_a_log_line() -> None:
     out = io.StringIO()
     logs.configure("debug", json=True, stream=out)
-    log = structlog.get_logger("syncd.stores.postgres.connect")
+    log = structlog.get_logger("syncd.pg.connect")
     log.info(f"connecting to {DSN}", dsn=DSN, nested={"urls": [DSN], "path": Path("/x")},
              error=ConnectionError(f"refused by {DSN}"))
     try:

@@ -1,4 +1,5 @@
-"""The doubt rule (syncd.stores.chroma.doubt) against a model of Chroma 1.5.9's HNSW writer.
+"""The doubt rule (syncd.ports.collections.step, syncd.stores.chroma.doubt.scan) against a model
+of Chroma 1.5.9's HNSW writer.
 
 The model follows ``LocalHnswSegmentWriter::apply_log_chunk`` (rust/segment/src/local_hnsw.rs,
 tag 1.5.9) for one id: ADD only if the id is missing, UPDATE only if it exists (and carries a
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 
 from syncd.model import Change, Op, Position
+from syncd.ports.collections import Doubt, State, step
 from syncd.stores.chroma import doubt as chroma_doubt
-from syncd.stores.chroma.doubt import Doubt, State, step
 from syncd.stores.pgvector.doubt import track
 
 Row = tuple[int, str, bytes | None]  # seq, operation, vector

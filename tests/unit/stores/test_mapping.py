@@ -5,8 +5,8 @@ import datetime as dt
 import pytest
 
 from syncd.errors import RowError, redact
-from syncd.stores.postgres.converters import converter
-from syncd.stores.postgres.families import can_hold
+from syncd.pg.converters import converter
+from syncd.pg.families import can_hold
 from syncd.stores.postgres.types import pg_type_for
 
 

@@ -19,17 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.errors import RowError
-from syncd.stores.postgres.converters import converter
-from syncd.stores.postgres.source import (
-    ReverseTable,
-    Unfit,
-    affinity,
-    compact_json,
-    sqlite_datetime,
-    to_sqlite,
-)
+from syncd.pg.converters import converter
+from syncd.ports.tables import ROWID_COLUMN, Column, Table, Unfit
+from syncd.stores.postgres.source import ReverseTable, affinity, compact_json, sqlite_datetime, to_sqlite
 from syncd.stores.postgres.types import pg_type_for
-from syncd.stores.sqlite.schema import ROWID_COLUMN, Column, Table
 
 
 def through_sqlite(value: Any, declared: str) -> Any:

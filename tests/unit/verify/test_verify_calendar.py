@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from syncd.stores.postgres.converters import converter
-from syncd.stores.postgres.datetime import OutOfRange, decode_timestamp, encode_date, encode_timestamp
+from syncd.pg.converters import converter
+from syncd.pg.datetime import OutOfRange, decode_timestamp, encode_date, encode_timestamp
 from syncd.verify.calendar import civil, day_text, days_from_civil
 from syncd.verify.expect import expect
 
@@ -77,7 +77,7 @@ def test_postgresqls_range_ends_are_rejects() -> None:
 
 
 def test_a_reject_row_image_keeps_such_a_value_exactly() -> None:
-    from syncd.stores.postgres.state import jsonable
+    from syncd.pg.state import jsonable
 
     value = converter("timestamp")("9999-12-31T23:30:00-01:00")
     assert isinstance(value, OutOfRange)

@@ -14,8 +14,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from syncd.ports.tables import Table
 from syncd.sql import qi
-from syncd.stores.sqlite.schema import Table, describe
+from syncd.stores.sqlite.schema import describe
 from syncd.verify.canon import NULL, SEP
 from syncd.verify.expect import Expect, Unfit, expect
 from syncd.verify.expect_sql import row_sql

@@ -19,13 +19,13 @@ the writer's own transaction, and NOTIFYs ``syncd_changelog`` so that readers wa
 trigger), so that it is not lost on the way back.
 
 **Origin tagging.** The triggers do nothing when ``current_setting('syncd.origin', true)``
-is ``'syncd'``: :func:`syncd.stores.postgres.connect.connect` sets that parameter in the startup packet of
+is ``'syncd'``: :func:`syncd.pg.connect.connect` sets that parameter in the startup packet of
 every syncd connection, so syncd's own (forward) writes are never captured back. Where
 syncd may set ``session_replication_role = replica`` the triggers do not even fire.
 
 Each install of the changelog gets a random *generation* (``syncd.changelog_meta``,
 :func:`generation`); a checkpoint taken against another generation is refused.
-The changelog is read by :class:`syncd.stores.postgres.changelog.ChangeReader`.
+The changelog is read by :class:`syncd.pg.changelog.ChangeReader`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import asyncpg
 import structlog
 
 from syncd.errors import CaptureError, SyncdError
+from syncd.pg.connect import translate
 from syncd.sql import qi, ql
-from syncd.stores.postgres.connect import translate
 
-log = structlog.get_logger("syncd.stores.postgres.capture")
+log = structlog.get_logger("syncd.pg.capture")
 
 SCHEMA = "syncd"
 CHANGELOG = f"{SCHEMA}.changelog"

@@ -4,6 +4,11 @@ A :class:`Source` yields the rows it holds (snapshot) and the changes after a
 position (log); a :class:`Sink` writes both and owns the checkpoint, committing
 it in the same transaction as the rows. Adapters live in ``syncd.stores``, one
 room per store; in-memory ones for tests in ``syncd.testing``.
+
+The rest of what crosses between stores is here too, so that no store imports another:
+:mod:`syncd.ports.tables` (a SQLite table as every store sees it) and
+:mod:`syncd.ports.collections` (a Chroma collection and its items, and what the pgvector and
+Chroma rooms ask of each other).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import asyncpg
 
 from syncd.config import Target
 from syncd.errors import FatalError, RetryableError, RowError, SyncdError, TargetUnavailable, redact
-from syncd.stores.postgres import datetime as pg_datetime
+from syncd.pg import datetime as pg_datetime
 
 # SQLSTATE classes: 22 data exception, 23 integrity constraint violation.
 _ROW_CLASSES = ("22", "23")
@@ -100,7 +100,7 @@ async def connect(target: Target, dsn: str) -> asyncpg.Connection:
     parameter there); a pooler that refuses unknown startup parameters (PgBouncer without
     ``ignore_startup_parameters``) gets a ``SET`` after connecting instead. The reverse-capture
     triggers skip writes made under it, so syncd's own writes are never captured back (see
-    :mod:`syncd.stores.postgres.capture`).
+    :mod:`syncd.pg.capture`).
     """
     settings = {"application_name": "syncd", "syncd.origin": "syncd"}
     try:
@@ -191,7 +191,7 @@ def resolve_dsn(target: Target, state_dir: Path) -> str:
     """The DSN to use: the configured one, or the embedded server's under *state_dir*."""
     if not target.embedded:
         return target.dsn
-    from syncd.stores.postgres.embedded import embedded_dsn
+    from syncd.pg.embedded import embedded_dsn
 
     return embedded_dsn(state_dir)
 

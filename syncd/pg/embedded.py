@@ -35,7 +35,7 @@ import structlog
 from syncd.config import Config
 from syncd.errors import ConfigError, FatalError
 
-log = structlog.get_logger("syncd.stores.postgres.embedded")
+log = structlog.get_logger("syncd.pg.embedded")
 
 STATE_FILE = "embedded.json"
 _HANDLES = ".handle_pids.json"

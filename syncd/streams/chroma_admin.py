@@ -10,16 +10,16 @@ import asyncpg
 
 from syncd.config import Config
 from syncd.model import START, Phase
+from syncd.pg import state as pgstate
+from syncd.pg.connect import close_quietly, connect
+from syncd.ports.collections import CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.status import NOT_STARTED, StreamReport
 from syncd.stores.chroma import retention as chroma_retention
 from syncd.stores.chroma.log import ChromaLog
-from syncd.stores.chroma.records import CollectionInfo
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, server_only, wanted
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
-from syncd.stores.postgres import state as pgstate
-from syncd.stores.postgres.connect import close_quietly, connect
 
 # --- collections deleted or renamed --------------------------------------------------------
 

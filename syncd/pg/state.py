@@ -26,8 +26,8 @@ import structlog
 
 from syncd.errors import FatalError, StrictModeStop
 from syncd.model import Checkpoint, InvalidText, Position, SnapshotState, jsonb_holds
+from syncd.pg.datetime import OutOfRange
 from syncd.sql import STATE_SCHEMA
-from syncd.stores.postgres.datetime import OutOfRange
 
 log = structlog.get_logger("syncd.rejects")
 

@@ -1,4 +1,4 @@
-"""Reading ``syncd.changelog`` (:mod:`syncd.stores.postgres.capture`) in position order, without loss.
+"""Reading ``syncd.changelog`` (:mod:`syncd.pg.capture`) in position order, without loss.
 
 **Ordering without loss: the safe horizon.** Ids come from a sequence when the row is
 inserted, but transactions commit in any order: while transaction A (id 7) is still open,
@@ -36,11 +36,11 @@ import structlog
 
 from syncd.errors import CaptureError, SyncdError
 from syncd.model import Op, Position
+from syncd.pg.capture import CAPTURED, CHANGELOG, CHANNEL, SEQUENCE, generation, qualified
+from syncd.pg.connect import close_quietly, translate
 from syncd.ports import Pending
-from syncd.stores.postgres.capture import CAPTURED, CHANGELOG, CHANNEL, SEQUENCE, generation, qualified
-from syncd.stores.postgres.connect import close_quietly, translate
 
-log = structlog.get_logger("syncd.stores.postgres.capture")
+log = structlog.get_logger("syncd.pg.capture")
 
 _PRUNE_CHUNK = 5000
 _MAX_CANDIDATES = 64

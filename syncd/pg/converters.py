@@ -17,8 +17,8 @@ from typing import Any
 
 from syncd.errors import RowError
 from syncd.model import InvalidText
-from syncd.stores.postgres.datetime import INFINITY, MINUS_INFINITY, Infinity, OutOfRange
-from syncd.stores.postgres.families import base_type, family
+from syncd.pg.datetime import INFINITY, MINUS_INFINITY, Infinity, OutOfRange
+from syncd.pg.families import base_type, family
 
 Converter = Callable[[Any], Any]
 
