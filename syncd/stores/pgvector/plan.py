@@ -25,6 +25,7 @@ from syncd.config import Target
 from syncd.errors import RowError, SchemaError
 from syncd.sql import qi
 from syncd.stores.chroma.records import CollectionInfo, Hnsw, Vector
+from syncd.stores.pgvector.index import VectorIndex
 from syncd.stores.pgvector.mapping import (
     ColumnMapping,
     Existing,
@@ -64,6 +65,8 @@ class VectorTable:
     mapped: tuple[MappedColumn, ...] = ()
     hnsw: Hnsw | None = None
     """The collection's HNSW settings: the index is built with the same ``m`` / ``ef_construction``."""
+    index: VectorIndex | None = None
+    """The vector index found on the table (the app's, or syncd's once built)."""
     _convert_id: Converter = field(default=converter("text"), repr=False)
     _convert_doc: Converter = field(default=converter("text"), repr=False)
 
