@@ -26,7 +26,8 @@ from tests.integration.chroma_support import (
 SEEDS = Path(__file__).resolve().parents[2] / "fixtures" / "seeds"
 QCKSTRT_DDL = (SEEDS / "qckstrt" / "vector_embeddings.sql").read_text()
 # Signal Hub's vector index statement, verbatim from seed 003 (line 113), on a table of one collection
-SIGNAL_HUB_INDEX = "CREATE INDEX idx_embeddings_vector ON embeddings USING ivfflat (embedding vector_cosine_ops);"
+SIGNAL_HUB_INDEX = ("CREATE INDEX idx_embeddings_vector ON embeddings "
+                    "USING ivfflat (embedding vector_cosine_ops);")
 
 
 @pytest.fixture
@@ -106,13 +107,14 @@ async def test_qckstrt_table_is_created_as_the_seed_ddl(tmp_path: Path, chroma: 
     table = await table_items(pg, "vector_embeddings", document="content", metadata=None)
     items = chroma_items(col)
     assert set(table) == set(items)
-    for item_id, (vec, doc, meta) in items.items():
+    for item_id, (_, doc, meta) in items.items():
         assert table[item_id][1] == doc
         assert np.array_equal(table[item_id][0].view(np.int32),
                               vectors[ids.index(item_id)].view(np.int32))
-        row = await pg.fetchrow("SELECT user_id, document_id, created_at FROM vector_embeddings WHERE id = $1",
-                                item_id)
-        assert meta is not None and (row["user_id"], row["document_id"]) == (meta["userId"], meta["documentId"])
+        row = await pg.fetchrow(
+            "SELECT user_id, document_id, created_at FROM vector_embeddings WHERE id = $1", item_id)
+        assert meta is not None
+        assert (row["user_id"], row["document_id"]) == (meta["userId"], meta["documentId"])
         assert row["created_at"] is not None
     # the seed's "Step 6: Verify" similarity query, through the table's own HNSW index
     query = "[" + ", ".join(repr(float(x)) for x in vectors[7]) + "]"
@@ -175,7 +177,8 @@ async def test_an_index_of_another_distance_is_kept_and_named(tmp_path: Path, ch
     col = collection(chroma.client(), "chunks", "cosine")
     col.add(ids=[f"c{i}" for i in range(50)], embeddings=rng.standard_normal((50, 8)).astype(np.float32))
     await pg.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    await pg.execute(chunks_ddl(8, "CREATE INDEX chunks_l2 ON embeddings USING hnsw (embedding vector_l2_ops)"))
+    await pg.execute(chunks_ddl(8, "CREATE INDEX chunks_l2 ON embeddings "
+                                   "USING hnsw (embedding vector_l2_ops)"))
     cfg = write_config(tmp_path, pg_dsn, path=chroma.path, url=chroma.url, extra=CHUNKS_MAPPING)
     proc = run_syncd("--config", str(cfg), "init")
     warnings = [line for line in proc.stderr.splitlines() if "does not rank" in line]
