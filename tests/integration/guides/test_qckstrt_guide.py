@@ -9,8 +9,10 @@ wrote. The guide's `sh env` block names the settings; the test gives them its ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -196,6 +198,33 @@ async def test_every_command_of_the_qckstrt_guide(tmp_path: Path, chroma: Chroma
     outputs: dict[str, str] = {}
     guide = blocks()
     assert [b for info, b in guide if info == "sh env"], "the guide has no settings block"
+    try:
+        await run_guide(guide, settings, root, env, hooks, fired, outputs)
+    finally:
+        stop_leftover_daemon(root)
+    assert sorted(fired) == sorted(hooks), fired
+
+    out = "\n".join(outputs.values())
+    assert "collection qckstrt-embeddings: created public.vector_embeddings (vector(384), cosine)" in out, out
+    # the guide's similarity search found the vector it searched with first, at distance 0
+    assert re.search(r"^ *chunk-a-0 *\| *text of doc-a-0 *\| *0 *$", out, re.M), out
+    await check_postgres(app, pg_dsn)
+    assert time.monotonic() - began < 120
+
+
+def stop_leftover_daemon(root: Path) -> None:
+    """A failed step leaves the guide's daemon running: stop it, if that pid is still the daemon
+    started in *root*."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((root / "syncd.pid").read_text())
+        if Path(f"/proc/{pid}/cwd").resolve() == root.resolve():
+            os.kill(pid, signal.SIGTERM)
+
+
+async def run_guide(guide: list[tuple[str, str]], settings: dict[str, str], root: Path, env: dict[str, str],
+                    hooks: dict[str, Callable[[], Awaitable[None]]], fired: list[str],
+                    outputs: dict[str, str]) -> None:
+    """Each `sh` block through bash, in order, with the hooks whose needle it holds after it."""
     for info, body in guide:
         if info == "sh env":
             names = set(re.findall(r"^export (\w+)=", body, re.M))
@@ -210,14 +239,6 @@ async def test_every_command_of_the_qckstrt_guide(tmp_path: Path, chroma: Chroma
             if needle in body:
                 fired.append(needle)
                 await hook()
-    assert sorted(fired) == sorted(hooks), fired
-
-    out = "\n".join(outputs.values())
-    assert "collection qckstrt-embeddings: created public.vector_embeddings (vector(384), cosine)" in out, out
-    # the guide's similarity search found the vector it searched with first, at distance 0
-    assert re.search(r"^ *chunk-a-0 *\| *text of doc-a-0 *\| *0 *$", out, re.M), out
-    await check_postgres(app, pg_dsn)
-    assert time.monotonic() - began < 120
 
 
 async def _equal(got: Awaitable[tuple[int, int, int]], want: tuple[int, int, int]) -> bool:
