@@ -190,3 +190,21 @@ async def test_an_index_of_another_distance_is_kept_and_named(tmp_path: Path, ch
     search = next(c for c in json.loads(proc.stdout)["checks"] if c["kind"] == "search")
     assert search["search"]["operator"] == "<->" and search["search"]["recall_pgvector_vs_exact"] >= 0.9
     assert "ranks by L2 distance, the collection by cosine" in search["detail"], search
+
+
+@pytest.mark.parametrize("ddl, needle", [
+    ("CREATE TABLE other (id text PRIMARY KEY)", "created no table public.embeddings"),
+    ("CREATE TABLE embeddings (id text PRIMARY KEY, embedding vector(4) NOT NULL,", "refused the DDL"),
+])
+async def test_a_create_that_does_not_make_the_table_is_one_line(
+        tmp_path: Path, chroma: ChromaServer, pg_dsn: str, pg: asyncpg.Connection, ddl: str,
+        needle: str) -> None:
+    col = collection(chroma.client(), "chunks", "cosine")
+    col.add(ids=["a"], embeddings=[[1.0, 0.0, 0.0, 0.0]])
+    extra = CHUNKS_MAPPING + f"create = {toml_string(ddl)}\n"
+    cfg = write_config(tmp_path, pg_dsn, path=chroma.path, url=chroma.url, extra=extra)
+    proc = run_syncd("--config", str(cfg), "init", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "target.collections[0].create" in lines[0], lines
+    assert await pg.fetchval("SELECT to_regclass('public.other')") is None  # nothing of it kept
