@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     fa.add_argument("--state-dir", default=None, metavar="DIR", help="syncd's [state] dir")
     fa.add_argument("--password-env", default="SYNCD_TARGET_PASSWORD", metavar="NAME",
                     help="the environment variable that holds the target's password")
+    fa.add_argument("--chroma-path", default=None, metavar="DIR",
+                    help="the Chroma server's persist directory on this machine ([source.chroma] path)")
     d = _sub(sub, "demo", "try syncd on a generated app database and the embedded PostgreSQL",
              "Needs no config. Leaves its files (and a config to try the other commands) in DIR.",
              "  syncd demo\n  syncd demo --dir ./syncd-demo")
@@ -284,7 +286,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from syncd.cutover import from_app
 
         return from_app.command(args.from_app, args.target, args.write, force=args.force,
-                                state_dir=args.state_dir, password_env=args.password_env)
+                                state_dir=args.state_dir, password_env=args.password_env,
+                                chroma_path=args.chroma_path)
     if args.command == "run" and args.timeout is not None and (not args.until_caught_up or args.timeout <= 0):
         raise ConfigError("--timeout: needs --until-caught-up and a number of seconds > 0")
     from syncd import config as config_mod

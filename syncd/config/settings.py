@@ -33,6 +33,8 @@ class CollectionTarget:
     name: str
     table: str
     columns: Mapping[str, str] = field(default_factory=dict)
+    create: str | None = None
+    """The app's own DDL for the table, run when the table does not exist yet (then adopted)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,10 @@ class Derived:
 
     sqlite_path: Found | None = None
     chroma_url: Found | None = None
+    chroma_path: Found | None = None
     dimensions: Found | None = None
+    qckstrt_vectors: bool = False
+    """VECTOR_DB_PROVIDER seen: the collection goes to qckstrt's own ``vector_embeddings``."""
     dsn: Found | None = None
     app_config: Path | None = None
     forward: dict[str, Found] = field(default_factory=dict)
@@ -212,6 +215,7 @@ def _qckstrt(d: Derived, seen: Mapping[str, tuple[Path, Found]], parts: Mapping[
                            "pass --target DSN to derive them")
     vector = seen.get("VECTOR_DB_PROVIDER")
     if vector is not None:
+        d.qckstrt_vectors = True
         _flip(d, "VECTOR_DB_PROVIDER", "pgvector", vector[1], vector[0])
         url = seen.get("VECTOR_DB_CHROMA_URL")
         if vector[1].value == "chromadb" and url is None:
@@ -235,6 +239,43 @@ def _signal_hub(d: Derived, seen: Mapping[str, tuple[Path, Found]]) -> None:
                        "path = \"…\" (its persist directory) or url = \"http://…\"")
 
 
+# qckstrt's pgvector provider's table and index (seed 000, "ChromaDB -> pgvector", Step 4), with
+# the dimension of its VECTOR_DB_DIMENSIONS; tests/fixtures/seeds/qckstrt/vector_embeddings.sql
+QCKSTRT_COLLECTION = "qckstrt-embeddings"
+QCKSTRT_DDL = """CREATE EXTENSION IF NOT EXISTS vector;
+
+CREATE TABLE vector_embeddings (
+  id VARCHAR(255) PRIMARY KEY,
+  user_id VARCHAR(255) NOT NULL,
+  document_id VARCHAR(255) NOT NULL,
+  embedding vector({dim}) NOT NULL,
+  content TEXT NOT NULL,
+  created_at TIMESTAMP DEFAULT NOW()
+);
+
+CREATE INDEX idx_embedding_hnsw
+  ON vector_embeddings
+  USING hnsw (embedding vector_cosine_ops);
+"""
+
+
+def _qckstrt_collection(d: Derived) -> list[str]:
+    dim = d.dimensions.value.split("#")[0].strip() if d.dimensions else "384"
+    if not dim.isdigit():
+        d.lines.append(f"target.collections: VECTOR_DB_DIMENSIONS = {dim!r} is not a number; fix "
+                       "vector(…) in the written create")
+    where = f"{d.dimensions.where}" if d.dimensions else "qckstrt's default, no VECTOR_DB_DIMENSIONS"
+    return ["# qckstrt's pgvector provider's table: syncd runs the app's own DDL when the table does",
+            f"# not exist yet (vector({dim}): {where}); the text goes to content, the metadata keys",
+            "# userId / documentId to their columns",
+            "[[target.collections]]",
+            f"name = {json.dumps(QCKSTRT_COLLECTION)}",
+            'table = "vector_embeddings"',
+            'columns = { user_id = "metadata.userId", document_id = "metadata.documentId", '
+            'content = "document" }',
+            'create = """', QCKSTRT_DDL.format(dim=dim) + '"""', ""]
+
+
 def toml_text(d: Derived, state_dir: str | None) -> str:
     """The commented syncd.toml for *d*."""
     def q(value: str) -> str:
@@ -243,14 +284,18 @@ def toml_text(d: Derived, state_dir: str | None) -> str:
     out = ["# Written by `syncd config --from-app`; each value names where it came from.", ""]
     if d.sqlite_path:
         out += ["[source.sqlite]", f"path = {q(d.sqlite_path.value)}    # {d.sqlite_path.where}", ""]
-    if d.chroma_url:
-        out += ["[source.chroma]", f"url = {q(d.chroma_url.value)}    # {d.chroma_url.where}"]
+    if d.chroma_url or d.chroma_path:
+        out.append("[source.chroma]")
+        out += [f"url = {q(d.chroma_url.value)}    # {d.chroma_url.where}"] if d.chroma_url else []
+        out += [f"path = {q(d.chroma_path.value)}    # {d.chroma_path.where}"] if d.chroma_path else []
         if d.dimensions:
             out.append(f"# the app's vectors: {d.dimensions.value}-d ({d.dimensions.where}); "
                        "syncd takes the dimension from each collection")
         out.append("")
     if d.dsn:
         out += ["[target]", f"dsn = {q(d.dsn.value)}    # {d.dsn.where}", ""]
+    if d.qckstrt_vectors:
+        out += _qckstrt_collection(d)
     out += ["[state]", f"dir = {q(state_dir)}" if state_dir else '# dir = "/var/lib/syncd"', ""]
     if d.app_config:
         out += ["[cutover]", f"app_config = {q(str(d.app_config.resolve()))}", "",
@@ -266,21 +311,26 @@ def report(d: Derived) -> list[str]:
     """One line per inferred key (``key = value  (file:line)``), then what is missing."""
     lines = []
     for key, found in (("source.sqlite.path", d.sqlite_path), ("source.chroma.url", d.chroma_url),
+                       ("source.chroma.path", d.chroma_path),
                        ("vector dimension", d.dimensions), ("target.dsn", d.dsn)):
         if found:
             lines.append(f"{key} = {found.value}  ({found.where})")
     if d.app_config:
         lines.append(f"cutover.app_config = {d.app_config}")
+    if d.qckstrt_vectors:
+        lines.append(f"target.collections: {QCKSTRT_COLLECTION} -> vector_embeddings (qckstrt's DDL)")
     lines += [f"cutover.forward.{k} = {v.value}  ({v.where})" for k, v in d.forward.items()]
     lines += [f"cutover.rollback.{k} = {v.value}  ({v.where})" for k, v in d.rollback.items()]
     return lines + [f"missing: {line}" for line in d.lines]
 
 
 def command(files: Sequence[Path], target: str | None, write: Path, *, force: bool,
-            state_dir: str | None, password_env: str) -> int:
+            state_dir: str | None, password_env: str, chroma_path: str | None = None) -> int:
     if write.exists() and not force:
         raise ConfigError(f"{write} exists; pass --force to replace it, or --write another path")
     d = derive(files, target, password_env)
+    if chroma_path is not None:
+        d.chroma_path = Found(str(Path(chroma_path).expanduser().resolve()), "--chroma-path")
     text = toml_text(d, state_dir)
     try:
         write.write_text(text)

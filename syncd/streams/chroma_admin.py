@@ -112,8 +112,10 @@ async def init_chroma(config: Config, dsn: str) -> list[str]:
                 source = ChromaCollectionSource(topology.log, topology.server, info)
                 table = await prepare_table(conn, source, config.target)
                 how = "created" if table.created else "adopted"
+                kept = table.index is not None and not table.created
+                found = f"; vector index {table.index.describe()} kept" if table.index and kept else ""
                 lines.append(f"collection {info.name}: {how} {table.schema}.{table.name} "
-                             f"({table.vector_type}, {info.space})")
+                             f"({table.vector_type}, {info.space}){found}")
         finally:
             await close_quietly(conn)
     finally:

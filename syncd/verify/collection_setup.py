@@ -23,6 +23,7 @@ from syncd.ports.collections import CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, wanted
+from syncd.stores.pgvector.index import vector_indexes
 from syncd.stores.pgvector.plan import VectorTable, plan
 from syncd.stores.pgvector.table import existing_columns, stream_name
 from syncd.verify.collections import CollectionCheck, CollectionContext, CollectionOptions
@@ -114,10 +115,8 @@ class ChromaVerify:
         out: list[Item] = [CollectionCheck(info.name, ctx, problems, notes)]
         samples = self.options.samples(self.mode)
         if samples > 0:
-            index = await conn.fetchval(
-                """SELECT pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-                   JOIN pg_am a ON a.oid = i.relam WHERE x.indrelid = $1::regclass AND a.amname = 'hnsw'
-                   LIMIT 1""", table.qualified)
+            found = await vector_indexes(conn, table.qualified, table.embedding_col)
+            index = found[0] if found else None
             out.append(SearchCheck(info.name, conn, source, canon, self.options, samples, index))
         return out
 

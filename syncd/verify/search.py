@@ -4,15 +4,18 @@
 as the stream reads them). Each is answered three ways:
 
 - Chroma: ``collection.query(n_results=k)`` over HTTP (the latency includes the round trip);
-- pgvector through its HNSW index: ``ORDER BY embedding <op> $1 LIMIT k`` in a transaction
-  with ``SET LOCAL hnsw.ef_search`` (default ``max(k, the collection's ef_search)``: what
-  Chroma searches with, 100 unless the collection says otherwise)
-  and ``enable_seqscan = off``, so that the index answers even on a small table;
+- pgvector through the table's vector index (the one syncd built, or the app's own, HNSW or
+  ivfflat): ``ORDER BY embedding <op> $1 LIMIT k`` in a transaction with
+  ``enable_seqscan = off``, so that the index answers even on a small table, and for HNSW
+  ``SET LOCAL hnsw.ef_search`` (default ``max(k, the collection's ef_search)``: what Chroma
+  searches with, 100 unless the collection says otherwise), for ivfflat ``ivfflat.probes``
+  (``--ef-search`` when given, else every list: the exact answer through the index);
 - exact: the same query with ``enable_indexscan`` and ``enable_bitmapscan`` off (a
   sequential scan and a sort: the true top k).
 
-The operator follows the collection's space: cosine ``<=>``, l2 ``<->``, ip ``<#>``
-(Chroma's squared L2 and ``1 - dot`` rank like pgvector's L2 and ``-dot``). Reported:
+The operator is the index's (its operator class): cosine ``<=>``, l2 ``<->``, ip ``<#>``,
+l1 ``<+>`` (Chroma's squared L2 and ``1 - dot`` rank like pgvector's L2 and ``-dot``); an
+index that ranks by another distance than the collection is named in the detail. Reported:
 recall@k of Chroma against pgvector (overlap), of each against exact, and p50 / p95
 latency of Chroma and of the HNSW query. pgvector-vs-exact below ``min_recall`` fails.
 """
@@ -31,6 +34,7 @@ from syncd.errors import SourceError
 from syncd.sql import qi
 from syncd.stores.chroma.server import ChromaServer
 from syncd.stores.chroma.source import ChromaCollectionSource
+from syncd.stores.pgvector.index import VectorIndex, distance_name
 from syncd.verify.chroma import sample_ids
 from syncd.verify.collections import CollectionOptions
 from syncd.verify.report import SKIPPED, CheckResult
@@ -49,7 +53,8 @@ class SearchCheck:
     kind = "search"
 
     def __init__(self, name: str, conn: asyncpg.Connection, source: ChromaCollectionSource,
-                 canon: VectorCanon, options: CollectionOptions, samples: int, index: str | None) -> None:
+                 canon: VectorCanon, options: CollectionOptions, samples: int,
+                 index: VectorIndex | None) -> None:
         self.name = name
         self.conn = conn
         self.source = source
@@ -57,13 +62,17 @@ class SearchCheck:
         self.options = options
         self.samples = samples
         self.index = index
-        """The HNSW index definition, None when the table has none."""
+        """The table's vector index, None when it has none."""
+
+    @property
+    def operator(self) -> str:
+        return self.index.operator if self.index is not None else OPERATORS.get(self.canon.table.space, "<->")
 
     def _sql(self) -> str:
         t = self.canon.table
-        op = OPERATORS.get(t.space, "<->")
+        op = self.operator
         emb, arg = qi(t.embedding_col), "$1::vector"
-        if self.index is not None and "halfvec" in self.index:
+        if self.index is not None and self.index.halfvec:
             emb, arg = f"({emb}::halfvec({t.dim}))", f"$1::vector::halfvec({t.dim})"
         return f"SELECT {self.canon.id_text} FROM {t.qualified} ORDER BY {emb} {op} {arg} LIMIT $2"
 
@@ -71,6 +80,9 @@ class SearchCheck:
         async with self.conn.transaction(readonly=True):
             if exact:
                 await self.conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+            elif self.index is not None and self.index.method == "ivfflat":
+                await self.conn.execute(f"SET LOCAL ivfflat.probes = {int(ef)}; "
+                                        "SET LOCAL enable_seqscan = off")
             else:
                 await self.conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}; "
                                         "SET LOCAL enable_seqscan = off")
@@ -84,15 +96,18 @@ class SearchCheck:
         t = self.canon.table
         if self.index is None:
             result.status = SKIPPED
-            result.detail = (f"no HNSW index on {t.qualified} (syncd builds it after catch-up; pgvector "
+            result.detail = (f"no vector index on {t.qualified} (syncd builds it after catch-up; pgvector "
                              "indexes at most 4,000 dimensions)")
             return result
+        index = self.index
         server = self.source.server
         if server is None:
             raise SourceError("search parity needs a Chroma server: set source.chroma.url")
         k = self.options.k
         info_ef = self.source.info.hnsw.ef_search if self.source.info.hnsw else 100
         ef = self.options.ef_search or min(1000, max(k, info_ef))
+        if index.method == "ivfflat":
+            ef = min(self.options.ef_search or index.lists, index.lists)
         ids = await sample_ids(self.source.log, self.source.info, self.samples)
         items = await self.source.current_items(ids)
         queries = [(i, item.vector) for i, item in items.items()
@@ -112,8 +127,9 @@ class SearchCheck:
             pg_exact.append(len(set(hnsw) & set(exact)) / want)
             chroma_exact.append(len(set(chroma_ids) & set(exact)) / want)
         numbers: dict[str, Any] = {
-            "queries": len(queries), "k": k, "space": t.space, "operator": OPERATORS.get(t.space, "<->"),
-            "hnsw_ef_search": ef,
+            "queries": len(queries), "k": k, "space": t.space, "operator": index.operator,
+            "index": index.name, "index_method": index.method, "index_opclass": index.opclass,
+            "hnsw_ef_search" if index.method == "hnsw" else "ivfflat_probes": ef,
             "recall_chroma_vs_pgvector": round(float(np.mean(overlap)), 4),
             "recall_pgvector_vs_exact": round(float(np.mean(pg_exact)), 4),
             "recall_chroma_vs_exact": round(float(np.mean(chroma_exact)), 4),
@@ -130,9 +146,13 @@ class SearchCheck:
             f"{n['recall_chroma_vs_exact']:.3f}, Chroma vs pgvector {n['recall_chroma_vs_pgvector']:.3f}; "
             f"p50/p95 Chroma {n['chroma_ms_p50']:.1f}/{n['chroma_ms_p95']:.1f} ms, pgvector "
             f"{n['pgvector_ms_p50']:.1f}/{n['pgvector_ms_p95']:.1f} ms ({len(queries)} queries, "
-            f"hnsw.ef_search {ef})")
+            f"index {index.name}: {index.method} {index.operator}, "
+            f"{'hnsw.ef_search' if index.method == 'hnsw' else 'ivfflat.probes'} {ef})")
+        if index.space != t.space:
+            result.detail += (f"; the index ranks by {distance_name(index.space)} distance, the collection "
+                              f"by {distance_name(t.space)}: Chroma vs pgvector compares two rankings")
         if n["recall_pgvector_vs_exact"] < self.options.min_recall:
-            result.problems.append(f"recall@{k} of pgvector's HNSW index against exact search is "
+            result.problems.append(f"recall@{k} of pgvector's index {index.name} against exact search is "
                                    f"{n['recall_pgvector_vs_exact']:.3f}, below --min-recall "
                                    f"{self.options.min_recall:g}")
         result.decide()

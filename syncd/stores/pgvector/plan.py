@@ -27,6 +27,7 @@ from syncd.pg.converters import Converter, converter
 from syncd.pg.families import family
 from syncd.ports.collections import CollectionInfo, Hnsw, Vector
 from syncd.sql import qi
+from syncd.stores.pgvector.index import VectorIndex
 from syncd.stores.pgvector.mapping import (
     ColumnMapping,
     Existing,
@@ -64,6 +65,8 @@ class VectorTable:
     mapped: tuple[MappedColumn, ...] = ()
     hnsw: Hnsw | None = None
     """The collection's HNSW settings: the index is built with the same ``m`` / ``ef_construction``."""
+    index: VectorIndex | None = None
+    """The vector index found on the table (the app's, or syncd's once built)."""
     _convert_id: Converter = field(default=converter("text"), repr=False)
     _convert_doc: Converter = field(default=converter("text"), repr=False)
 

@@ -15,6 +15,7 @@ from syncd.pg.connect import transaction, translate
 from syncd.ports.collections import ChromaCollection, CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.pgvector import doubt as pgvector_doubt
+from syncd.stores.pgvector.index import mismatch, vector_indexes
 from syncd.stores.pgvector.mapping import Existing, parse_columns, target_entry
 from syncd.stores.pgvector.plan import VectorTable, create_table_sql, plan
 
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.chroma_collections (
     deleted_at    timestamptz,
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE {STATE_SCHEMA}.chroma_collections ADD COLUMN IF NOT EXISTS deferred_indexes text[];
 CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.chroma_seen (
     stream text NOT NULL,
     id     text NOT NULL,
@@ -91,9 +93,13 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
             # a renamed collection keeps writing to the table it was recorded with
             probe = record["table_name"] if record is not None else plan_name(info, target)
             existing = await existing_columns(conn, target.schema, probe)
+            entry, index = target_entry(target, info.name)
+            deferred: list[str] | None = None
+            if existing is None and record is None and entry is not None and entry.create:
+                deferred = await _create_from_ddl(conn, target, index, probe)
+                existing = await existing_columns(conn, target.schema, probe)
             key_types: dict[str, set[str]] = {}
             if existing is None:
-                entry, index = target_entry(target, info.name)
                 keys = [k for _, k in parse_columns(entry, index).keys]
                 key_types = await source.log.key_types(info, keys) if keys else {}
             table = plan(info, target, existing, key_types, warnings.append, table=probe)
@@ -102,6 +108,7 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
             elif record is not None:
                 table.created = bool(record["created"])
             else:
+                table.created = deferred is not None
                 await _check_unique_id(conn, table)
             owner = await conn.fetchval(
                 f"SELECT name FROM {STATE_SCHEMA}.chroma_collections WHERE schema_name = $1 "
@@ -121,13 +128,51 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
                         updated_at = now()""",
                 info.id, info.name, stream_name(info.id), table.schema, table.name, table.created, info.space,
                 table.dim)
+            if deferred:
+                await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET deferred_indexes = $2 "
+                                   "WHERE collection_id = $1", info.id, deferred)
+            found = await vector_indexes(conn, table.qualified, table.embedding_col)
+            table.index = found[0] if found else None
     except SyncdError:
         raise
     except Exception as exc:
         raise translate(exc, f"creating the table of collection {info.name!r}") from exc
+    if table.index is not None and not table.created:
+        log.info("vector index adopted", table=table.qualified, index=table.index.describe())
+        warn = mismatch(table.index, info.name, info.space, table.qualified)
+        if warn:
+            warnings.append(warn)
     for w in warnings:
         log.warning("mapping", collection=info.name, warning=w)
     return table
+
+
+async def _create_from_ddl(conn: asyncpg.Connection, target: Target, index: int, table: str) -> list[str]:
+    """Run ``[[target.collections]] create`` (the app's own DDL) for a table that does not exist yet;
+    its vector indexes are dropped again and built after the snapshot, as written (their
+    definitions are returned, to be recorded)."""
+    entry = target.collections[index]
+    where = f"target.collections[{index}].create"
+    assert entry.create is not None
+    await conn.execute(f"SET LOCAL search_path = {qi(target.schema)}, public")
+    try:
+        await conn.execute(entry.create)
+    except asyncpg.PostgresError as exc:
+        raise SchemaError(f"{where}: PostgreSQL refused the DDL ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0]}); fix it in the config") from None
+    await conn.execute("RESET search_path")
+    qualified = f"{qi(target.schema)}.{qi(table)}"
+    if await conn.fetchval("SELECT to_regclass($1)", qualified) is None:
+        raise SchemaError(f"{where} ran but created no table {target.schema}.{table}; the DDL must "
+                          f"create the table named by target.collections[{index}].table")
+    definitions = []
+    for column in await conn.fetch(
+            """SELECT DISTINCT a.attname FROM pg_attribute a WHERE a.attrelid = $1::regclass
+               AND format_type(a.atttypid, NULL) IN ('vector', 'halfvec')""", qualified):
+        for found in await vector_indexes(conn, qualified, column["attname"]):
+            definitions.append(found.definition)
+            await conn.execute(f"DROP INDEX {qi(target.schema)}.{qi(found.name)}")
+    return definitions
 
 
 def plan_name(info: CollectionInfo, target: Target) -> str:
@@ -149,28 +194,33 @@ async def _check_unique_id(conn: asyncpg.Connection, table: VectorTable) -> None
 
 
 async def build_index(conn: asyncpg.Connection, t: VectorTable) -> None:
-    """Build the table's HNSW index once, after the bulk load, with room to build it in memory
-    (an index already there is kept)."""
-    existing = await conn.fetchval(
-        """SELECT pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-           JOIN pg_am a ON a.oid = i.relam WHERE x.indrelid = $1::regclass AND a.amname = 'hnsw'
-           LIMIT 1""", t.qualified)
-    if existing:
-        if f"_{t.space}_ops" not in existing and t.space in ("cosine", "l2", "ip"):
-            log.warning("existing HNSW index does not match the collection's space",
-                        table=t.qualified, space=t.space, index=existing)
+    """Build the table's vector index once, after the bulk load, with room to build it in memory:
+    the indexes of its ``create`` DDL as written, else an HNSW index for the collection's space
+    (a vector index already there, the app's, is kept and none added)."""
+    found = await vector_indexes(conn, t.qualified, t.embedding_col)
+    if found:
+        t.index = found[0]
         return
-    sql = t.index_sql()
-    if sql is None:
-        log.warning("no HNSW index: pgvector indexes at most 4,000 dimensions (halfvec)",
-                    table=t.qualified, dimensions=t.dim)
-        return
+    deferred = await conn.fetchval(
+        f"SELECT deferred_indexes FROM {STATE_SCHEMA}.chroma_collections WHERE schema_name = $1 "
+        "AND table_name = $2 AND deleted_at IS NULL", t.schema, t.name)
+    statements = list(deferred or [])
+    if not statements:
+        sql = t.index_sql()
+        if sql is None:
+            log.warning("no HNSW index: pgvector indexes at most 4,000 dimensions (halfvec)",
+                        table=t.qualified, dimensions=t.dim)
+            return
+        statements = [sql]
     rows = int(await conn.fetchval(f"SELECT count(*) FROM {t.qualified}"))
     mem_mb = min(4096, max(64, int(rows * (t.dim * 4 + 256) * 1.3 / 2**20)))
     began = time.monotonic()
     async with transaction(conn):
         await conn.execute(f"SET LOCAL maintenance_work_mem = '{mem_mb}MB'")
-        await conn.execute(sql, timeout=INDEX_TIMEOUT)
+        for sql in statements:
+            await conn.execute(sql, timeout=INDEX_TIMEOUT)
+        await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET deferred_indexes = NULL "
+                           "WHERE schema_name = $1 AND table_name = $2", t.schema, t.name)
     await conn.execute(f"ANALYZE {t.qualified}", timeout=INDEX_TIMEOUT)
     log.info("index built", table=t.qualified, rows=rows, space=t.space,
              maintenance_work_mem_mb=mem_mb, seconds=round(time.monotonic() - began, 2))

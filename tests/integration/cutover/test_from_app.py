@@ -148,3 +148,20 @@ async def test_qckstrt_config_runs_init_run_and_cutover(tmp_path: Path, pg_dsn: 
                    "RELATIONAL_DB_HOST": url.hostname or parse_qs(url.query)["host"][0],
                    "RELATIONAL_DB_PORT": str(url.port or 5432), "RELATIONAL_DB_USERNAME": url.username,
                    "RELATIONAL_DB_SSL": "false"}
+
+
+def test_qckstrt_env_maps_the_collection_to_the_seeds_table(tmp_path: Path) -> None:
+    """The [[target.collections]] entry: qckstrt's own vector_embeddings DDL, as the seed has it."""
+    out = tmp_path / "syncd.toml"
+    proc = run_syncd("config", "--from-app", str(QCKSTRT_ENV), "--write", str(out),
+                     "--target", "postgresql://qckstrt_user@db.example/qckstrt",
+                     "--chroma-path", str(tmp_path / "chroma"))
+    cfg = config_mod.load(out, env={})
+    assert cfg.chroma is not None and cfg.chroma.path == tmp_path / "chroma"
+    assert f"source.chroma.path = {tmp_path / 'chroma'}  (--chroma-path)" in proc.stdout
+    (entry,) = cfg.target.collections
+    assert (entry.name, entry.table) == ("qckstrt-embeddings", "vector_embeddings")
+    assert dict(entry.columns) == {"user_id": "metadata.userId", "document_id": "metadata.documentId",
+                                   "content": "document"}
+    seed = (SEEDS / "qckstrt" / "vector_embeddings.sql").read_text()
+    assert entry.create == "".join(seed.splitlines(keepends=True)[2:])  # the seed's lines, header dropped
