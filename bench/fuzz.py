@@ -64,7 +64,9 @@ def start_server(root: Path) -> str:
 
 def progress(r: CaseResult, done: int, total: int) -> None:
     status = f"{len(r.divergences)} divergences" if r.divergences else "ok"
-    print(f"[{done}/{total}] seed {r.seed}: {len(r.steps)} steps, {r.seconds:.1f} s, {status}", flush=True)
+    where = f" (batch {r.batch[0]}..{r.batch[-1]}, tables {r.prefix}*)" if r.batch and r.divergences else ""
+    print(f"[{done}/{total}] seed {r.seed}{where}: {len(r.steps)} steps, {r.seconds:.1f} s, {status}",
+          flush=True)
     for d in r.divergences[:5]:
         print(f"    {d.line()[:300]}", flush=True)
     if len(r.divergences) > 5:
