@@ -96,6 +96,11 @@ async def campaign(args: argparse.Namespace, dsn: str, root: Path) -> Summary:
                 return
         for r in rs:
             done += 1
+            if r.harness_error:
+                summary.harness_errors.append(r.seed)
+                print(f"[{done}/{args.cases}] seed {r.seed}: the harness failed:\n{r.harness_error}",
+                      flush=True)
+                continue
             progress(r, done, args.cases)
             summary.add(r)
             for d in r.divergences:

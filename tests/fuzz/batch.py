@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,11 +110,16 @@ class Batch:
 
     def interleave(self) -> None:
         """Every case's steps, one step of each in turn; barriers run once all cases wait."""
-        running: list[Iterator[str]] = [c.steps() for c in self.cases]
+        iters: list[Iterator[str]] = [c.steps() for c in self.cases]
+        running = list(iters)
         waiting: list[tuple[Iterator[str], str]] = []
         while running or waiting:
             for it in list(running):
-                token = next(it, None)
+                try:
+                    token = next(it, None)
+                except Exception:  # a fault of the harness in one case: that case stops, not the batch
+                    self.cases[iters.index(it)].result.harness_error = traceback.format_exc()
+                    token = None
                 if token is None:
                     running.remove(it)
                 elif token:
@@ -165,13 +171,18 @@ class Batch:
             _, out = await asyncio.to_thread(self.syncd.verify)
         errors = {d.detail: d for d in self.errors}.values()
         for c in self.cases:
+            if c.result.harness_error:
+                continue
             mine = c.result.prefix
             c.final_ok = self.final_ok
             c.initialised = self.initialised
             c.ctx.vacuumed_after_init = any(x.ctx.vacuumed_after_init for x in self.cases)
             named = [d for d in errors if any(x.result.prefix in d.detail for x in self.cases)]
             c.errors = [d for d in errors if mine in d.detail or d not in named]
-            c.judge([st for st in source if st.name.startswith(mine)], targets, rejects, out)
+            try:
+                c.judge([st for st in source if st.name.startswith(mine)], targets, rejects, out)
+            except Exception:  # a fault of the harness in one case's check: the others go on
+                c.result.harness_error = traceback.format_exc()
 
     async def _create_db(self) -> str:
         admin = await asyncpg.connect(self.admin_dsn)

@@ -60,6 +60,7 @@ class CaseResult:
     workdir: str = ""
     prefix: str = ""
     batch: tuple[int, ...] = ()  # the seeds of the batch this case ran in (batch mode)
+    harness_error: str = ""  # a fault of the harness in this case of a batch (its traceback)
 
     @property
     def tags(self) -> set[str]:

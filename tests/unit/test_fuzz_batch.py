@@ -40,7 +40,9 @@ def _drawn(seed: int, prefix: str, tmp: Path) -> list[tuple[str, tuple[Stmt, ...
             for label, stmts in plain] if prefix else plain
 
 
-@pytest.mark.parametrize("seed", [20261204, 20261205, 3000017])
+# 3000243 drew -(10**38) for a NUMERIC(38, 0): an int SQLite cannot bind (OverflowError, a
+# harness fault that stopped its whole batch); such a bound is written as text now
+@pytest.mark.parametrize("seed", [20261204, 20261205, 3000017, 3000243])
 def test_a_prefixed_case_draws_what_it_draws_alone(seed: int, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tests.fuzz.case.time.sleep", lambda s: None)
