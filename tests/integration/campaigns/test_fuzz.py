@@ -116,6 +116,10 @@ ORACLE_CASES: list[tuple[object, str, str]] = [
     ("2024-01-02 24:00:00", "DATETIME", "timestamp"),
     ("1900-02-28", "DATE", "date"),
     ("0001-01-01", "DATE", "date"),
+    ("Infinity", "DATETIME", "timestamp"),
+    (" -infinity", "DATETIME", "timestamptz"),
+    ("infinity", "DATE", "date"),
+    (" +Infinity ", "DATE", "date"),
     ("23:59:60", "TIME", "time"),
     ("12:00:00.5", "TIME", "time"),
     (1700000000123, "DATETIME", "timestamp"),
@@ -129,6 +133,11 @@ ORACLE_CASES: list[tuple[object, str, str]] = [
     (b"\x00\xff", "BLOB", "bytea"),
     ("t", "BOOLEAN", "boolean"),
 ]
+
+
+# the oracle reads PostgreSQL's format_type() names
+FORMAT_TYPE = {"timestamp": "timestamp without time zone", "timestamptz": "timestamp with time zone",
+               "time": "time without time zone"}
 
 
 def _pg_input(cls: str, value: object) -> str:
@@ -154,7 +163,8 @@ async def test_oracle_texts_are_postgresqls_own(pg: asyncpg.Connection) -> None:
         db.execute(f"CREATE TABLE t (v {decl})")
         db.execute("INSERT INTO t VALUES (?)", (value,))
         cls, stored = db.execute("SELECT typeof(v), v FROM t").fetchone()
-        exp = dispatch(Cell(cls.decode(), stored), pg_type)
+        exp = dispatch(Cell(cls.decode(), stored), FORMAT_TYPE.get(pg_type, pg_type))
+        assert not exp.note.startswith("unknown-type"), (pg_type, exp.note)
         assert exp.level != "reject", (value, exp.note)
         if exp.want is not None:
             assert await pg.fetchval(f"SELECT $1::text::{pg_type}::text", exp.want) == exp.want, \
