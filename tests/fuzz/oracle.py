@@ -237,8 +237,9 @@ def to_numeric(cell: Cell, p: int | None, s: int | None) -> Expect:
     if cell.cls == "text":
         txt = text_of(cell)
         special = _NUMERIC_WORDS.get(txt.strip().lower()) if txt is not None else None
-        if special is not None:  # PostgreSQL's own numeric input reads these words
-            return reject("numeric-special-text") if p is not None else \
+        if special is not None:  # PostgreSQL's own numeric input reads these words; a
+            # numeric(p,s) holds NaN but no infinity
+            return reject("numeric-special-text") if p is not None and special != "NaN" else \
                 exactly(special, "numeric-special-text", "may")
         if txt is not None and _NUMLIT.fullmatch(txt.strip()):
             d = Decimal(txt.strip())

@@ -129,6 +129,7 @@ ORACLE_CASES: list[tuple[object, str, str]] = [
     ("Infinity", "NUMERIC", "numeric"),
     (" -inf ", "DECIMAL", "numeric"),
     ("nan", "NUMERIC", "numeric"),
+    ("NaN", "DECIMAL(12,0)", "numeric(12,0)"),
     (-0.0, "REAL", "double precision"),
     (5e-324, "REAL", "double precision"),
     (float("inf"), "REAL", "double precision"),
