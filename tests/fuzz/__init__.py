@@ -10,5 +10,8 @@ an oracle that shares nothing with syncd (:mod:`tests.fuzz.oracle`), or be in
 tagged with a class (:mod:`tests.fuzz.classify`) so that a report groups them
 (:mod:`tests.fuzz.report`). ``syncd verify`` is run too and held to the same oracle.
 
+Cases can share one SQLite file, one database and one daemon life (:mod:`tests.fuzz.batch`,
+``--batch N``); :mod:`tests.fuzz.timing` shows where a case's time goes.
+
 Entry points: ``tests/integration/campaigns/test_fuzz.py`` (a few cases) and ``python -m bench.fuzz``.
 """

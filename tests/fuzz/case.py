@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,15 @@ from tests.fuzz.daemon import Syncd, error_line, write_config
 from tests.fuzz.model import Schema, Step
 from tests.fuzz.ops import OpGen, apply
 from tests.fuzz.schemas import SchemaGen
-from tests.fuzz.stores import SESSION, read_rejects, read_source, read_target
+from tests.fuzz.stores import (
+    SESSION,
+    Reject,
+    SourceTable,
+    TargetTable,
+    read_rejects,
+    read_source,
+    read_target,
+)
 from tests.fuzz.values import ValueGen
 from tests.fuzz.verifycheck import cross_check, parse_verify
 
@@ -32,6 +41,9 @@ class Options:
     verify: bool = True         # run ``syncd verify`` and hold it to the oracle
     keep: bool = False          # keep the work dir and the database
     replay: tuple[Step, ...] | None = None  # replay these steps (shrinking), kills become syncs
+    prefix: str = ""            # table-name prefix (a case of a batch, and its replays)
+    journal: str | None = None  # the batch's journal mode and [stream] settings instead of the
+    settings: dict[str, int] | None = None  # case's own draws (which are drawn all the same)
 
 
 @dataclass
@@ -46,6 +58,9 @@ class CaseResult:
     consequences: int = 0  # row divergences left out because syncd itself failed (not silent)
     seconds: float = 0.0
     workdir: str = ""
+    prefix: str = ""
+    batch: tuple[int, ...] = ()  # the seeds of the batch this case ran in (batch mode)
+    harness_error: str = ""  # a fault of the harness in this case of a batch (its traceback)
 
     @property
     def tags(self) -> set[str]:
@@ -65,11 +80,13 @@ class Runner:
         self.errors: list[Divergence] = []
         self.initialised = False
         self.final_ok = False
-        schema = SchemaGen(self.rng).schema()
+        schema = SchemaGen(self.rng).schema().prefixed(opts.prefix)
         self.gen = OpGen(self.rng, schema, ValueGen(self.rng, self.rng.choice((0.02, 0.08, 0.2))))
         self.result = CaseResult(seed, schema, self.rng.choice(("wal", "delete")),
                                  {"chunk_rows": self.rng.choice((2, 5, 50)),
-                                  "batch_size": self.rng.choice((1, 3, 50))})
+                                  "batch_size": self.rng.choice((1, 3, 50))}, prefix=opts.prefix)
+        self.result.journal = opts.journal or self.result.journal
+        self.result.settings = opts.settings or self.result.settings
 
     # --- events ------------------------------------------------------------------------------
 
@@ -124,9 +141,11 @@ class Runner:
 
     # --- the case ----------------------------------------------------------------------------
 
-    def setup(self) -> None:
-        self.work.mkdir(parents=True)
-        self.sqlite = self.work / "app.sqlite"
+    def setup(self, sqlite: Path | None = None) -> None:
+        """The app's connection to *sqlite* (a batch's shared file), or to a new file of its own."""
+        if sqlite is None:
+            self.work.mkdir(parents=True)
+        self.sqlite = sqlite or self.work / "app.sqlite"
         self.conn = sqlite3.connect(self.sqlite, isolation_level=None, timeout=30,
                                     check_same_thread=False)
         self.conn.execute(f"PRAGMA journal_mode = {self.result.journal}")
@@ -136,6 +155,19 @@ class Runner:
 
     def plan(self) -> None:
         """Draw and apply the steps (or replay given ones)."""
+        for _ in self.steps():
+            pass
+
+    def barrier(self, name: str) -> Iterator[str]:
+        """``init`` or ``sync``: run it here; a case of a batch yields it to the batch instead."""
+        if name == "init":
+            self._init()
+        else:
+            self.step(Step("sync"))
+        yield from ()
+
+    def steps(self) -> Iterator[str]:
+        """Draw and apply the steps one by one, yielding after each ("" or a barrier's name)."""
         if self.opts.replay is not None:
             for step in self.opts.replay:
                 if step.label == "init":
@@ -148,7 +180,8 @@ class Runner:
         for table in self.result.schema.tables:
             for _ in range(self.rng.randint(2, 12)):
                 self.step(Step(f"insert {table.name}", (self.gen.one(self.conn, table, "insert"),)))
-        self._init()
+                yield ""
+        yield from self.barrier("init")
         for _ in range(self.rng.randint(1, 3)):
             live = self.opts.kills and self.rng.random() < 0.5
             if live and not self.syncd.running:
@@ -161,8 +194,9 @@ class Runner:
                         time.sleep(self.timing.uniform(0, 0.4))
                         self.step(Step("kill"))
                         self.step(Step("start"))
+                yield ""
             if not live:
-                self.step(Step("sync"))
+                yield from self.barrier("sync")
 
     def _init(self) -> None:
         self.result.steps.append(Step("init"))
@@ -196,29 +230,31 @@ class Runner:
 
     async def check(self, dsn: str) -> None:
         source = read_source(self.sqlite)
+        targets, rejects = await read_targets(dsn, [st.name for st in source])
+        out = None
+        if self.opts.verify and self.initialised:
+            _, out = await asyncio.to_thread(self.syncd.verify)
+        self.judge(source, targets, rejects, out)
+
+    def judge(self, source: list[SourceTable], targets: dict[str, TargetTable | None],
+              rejects: list[Reject], verify_out: str | None) -> None:
+        """Hold this case's tables (*source*) to the oracle, and ``syncd verify``'s answer
+        (*verify_out*, None when not run) to the oracle's."""
         for t in self.gen.schema.tables:
             self.ctx.pk_style[t.name] = t.pk_style
             if not t.pk:
                 self.ctx.rowid_tables.add(t.name)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(SESSION)
-            rejects = await read_rejects(conn)
-            results: dict[str, TableResult] = {}
-            for st in source:
-                results[st.name] = compare_table(st, await read_target(conn, st.name), rejects)
-        finally:
-            await conn.close()
+        results: dict[str, TableResult] = {
+            st.name: compare_table(st, targets[st.name], rejects) for st in source}
         rows = classify([d for r in results.values() for d in r.divergences], self.ctx)
         if not self.final_ok:  # syncd said it failed: the rows behind are its consequence
             self.result.consequences = sum(not d.notice for d in rows)
             rows = [d for d in rows if d.notice]
         unique = {d.detail: d for d in self.errors}
         divs = rows + classify(list(unique.values()), self.ctx)
-        if self.opts.verify and self.initialised:
-            _, out = await asyncio.to_thread(self.syncd.verify)
+        if verify_out is not None:
             pks = {st.name: st.pk for st in source}
-            divs += classify(cross_check(parse_verify(out), out, results, pks), self.ctx)
+            divs += classify(cross_check(parse_verify(verify_out), verify_out, results, pks), self.ctx)
         self.result.divergences = [d for d in divs if not d.notice]
         self.result.notices = [d for d in divs if d.notice]
 
@@ -236,6 +272,16 @@ class Runner:
             await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def read_targets(dsn: str, tables: list[str]) -> tuple[dict[str, TargetTable | None], list[Reject]]:
+    """Each table as PostgreSQL holds it, and the open rejects."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(SESSION)
+        return {t: await read_target(conn, t) for t in tables}, await read_rejects(conn)
+    finally:
+        await conn.close()
 
 
 def with_database(dsn: str, database: str) -> str:

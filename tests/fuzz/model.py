@@ -120,6 +120,16 @@ class Schema:
     def replace_table(self, table: Table) -> Schema:
         return replace(self, tables=tuple(table if t.name == table.name else t for t in self.tables))
 
+    def prefixed(self, prefix: str) -> Schema:
+        """The same schema with every table renamed ``<prefix><name>`` (foreign keys follow), so
+        that the cases of a batch share one SQLite file without colliding."""
+        if not prefix:
+            return self
+        return replace(self, tables=tuple(
+            replace(t, name=prefix + t.name,
+                    fks=tuple(replace(fk, parent=prefix + fk.parent) for fk in t.fks))
+            for t in self.tables))
+
 
 @dataclass(frozen=True)
 class Raw:

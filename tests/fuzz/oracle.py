@@ -214,6 +214,10 @@ def _numeric_note(d: Decimal, p: int | None, s: int | None) -> str:
     return "decimal-scale" if digits(d)[0] <= (p or 0) - (s or 0) else "decimal-precision"
 
 
+_NUMERIC_WORDS = {"nan": "NaN", "infinity": "Infinity", "+infinity": "Infinity", "-infinity": "-Infinity",
+                  "inf": "Infinity", "+inf": "Infinity", "-inf": "-Infinity"}
+
+
 def to_numeric(cell: Cell, p: int | None, s: int | None) -> Expect:
     if cell.cls == "integer":
         d = Decimal(int(cell.value))
@@ -232,6 +236,11 @@ def to_numeric(cell: Cell, p: int | None, s: int | None) -> Expect:
         return Expect("must", lambda t: (f := as_float(t)) is not None and f == r, None, real_note(r))
     if cell.cls == "text":
         txt = text_of(cell)
+        special = _NUMERIC_WORDS.get(txt.strip().lower()) if txt is not None else None
+        if special is not None:  # PostgreSQL's own numeric input reads these words; a
+            # numeric(p,s) holds NaN but no infinity
+            return reject("numeric-special-text") if p is not None and special != "NaN" else \
+                exactly(special, "numeric-special-text", "may")
         if txt is not None and _NUMLIT.fullmatch(txt.strip()):
             d = Decimal(txt.strip())
             return Expect("may", same_decimal(d), None, "numeric-text") if _fits(d, p, s) \

@@ -37,6 +37,17 @@ def _epoch(cell: Cell) -> tuple[tuple[int, int] | None, str, bool]:
     return divmod(int(us.to_integral_value()), cal.DAY_US), "epoch-real-submicro", False
 
 
+def infinite(text: str) -> Expect | None:
+    """The text ``infinity`` / ``-infinity`` (any case, spaces around, ``+`` allowed), which
+    PostgreSQL's own timestamp and date input reads as its infinities: it may be stored as
+    that infinity (docs/mapping.md) or rejected. Any other value stored as an infinity —
+    year 1 or 9999 through a driver — stays a divergence."""
+    word = text.strip().lower()
+    if word not in ("infinity", "+infinity", "-infinity"):
+        return None
+    return exactly("-infinity" if word.startswith("-") else "infinity", "infinity-text", "may")
+
+
 def to_timestamp(cell: Cell, tz: bool) -> Expect:
     if cell.cls in ("integer", "real"):
         inst, note, exact = _epoch(cell)
@@ -51,6 +62,8 @@ def to_timestamp(cell: Cell, tz: bool) -> Expect:
     text = text_of(cell)
     if text is None:
         return reject("invalid-utf8")
+    if (inf := infinite(text)) is not None:
+        return inf
     p = cal.parse_datetime(text.strip())
     if p is None:
         return reject("text")
@@ -82,6 +95,8 @@ def to_date(cell: Cell) -> Expect:
     text = text_of(cell)
     if text is None:
         return reject("invalid-utf8")
+    if (inf := infinite(text)) is not None:
+        return inf
     p = cal.parse_datetime(text.strip())
     if p is None:
         return reject("text")

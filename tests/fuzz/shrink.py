@@ -29,14 +29,18 @@ def same_class(tag: str, replayed: set[str]) -> bool:
     return tag in replayed or (tag.endswith("+kill") and tag.removesuffix("+kill") in replayed)
 
 
-async def _fails(seed: int, steps: list[Step], tag: str, admin_dsn: str, root: Path) -> CaseResult | None:
-    r = await run_case(seed, admin_dsn, root, Options(kills=False, replay=tuple(steps)))
+async def _fails(result: CaseResult, steps: list[Step], tag: str, admin_dsn: str,
+                 root: Path) -> CaseResult | None:
+    """Replay *steps* alone; a case of a batch keeps its table prefix, journal and settings."""
+    r = await run_case(result.seed, admin_dsn, root, Options(
+        kills=False, replay=tuple(steps), prefix=result.prefix, journal=result.journal,
+        settings=result.settings))
     return r if same_class(tag, r.tags) else None
 
 
 async def shrink(result: CaseResult, tag: str, admin_dsn: str, root: Path, budget: int = 30) -> Shrunk:
     steps = [s for s in result.steps if s.label != "start"]
-    last = await _fails(result.seed, steps, tag, admin_dsn, root)
+    last = await _fails(result, steps, tag, admin_dsn, root)
     runs = 1
     if last is None:
         return Shrunk(tag, result.steps, None, runs)
@@ -50,7 +54,7 @@ async def shrink(result: CaseResult, tag: str, admin_dsn: str, root: Path, budge
             if len(trial) == len(steps):
                 continue
             runs += 1
-            r = await _fails(result.seed, trial, tag, admin_dsn, root)
+            r = await _fails(result, trial, tag, admin_dsn, root)
             if r is not None:
                 steps, last, n = trial, r, max(n - 1, 2)
                 break

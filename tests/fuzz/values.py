@@ -178,7 +178,10 @@ class ValueGen:
             return rng.choice(BOOL_ODD)
         if k == "decimal":
             p, s = col.params or (12, 2)
-            return rng.choice((12.345, 0.005, 1.0 / 3, 10.0 ** (p - s), -(10 ** (p - s)), 1e300,
+            bound: int | str = -(10 ** (p - s))
+            if p - s >= 19:  # beyond a 64-bit integer: the text an app would write
+                bound = str(bound)
+            return rng.choice((12.345, 0.005, 1.0 / 3, 10.0 ** (p - s), bound, 1e300,
                                float("inf"), -0.0, "12.30", "1e2", 99.995, 2**63 - 1, 0.1 + 0.2,
                                round(rng.uniform(0, 100), s + 1)))
         if k == "varchar":

@@ -64,7 +64,8 @@ async def add_columns(conn: asyncpg.Connection, table: Table, target: Target,
 
 async def align_keys(conn: asyncpg.Connection, tt: TargetTable) -> None:
     """Give an (empty) table syncd created the source's primary key and NOT NULLs: a rebuild
-    may change only those, with the same column names and types. The caller holds a transaction."""
+    may change only those, with the same column names and types. A column the source no longer
+    has (kept in the target, NULL from now on) loses its NOT NULL. The caller holds a transaction."""
     key = await conn.fetchrow(
         """SELECT c.conname, array_agg(a.attname::text ORDER BY k.n) AS cols FROM pg_constraint c
            CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
@@ -89,6 +90,12 @@ async def align_keys(conn: asyncpg.Connection, tt: TargetTable) -> None:
                                f"{'SET' if want_notnull else 'DROP'} NOT NULL")
             log.info("NOT NULL changed in SQLite: changed in the target", table=tt.name, column=c.name,
                      not_null=want_notnull)
+    kept = {c.name for c in tt.source.columns} | {ROWID_COLUMN}
+    for name, is_notnull in notnull.items():  # dropped in SQLite: kept, NULL from now on
+        if is_notnull and name not in kept:
+            await conn.execute(f"ALTER TABLE {tt.qualified} ALTER COLUMN {qi(name)} DROP NOT NULL")
+            log.info("column dropped in SQLite: its NOT NULL dropped in the target", table=tt.name,
+                     column=name)
 
 
 def stale_tables(tables: Mapping[str, TargetTable], captured: Mapping[str, Captured]) -> list[str]:
