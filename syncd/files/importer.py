@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class Importer:
                                      batch_size=batch_size or cfg.stream.batch_size, poll_interval=0.01,
                                      retry_max_seconds=cfg.stream.retry_max_seconds)
         self.manifest = bd.read_manifest(root)
+        self.bundle = hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()[:16]
+        """This bundle's identity: its manifest's digest."""
         self.dsn = ""
         self.kill = killpoints.hooks({"SYNCD_KILL_AT": _import_spec()}).get("import")
         self.sinks: dict[str, Any] = {}
@@ -101,6 +104,8 @@ class Importer:
             return sink
 
         name = UPDATE_STREAM if self.update else SQLITE_STREAM
+        if await self._finished(conn, SQLITE_STREAM):
+            return
         try:
             if self.update:
                 await self._upsert(source, open_sink, name)
@@ -114,6 +119,7 @@ class Importer:
             await self._finished_snapshot(conn, prepared, cap, captured)
         if not cap and not self.update:
             await conn.execute(f"DELETE FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1", SQLITE_STREAM)
+        await self._mark(conn, SQLITE_STREAM)
         rows = sum(int(o["rows"]) for o in objs)
         self.out(f"tables: {len(objs)} loaded, {rows} rows in the bundle"
                  + (f", capture position {cap['position']} (`syncd run` continues from there)" if cap else
@@ -138,6 +144,9 @@ class Importer:
         for obj in self.manifest.get("collections", []):
             source = CollectionBundleSource(self.root, obj, self.workers)
             name = stream_name(source.info.id)
+            if await self._finished(conn, name):
+                await source.close()
+                continue
             streams: list[Stream] = []
 
             async def open_sink(source: CollectionBundleSource = source, name: str = name,
@@ -166,8 +175,45 @@ class Importer:
                     await self._run(streams[0])
             finally:
                 await source.close()
+            await self._mark(conn, name)
             self.out(f"collection {obj['name']}: {obj['rows']} items in the bundle, log position "
                      f"{obj['position']}")
+
+    # --- progress of this bundle's import ----------------------------------------------------
+
+    async def begin(self, conn: asyncpg.Connection) -> None:
+        """Record this bundle's import as under way; refuse while another bundle's is unfinished
+        (resuming into tables another bundle half-loaded would mix the two)."""
+        await ensure_state(conn)
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.imports (bundle text PRIMARY KEY, "
+                           "path text NOT NULL, finished text[] NOT NULL DEFAULT '{}', "
+                           "started_at timestamptz NOT NULL DEFAULT now())")
+        other = await conn.fetchrow(f"SELECT path, started_at FROM {STATE_SCHEMA}.imports WHERE bundle <> $1",
+                                    self.bundle)
+        if other is not None:
+            raise FatalError(f"the import of another bundle ({other['path']}, started "
+                             f"{other['started_at']:%Y-%m-%d %H:%M:%S %Z}) did not finish; run "
+                             f"`syncd import {other['path']}` again to finish it first")
+        await conn.execute(f"INSERT INTO {STATE_SCHEMA}.imports (bundle, path) VALUES ($1, $2) "
+                           "ON CONFLICT (bundle) DO NOTHING", self.bundle, str(self.root))
+
+    async def _finished(self, conn: asyncpg.Connection, stream: str) -> bool:
+        done = await conn.fetchval(f"SELECT $2 = ANY(finished) FROM {STATE_SCHEMA}.imports WHERE bundle = $1",
+                                   self.bundle, stream)
+        if done:
+            self.out(f"{stream}: already loaded by the interrupted run of this import; skipped")
+        return bool(done)
+
+    async def _mark(self, conn: asyncpg.Connection, stream: str) -> None:
+        await conn.execute(f"UPDATE {STATE_SCHEMA}.imports SET finished = array_append(finished, $2) "
+                           "WHERE bundle = $1", self.bundle, stream)
+
+    async def end(self, conn: asyncpg.Connection) -> None:
+        """Every object loaded: this import's progress (and --update-existing's chunk counts) go."""
+        async with conn.transaction():
+            await conn.execute(f"DELETE FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1 OR stream LIKE $2",
+                               UPDATE_STREAM, UPDATE_STREAM + ":%")
+            await conn.execute(f"DELETE FROM {STATE_SCHEMA}.imports WHERE bundle = $1", self.bundle)
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -223,10 +269,11 @@ class Importer:
 
 def _image(cols: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
     image = dict(zip(cols, row, strict=True))
-    if "embedding" in image and "seq" in image:  # a collection item: an upsert with Chroma's semantics
-        return {"op": "upsert", "embedding": image["embedding"], "document": image["document"],
-                "has_document": image["document"] is not None, "metadata": image["metadata"],
-                "error": image["error"]}
+    if "embedding" in image and "seq" in image:  # a collection item
+        # the bundle's item whole: a document or metadata key the target has and the bundle
+        # lacks is removed (an upsert would keep it: Chroma's update semantics)
+        return {"op": "replace", "embedding": image["embedding"], "document": image["document"],
+                "has_document": True, "metadata": image["metadata"], "error": image["error"]}
     return image
 
 
@@ -247,8 +294,10 @@ async def run_import(cfg: Config, root: Path, *, batch_size: int | None, workers
     imp.dsn = await target_dsn(cfg)
     conn = await connect(cfg.target, imp.dsn)
     try:
+        await imp.begin(conn)
         await imp.tables(conn)
         await imp.collections(conn)
+        await imp.end(conn)
         if not verify:
             return 0
         from syncd.files.import_verify import verify_bundle
