@@ -24,9 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
-
-from tests.fuzz.case import CaseResult, Options, Runner, read_targets, with_database
+from tests.fuzz.case import CaseResult, Options, Runner, create_database, drop_database, read_targets
 from tests.fuzz.check import Divergence
 from tests.fuzz.daemon import Syncd, error_line, write_config
 from tests.fuzz.model import Step
@@ -185,19 +183,10 @@ class Batch:
                 c.result.harness_error = traceback.format_exc()
 
     async def _create_db(self) -> str:
-        admin = await asyncpg.connect(self.admin_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{self.db_name}"')
-        finally:
-            await admin.close()
-        return with_database(self.admin_dsn, self.db_name)
+        return await create_database(self.admin_dsn, self.db_name)
 
     async def _drop_db(self) -> None:
-        admin = await asyncpg.connect(self.admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(self.admin_dsn, self.db_name)
 
 
 async def run_batch(seeds: list[int], admin_dsn: str, root: Path,

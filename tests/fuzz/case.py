@@ -259,19 +259,28 @@ class Runner:
         self.result.notices = [d for d in divs if d.notice]
 
     async def _create_db(self) -> str:
-        admin = await asyncpg.connect(self.admin_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{self.db_name}"')
-        finally:
-            await admin.close()
-        return with_database(self.admin_dsn, self.db_name)
+        return await create_database(self.admin_dsn, self.db_name)
 
     async def _drop_db(self) -> None:
-        admin = await asyncpg.connect(self.admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(self.admin_dsn, self.db_name)
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    """A fresh database *name* on the server of *admin_dsn*; its DSN."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def read_targets(dsn: str, tables: list[str]) -> tuple[dict[str, TargetTable | None], list[Reject]]:
