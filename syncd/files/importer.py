@@ -184,10 +184,7 @@ class Importer:
     async def begin(self, conn: asyncpg.Connection) -> None:
         """Record this bundle's import as under way; refuse while another bundle's is unfinished
         (resuming into tables another bundle half-loaded would mix the two)."""
-        await ensure_state(conn)
-        await conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.imports (bundle text PRIMARY KEY, "
-                           "path text NOT NULL, finished text[] NOT NULL DEFAULT '{}', "
-                           "started_at timestamptz NOT NULL DEFAULT now())")
+        await ensure_state(conn)  # syncd's tables, `syncd.imports` among them (syncd.pg.state.DDL)
         other = await conn.fetchrow(f"SELECT path, started_at FROM {STATE_SCHEMA}.imports WHERE bundle <> $1",
                                     self.bundle)
         if other is not None:

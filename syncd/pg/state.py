@@ -85,6 +85,12 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.refused_constraints (
     last_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (stream, object, name)
 );
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.imports (
+    bundle     text PRIMARY KEY,
+    path       text NOT NULL,
+    finished   text[] NOT NULL DEFAULT '{{}}',
+    started_at timestamptz NOT NULL DEFAULT now()
+);
 """
 _DDL_MARK = "syncd state " + hashlib.sha256(DDL.encode()).hexdigest()[:16]
 """Comment on ``syncd.checkpoints`` once :data:`DDL` ran: a changed DDL runs again."""
