@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from syncd.errors import SyncdError
+from syncd.errors import SourceBusy, SourceError, SyncdError
 
 T = TypeVar("T")
 
@@ -36,3 +36,14 @@ async def call_on(executor: ThreadPoolExecutor, translate: Callable[[BaseExcepti
         return await loop.run_in_executor(executor, fn, *args)
     except sqlite3.Error as exc:
         raise translate(exc) from exc
+
+
+def sqlite_error(exc: BaseException, where: str) -> SyncdError:
+    """An error of sqlite3 work on *where* (``SQLite /app.db``, ``Chroma log /p/chroma.sqlite3``):
+    a held lock is :class:`SourceBusy` (retried), the rest :class:`SourceError`."""
+    if isinstance(exc, SyncdError):
+        return exc
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return SourceBusy(f"{where}: {text}")
+    return SourceError(f"{where}: {type(exc).__name__}: {text}")

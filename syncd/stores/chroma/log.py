@@ -30,9 +30,9 @@ from urllib.parse import quote
 import structlog
 import watchfiles
 
-from syncd.errors import SourceBusy, SourceError, SyncdError
+from syncd.errors import SourceError, SyncdError
 from syncd.ports.collections import CollectionInfo, Doubt, Item, ItemPage
-from syncd.sql import call_on
+from syncd.sql import call_on, sqlite_error
 from syncd.stores.chroma.catalog import read_catalog, read_images
 from syncd.stores.chroma.doubt import scan
 from syncd.stores.chroma.prune import prune_rows
@@ -45,16 +45,12 @@ SQLITE_FILE = "chroma.sqlite3"
 
 
 def translate(exc: BaseException, path: Path) -> SyncdError:
-    if isinstance(exc, SyncdError):
-        return exc
     text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-        return SourceBusy(f"Chroma log {path}: {text}")
     if isinstance(exc, sqlite3.OperationalError) and "readonly" in text:
         return SourceError(f"{path}: {text}: syncd writes two things there (the switch that keeps Chroma's "
                            "log, and pruning the rows it has copied); give its user write access to the file "
                            "and its directory (a shared group or an ACL)")
-    return SourceError(f"Chroma log {path}: {type(exc).__name__}: {text}")
+    return sqlite_error(exc, f"Chroma log {path}")
 
 
 class ChromaLog:

@@ -8,6 +8,7 @@ from pathlib import Path
 from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, SourceBusy, SourceError, SyncdError
 from syncd.ports.tables import Table
+from syncd.sql import sqlite_error
 from syncd.stores.sqlite.schema import discover, uri
 
 
@@ -27,12 +28,7 @@ def open_connection(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
 
 
 def translate(exc: BaseException, path: Path) -> SyncdError:
-    if isinstance(exc, SyncdError):
-        return exc
-    text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-        return SourceBusy(f"SQLite {path}: {text}")
-    return SourceError(f"SQLite {path}: {type(exc).__name__}: {text}")
+    return sqlite_error(exc, f"SQLite {path}")
 
 
 def read_tables(config: SqliteConfig) -> list[Table]:
