@@ -162,3 +162,27 @@ async def test_update_existing_overwrites_stale_items_and_keeps_the_others(
     held = await held_items(pg)
     held.pop("only-here")
     assert_same(held, want)
+
+
+async def test_an_unfinished_import_of_another_bundle_is_named_not_mixed(
+        tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) -> None:
+    db = tmp_path / "app.sqlite"
+    make_app(db, notes=300, invalid_utf8=False)
+    cfg = config(tmp_path, pg_dsn)
+    first, second = tmp_path / "first", tmp_path / "second"
+    export(cfg, first, "--chunk-rows", "30")
+    export(cfg, second, "--chunk-rows", "50")
+    killed(["--config", str(cfg), "import", str(first), "--batch-size", "30"], "import:4")
+    loaded = await pg.fetchval("SELECT count(*) FROM notes")
+
+    proc = do_import(cfg, second)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert str(first) in lines[0] and f"syncd import {first}" in lines[0], lines
+    assert "Traceback" not in proc.stderr
+    assert await pg.fetchval("SELECT count(*) FROM notes") == loaded  # nothing of the second loaded
+
+    proc = do_import(cfg, first, "--batch-size", "30")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert await pg.fetchval("SELECT count(*) FROM notes") == 300
+    assert await pg.fetchval("SELECT count(*) FROM syncd.imports") == 0  # finished: no record left
