@@ -280,8 +280,8 @@ async def save_checkpoint(conn: asyncpg.Connection, stream: str, position: Posit
 
 
 async def insert_rejects(conn: asyncpg.Connection, stream: str, rejects: Sequence[Reject]) -> None:
-    """Record *rejects*; one still open for the same key and position is not recorded again
-    (a replayed batch or chunk counts its rejects once)."""
+    """Record *rejects*; one still open for the same key, position and row is not recorded again
+    (a replayed batch or chunk counts its rejects once; two rows of one NULL key are two rejects)."""
     if not rejects:
         return
     await conn.executemany(
@@ -289,7 +289,7 @@ async def insert_rejects(conn: asyncpg.Connection, stream: str, rejects: Sequenc
             SELECT $1, $2, $3::jsonb, $4, $5::jsonb, $6
             WHERE NOT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.rejects WHERE stream = $1 AND object = $2
                               AND key = $3::jsonb AND position IS NOT DISTINCT FROM $4::bigint
-                              AND resolved_at IS NULL)""",
+                              AND row_image IS NOT DISTINCT FROM $5::jsonb AND resolved_at IS NULL)""",
         [(stream, r.object, json.dumps(jsonable(list(r.key))),
           r.position.offset if r.position else None,
           json.dumps(jsonable(r.row)) if r.row is not None else None, r.error) for r in rejects])

@@ -63,6 +63,16 @@ class Table:
         return self.pk == (ROWID_COLUMN,)
 
     @property
+    def nullable_key(self) -> bool:
+        """SQLite lets a declared primary key of a rowid table hold NULLs (sqlite.org/lang_createtable.html,
+        "PRIMARY KEY"), unless it is the rowid itself or declared NOT NULL: such rows are never equal
+        to a key, so they are read apart from the key order (and rejected by PostgreSQL)."""
+        if self.rowid_key or self.without_rowid:
+            return False
+        by_name = {c.name: c for c in self.columns}
+        return any(not by_name[k].notnull for k in self.pk)
+
+    @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 

@@ -207,7 +207,10 @@ class SqliteSource:
             where = "" if after is None else "WHERE rowid > ?"
         else:
             order = ", ".join(qi(k) for k in table.pk)
-            where = "" if after is None else f"WHERE ({order}) > ({', '.join(marks)})"
+            conds = [f"{qi(k)} IS NOT NULL" for k in table.pk] if table.nullable_key else []
+            if after is not None:
+                conds.append(f"({order}) > ({', '.join(marks)})")
+            where = f"WHERE {' AND '.join(conds)}" if conds else ""
         return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order} LIMIT ?", list(params)
 
     def _read_chunk(self, table: Table, after: Key | None, rows: int,
@@ -218,28 +221,52 @@ class SqliteSource:
             return None
         columns = table.target_columns
         last_key: Key = tuple(batch[-1][columns.index(k)] for k in table.pk)
-        chunk = Chunk(table.name, columns, batch, last_key)
+        return self._chunk(table, batch, last_key, prepare)
+
+    def _chunk(self, table: Table, batch: list[tuple[Any, ...]], last_key: Key,
+               prepare: Callable[[Chunk], Any] | None) -> Chunk:
+        chunk = Chunk(table.name, table.target_columns, batch, last_key)
         if prepare is not None:
-            chunk = Chunk(table.name, columns, batch, last_key, prepared=prepare(chunk))
+            chunk = Chunk(table.name, table.target_columns, batch, last_key, prepared=prepare(chunk))
         return chunk
+
+    def _read_null_keys(self, table: Table, last_key: Key,
+                        prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
+        """The rows whose key holds a NULL, in one last chunk (no key orders them, so they cannot be
+        paged by key; PostgreSQL rejects each, so an app has few). Its ``last_key`` is the last key
+        read before it: a resume reads no keyed row again and these rows once more (their rejects are
+        recorded once)."""
+        cols = ", ".join(qi(c) for c in table.column_names)
+        nulls = " OR ".join(f"{qi(k)} IS NULL" for k in table.pk)
+        sql = f"SELECT {cols} FROM {qi(table.name)} WHERE {nulls} ORDER BY rowid"
+        batch = values.fetch_all(self._conn, sql)
+        return self._chunk(table, batch, last_key, prepare) if batch else None
 
     async def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
                               prepare: Callable[[Chunk], Any] | None = None) -> AsyncIterator[Chunk]:
-        """Chunks in key order; the next chunk is read (and prepared) while the caller writes this one."""
+        """Chunks in key order; the next chunk is read (and prepared) while the caller writes this one.
+        A table whose key may hold NULLs ends with its NULL-key rows (:meth:`_read_null_keys`)."""
         table = self.tables[obj]
         next_read = asyncio.ensure_future(self._call(self._read_chunk, table, after, rows, prepare))
+        last_key = after
         try:
             while True:
                 chunk = await next_read
                 if chunk is None:
-                    return
+                    break
+                last_key = chunk.last_key
                 full = len(chunk.rows) == rows
                 if full:
                     next_read = asyncio.ensure_future(
                         self._call(self._read_chunk, table, chunk.last_key, rows, prepare))
                 yield chunk
                 if not full:
-                    return
+                    break
+            if table.nullable_key:
+                upto = last_key if last_key is not None else (None,) * len(table.pk)
+                nulls = await self._call(self._read_null_keys, table, upto, prepare)
+                if nulls is not None:
+                    yield nulls
         finally:
             if not next_read.done():
                 next_read.cancel()
