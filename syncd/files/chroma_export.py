@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from syncd.files import bundle as bd
-from syncd.ports.collections import CollectionInfo, Item, Vector
+from syncd.ports.collections import CollectionInfo, Item
 from syncd.stores.chroma.catalog import read_images
-from syncd.stores.chroma.records import OP_ADD, OP_DELETE, OP_UPDATE, OP_UPSERT, decode_vector, seq_value
+from syncd.stores.chroma.records import seq_value
 
 
 def line(item: Item) -> str:
@@ -19,27 +19,6 @@ def line(item: Item) -> str:
     if item.error:
         return line[:-1] + f',"error":{json.dumps(item.error)}}}'
     return line
-
-
-def vector_from_log(conn: sqlite3.Connection, topic: str, item_id: str, seq: int) -> Vector | None:
-    """The vector of an item whose last effective operation carried none (a metadata UPDATE):
-    the id's log rows replayed up to *seq* with Chroma's rules (None when the log no longer
-    starts with the write that created it)."""
-    exists: bool | None = None
-    vector: Vector | None = None
-    for op, blob, encoding in conn.execute(
-            "SELECT operation, vector, encoding FROM embeddings_queue WHERE topic = ? AND id = ? "
-            "AND seq_id <= ? ORDER BY seq_id", (topic, item_id, seq)):
-        if exists is None and op not in (OP_ADD, OP_UPSERT):
-            return None  # its history was purged
-        got = decode_vector(blob, encoding)[0] if blob is not None else None
-        if op == OP_DELETE:
-            exists, vector = False, None
-        elif op == OP_UPSERT or (op == OP_ADD and not exists):
-            exists, vector = True, got if got is not None else vector
-        elif op == OP_UPDATE and exists and got is not None:
-            vector = got
-    return vector if exists else None
 
 
 def head(conn: sqlite3.Connection, info: CollectionInfo, topic: str) -> int:

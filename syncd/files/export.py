@@ -316,8 +316,6 @@ class Exporter:
             acc, hashed = 0, 0
             for item in items:
                 if item.vector is None and item.error is None:
-                    item.vector = chroma_export.vector_from_log(conn, topic, item.id, item.seq)
-                if item.vector is None and item.error is None:
                     raise SourceError(
                         f"collection {info.name!r}: Chroma purged the log row that holds the vector "
                         f"of {item.id!r}; export reads vectors from the log: run `syncd init` (it keeps the "

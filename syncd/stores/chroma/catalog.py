@@ -8,16 +8,21 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from syncd.ports.collections import CollectionInfo, Item
+from syncd.ports.collections import CollectionInfo, Item, State, Vector, step
 from syncd.stores.chroma.records import (
     DOCUMENT_KEY,
     OP_ADD,
+    OP_DELETE,
+    OP_NAMES,
+    OP_UPDATE,
+    OP_UPSERT,
     URI_KEY,
     add_image,
     decode_vector,
     distance_space,
     hnsw_settings,
     metadata_value,
+    seq_value,
 )
 
 
@@ -49,9 +54,12 @@ def read_images(conn: sqlite3.Connection, topic: str, wanted: list[tuple[int, st
                 has_arrays: bool) -> list[Item]:
     """Items (metadata-segment rowid, id, seq) with their documents, metadata and vectors.
 
-    The vector comes from the log row of the item's last effective operation. When that
-    row is an ADD, it also holds the item's whole metadata and document (nothing took
-    effect on the item after it), so the metadata segment is read only for the others.
+    The vector comes from the log row of the item's last effective operation; when that row
+    carries none (a metadata-only UPDATE), from the id's earlier log rows (:func:`vectors_from_log`),
+    exactly as the app wrote it; only when the log no longer holds it is it left None (the
+    caller asks Chroma's server, whose index may return it normalised). When that row is an ADD,
+    it also holds the item's whole metadata and document (nothing took effect on the item after
+    it), so the metadata segment is read only for the others.
     """
     if not wanted:
         return []
@@ -71,6 +79,12 @@ def read_images(conn: sqlite3.Connection, topic: str, wanted: list[tuple[int, st
             item.vector, item.error = decode_vector(blob, encoding)
         if op == OP_ADD and add_image(item, meta):
             rest.discard(rowid)
+    need = {i.id: i.seq for i in items.values() if i.vector is None and i.error is None}
+    if need:
+        found = vectors_from_log(conn, topic, need)
+        for item in items.values():
+            if item.id in found and item.vector is None and item.error is None:
+                item.vector = found[item.id]
     if rest:
         rowids = json.dumps(sorted(rest))
         for rowid, key, s, i, f, b in conn.execute(
@@ -87,3 +101,32 @@ def read_images(conn: sqlite3.Connection, topic: str, wanted: list[tuple[int, st
                     "ORDER BY id, key, rowid", (rowids,)):
                 items[rowid].metadata.setdefault(key, []).append(metadata_value(s, i, f, b))
     return list(items.values())
+
+
+def vectors_from_log(conn: sqlite3.Connection, topic: str, wanted: dict[str, int]) -> dict[str, Vector]:
+    """The vectors of items (id: seq of the last effective operation) whose last operation carried
+    none (a metadata UPDATE): each id's log rows replayed up to its seq with Chroma's rules, in
+    one read of the log. An id is absent when the log no longer starts with the write that created
+    it (pruned), when it does not exist at its seq, or when Chroma's index may hold another vector
+    than its log says (:mod:`syncd.stores.chroma.doubt`): then only Chroma's server can tell."""
+    states: dict[str, State] = {}
+    vectors: dict[str, Vector | None] = {}
+    purged: set[str] = set()
+    for item_id, seq, op, blob, encoding in conn.execute(
+            "SELECT id, seq_id, operation, vector, encoding FROM embeddings_queue WHERE topic = ? "
+            "AND id IN (SELECT value FROM json_each(?)) ORDER BY seq_id", (topic, json.dumps(list(wanted)))):
+        seq = seq_value(seq)
+        if item_id in purged or seq > wanted[item_id]:
+            continue
+        if item_id not in states and op not in (OP_ADD, OP_UPSERT):
+            purged.add(item_id)  # its history was pruned
+            continue
+        exists = states.get(item_id, (False, None))[0]
+        got = decode_vector(blob, encoding)[0] if blob is not None else None
+        if op == OP_DELETE:
+            vectors[item_id] = None
+        elif op == OP_UPSERT or (op == OP_ADD and not exists) or (op == OP_UPDATE and exists):
+            vectors[item_id] = got if got is not None else vectors.get(item_id)
+        states[item_id] = step(states.get(item_id, (False, None)), seq, OP_NAMES[op], blob is not None)
+    return {i: v for i, (exists, doubt) in states.items()
+            if exists and doubt is None and i not in purged and (v := vectors.get(i)) is not None}

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from tests.conftest import REPO, run_syncd
 from tests.integration.files.test_export_import import (
@@ -93,9 +92,6 @@ async def test_collection_import_killed_then_resumed_then_the_stream_continues(
     await killed_resumed_continued(tmp_path, pg_dsn, pg)
 
 
-@pytest.mark.xfail(strict=True, reason="open: after an import, verify reads the vector of an item whose "
-                   "last Chroma change was metadata-only from Chroma's index (normalised, a bit off) and "
-                   "reports a difference the stores do not have")
 async def test_verify_after_an_import_and_metadata_only_updates(
         tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) -> None:
     cfg = await killed_resumed_continued(tmp_path, pg_dsn, pg)
