@@ -316,6 +316,8 @@ class Exporter:
             acc, hashed = 0, 0
             for item in items:
                 if item.vector is None and item.error is None:
+                    item.vector = item.logged  # no server here: the log's own replay (docs/files.md)
+                if item.vector is None and item.error is None:
                     raise SourceError(
                         f"collection {info.name!r}: Chroma purged the log row that holds the vector "
                         f"of {item.id!r}; export reads vectors from the log: run `syncd init` (it keeps the "

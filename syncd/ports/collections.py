@@ -69,6 +69,25 @@ class Item:
     vector: Vector | None
     """The written bits, from the log row of ``seq``; None when the log no longer holds them."""
     error: str | None = None
+    logged: Vector | None = None
+    """When ``vector`` is None: the bits the id's log rows give, if the log may no longer hold
+    the write that created it (its first row is an ADD that may have found it present). Chroma's
+    server decides (:func:`settle_vector`)."""
+
+
+LOGGED_ULPS = 4
+"""How far (units in the last place, per component) Chroma's server may return a vector from
+the bits it was written with: a cosine index stores it normalised."""
+
+
+def settle_vector(served: Vector, logged: Vector | None) -> Vector:
+    """The vector of an item whose log is not known complete: the logged bits when the server's
+    vector is those bits as its index returns them (equal, or a few ulps off), else the server's."""
+    if logged is None or served.shape != logged.shape:
+        return served
+    a = np.asarray(served, dtype=np.float32).view(np.int32).astype(np.int64)
+    b = np.asarray(logged, dtype=np.float32).view(np.int32).astype(np.int64)
+    return logged if bool(np.all(np.abs(a - b) <= LOGGED_ULPS)) else served
 
 
 @dataclass(frozen=True, slots=True)

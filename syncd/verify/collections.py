@@ -29,7 +29,7 @@ from typing import cast
 import asyncpg
 
 from syncd.errors import SourceError
-from syncd.ports.collections import Item, ItemPage
+from syncd.ports.collections import Item, ItemPage, settle_vector
 from syncd.sql import STATE_SCHEMA
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector.table import stream_name
@@ -259,7 +259,7 @@ class CollectionCheck:
                 if vec is None:
                     view.tail.add(item.id)
                 else:
-                    item.vector = vec
+                    item.vector = settle_vector(vec, item.logged)
         return view
 
     def _judge(self, pending: set[str], view: View, stored: dict[str, Stored],

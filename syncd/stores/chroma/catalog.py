@@ -56,8 +56,8 @@ def read_images(conn: sqlite3.Connection, topic: str, wanted: list[tuple[int, st
 
     The vector comes from the log row of the item's last effective operation; when that row
     carries none (a metadata-only UPDATE), from the id's earlier log rows (:func:`vectors_from_log`),
-    exactly as the app wrote it; only when the log no longer holds it is it left None (the
-    caller asks Chroma's server, whose index may return it normalised). When that row is an ADD,
+    exactly as the app wrote it. When the log no longer holds it, or cannot prove it, it is left
+    None (with the log's candidate in ``logged``): the caller asks Chroma's server. When that row is an ADD,
     it also holds the item's whole metadata and document (nothing took effect on the item after
     it), so the metadata segment is read only for the others.
     """
@@ -84,7 +84,11 @@ def read_images(conn: sqlite3.Connection, topic: str, wanted: list[tuple[int, st
         found = vectors_from_log(conn, topic, need)
         for item in items.values():
             if item.id in found and item.vector is None and item.error is None:
-                item.vector = found[item.id]
+                vector, certain = found[item.id]
+                if certain:
+                    item.vector = vector
+                else:
+                    item.logged = vector
     if rest:
         rowids = json.dumps(sorted(rest))
         for rowid, key, s, i, f, b in conn.execute(
@@ -103,14 +107,21 @@ def read_images(conn: sqlite3.Connection, topic: str, wanted: list[tuple[int, st
     return list(items.values())
 
 
-def vectors_from_log(conn: sqlite3.Connection, topic: str, wanted: dict[str, int]) -> dict[str, Vector]:
+def vectors_from_log(conn: sqlite3.Connection, topic: str,
+                     wanted: dict[str, int]) -> dict[str, tuple[Vector, bool]]:
     """The vectors of items (id: seq of the last effective operation) whose last operation carried
     none (a metadata UPDATE): each id's log rows replayed up to its seq with Chroma's rules, in
-    one read of the log. An id is absent when the log no longer starts with the write that created
-    it (pruned), when it does not exist at its seq, or when Chroma's index may hold another vector
-    than its log says (:mod:`syncd.stores.chroma.doubt`): then only Chroma's server can tell."""
+    one read of the log, with whether the log proves it.
+
+    The first row of an id may not be the write that created it (the rows before were pruned):
+    an ADD there may have found the id present and done nothing, so a vector that rests on it is
+    only a candidate. A vector set after it is proven: an UPSERT's, a vector UPDATE once the id
+    exists, an ADD after a DELETE. An id is absent when its first row cannot create it (an
+    UPDATE or DELETE: pruned), when it does not exist at its seq, or when Chroma's index may hold
+    another vector than its log says (:mod:`syncd.stores.chroma.doubt`)."""
     states: dict[str, State] = {}
     vectors: dict[str, Vector | None] = {}
+    proven: dict[str, bool] = {}
     purged: set[str] = set()
     for item_id, seq, op, blob, encoding in conn.execute(
             "SELECT id, seq_id, operation, vector, encoding FROM embeddings_queue WHERE topic = ? "
@@ -118,15 +129,18 @@ def vectors_from_log(conn: sqlite3.Connection, topic: str, wanted: dict[str, int
         seq = seq_value(seq)
         if item_id in purged or seq > wanted[item_id]:
             continue
-        if item_id not in states and op not in (OP_ADD, OP_UPSERT):
+        first = item_id not in states
+        if first and op not in (OP_ADD, OP_UPSERT):
             purged.add(item_id)  # its history was pruned
             continue
         exists = states.get(item_id, (False, None))[0]
         got = decode_vector(blob, encoding)[0] if blob is not None else None
         if op == OP_DELETE:
-            vectors[item_id] = None
+            vectors[item_id], proven[item_id] = None, True
         elif op == OP_UPSERT or (op == OP_ADD and not exists) or (op == OP_UPDATE and exists):
-            vectors[item_id] = got if got is not None else vectors.get(item_id)
+            if got is not None:
+                vectors[item_id] = got
+                proven[item_id] = not (first and op == OP_ADD)
         states[item_id] = step(states.get(item_id, (False, None)), seq, OP_NAMES[op], blob is not None)
-    return {i: v for i, (exists, doubt) in states.items()
+    return {i: (v, proven.get(i, False)) for i, (exists, doubt) in states.items()
             if exists and doubt is None and i not in purged and (v := vectors.get(i)) is not None}

@@ -33,7 +33,7 @@ import structlog
 from syncd.errors import LogGap, SourceBusy, SourceError
 from syncd.model import Batch, Change, Key, Op, Position
 from syncd.ports import Chunk, Pending
-from syncd.ports.collections import CollectionInfo, Doubt, Item, ItemPage, Vector
+from syncd.ports.collections import CollectionInfo, Doubt, Item, ItemPage, Vector, settle_vector
 from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.records import (
     DOCUMENT_KEY,
@@ -242,7 +242,7 @@ class ChromaCollectionSource:
             if vector is None:
                 item.error = "Chroma's server returned no embedding for this id"
             else:
-                item.vector = vector
+                item.vector = settle_vector(vector, item.logged)
         return missing
 
     # --- what Chroma's vector index holds (docs/chroma.md, "A live Chroma can disagree") --
