@@ -13,7 +13,8 @@
    positions (SQLite without capture) leaves no checkpoint for the tables: streaming
    could not know where to start.
    ``--update-existing`` upserts instead (the stream's apply path, stream ``import``).
-4. Verify (:mod:`syncd.files.import_verify`), unless ``--no-verify``.
+4. Verify (:mod:`syncd.files.import_verify`): hashes, then search parity of each collection,
+   unless ``--no-verify``; ``--verify-only`` runs this step alone, after an import.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.tables import TargetTable
 from syncd.stream import Stream
 from syncd.streams.supervisor import SQLITE_STREAM, target_dsn
+from syncd.verify.collections import CollectionOptions
 
 UPDATE_STREAM = "import"
 """The stream name --update-existing checkpoints (and quarantines) under."""
@@ -194,6 +196,14 @@ class Importer:
         await conn.execute(f"INSERT INTO {STATE_SCHEMA}.imports (bundle, path) VALUES ($1, $2) "
                            "ON CONFLICT (bundle) DO NOTHING", self.bundle, str(self.root))
 
+    async def unfinished(self, conn: asyncpg.Connection) -> None:
+        """--verify-only: refused while an import into the target is under way (it would differ)."""
+        await ensure_state(conn)
+        other = await conn.fetchval(f"SELECT path FROM {STATE_SCHEMA}.imports LIMIT 1")
+        if other is not None:
+            raise FatalError(f"the import of {other} did not finish; run `syncd import {other}` again to "
+                             "finish it, then verify")
+
     async def _finished(self, conn: asyncpg.Connection, stream: str) -> bool:
         done = await conn.fetchval(f"SELECT $2 = ANY(finished) FROM {STATE_SCHEMA}.imports WHERE bundle = $1",
                                    self.bundle, stream)
@@ -282,7 +292,8 @@ def _import_spec() -> str:
 
 
 async def run_import(cfg: Config, root: Path, *, batch_size: int | None, workers: int, skip_errors: bool,
-                     update_existing: bool, verify: bool, out: Callable[[str], None] = print) -> int:
+                     update_existing: bool, verify: bool, verify_only: bool = False,
+                     search: CollectionOptions | None = None, out: Callable[[str], None] = print) -> int:
     imp = Importer(cfg, root, batch_size=batch_size, workers=workers, skip_errors=skip_errors,
                    update_existing=update_existing, out=out)
     n = await asyncio.to_thread(imp.check_files)
@@ -291,16 +302,18 @@ async def run_import(cfg: Config, root: Path, *, batch_size: int | None, workers
     imp.dsn = await target_dsn(cfg)
     conn = await connect(cfg.target, imp.dsn)
     try:
-        await imp.begin(conn)
-        await imp.tables(conn)
-        await imp.collections(conn)
-        await imp.end(conn)
+        if verify_only:
+            await imp.unfinished(conn)
+        else:
+            await imp.begin(conn)
+            await imp.tables(conn)
+            await imp.collections(conn)
+            await imp.end(conn)
         if not verify:
             return 0
         from syncd.files.import_verify import verify_bundle
 
         return await verify_bundle(conn, cfg, root, imp.manifest, out,
-                                   update_stream=UPDATE_STREAM if update_existing else None)
+                                   update_stream=UPDATE_STREAM if update_existing else None, search=search)
     finally:
         await close_quietly(conn)
-

@@ -1,0 +1,84 @@
+"""Search parity after `syncd import`: the bundle's own vectors as queries, pgvector's index
+against exact search, through the real command line.
+
+The bundle may come from an air-gapped Chroma, so the oracle is exact search in PostgreSQL
+with query vectors read from the bundle. The tests make the check fail the two ways it can:
+stored vectors that are not the bundle's (the query item is then not among its own exact top
+k), and an index searched too shallowly (recall below --min-recall).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import asyncpg
+
+from tests.conftest import run_syncd
+from tests.integration.files.test_export_import import config, do_import, export, make_app, make_chroma
+
+LINE = re.compile(r"^verify collection docs: search recall@10 (\d\.\d+) against exact \((\d+) queries, "
+                  r"index (\S+) hnsw vector_cosine_ops, hnsw\.ef_search (\d+)\)")
+
+
+def search_line(stdout: str) -> re.Match[str] | None:
+    return next((m for line in stdout.splitlines() if (m := LINE.match(line))), None)
+
+
+async def imported(tmp_path: Path, pg_dsn: str) -> tuple[Path, Path]:
+    make_app(tmp_path / "app.sqlite", invalid_utf8=False)
+    make_chroma(tmp_path / "chroma")
+    cfg = config(tmp_path, pg_dsn, chroma=tmp_path / "chroma")
+    bundle = tmp_path / "bundle"
+    export(cfg, bundle, "--chunk-rows", "40", "--collection", "docs", "--table", "notes")
+    return cfg, bundle
+
+
+async def test_import_reports_search_recall_and_a_wrong_vector_fails_it(
+        tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) -> None:
+    cfg, bundle = await imported(tmp_path, pg_dsn)
+    proc = do_import(cfg, bundle)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = search_line(proc.stdout)
+    assert m is not None, proc.stdout
+    assert float(m[1]) >= 0.9 and int(m[2]) == 20 and int(m[4]) == 100, m[0]
+    held = await pg.fetchval("SELECT indexname FROM pg_indexes WHERE tablename = 'docs' AND indexdef LIKE "
+                             "'%hnsw%vector_cosine_ops%'")
+    assert m[3] == held, (m[0], held)
+
+    again = run_syncd("--config", str(cfg), "import", str(bundle), "--verify-only", check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert search_line(again.stdout) is not None, again.stdout
+
+    # every other item's stored vector turned around: far from the bundle's
+    await pg.execute("UPDATE docs SET embedding = (SELECT array_agg(-x) FROM unnest(embedding::real[]) x)"
+                     "::vector WHERE right(id, 1) IN ('0', '2', '4', '6', '8')")
+    bad = run_syncd("--config", str(cfg), "import", str(bundle), "--verify-only", check=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    lines = [x for x in bad.stdout.splitlines() if x.startswith("verify collection docs: search")]
+    assert len(lines) == 1 and "not among their own exact top 10" in lines[0], bad.stdout
+    wrong = re.search(r"(\d+) of (\d+) query items", lines[0])
+    assert wrong is not None and 0 < int(wrong[1]) < int(wrong[2]) == 20, lines[0]
+    named = re.findall(r"item-\d{4}", lines[0])
+    assert named and all(int(i[-1]) % 2 == 0 for i in named), lines[0]  # only corrupted ones are named
+    assert "Traceback" not in bad.stderr
+
+
+async def test_an_index_searched_too_shallowly_is_a_difference(
+        tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) -> None:
+    cfg, bundle = await imported(tmp_path, pg_dsn)
+    proc = do_import(cfg, bundle, "--no-verify")
+    assert proc.returncode == 0 and search_line(proc.stdout) is None, proc.stdout + proc.stderr
+
+    shallow = run_syncd("--config", str(cfg), "import", str(bundle), "--verify-only", "--ef-search", "1",
+                        check=False)
+    assert shallow.returncode == 1, shallow.stdout + shallow.stderr
+    m = search_line(shallow.stdout)
+    assert m is not None and float(m[1]) < 0.9 and int(m[4]) == 1, shallow.stdout
+    assert "below --min-recall 0.9" in shallow.stdout and "--ef-search" in shallow.stdout, shallow.stdout
+
+    fine = run_syncd("--config", str(cfg), "import", str(bundle), "--verify-only", "--sample-size", "5",
+                     check=False)
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    m = search_line(fine.stdout)
+    assert m is not None and int(m[2]) == 5, fine.stdout
