@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +39,9 @@ from syncd.pg import state as pgstate
 from syncd.pg.connect import close_quietly, connect
 from syncd.ports import Sink
 from syncd.ports.tables import Captured
+from syncd.service import progress
 from syncd.sql import STATE_SCHEMA
+from syncd.status import StreamStatus
 from syncd.stores.pgvector.sink import PgvectorSink
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
 from syncd.stores.postgres.sink import PostgresSink
@@ -174,7 +178,7 @@ class Importer:
                     table = await prepare_table(conn, source, self.cfg.target)  # type: ignore[arg-type]
                     await self._refuse_full(conn, name, [(table.qualified, table.name)])
                     streams.append(Stream(name, source, open_sink, self.options, on_chunk=self.kill))
-                    await self._run(streams[0])
+                    await self._run(streams[0], str(obj["name"]))
             finally:
                 await source.close()
             await self._mark(conn, name)
@@ -240,8 +244,16 @@ class Importer:
         if checkpoint is not None:  # a finished load of empty tables, or an old run's: start over
             await conn.execute(f"DELETE FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1", stream)
 
-    async def _run(self, stream: Stream) -> None:
+    async def _run(self, stream: Stream, label: str | None = None) -> None:
+        """Run *stream* over the bundle; on a terminal, its bars (named *label*: a collection's name)."""
         stop = asyncio.Event()
+
+        def shown() -> list[StreamStatus]:
+            st = stream.status
+            obj = label if label is not None and st.snapshot_object is not None else st.snapshot_object
+            return [dataclasses.replace(st, name="import", snapshot_object=obj)]
+
+        bars = asyncio.create_task(progress.show(shown), name="syncd-import-progress")
         try:
             await stream.run(stop, until_caught_up=True)
         except StrictModeStop as exc:
@@ -249,18 +261,26 @@ class Importer:
             raise FatalError(f"{what}; fix it in the source or the mapping (target.column_types), or "
                              "import with --skip-errors (the default) to quarantine such rows in "
                              "syncd.rejects") from exc
+        finally:
+            bars.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bars
 
     async def _upsert(self, source: BundleSource, open_sink: Callable[[], Any], name: str) -> None:
         """--update-existing: every chunk as upserts through the sink's apply path; the position of
         stream *name* counts the chunks applied (a resumed import skips those)."""
         sink = await open_sink()
+        meter = progress.Meter("import")
         try:
             done = await pgstate.load_checkpoint(sink.conn, name)
             n = 0
             for obj in source.snapshot_objects():
                 cols = source.columns[obj]
+                meter.begin(source.info.name if isinstance(source, CollectionBundleSource) else obj,
+                            await source.count(obj))
                 async for chunk in source.snapshot_chunks(obj, None, self.options.chunk_rows):
                     n += 1
+                    meter.add(len(chunk.rows))
                     if done is not None and n <= done.position.offset:
                         continue
                     op = Op.UPDATE if isinstance(source, CollectionBundleSource) else Op.INSERT
@@ -271,6 +291,7 @@ class Importer:
                         await self.kill(obj, chunk)
             await sink.after_catch_up(name)
         finally:
+            meter.close()
             await sink.close()
 
 

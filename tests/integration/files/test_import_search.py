@@ -9,14 +9,19 @@ k), and an index searched too shallowly (recall below --min-recall).
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import subprocess
+import threading
 from pathlib import Path
 
 import asyncpg
 
-from tests.conftest import run_syncd
+from tests.conftest import REPO, run_syncd, syncd_cmd
 from tests.integration.files.test_export_import import config, do_import, export, make_app, make_chroma
 
+BAR = ("█", "░", "\x1b[K")
 LINE = re.compile(r"^verify collection docs: search recall@10 (\d\.\d+) against exact \((\d+) queries, "
                   r"index (\S+) hnsw vector_cosine_ops, hnsw\.ef_search (\d+)\)")
 
@@ -30,8 +35,35 @@ async def imported(tmp_path: Path, pg_dsn: str) -> tuple[Path, Path]:
     make_chroma(tmp_path / "chroma")
     cfg = config(tmp_path, pg_dsn, chroma=tmp_path / "chroma")
     bundle = tmp_path / "bundle"
-    export(cfg, bundle, "--chunk-rows", "40", "--collection", "docs", "--table", "notes")
+    out = export(cfg, bundle, "--chunk-rows", "40", "--collection", "docs", "--table", "notes")
+    assert not any(b in out.stdout + out.stderr for b in BAR), out.stderr  # not a TTY: no bars
     return cfg, bundle
+
+
+def on_a_terminal(*args: str) -> tuple[int, str]:
+    """Run syncd with stderr on a pseudo-terminal; its exit code and what the terminal got."""
+    master, slave = pty.openpty()
+    got: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            got.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run(syncd_cmd(*args), stdout=subprocess.PIPE, stderr=slave, timeout=300, cwd=REPO)
+    finally:
+        os.close(slave)
+    reader.join(10)
+    os.close(master)
+    return proc.returncode, b"".join(got).decode("utf-8", "replace")
 
 
 async def test_import_reports_search_recall_and_a_wrong_vector_fails_it(
@@ -39,6 +71,7 @@ async def test_import_reports_search_recall_and_a_wrong_vector_fails_it(
     cfg, bundle = await imported(tmp_path, pg_dsn)
     proc = do_import(cfg, bundle)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not any(b in proc.stdout + proc.stderr for b in BAR), proc.stderr
     m = search_line(proc.stdout)
     assert m is not None, proc.stdout
     assert float(m[1]) >= 0.9 and int(m[2]) == 20 and int(m[4]) == 100, m[0]
@@ -82,3 +115,18 @@ async def test_an_index_searched_too_shallowly_is_a_difference(
     assert fine.returncode == 0, fine.stdout + fine.stderr
     m = search_line(fine.stdout)
     assert m is not None and int(m[2]) == 5, fine.stdout
+
+
+async def test_export_draws_bars_with_rows_and_eta_on_a_terminal(tmp_path: Path, pg_dsn: str) -> None:
+    make_app(tmp_path / "app.sqlite", notes=500, invalid_utf8=False)
+    make_chroma(tmp_path / "chroma")
+    cfg = config(tmp_path, pg_dsn, chroma=tmp_path / "chroma")
+    code, screen = on_a_terminal("--config", str(cfg), "export", "--to", str(tmp_path / "bundle"),
+                                 "--chunk-rows", "40", "--table", "notes", "--collection", "docs")
+    assert code == 0, screen
+    finished = [line.split("\x1b[K")[-1] for line in screen.splitlines() if line.strip()]
+    notes = [f for f in finished if "export notes" in f]
+    docs = [f for f in finished if "export docs" in f]
+    assert notes and "500/500 rows" in notes[-1] and "rows/s" in notes[-1], screen
+    assert docs and "250/250 rows" in docs[-1], screen
+    assert any("ETA" in line for line in screen.split("\x1b[K")), screen
