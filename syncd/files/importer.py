@@ -33,17 +33,17 @@ from syncd import killpoints
 from syncd.config import Config, StreamOptions
 from syncd.errors import FatalError, StrictModeStop
 from syncd.files import bundle as bd
-from syncd.files.bundle_source import BundleSource, CollectionBundleSource, table_source
+from syncd.files.bundle_source import BundleSource, CollectionBundleSource, collection_info, table_source
 from syncd.model import Batch, Change, Op, Position, SnapshotState
 from syncd.pg import state as pgstate
 from syncd.pg.connect import close_quietly, connect
 from syncd.ports import Sink
 from syncd.ports.tables import Captured
 from syncd.service import progress
-from syncd.sql import STATE_SCHEMA
+from syncd.sql import STATE_SCHEMA, qi
 from syncd.status import StreamStatus
 from syncd.stores.pgvector.sink import PgvectorSink
-from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
+from syncd.stores.pgvector.table import ensure_state, plan_name, prepare_table, stream_name
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.tables import TargetTable
 from syncd.stream import Stream
@@ -201,12 +201,21 @@ class Importer:
                            "ON CONFLICT (bundle) DO NOTHING", self.bundle, str(self.root))
 
     async def unfinished(self, conn: asyncpg.Connection) -> None:
-        """--verify-only: refused while an import into the target is under way (it would differ)."""
+        """--verify-only: refused while an import into the target is under way (it would differ),
+        and when a table of the bundle is not in the target (verify would create it)."""
         await ensure_state(conn)
         other = await conn.fetchval(f"SELECT path FROM {STATE_SCHEMA}.imports LIMIT 1")
         if other is not None:
             raise FatalError(f"the import of {other} did not finish; run `syncd import {other}` again to "
                              "finish it, then verify")
+        target = self.cfg.target
+        names = [(o["name"], target.table_for(o["name"])) for o in self.manifest.get("tables", [])]
+        names += [(o["name"], plan_name(collection_info(o), target))
+                  for o in self.manifest.get("collections", [])]
+        for obj, table in names:
+            if await conn.fetchval("SELECT to_regclass($1) IS NULL", f"{qi(target.schema)}.{qi(table)}"):
+                raise FatalError(f"--verify-only: {target.schema}.{table} (of {obj!r}) is not in the target: "
+                                 f"this bundle was not imported here; run `syncd import {self.root}`")
 
     async def _finished(self, conn: asyncpg.Connection, stream: str) -> bool:
         done = await conn.fetchval(f"SELECT $2 = ANY(finished) FROM {STATE_SCHEMA}.imports WHERE bundle = $1",

@@ -100,6 +100,11 @@ async def test_import_reports_search_recall_and_a_wrong_vector_fails_it(
 async def test_an_index_searched_too_shallowly_is_a_difference(
         tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) -> None:
     cfg, bundle = await imported(tmp_path, pg_dsn)
+    before = run_syncd("--config", str(cfg), "import", str(bundle), "--verify-only", check=False)
+    lines = before.stderr.strip().splitlines()
+    assert before.returncode == 1 and len(lines) == 1 and "not imported here" in lines[0], before.stderr
+    assert await pg.fetchval("SELECT to_regclass('public.docs')") is None  # verify created nothing
+
     proc = do_import(cfg, bundle, "--no-verify")
     assert proc.returncode == 0 and search_line(proc.stdout) is None, proc.stdout + proc.stderr
 
@@ -130,3 +135,27 @@ async def test_export_draws_bars_with_rows_and_eta_on_a_terminal(tmp_path: Path,
     assert notes and "500/500 rows" in notes[-1] and "rows/s" in notes[-1], screen
     assert docs and "250/250 rows" in docs[-1], screen
     assert any("ETA" in line for line in screen.split("\x1b[K")), screen
+
+
+IVF = re.compile(r"^verify collection docs: search recall@10 (\d\.\d+) against exact \(20 queries, "
+                 r"index docs_ivf ivfflat vector_cosine_ops, ivfflat\.probes (\d+)\)")
+
+
+async def test_an_adopted_ivfflat_index_is_searched_with_its_probes(
+        tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) -> None:
+    cfg, bundle = await imported(tmp_path, pg_dsn)
+    assert do_import(cfg, bundle, "--no-verify").returncode == 0
+    await pg.execute("DROP INDEX docs_embedding_hnsw")
+    await pg.execute("CREATE INDEX docs_ivf ON docs USING ivfflat (embedding vector_cosine_ops) "
+                     "WITH (lists = 10)")
+
+    every = run_syncd("--config", str(cfg), "import", str(bundle), "--verify-only", check=False)
+    m = next((m for line in every.stdout.splitlines() if (m := IVF.match(line))), None)
+    assert every.returncode == 0 and m is not None, every.stdout + every.stderr
+    assert float(m[1]) == 1.0 and int(m[2]) == 10, m[0]  # every list probed: the exact answer
+
+    one = run_syncd("--config", str(cfg), "import", str(bundle), "--verify-only", "--ef-search", "1",
+                    check=False)
+    m = next((m for line in one.stdout.splitlines() if (m := IVF.match(line))), None)
+    assert one.returncode == 1 and m is not None, one.stdout + one.stderr
+    assert float(m[1]) < 0.9 and int(m[2]) == 1 and "ivfflat.probes" in one.stdout, m[0]
