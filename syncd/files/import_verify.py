@@ -4,10 +4,11 @@ Per table, PostgreSQL computes the count and the XOR of the row hashes (``RowCan
 SQL side); the bundle side is the manifest's per-chunk XORs, computed at export from the
 SQLite values by verify's own expectation (:mod:`syncd.verify.expect`), never by the sink's
 converters. Per collection, the rows' per-column hashes (``VectorCanon``) are streamed and
-folded the same way, then their search is checked against exact search
-(:mod:`syncd.files.import_search`). XOR is order-free, so one pass each side suffices; rows quarantined in
-``syncd.rejects`` are taken out of the bundle's side (the bundle is read again for them, and
-when the target table was not created with the types the export planned: an adopted table).
+folded the same way, then its search is checked against exact search
+(:mod:`syncd.files.import_search`). XOR is order-free, so one pass each side suffices; rows
+quarantined in ``syncd.rejects`` are taken out of the bundle's side (the bundle is read again
+for them, and when the target table was not created with the types the export planned: an
+adopted table).
 
 Exit code as `syncd verify`: 0 equal, 5 only rejected rows differ, 1 something else differs.
 """

@@ -200,7 +200,7 @@ class Importer:
         await conn.execute(f"INSERT INTO {STATE_SCHEMA}.imports (bundle, path) VALUES ($1, $2) "
                            "ON CONFLICT (bundle) DO NOTHING", self.bundle, str(self.root))
 
-    async def unfinished(self, conn: asyncpg.Connection) -> None:
+    async def ready_to_verify(self, conn: asyncpg.Connection) -> None:
         """--verify-only: refused while an import into the target is under way (it would differ),
         and when a table of the bundle is not in the target (verify would create it)."""
         await ensure_state(conn)
@@ -333,7 +333,7 @@ async def run_import(cfg: Config, root: Path, *, batch_size: int | None, workers
     conn = await connect(cfg.target, imp.dsn)
     try:
         if verify_only:
-            await imp.unfinished(conn)
+            await imp.ready_to_verify(conn)
         else:
             await imp.begin(conn)
             await imp.tables(conn)
