@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
               "streaming from where the export read. Exit as verify: 0 equal, 5 only rejects differ.",
               "  syncd -c syncd.toml import /srv/bundle\n"
               "  syncd -c syncd.toml import /srv/bundle --batch-size 10000 --no-skip-errors\n"
-              "  syncd -c syncd.toml import /srv/bundle && syncd -c syncd.toml run --until-caught-up")
+              "  syncd -c syncd.toml import /srv/bundle && syncd -c syncd.toml run --until-caught-up\n"
+              "  syncd -c syncd.toml import /srv/bundle --verify-only --ef-search 200")
     im.add_argument("bundle", type=Path, metavar="DIR", help="a directory `syncd export` wrote")
     im.add_argument("--batch-size", type=_at_least(1), default=None, metavar="N",
                     help="rows per COPY / transaction (default: stream.chunk_rows)")
