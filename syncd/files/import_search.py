@@ -8,9 +8,11 @@ vector under cosine) is passed over for the next drawn. Each vector is answered 
 table's vector index (the one syncd built, or the app's; HNSW ``hnsw.ef_search``, default
 ``max(k, the collection's ef_search)``; ivfflat ``ivfflat.probes``, default every list) and
 exactly (a sequential scan and a sort), both by :class:`syncd.verify.knn.Knn`. Reported:
-recall@k of the index against exact; a difference when it is below ``--min-recall`` (verify's
-0.9), or when a query item is not among its own exact top k (its stored vector is not the
-bundle's; checked for the distances by which a vector is nearest to itself: cosine, L2, L1).
+recall@k of the index against exact, a row as far as the exact k-th counting as found (rows
+at one distance are ties: which of them make the top k is the plan's choice); a difference
+when it is below ``--min-recall`` (verify's 0.9), or when a query item is not among its own
+exact top k, ties again included (its stored vector is not the bundle's; checked for the
+distances by which a vector is nearest to itself: cosine, L2, L1).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from syncd.sql import qi
 from syncd.stores.pgvector.index import distance_name, vector_indexes
 from syncd.stores.pgvector.plan import VectorTable
 from syncd.verify.collections import CollectionOptions
-from syncd.verify.knn import Knn, ef_search, recall, setting_name
+from syncd.verify.knn import Knn, ef_search, setting_name, tied_recall
 
 SEED = 14
 """The draw of query items is the same on every run (a rerun checks the same queries)."""
@@ -107,11 +109,13 @@ async def search_parity(conn: asyncpg.Connection, table: VectorTable, id_text: s
     ef = ef_search(index, k, options.ef_search, (obj.get("hnsw") or {}).get("ef_search"))
     recalls, lost = [], []
     for item_id, vector in queries.vectors:
-        got, _ = await knn.top(vector, k, exact=False, ef=ef)
-        exact, _ = await knn.top(vector, k, exact=True, ef=ef)
-        recalls.append(recall(got, exact, k))
-        if knn.operator in SELF_NEAREST and item_id not in exact:
-            lost.append(item_id)
+        got = await knn.ranked(vector, k, exact=False, ef=ef)
+        exact = await knn.ranked(vector, k, exact=True, ef=ef)
+        recalls.append(tied_recall(got, exact, k))
+        if knn.operator in SELF_NEAREST and item_id not in {i for i, _ in exact}:
+            mine = await knn.distance_of(vector, item_id)  # tied with the k-th: in the top k too
+            if mine is None or not (exact and mine <= exact[-1][1]):
+                lost.append(item_id)
     value = float(np.mean(recalls))
     line = (f"{what} recall@{k} {value:.3f} against exact ({len(queries.vectors)} queries, "
             f"index {index.name} {index.method} {index.opclass}, {setting_name(index)} {ef})")

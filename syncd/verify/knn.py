@@ -58,13 +58,31 @@ class Knn:
             emb, arg = f"({emb}::halfvec({t.dim}))", f"$1::vector::halfvec({t.dim})"
         return emb, arg
 
-    def sql(self) -> str:
+    def sql(self, distances: bool = False) -> str:
         emb, arg = self._operands()
-        return (f"SELECT {self.id_text} FROM {self.table.qualified} ORDER BY {emb} {self.operator} {arg} "
-                "LIMIT $2")
+        dist = f", ({emb} {self.operator} {arg})::float8" if distances else ""
+        return (f"SELECT {self.id_text}{dist} FROM {self.table.qualified} ORDER BY {emb} {self.operator} "
+                f"{arg} LIMIT $2")
 
     async def top(self, vector: np.ndarray, k: int, *, exact: bool, ef: int) -> tuple[list[str], float]:
         """The ids of the *k* nearest rows, and how long the query took (seconds)."""
+        rows, took = await self._fetch(self.sql(), vector, k, exact, ef)
+        return [str(r[0]) for r in rows], took
+
+    async def ranked(self, vector: np.ndarray, k: int, *, exact: bool, ef: int) -> list[tuple[str, float]]:
+        """The *k* nearest rows' ids with their distances, nearest first."""
+        rows, _ = await self._fetch(self.sql(distances=True), vector, k, exact, ef)
+        return [(str(r[0]), float(r[1])) for r in rows]
+
+    async def distance_of(self, vector: np.ndarray, item_id: str) -> float | None:
+        """The distance of the row *item_id* from *vector* (None: no such row)."""
+        emb, arg = self._operands()
+        value = await self.conn.fetchval(f"SELECT ({emb} {self.operator} {arg})::float8 FROM "
+                                         f"{self.table.qualified} WHERE {self.id_text} = $2", vector, item_id)
+        return None if value is None else float(value)
+
+    async def _fetch(self, sql: str, vector: np.ndarray, k: int, exact: bool, ef: int
+                     ) -> tuple[list[asyncpg.Record], float]:
         async with self.conn.transaction(readonly=True):
             if exact:
                 await self.conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
@@ -75,9 +93,9 @@ class Knn:
                 await self.conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}; "
                                         "SET LOCAL enable_seqscan = off")
             began = time.perf_counter()
-            rows = await self.conn.fetch(self.sql(), vector, k)
+            rows = await self.conn.fetch(sql, vector, k)
             took = time.perf_counter() - began
-        return [str(r[0]) for r in rows], took
+        return rows, took
 
     async def self_distance(self, vector: np.ndarray) -> float:
         """The query's distance to itself (NaN: it cannot rank, e.g. a zero vector under cosine)."""
@@ -90,4 +108,14 @@ def recall(got: list[str], exact: list[str], k: int) -> float:
     return len(set(got) & set(exact)) / max(1, min(k, len(exact)))
 
 
-__all__ = ["OPERATORS", "Knn", "ef_search", "recall", "setting_name"]
+def tied_recall(got: list[tuple[str, float]], exact: list[tuple[str, float]], k: int) -> float:
+    """As :func:`recall`, a row as far as the exact k-th counting as found: of rows at one
+    distance, which make the top k is the plan's choice, not a miss."""
+    if not exact:
+        return 1.0 if not got else 0.0
+    kth = exact[-1][1]
+    want = min(k, len(exact))
+    return min(want, sum(1 for _, d in got if d <= kth)) / want
+
+
+__all__ = ["OPERATORS", "Knn", "ef_search", "recall", "setting_name", "tied_recall"]

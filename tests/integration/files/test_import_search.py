@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -159,3 +160,37 @@ async def test_an_adopted_ivfflat_index_is_searched_with_its_probes(
     m = next((m for line in one.stdout.splitlines() if (m := IVF.match(line))), None)
     assert one.returncode == 1 and m is not None, one.stdout + one.stderr
     assert float(m[1]) < 0.9 and int(m[2]) == 1 and "ivfflat.probes" in one.stdout, m[0]
+
+
+DUPLICATES = """
+import sys
+import numpy as np
+import chromadb
+from chromadb.config import Settings
+client = chromadb.PersistentClient(sys.argv[1], settings=Settings(anonymized_telemetry=False))
+col = client.get_or_create_collection("docs", embedding_function=None,
+                                     configuration={"hnsw": {"space": "cosine"}})
+rng = np.random.default_rng(3)
+vecs = rng.standard_normal((60, 6)).astype(np.float32)
+vecs[:40] = vecs[0]  # the same text embedded 40 times: 40 items at one point
+col.add(ids=[f"item-{i:04d}" for i in range(60)], embeddings=vecs)
+"""
+
+
+def make_duplicates(persist: Path) -> None:
+    subprocess.run([sys.executable, "-c", DUPLICATES, str(persist)], check=True, cwd=REPO,
+                   capture_output=True, timeout=180)
+
+
+async def test_items_at_one_point_are_ties_not_differences(tmp_path: Path, pg_dsn: str) -> None:
+    """Forty items share a vector: any ten of them are the exact top 10 of each, so neither the
+    index's ten nor the query item's absence from a tie-broken top 10 is a difference."""
+    make_app(tmp_path / "app.sqlite", notes=5, invalid_utf8=False)
+    make_duplicates(tmp_path / "chroma")
+    cfg = config(tmp_path, pg_dsn, chroma=tmp_path / "chroma")
+    bundle = tmp_path / "bundle"
+    export(cfg, bundle, "--collection", "docs")
+    proc = do_import(cfg, bundle)
+    m = search_line(proc.stdout)
+    assert proc.returncode == 0 and m is not None, proc.stdout + proc.stderr
+    assert float(m[1]) == 1.0 and int(m[2]) == 20 and "not among" not in proc.stdout, m[0]
