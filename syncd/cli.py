@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
               "streaming from where the export read. Exit as verify: 0 equal, 5 only rejects differ.",
               "  syncd -c syncd.toml import /srv/bundle\n"
               "  syncd -c syncd.toml import /srv/bundle --batch-size 10000 --no-skip-errors\n"
-              "  syncd -c syncd.toml import /srv/bundle && syncd -c syncd.toml run --until-caught-up")
+              "  syncd -c syncd.toml import /srv/bundle && syncd -c syncd.toml run --until-caught-up\n"
+              "  syncd -c syncd.toml import /srv/bundle --verify-only --ef-search 200")
     im.add_argument("bundle", type=Path, metavar="DIR", help="a directory `syncd export` wrote")
     im.add_argument("--batch-size", type=_at_least(1), default=None, metavar="N",
                     help="rows per COPY / transaction (default: stream.chunk_rows)")
@@ -225,7 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--update-existing", action="store_true",
                     help="upsert into tables that already hold rows (default: refuse them)")
     im.add_argument("--no-verify", dest="verify", action="store_false",
-                    help="skip comparing the target with the bundle's hashes after the load")
+                    help="skip comparing the target with the bundle after the load (hashes, search)")
+    im.add_argument("--verify-only", action="store_true",
+                    help="load nothing: compare the target with the bundle again (after an import)")
+    im.add_argument("--sample-size", type=_at_least(0), default=None, metavar="N",
+                    help="bundle items queried per collection for search parity (default 20; 0: none)")
+    im.add_argument("--k", type=_at_least(1), default=10, metavar="K",
+                    help="top-k of the search parity queries (default 10)")
+    im.add_argument("--ef-search", type=_ef_search, default=None, metavar="N",
+                    help="hnsw.ef_search (ivfflat.probes) of the index queries (default: the "
+                         "collection's, or 100; ivfflat: every list)")
+    im.add_argument("--min-recall", type=_fraction, default=0.9, metavar="R",
+                    help="a difference when the index's recall@k against exact search is below R "
+                         "(default 0.9)")
     e = _sub(sub, "embedded", "the embedded PostgreSQL (target.dsn = \"embedded\") on its own",
              "Look at the target without running the daemon.",
              "  syncd -c syncd.toml embedded dsn\n  syncd -c syncd.toml embedded start")

@@ -33,6 +33,12 @@ def head(conn: sqlite3.Connection, info: CollectionInfo, topic: str) -> int:
     return min(applied, int(newest))
 
 
+def count(conn: sqlite3.Connection, info: CollectionInfo) -> int:
+    """The collection's items in this read transaction (for the progress bar)."""
+    return int(conn.execute("SELECT count(*) FROM embeddings WHERE segment_id = ?",
+                            (info.metadata_segment,)).fetchone()[0])
+
+
 def item_pages(conn: sqlite3.Connection, info: CollectionInfo, topic: str, after: str | None, rows: int,
                 has_arrays: bool) -> Iterator[list[Item]]:
     while True:

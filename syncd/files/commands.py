@@ -94,10 +94,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "import":
         from syncd.files.importer import run_import
         from syncd.service.signals import run_async
+        from syncd.verify.collections import CollectionOptions
 
+        if args.verify_only and not args.verify:
+            raise ConfigError("--verify-only and --no-verify: choose one")
+        search = CollectionOptions(sample_size=args.sample_size, k=args.k, min_recall=args.min_recall,
+                                   ef_search=args.ef_search)
         return run_async(run_import(cfg, args.bundle, batch_size=args.batch_size, workers=args.workers,
                                     skip_errors=args.skip_errors, update_existing=args.update_existing,
-                                    verify=args.verify))
+                                    verify=args.verify, verify_only=args.verify_only, search=search))
     if args.command == "backup":
         lines = backup_lines(cfg, args.to)
     else:

@@ -41,6 +41,7 @@ from syncd.files import bundle as bd
 from syncd.files import chroma_export
 from syncd.ports.collections import CollectionInfo
 from syncd.ports.tables import Table
+from syncd.service.progress import Meter
 from syncd.sql import qi
 from syncd.stores.chroma.catalog import read_catalog
 from syncd.stores.chroma.records import DEFAULT_TOPIC_PREFIX
@@ -104,6 +105,8 @@ class Exporter:
         self.state: dict[str, Any] = {}
         self.kill = killpoints.counter("export")
         self.written = 0
+        self.meter = Meter("export")
+        """Bars on a terminal (stderr a TTY); nothing otherwise."""
         self.workers = max(1, min(WORKERS, os.cpu_count() or 1))
         self._pool: ProcessPoolExecutor | None = None
 
@@ -115,6 +118,7 @@ class Exporter:
         return self._pool
 
     def close(self) -> None:
+        self.meter.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -158,6 +162,7 @@ class Exporter:
         obj["chunks"].append(entry.to_json())
         obj["rows"] += entry.rows
         self.save()
+        self.meter.add(entry.rows)
         self.written += 1
         self.kill()
 
@@ -226,6 +231,9 @@ class Exporter:
         columns = table.target_columns
         key_idx = [columns.index(k) for k in table.pk]
         last = obj["chunks"][-1]["last_key"] if obj["chunks"] else None
+        if self.meter.bars is not None:
+            total = conn.execute(f"SELECT count(*) FROM {qi(table.name)}").fetchone()[0]
+            self.meter.begin(obj["name"], int(total), obj["rows"])
         cur = conn.execute(*_select(table, [bd.decode_value(v) for v in last] if last else None))
         pending: collections.deque[tuple[Future[tuple[str, int, str]], str, int, list[Any]]] = \
             collections.deque()
@@ -312,6 +320,8 @@ class Exporter:
                     has_arrays: bool) -> None:
         canon = VectorCanon(plan_vectors(info, self.cfg.target, None, {}, lambda _w: None), "vector_send")
         after = obj["chunks"][-1]["last_key"][0] if obj["chunks"] else None
+        if self.meter.bars is not None:
+            self.meter.begin(obj["name"], chroma_export.count(conn, info), obj["rows"])
         for items in chroma_export.item_pages(conn, info, topic, after, self.chunk_rows, has_arrays):
             acc, hashed = 0, 0
             for item in items:

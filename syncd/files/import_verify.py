@@ -4,9 +4,11 @@ Per table, PostgreSQL computes the count and the XOR of the row hashes (``RowCan
 SQL side); the bundle side is the manifest's per-chunk XORs, computed at export from the
 SQLite values by verify's own expectation (:mod:`syncd.verify.expect`), never by the sink's
 converters. Per collection, the rows' per-column hashes (``VectorCanon``) are streamed and
-folded the same way. XOR is order-free, so one pass each side suffices; rows quarantined in
-``syncd.rejects`` are taken out of the bundle's side (the bundle is read again for them, and
-when the target table was not created with the types the export planned: an adopted table).
+folded the same way, then its search is checked against exact search
+(:mod:`syncd.files.import_search`). XOR is order-free, so one pass each side suffices; rows
+quarantined in ``syncd.rejects`` are taken out of the bundle's side (the bundle is read again
+for them, and when the target table was not created with the types the export planned: an
+adopted table).
 
 Exit code as `syncd verify`: 0 equal, 5 only rejected rows differ, 1 something else differs.
 """
@@ -25,6 +27,7 @@ from syncd.config import Config
 from syncd.files import bundle as bd
 from syncd.files.bundle_source import CollectionBundleSource, _item
 from syncd.files.export import TableHasher
+from syncd.files.import_search import search_parity
 from syncd.pg.state import jsonable
 from syncd.ports.collections import Item
 from syncd.sql import STATE_SCHEMA, qi
@@ -33,6 +36,7 @@ from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.tables import plan_table
 from syncd.streams.supervisor import SQLITE_STREAM
 from syncd.verify.canon import MASK64, RowCanon, row_hash_int
+from syncd.verify.collections import CollectionOptions
 from syncd.verify.vectors import VectorCanon
 
 
@@ -61,9 +65,10 @@ def _bundle_side(obj: dict[str, Any]) -> tuple[int, int]:
 
 class BundleCheck:
     def __init__(self, conn: asyncpg.Connection, cfg: Config, root: Path, out: Callable[[str], None],
-                 update_stream: str | None) -> None:
+                 update_stream: str | None, search: CollectionOptions) -> None:
         self.conn, self.cfg, self.root, self.out, self.update = conn, cfg, root, out, update_stream
-        self.differ = self.rejected_only = 0
+        self.search = search
+        self.differ = self.rejected_only = self.search_differ = 0
 
     def report(self, what: str, want: tuple[int, int], got: tuple[int, int], rejected: int) -> None:
         note = f", {rejected} rows quarantined in syncd.rejects" if rejected else ""
@@ -139,17 +144,24 @@ class BundleCheck:
                     wn, wacc = wn + 1, wacc ^ row_hash_int("|".join(exp.parts))
             want = (wn, wacc)
         self.report(f"collection {obj['name']} -> {table.qualified}", want, (n, acc), gone)
+        if not await search_parity(self.conn, table, canon.id_text, self.root, obj, self.search,
+                                   lambda i: _key_text([i]) in rejected, self.out):
+            self.search_differ += 1
 
 
 async def verify_bundle(conn: asyncpg.Connection, cfg: Config, root: Path, manifest: dict[str, Any],
-                        out: Callable[[str], None], *, update_stream: str | None) -> int:
-    check = BundleCheck(conn, cfg, root, out, update_stream)
+                        out: Callable[[str], None], *, update_stream: str | None,
+                        search: CollectionOptions | None = None) -> int:
+    check = BundleCheck(conn, cfg, root, out, update_stream, search or CollectionOptions())
     for obj in manifest.get("tables", []):
         await check.table(obj)
     for obj in manifest.get("collections", []):
         await check.collection(obj)
-    if check.differ:
-        out(f"verify: {check.differ} tables/collections differ from the bundle")
+    if check.differ or check.search_differ:
+        if check.differ:
+            out(f"verify: {check.differ} tables/collections differ from the bundle")
+        if check.search_differ:
+            out(f"verify: the search of {check.search_differ} collections differs from exact search")
         return exitcodes.FAILED
     if check.rejected_only:
         out("verify: equal except rows quarantined in syncd.rejects (`syncd rejects` lists them)")

@@ -13,12 +13,15 @@
    positions (SQLite without capture) leaves no checkpoint for the tables: streaming
    could not know where to start.
    ``--update-existing`` upserts instead (the stream's apply path, stream ``import``).
-4. Verify (:mod:`syncd.files.import_verify`), unless ``--no-verify``.
+4. Verify (:mod:`syncd.files.import_verify`): hashes, then search parity of each collection,
+   unless ``--no-verify``; ``--verify-only`` runs this step alone, after an import.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -30,19 +33,22 @@ from syncd import killpoints
 from syncd.config import Config, StreamOptions
 from syncd.errors import FatalError, StrictModeStop
 from syncd.files import bundle as bd
-from syncd.files.bundle_source import BundleSource, CollectionBundleSource, table_source
+from syncd.files.bundle_source import BundleSource, CollectionBundleSource, collection_info, table_source
 from syncd.model import Batch, Change, Op, Position, SnapshotState
 from syncd.pg import state as pgstate
 from syncd.pg.connect import close_quietly, connect
 from syncd.ports import Sink
 from syncd.ports.tables import Captured
-from syncd.sql import STATE_SCHEMA
+from syncd.service import progress
+from syncd.sql import STATE_SCHEMA, qi
+from syncd.status import StreamStatus
 from syncd.stores.pgvector.sink import PgvectorSink
-from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
+from syncd.stores.pgvector.table import ensure_state, plan_name, prepare_table, stream_name
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.tables import TargetTable
 from syncd.stream import Stream
 from syncd.streams.supervisor import SQLITE_STREAM, target_dsn
+from syncd.verify.collections import CollectionOptions
 
 UPDATE_STREAM = "import"
 """The stream name --update-existing checkpoints (and quarantines) under."""
@@ -172,7 +178,7 @@ class Importer:
                     table = await prepare_table(conn, source, self.cfg.target)  # type: ignore[arg-type]
                     await self._refuse_full(conn, name, [(table.qualified, table.name)])
                     streams.append(Stream(name, source, open_sink, self.options, on_chunk=self.kill))
-                    await self._run(streams[0])
+                    await self._run(streams[0], str(obj["name"]))
             finally:
                 await source.close()
             await self._mark(conn, name)
@@ -193,6 +199,23 @@ class Importer:
                              f"`syncd import {other['path']}` again to finish it first")
         await conn.execute(f"INSERT INTO {STATE_SCHEMA}.imports (bundle, path) VALUES ($1, $2) "
                            "ON CONFLICT (bundle) DO NOTHING", self.bundle, str(self.root))
+
+    async def ready_to_verify(self, conn: asyncpg.Connection) -> None:
+        """--verify-only: refused while an import into the target is under way (it would differ),
+        and when a table of the bundle is not in the target (verify would create it)."""
+        await ensure_state(conn)
+        other = await conn.fetchval(f"SELECT path FROM {STATE_SCHEMA}.imports LIMIT 1")
+        if other is not None:
+            raise FatalError(f"the import of {other} did not finish; run `syncd import {other}` again to "
+                             "finish it, then verify")
+        target = self.cfg.target
+        names = [(o["name"], target.table_for(o["name"])) for o in self.manifest.get("tables", [])]
+        names += [(o["name"], plan_name(collection_info(o), target))
+                  for o in self.manifest.get("collections", [])]
+        for obj, table in names:
+            if await conn.fetchval("SELECT to_regclass($1) IS NULL", f"{qi(target.schema)}.{qi(table)}"):
+                raise FatalError(f"--verify-only: {target.schema}.{table} (of {obj!r}) is not in the target: "
+                                 f"this bundle was not imported here; run `syncd import {self.root}`")
 
     async def _finished(self, conn: asyncpg.Connection, stream: str) -> bool:
         done = await conn.fetchval(f"SELECT $2 = ANY(finished) FROM {STATE_SCHEMA}.imports WHERE bundle = $1",
@@ -230,8 +253,16 @@ class Importer:
         if checkpoint is not None:  # a finished load of empty tables, or an old run's: start over
             await conn.execute(f"DELETE FROM {STATE_SCHEMA}.checkpoints WHERE stream = $1", stream)
 
-    async def _run(self, stream: Stream) -> None:
+    async def _run(self, stream: Stream, label: str | None = None) -> None:
+        """Run *stream* over the bundle; on a terminal, its bars (named *label*: a collection's name)."""
         stop = asyncio.Event()
+
+        def shown() -> list[StreamStatus]:
+            st = stream.status
+            obj = label if label is not None and st.snapshot_object is not None else st.snapshot_object
+            return [dataclasses.replace(st, name="import", snapshot_object=obj)]
+
+        bars = asyncio.create_task(progress.show(shown), name="syncd-import-progress")
         try:
             await stream.run(stop, until_caught_up=True)
         except StrictModeStop as exc:
@@ -239,18 +270,26 @@ class Importer:
             raise FatalError(f"{what}; fix it in the source or the mapping (target.column_types), or "
                              "import with --skip-errors (the default) to quarantine such rows in "
                              "syncd.rejects") from exc
+        finally:
+            bars.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bars
 
     async def _upsert(self, source: BundleSource, open_sink: Callable[[], Any], name: str) -> None:
         """--update-existing: every chunk as upserts through the sink's apply path; the position of
         stream *name* counts the chunks applied (a resumed import skips those)."""
         sink = await open_sink()
+        meter = progress.Meter("import")
         try:
             done = await pgstate.load_checkpoint(sink.conn, name)
             n = 0
             for obj in source.snapshot_objects():
                 cols = source.columns[obj]
+                meter.begin(source.info.name if isinstance(source, CollectionBundleSource) else obj,
+                            await source.count(obj))
                 async for chunk in source.snapshot_chunks(obj, None, self.options.chunk_rows):
                     n += 1
+                    meter.add(len(chunk.rows))
                     if done is not None and n <= done.position.offset:
                         continue
                     op = Op.UPDATE if isinstance(source, CollectionBundleSource) else Op.INSERT
@@ -261,6 +300,7 @@ class Importer:
                         await self.kill(obj, chunk)
             await sink.after_catch_up(name)
         finally:
+            meter.close()
             await sink.close()
 
 
@@ -282,7 +322,8 @@ def _import_spec() -> str:
 
 
 async def run_import(cfg: Config, root: Path, *, batch_size: int | None, workers: int, skip_errors: bool,
-                     update_existing: bool, verify: bool, out: Callable[[str], None] = print) -> int:
+                     update_existing: bool, verify: bool, verify_only: bool = False,
+                     search: CollectionOptions | None = None, out: Callable[[str], None] = print) -> int:
     imp = Importer(cfg, root, batch_size=batch_size, workers=workers, skip_errors=skip_errors,
                    update_existing=update_existing, out=out)
     n = await asyncio.to_thread(imp.check_files)
@@ -291,16 +332,18 @@ async def run_import(cfg: Config, root: Path, *, batch_size: int | None, workers
     imp.dsn = await target_dsn(cfg)
     conn = await connect(cfg.target, imp.dsn)
     try:
-        await imp.begin(conn)
-        await imp.tables(conn)
-        await imp.collections(conn)
-        await imp.end(conn)
+        if verify_only:
+            await imp.ready_to_verify(conn)
+        else:
+            await imp.begin(conn)
+            await imp.tables(conn)
+            await imp.collections(conn)
+            await imp.end(conn)
         if not verify:
             return 0
         from syncd.files.import_verify import verify_bundle
 
         return await verify_bundle(conn, cfg, root, imp.manifest, out,
-                                   update_stream=UPDATE_STREAM if update_existing else None)
+                                   update_stream=UPDATE_STREAM if update_existing else None, search=search)
     finally:
         await close_quietly(conn)
-

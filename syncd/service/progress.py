@@ -1,7 +1,9 @@
 """Snapshot progress bars for a terminal: one line per table or collection.
 
-Only drawn when stderr is a TTY (``run`` and ``run --until-caught-up``); in
-logs, journald or CI there are no bars, only the log events.
+Only drawn when stderr is a TTY (``run``, ``run --until-caught-up``, ``export`` and
+``import``); in logs, journald or CI there are no bars, only the log events. A stream's
+bars come from its status (:func:`show`); work that is not a stream (``export``) counts its
+rows into a :class:`Meter`, which draws the same bars.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -87,3 +90,55 @@ async def show(statuses: Callable[[], Sequence[StreamStatus]], out: TextIO | Non
     finally:
         bars.draw(statuses())
         bars.close()
+
+
+class Meter:
+    """Bars for rows counted by hand: :meth:`begin` an object with its total, :meth:`add` rows as
+    they are done; redrawn at most every *interval* seconds. Nothing at all when *out* (stderr by
+    default) is not a TTY."""
+
+    def __init__(self, name: str, out: TextIO | None = None, interval: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        out = out or sys.stderr
+        self.bars = ProgressBars(out) if out.isatty() else None
+        self.name, self.interval, self.clock = name, interval, clock
+        self.status: StreamStatus | None = None
+        self._began = self._drawn = 0.0
+        self._first = 0
+
+    def begin(self, obj: str, total: int | None, done: int = 0) -> None:
+        """A new object (*done* rows of it already there: a resumed run); the one before is done."""
+        self._draw(force=True)  # its last numbers, not the last drawn
+        self._began, self._first = self.clock(), done
+        self.status = StreamStatus(name=self.name, phase=Phase.SNAPSHOT, snapshot_object=obj,
+                                   snapshot_object_copied=done, snapshot_object_total=total)
+        self._draw(force=True)
+
+    def add(self, rows: int) -> None:
+        if self.status is None:
+            return
+        done = self.status.snapshot_object_copied + rows
+        took = self.clock() - self._began
+        speed = (done - self._first) / took if took > 0 else 0.0
+        total = self.status.snapshot_object_total
+        self.status = dataclasses.replace(self.status, snapshot_object_copied=done, rows_per_second=speed,
+                                          snapshot_object_total=None if total is None else max(total, done))
+        self._draw()
+
+    def _draw(self, force: bool = False) -> None:
+        now = self.clock()
+        if self.bars is None or self.status is None or (not force and now - self._drawn < self.interval):
+            return
+        self._drawn = now
+        self.bars.draw([self.status])
+
+    def close(self) -> None:
+        """The last object's final line: "done" when all its rows are, else where it stopped."""
+        if self.bars is None:
+            return
+        self._draw(force=True)
+        st = self.status
+        if st is not None and st.snapshot_object_copied >= (st.snapshot_object_total or 0):
+            self.bars.draw([StreamStatus(name=self.name, phase=Phase.STREAMING)])
+        self.bars.close()
+        self.status = None

@@ -5,13 +5,11 @@ as the stream reads them). Each is answered three ways:
 
 - Chroma: ``collection.query(n_results=k)`` over HTTP (the latency includes the round trip);
 - pgvector through the table's vector index (the one syncd built, or the app's own, HNSW or
-  ivfflat): ``ORDER BY embedding <op> $1 LIMIT k`` in a transaction with
-  ``enable_seqscan = off``, so that the index answers even on a small table, and for HNSW
-  ``SET LOCAL hnsw.ef_search`` (default ``max(k, the collection's ef_search)``: what Chroma
-  searches with, 100 unless the collection says otherwise), for ivfflat ``ivfflat.probes``
-  (``--ef-search`` when given, else every list: the exact answer through the index);
-- exact: the same query with ``enable_indexscan`` and ``enable_bitmapscan`` off (a
-  sequential scan and a sort: the true top k).
+  ivfflat), ``enable_seqscan = off``, and for HNSW ``hnsw.ef_search`` (default
+  ``max(k, the collection's ef_search)``: what Chroma searches with, 100 unless the collection
+  says otherwise), for ivfflat ``ivfflat.probes`` (``--ef-search`` when given, else every
+  list: the exact answer through the index);
+- exact: a sequential scan and a sort (the true top k); both in :mod:`syncd.verify.knn`.
 
 The operator is the index's (its operator class): cosine ``<=>``, l2 ``<->``, ip ``<#>``,
 l1 ``<+>`` (Chroma's squared L2 and ``1 - dot`` rank like pgvector's L2 and ``-dot``); an
@@ -31,16 +29,14 @@ import asyncpg
 import numpy as np
 
 from syncd.errors import SourceError
-from syncd.sql import qi
 from syncd.stores.chroma.server import ChromaServer
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector.index import VectorIndex, distance_name
 from syncd.verify.chroma import sample_ids
 from syncd.verify.collections import CollectionOptions
+from syncd.verify.knn import OPERATORS, Knn, ef_search, recall, setting_name
 from syncd.verify.report import SKIPPED, CheckResult
 from syncd.verify.vectors import VectorCanon
-
-OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -63,33 +59,11 @@ class SearchCheck:
         self.samples = samples
         self.index = index
         """The table's vector index, None when it has none."""
+        self.knn = Knn(conn, canon.table, canon.id_text, index)
 
     @property
     def operator(self) -> str:
-        return self.index.operator if self.index is not None else OPERATORS.get(self.canon.table.space, "<->")
-
-    def _sql(self) -> str:
-        t = self.canon.table
-        op = self.operator
-        emb, arg = qi(t.embedding_col), "$1::vector"
-        if self.index is not None and self.index.halfvec:
-            emb, arg = f"({emb}::halfvec({t.dim}))", f"$1::vector::halfvec({t.dim})"
-        return f"SELECT {self.canon.id_text} FROM {t.qualified} ORDER BY {emb} {op} {arg} LIMIT $2"
-
-    async def _pg(self, vector: np.ndarray, k: int, exact: bool, ef: int) -> tuple[list[str], float]:
-        async with self.conn.transaction(readonly=True):
-            if exact:
-                await self.conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
-            elif self.index is not None and self.index.method == "ivfflat":
-                await self.conn.execute(f"SET LOCAL ivfflat.probes = {int(ef)}; "
-                                        "SET LOCAL enable_seqscan = off")
-            else:
-                await self.conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}; "
-                                        "SET LOCAL enable_seqscan = off")
-            began = time.perf_counter()
-            rows = await self.conn.fetch(self._sql(), vector, k)
-            took = time.perf_counter() - began
-        return [str(r[0]) for r in rows], took
+        return self.knn.operator
 
     async def run(self, mode: str) -> CheckResult:
         result = CheckResult(self.kind, self.name)
@@ -105,9 +79,7 @@ class SearchCheck:
             raise SourceError("search parity needs a Chroma server: set source.chroma.url")
         k = self.options.k
         info_ef = self.source.info.hnsw.ef_search if self.source.info.hnsw else 100
-        ef = self.options.ef_search or min(1000, max(k, info_ef))
-        if index.method == "ivfflat":
-            ef = min(self.options.ef_search or index.lists, index.lists)
+        ef = ef_search(index, k, self.options.ef_search, info_ef)
         ids = await sample_ids(self.source.log, self.source.info, self.samples)
         items = await self.source.current_items(ids)
         queries = [(i, item.vector) for i, item in items.items()
@@ -119,17 +91,17 @@ class SearchCheck:
                                          [q for _, q in queries], k)
         overlap, pg_exact, chroma_exact, pg_times = [], [], [], []
         for (_, vector), (chroma_ids, _) in zip(queries, chroma, strict=True):
-            hnsw, took = await self._pg(vector, k, False, ef)
-            exact, _ = await self._pg(vector, k, True, ef)
+            hnsw, took = await self.knn.top(vector, k, exact=False, ef=ef)
+            exact, _ = await self.knn.top(vector, k, exact=True, ef=ef)
             pg_times.append(took)
             want = max(1, min(k, len(exact)))
             overlap.append(len(set(chroma_ids) & set(hnsw)) / want)
-            pg_exact.append(len(set(hnsw) & set(exact)) / want)
-            chroma_exact.append(len(set(chroma_ids) & set(exact)) / want)
+            pg_exact.append(recall(hnsw, exact, k))
+            chroma_exact.append(recall(chroma_ids, exact, k))
         numbers: dict[str, Any] = {
             "queries": len(queries), "k": k, "space": t.space, "operator": index.operator,
             "index": index.name, "index_method": index.method, "index_opclass": index.opclass,
-            "hnsw_ef_search" if index.method == "hnsw" else "ivfflat_probes": ef,
+            setting_name(index).replace(".", "_"): ef,
             "recall_chroma_vs_pgvector": round(float(np.mean(overlap)), 4),
             "recall_pgvector_vs_exact": round(float(np.mean(pg_exact)), 4),
             "recall_chroma_vs_exact": round(float(np.mean(chroma_exact)), 4),
@@ -147,7 +119,7 @@ class SearchCheck:
             f"p50/p95 Chroma {n['chroma_ms_p50']:.1f}/{n['chroma_ms_p95']:.1f} ms, pgvector "
             f"{n['pgvector_ms_p50']:.1f}/{n['pgvector_ms_p95']:.1f} ms ({len(queries)} queries, "
             f"index {index.name}: {index.method} {index.operator}, "
-            f"{'hnsw.ef_search' if index.method == 'hnsw' else 'ivfflat.probes'} {ef})")
+            f"{setting_name(index)} {ef})")
         if index.space != t.space:
             result.detail += (f"; the index ranks by {distance_name(index.space)} distance, the collection "
                               f"by {distance_name(t.space)}: Chroma vs pgvector compares two rankings")
