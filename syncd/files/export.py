@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import datetime as dt
 import json
 import multiprocessing
 import os
-import signal
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from syncd.config import Config
 from syncd.errors import FatalError, SourceError
 from syncd.files import bundle as bd
 from syncd.files import chroma_export
+from syncd.files.chunk_writer import die_with_parent, encode_table_chunk, sqlite_value
 from syncd.ports.collections import CollectionInfo
 from syncd.ports.tables import Table
 from syncd.service.progress import Meter
@@ -47,16 +46,14 @@ from syncd.stores.chroma.catalog import read_catalog
 from syncd.stores.chroma.records import DEFAULT_TOPIC_PREFIX
 from syncd.stores.pgvector.plan import plan as plan_vectors
 from syncd.stores.postgres.tables import plan_table
-from syncd.stores.sqlite import capture
+from syncd.stores.sqlite import capture, paging
 from syncd.stores.sqlite.schema import discover, uri
-from syncd.verify.canon import NULL, CanonError, row_hash_int
-from syncd.verify.expect import Unfit, expect
+from syncd.verify.canon import row_hash_int
 from syncd.verify.vectors import VectorCanon
 
 log = structlog.get_logger("syncd.export")
 
 PROGRESS = "progress.json"
-_PR_SET_PDEATHSIG = 1
 WORKERS = 2
 """Processes encoding and hashing table chunks (at most the CPUs)."""
 _BUSY_S = 30.0
@@ -73,28 +70,6 @@ def _stamp(path: Path) -> list[int]:
         st = p.stat() if p.exists() else None
         out += [st.st_size, st.st_mtime_ns] if st else [0, 0]
     return out
-
-
-class TableHasher:
-    """A row's 64-bit hash in verify's canonical encoding (verify's own expectation of each
-    SQLite value, never the sink's converters), for columns (name, PostgreSQL type, rounded)."""
-
-    def __init__(self, types: Sequence[tuple[str, str, bool]]) -> None:
-        self.expects = [expect(name, pg_type, rounded) for name, pg_type, rounded in types]
-
-    def row(self, raw: Sequence[Any]) -> int | None:
-        parts = []
-        try:
-            for e, v in zip(self.expects, raw, strict=True):
-                parts.append(NULL if v is None else e.part(v))
-        except (Unfit, CanonError, ValueError, TypeError, OverflowError):
-            return None
-        return row_hash_int("|".join(parts))
-
-
-def _sqlite_value(v: Any) -> Any:
-    """What the import gives the sink for a value read here (see :func:`bundle.decode_value`)."""
-    return v.data if isinstance(v, bd.InvalidText) else v
 
 
 class Exporter:
@@ -114,7 +89,7 @@ class Exporter:
         """Processes that encode, write and hash table chunks while this one reads the next."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_die_with_parent, initargs=(os.getpid(),))
+                                             initializer=die_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     def close(self) -> None:
@@ -224,25 +199,41 @@ class Exporter:
             if not obj["done"]:
                 self._table(conn, obj)
 
+    def _resume_point(self, obj: dict[str, Any], table: Table) -> tuple[Any, ...] | None:
+        """The key to read on after. A chunk that ended in a table's NULL-key rows (read last, in
+        rowid order, after the keyed ones) is dropped with every chunk after it: they are read again
+        (see :mod:`syncd.stores.sqlite.paging`)."""
+        chunks = obj["chunks"]
+        nulls = next((i for i, c in enumerate(chunks)
+                      if paging.holds_null([bd.decode_value(v) for v in c["last_key"]])), None)
+        if nulls is not None:
+            obj["rows"] -= sum(c["rows"] for c in chunks[nulls:])
+            del chunks[nulls:]
+            self.save()
+        return tuple(bd.decode_value(v) for v in chunks[-1]["last_key"]) if chunks else None
+
     def _table(self, conn: sqlite3.Connection, obj: dict[str, Any]) -> None:
         table = bd.table_from_json(obj["schema"])
         tt = plan_table(table, self.cfg.target, None)
         types = [(c.name, c.pg_type, c.rounded) for c in tt.columns]
         columns = table.target_columns
         key_idx = [columns.index(k) for k in table.pk]
-        last = obj["chunks"][-1]["last_key"] if obj["chunks"] else None
+        last = self._resume_point(obj, table)
         if self.meter.bars is not None:
             total = conn.execute(f"SELECT count(*) FROM {qi(table.name)}").fetchone()[0]
             self.meter.begin(obj["name"], int(total), obj["rows"])
-        cur = conn.execute(*_select(table, [bd.decode_value(v) for v in last] if last else None))
+        reads = [paging.keyed_select(table, last, limit=False)]
+        if table.nullable_key:
+            reads.append((paging.null_key_select(table), []))
+        batches = _batches(conn, reads, self.chunk_rows)
         pending: collections.deque[tuple[Future[tuple[str, int, str]], str, int, list[Any]]] = \
             collections.deque()
         try:
             while True:
-                rows = cur.fetchmany(self.chunk_rows)
+                rows = next(batches, [])
                 if rows:
                     rel = bd.chunk_name("tables", obj["index"], len(obj["chunks"]) + len(pending) + 1)
-                    key = [bd.encode_value(_sqlite_value(rows[-1][i])) for i in key_idx]
+                    key = [bd.encode_value(sqlite_value(rows[-1][i])) for i in key_idx]
                     pending.append((self.pool().submit(encode_table_chunk, str(self.root), rel, columns,
                                                        types, rows), rel, len(rows), key))
                 while pending and (not rows or len(pending) > self.workers):
@@ -345,38 +336,19 @@ class Exporter:
         log.info("collection exported", collection=obj["name"], items=obj["rows"], chunks=len(obj["chunks"]))
 
 
-def _die_with_parent(parent: int) -> None:
-    """In a worker: be killed with the export (a SIGKILLed export leaves no worker behind)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def encode_table_chunk(root: str, rel: str, columns: Sequence[str], types: Sequence[tuple[str, str, bool]],
-                       rows: Sequence[Sequence[Any]]) -> tuple[str, int, str]:
-    """Write one chunk file and hash its rows (in a worker process): sha256, hashed rows, XOR."""
-    hasher = TableHasher(types)
-    acc, hashed = 0, 0
-    for r in rows:
-        h = hasher.row([_sqlite_value(v) for v in r])
-        if h is not None:
-            acc ^= h
-            hashed += 1
-    sha = bd.write_chunk(Path(root), rel, (bd.encode_row(columns, r) for r in rows))
-    return sha, hashed, f"{acc:016x}"
-
-
-def _select(table: Table, after: list[Any] | None) -> tuple[str, tuple[Any, ...]]:
-    cols = ", ".join(qi(c) for c in table.column_names)
-    if table.synthetic_key:
-        cols = "rowid, " + cols
-    if table.rowid_key:
-        order, where = "rowid", "" if after is None else "WHERE rowid > ?"
-    else:
-        order = ", ".join(qi(k) for k in table.pk)
-        where = "" if after is None else f"WHERE ({order}) > ({', '.join('?' for _ in table.pk)})"
-    return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order}", tuple(after or ())
+def _batches(conn: sqlite3.Connection, reads: Sequence[tuple[str, Sequence[Any]]],
+             size: int) -> Iterator[list[Any]]:
+    """The rows of *reads*, one after the other, *size* at a time (a batch may span two reads)."""
+    batch: list[Any] = []
+    for sql, params in reads:
+        cur = conn.execute(sql, params)
+        while rows := cur.fetchmany(size - len(batch)):
+            batch.extend(rows)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def export(cfg: Config, to: Path, *, tables: Sequence[str] | None = None,

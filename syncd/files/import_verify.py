@@ -26,7 +26,7 @@ from syncd import exitcodes
 from syncd.config import Config
 from syncd.files import bundle as bd
 from syncd.files.bundle_source import CollectionBundleSource, _item
-from syncd.files.export import TableHasher
+from syncd.files.chunk_writer import TableHasher
 from syncd.files.import_search import search_parity
 from syncd.pg.state import jsonable
 from syncd.ports.collections import Item

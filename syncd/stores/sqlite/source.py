@@ -28,7 +28,7 @@ from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending
 from syncd.ports.tables import Captured, Table
 from syncd.sql import call_on, qi
-from syncd.stores.sqlite import capture, follow, images, rowids, values
+from syncd.stores.sqlite import capture, follow, images, paging, rowids, values
 from syncd.stores.sqlite.connect import open_connection, translate
 from syncd.stores.sqlite.schema import discover
 
@@ -197,25 +197,9 @@ class SqliteSource:
             return int(self._conn.execute(f"SELECT count(*) FROM {qi(obj)}").fetchone()[0])
         return await self._call(run)
 
-    def _chunk_sql(self, table: Table, after: Key | None) -> tuple[str, list[Any]]:
-        cols = ", ".join(qi(c) for c in table.column_names)
-        if table.synthetic_key:
-            cols = "rowid, " + cols
-        marks, params = zip(*(values.param(v) for v in after or ()), strict=True) if after else ((), ())
-        if table.rowid_key:
-            order = "rowid"
-            where = "" if after is None else "WHERE rowid > ?"
-        else:
-            order = ", ".join(qi(k) for k in table.pk)
-            conds = [f"{qi(k)} IS NOT NULL" for k in table.pk] if table.nullable_key else []
-            if after is not None:
-                conds.append(f"({order}) > ({', '.join(marks)})")
-            where = f"WHERE {' AND '.join(conds)}" if conds else ""
-        return f"SELECT {cols} FROM {qi(table.name)} {where} ORDER BY {order} LIMIT ?", list(params)
-
     def _read_chunk(self, table: Table, after: Key | None, rows: int,
                     prepare: Callable[[Chunk], Any] | None) -> Chunk | None:
-        sql, params = self._chunk_sql(table, after)
+        sql, params = paging.keyed_select(table, after, limit=True)
         batch = values.fetch_all(self._conn, sql, (*params, rows))
         if not batch:
             return None
@@ -236,10 +220,7 @@ class SqliteSource:
         paged by key; PostgreSQL rejects each, so an app has few). Its ``last_key`` is the last key
         read before it: a resume reads no keyed row again and these rows once more (their rejects are
         recorded once)."""
-        cols = ", ".join(qi(c) for c in table.column_names)
-        nulls = " OR ".join(f"{qi(k)} IS NULL" for k in table.pk)
-        sql = f"SELECT {cols} FROM {qi(table.name)} WHERE {nulls} ORDER BY rowid"
-        batch = values.fetch_all(self._conn, sql)
+        batch = values.fetch_all(self._conn, paging.null_key_select(table))
         return self._chunk(table, batch, last_key, prepare) if batch else None
 
     async def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
