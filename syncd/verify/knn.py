@@ -64,10 +64,22 @@ class Knn:
         return (f"SELECT {self.id_text}{dist} FROM {self.table.qualified} ORDER BY {emb} {self.operator} "
                 f"{arg} LIMIT $2")
 
-    async def top(self, vector: np.ndarray, k: int, *, exact: bool, ef: int) -> tuple[list[str], float]:
-        """The ids of the *k* nearest rows, and how long the query took (seconds)."""
-        rows, took = await self._fetch(self.sql(), vector, k, exact, ef)
-        return [str(r[0]) for r in rows], took
+    async def top(self, vector: np.ndarray, k: int, *, exact: bool, ef: int
+                  ) -> tuple[list[tuple[str, float]], float]:
+        """The *k* nearest rows' ids with their distances, and how long the query took (seconds)."""
+        rows, took = await self._fetch(self.sql(distances=True), vector, k, exact, ef)
+        return [(str(r[0]), float(r[1])) for r in rows], took
+
+    async def placed(self, vector: np.ndarray, ids: list[str], known: list[tuple[str, float]]
+                     ) -> list[tuple[str, float]]:
+        """*ids* (another engine's answer) with their distances here, those of *known* reused; an id
+        this table does not hold is infinitely far."""
+        at = dict(known)
+        out = []
+        for item_id in ids:
+            d = at[item_id] if item_id in at else await self.distance_of(vector, item_id)
+            out.append((item_id, float("inf") if d is None else d))
+        return out
 
     async def ranked(self, vector: np.ndarray, k: int, *, exact: bool, ef: int) -> list[tuple[str, float]]:
         """The *k* nearest rows' ids with their distances, nearest first."""
