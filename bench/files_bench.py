@@ -2,6 +2,7 @@
 
     python -m bench.files_bench tables  --rounds 3 [--users 200000 --documents 500000]
     python -m bench.files_bench vectors --rounds 3 [--items 100000 --dim 384]
+    … [--format parquet]                       (the bundle's format; default jsonl)
 
 Each round times every step once, in an order that alternates from round to round (the
 machine is shared: a load that comes and goes falls on each step in turn), with the CPU the
@@ -94,7 +95,7 @@ def measured(m: Any) -> dict[str, Any]:
     return {"seconds": round(m.seconds, 2), "peak_rss_mb": round(m.peak_rss / 2**20), "exit": m.returncode}
 
 
-def tables(out: Path, rounds: int, users: int, documents: int) -> dict[str, Any]:
+def tables(out: Path, rounds: int, users: int, documents: int, fmt: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     source = out / f"app-{users}-{documents}.sqlite"
     if not source.exists():
@@ -115,8 +116,8 @@ def tables(out: Path, rounds: int, users: int, documents: int) -> dict[str, Any]
         bundle = out / "bundle"
         shutil.rmtree(bundle, ignore_errors=True)
         warm_file(setup.sqlite)
-        m = measured(run_measured(setup.argv("export", "--to", str(bundle)), setup.work / "export.log",
-                                  timeout=3600))
+        m = measured(run_measured(setup.argv("export", "--to", str(bundle), "--format", fmt),
+                                  setup.work / "export.log", timeout=3600))
         return {**m, "bundle_mb": round(bundle_size(bundle) / 2**20)}
 
     def load(r: int) -> dict[str, Any]:
@@ -142,7 +143,7 @@ def tables(out: Path, rounds: int, users: int, documents: int) -> dict[str, Any]
             "export_over_snapshot": ratios(results, "export", "snapshot")}
 
 
-def vectors(out: Path, rounds: int, items: int, dim: int) -> dict[str, Any]:
+def vectors(out: Path, rounds: int, items: int, dim: int, fmt: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     os.environ["SYNCD_LOG_LEVEL"] = "info"  # the snapshot's "index built" event
     server = pg.start(out / "pg")
@@ -186,7 +187,7 @@ def vectors(out: Path, rounds: int, items: int, dim: int) -> dict[str, Any]:
         cfg = config("export", "bench_vec_export")
         bundle = out / "bundle"
         shutil.rmtree(bundle, ignore_errors=True)
-        m = measured(syncd(cfg, "export.log", "export", "--to", str(bundle)))
+        m = measured(syncd(cfg, "export.log", "export", "--to", str(bundle), "--format", fmt))
         return {**m, "bundle_mb": round(bundle_size(bundle) / 2**20)}
 
     def load(r: int) -> dict[str, Any]:
@@ -221,12 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--documents", type=int, default=500_000)
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl", help="the bundle's format")
     ap.add_argument("--out", type=Path, default=Path("bench/out/files"))
     args = ap.parse_args(argv)
     if args.what == "tables":
-        result = tables(args.out / "tables", args.rounds, args.users, args.documents)
+        result = tables(args.out / "tables", args.rounds, args.users, args.documents, args.format)
     else:
-        result = vectors(args.out / "vectors", args.rounds, args.items, args.dim)
+        result = vectors(args.out / "vectors", args.rounds, args.items, args.dim, args.format)
     print(json.dumps(result, indent=2))
     return 0
 
