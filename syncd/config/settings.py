@@ -90,7 +90,9 @@ class Cutover:
     """``[cutover]``: what `syncd cutover` and `syncd rollback` flip, run and check."""
 
     app_config: Path | None = None
-    """The app's config file to flip (``.env``, YAML or TOML)."""
+    """The app's config file to flip (``.env``, YAML or TOML); the first of ``app_configs``."""
+    app_configs: tuple[Path, ...] = ()
+    """Every app config file to flip, as one step (all or none); ``app_config`` may be a list."""
     format: str | None = None
     """``env``, ``yaml`` or ``toml``; by default from the file name."""
     forward: Mapping[str, str] = field(default_factory=dict)
