@@ -179,6 +179,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         column_types=dict(column_types.data),
         table_names=table_names,
         collections=tuple(collections),
+        reindex_ivfflat=t.get("reindex_ivfflat", bool, True),
         connect_timeout=t.positive("connect_timeout", float, 10.0),
         command_timeout=t.positive("command_timeout", float, 60.0),
     )

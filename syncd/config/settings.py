@@ -48,6 +48,9 @@ class Target:
     """``SQLite table -> PostgreSQL table`` for names PostgreSQL cannot take (over 63 bytes)
     or that should differ; unlisted tables keep their SQLite name."""
     collections: tuple[CollectionTarget, ...] = ()
+    reindex_ivfflat: bool = True
+    """Rebuild an adopted ivfflat index after the snapshot when the load at least doubled its table
+    (its list centres came from the rows present when the app created it); false keeps it as is."""
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
 
