@@ -5,7 +5,8 @@ third snapshot chunk committed; ``batch:5`` after the fifth streamed batch
 (counted points, read when ``run`` starts, never at import; unset: no hooks at
 all). ``export:N`` / ``import:N`` make `syncd export` / `syncd import` die after
 the N-th chunk it wrote (:func:`counter`). ``SYNCD_KILL_AT=cutover:fence`` (or
-``rollback:<step>``) makes a switch die as it reaches that step (named points, :func:`at`).
+``rollback:<step>``) makes a switch die as it reaches that step (named points, :func:`at`);
+``cutover:flip-renamed:1`` after the first app config file of several was renamed.
 """
 
 from __future__ import annotations

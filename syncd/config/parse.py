@@ -179,6 +179,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         column_types=dict(column_types.data),
         table_names=table_names,
         collections=tuple(collections),
+        reindex_ivfflat=t.get("reindex_ivfflat", bool, True),
         connect_timeout=t.positive("connect_timeout", float, 10.0),
         command_timeout=t.positive("command_timeout", float, 60.0),
     )
@@ -302,8 +303,23 @@ def _values(r: _Reader, name: str) -> dict[str, str]:
             (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in values.data.items()}
 
 
+def _app_configs(value: str | list[object] | None, c: _Reader) -> list[str]:
+    """``app_config``: one file, or a list of files flipped together (all or none)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not value or not all(isinstance(a, str) and a for a in value):
+        raise ConfigError("cutover.app_config: expected a file or a list of files, e.g. "
+                          "[\"/srv/app/.env\", \"/srv/app/config.yaml\"]")
+    names = [interpolate(str(a), "cutover.app_config", c.env) for a in value]
+    if len(set(names)) != len(names):
+        raise ConfigError("cutover.app_config: a file is listed twice; list each file once")
+    return names
+
+
 def _cutover(c: _Reader, base: Path) -> Cutover:
-    app_config = c.get("app_config", str)
+    app_config = _app_configs(c.get("app_config", (str, list)), c)
     fmt = c.get("format", str)
     if fmt is not None and fmt not in ("env", "yaml", "toml"):
         raise ConfigError(f"cutover.format: expected \"env\", \"yaml\" or \"toml\", got {fmt!r}")
@@ -320,7 +336,7 @@ def _cutover(c: _Reader, base: Path) -> Cutover:
     if verify not in _VERIFY:
         raise ConfigError(f"cutover.verify: expected one of {_VERIFY}, got {verify!r}")
     forward, rollback = _values(c, "forward"), _values(c, "rollback")
-    if app_config is not None and not forward:
+    if app_config and not forward:
         raise ConfigError("cutover.forward: set the app config keys cutover writes, "
                           "e.g. RELATIONAL_DB_PROVIDER = \"postgres\"")
     missing = sorted(set(forward) - set(rollback))
@@ -328,7 +344,8 @@ def _cutover(c: _Reader, base: Path) -> Cutover:
         raise ConfigError(f"cutover.rollback.{missing[0]}: missing; every key cutover.forward "
                           "changes needs the value rollback writes back")
     cutover = Cutover(
-        app_config=_path(app_config, base) if app_config else None,
+        app_config=_path(app_config[0], base) if app_config else None,
+        app_configs=tuple(_path(a, base) for a in app_config),
         format=fmt,
         forward=forward,
         rollback=rollback,

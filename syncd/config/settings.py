@@ -48,6 +48,9 @@ class Target:
     """``SQLite table -> PostgreSQL table`` for names PostgreSQL cannot take (over 63 bytes)
     or that should differ; unlisted tables keep their SQLite name."""
     collections: tuple[CollectionTarget, ...] = ()
+    reindex_ivfflat: bool = True
+    """Rebuild an adopted ivfflat index after the snapshot when the load at least doubled its table
+    (its list centres came from the rows present when the app created it); false keeps it as is."""
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
 
@@ -90,7 +93,9 @@ class Cutover:
     """``[cutover]``: what `syncd cutover` and `syncd rollback` flip, run and check."""
 
     app_config: Path | None = None
-    """The app's config file to flip (``.env``, YAML or TOML)."""
+    """The app's config file to flip (``.env``, YAML or TOML); the first of ``app_configs``."""
+    app_configs: tuple[Path, ...] = ()
+    """Every app config file to flip, as one step (all or none); ``app_config`` may be a list."""
     format: str | None = None
     """``env``, ``yaml`` or ``toml``; by default from the file name."""
     forward: Mapping[str, str] = field(default_factory=dict)

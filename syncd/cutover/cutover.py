@@ -30,14 +30,14 @@ import asyncpg
 
 from syncd import killpoints
 from syncd.config import Config
-from syncd.cutover import appconfig, fence
+from syncd.cutover import fence
 from syncd.cutover import state as cutover_state
 from syncd.cutover.plan import (
     REVERSE_TABLES_STREAM,
     CutoverRefused,
     Outcome,
     Switch,
-    app_file,
+    app_files,
     by_schema,
     chroma_dir_of,
     discover,
@@ -221,7 +221,6 @@ async def _do_cutover(sw: Switch, *, resume: bool) -> None:
     db = sqlite_connect(cfg) if cfg.sqlite is not None else None
     locked_at: float | None = None
     chroma_fenced = flipped = pg_unfenced = False
-    app = app_file(cfg)
     try:
         async with sw.step("fence") as t:
             if db is not None:
@@ -249,12 +248,9 @@ async def _do_cutover(sw: Switch, *, resume: bool) -> None:
             for schema, tables in by_schema(sw.objects.pg_tables).items():
                 await fence.remove_pg(conn, schema, tables)
             pg_unfenced = True
-            assert app is not None
-            result = await asyncio.to_thread(appconfig.flip, app[0], app[1], dict(cfg.cutover.forward))
-            flipped = True
-            t.note = f"{app[0]}" + (f" (backup {result.backup.name})" if result.backup else " (already set)")
-            await sw.record(step="flip", detail={**sw.state.detail,
-                                                 "backup": str(result.backup) if result.backup else None})
+            flipped = True  # from here an undo flips every file back (files already back stay as they are)
+            t.note = await sw.flip(dict(cfg.cutover.forward))
+            await sw.record(step="flip")
         killpoints.at("cutover:flip")
         async with sw.step("reload") as t:
             t.note = await run_reload(cfg)
@@ -297,10 +293,8 @@ async def _undo_cutover(sw: Switch, db: sqlite3.Connection | None, *, chroma_fen
         await asyncio.to_thread(chroma_fence.remove_fence, chroma_dir)
         notes.append("Chroma fence undone")
     if flipped:
-        app = app_file(cfg)
-        assert app is not None
-        await asyncio.to_thread(appconfig.flip, app[0], app[1], dict(cfg.cutover.rollback), backup=False)
-        notes.append(f"{app[0]} restored")
+        await sw.flip(dict(cfg.cutover.rollback), backup=False)
+        notes.append(f"{', '.join(str(p) for p, _ in app_files(cfg))} restored")
         try:
             await run_reload(cfg)
         except SyncdError as exc:

@@ -50,7 +50,8 @@ class Derived:
     qckstrt_vectors: bool = False
     """VECTOR_DB_PROVIDER seen: the collection goes to qckstrt's own ``vector_embeddings``."""
     dsn: Found | None = None
-    app_config: Path | None = None
+    app_configs: list[Path] = field(default_factory=list)
+    """The app's files cutover flips, in the order given (all of them as one step)."""
     forward: dict[str, Found] = field(default_factory=dict)
     rollback: dict[str, Found] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
@@ -177,7 +178,8 @@ def _flip(d: Derived, key: str, forward: str, rollback: Found, app_file: Path,
     """Cutover writes *forward* to *key* of *app_file*; rollback writes *rollback* back."""
     d.forward[key] = Found(forward, source)
     d.rollback[key] = rollback
-    d.app_config = d.app_config or app_file
+    if app_file not in d.app_configs:
+        d.app_configs.append(app_file)
 
 
 def _qckstrt(d: Derived, seen: Mapping[str, tuple[Path, Found]], parts: Mapping[str, str]) -> None:
@@ -297,8 +299,10 @@ def toml_text(d: Derived, state_dir: str | None) -> str:
     if d.qckstrt_vectors:
         out += _qckstrt_collection(d)
     out += ["[state]", f"dir = {q(state_dir)}" if state_dir else '# dir = "/var/lib/syncd"', ""]
-    if d.app_config:
-        out += ["[cutover]", f"app_config = {q(str(d.app_config.resolve()))}", "",
+    if d.app_configs:
+        files = [q(str(f.resolve())) for f in d.app_configs]
+        out += ["[cutover]", f"app_config = {files[0] if len(files) == 1 else '[' + ', '.join(files) + ']'}"
+                + ("    # flipped as one step: every file or none" if len(files) > 1 else ""), "",
                 "[cutover.forward]                # written by `syncd cutover`"]
         out += [f"{q(k)} = {q(v.value)}    # {v.where}" for k, v in d.forward.items()]
         out += ["", "[cutover.rollback]               # written back by `syncd rollback`"]
@@ -315,8 +319,8 @@ def report(d: Derived) -> list[str]:
                        ("vector dimension", d.dimensions), ("target.dsn", d.dsn)):
         if found:
             lines.append(f"{key} = {found.value}  ({found.where})")
-    if d.app_config:
-        lines.append(f"cutover.app_config = {d.app_config}")
+    if d.app_configs:
+        lines.append(f"cutover.app_config = {', '.join(str(f) for f in d.app_configs)}")
     if d.qckstrt_vectors:
         lines.append(f"target.collections: {QCKSTRT_COLLECTION} -> vector_embeddings (qckstrt's DDL)")
     lines += [f"cutover.forward.{k} = {v.value}  ({v.where})" for k, v in d.forward.items()]

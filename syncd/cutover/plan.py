@@ -19,8 +19,9 @@ from typing import Any, TextIO
 import asyncpg
 import structlog
 
+from syncd import killpoints
 from syncd.config import Config
-from syncd.cutover import appconfig
+from syncd.cutover import appconfig, appconfig_set
 from syncd.cutover import state as cutover_state
 from syncd.cutover.state import State
 from syncd.errors import FatalError, SyncdError, redact
@@ -121,10 +122,10 @@ def by_schema(tables: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
 # --- the app's config and its reload ---------------------------------------------------------
 
 
-def app_file(cfg: Config) -> tuple[Path, str] | None:
-    if cfg.cutover.app_config is None:
-        return None
-    return cfg.cutover.app_config, appconfig.detect_format(cfg.cutover.app_config, cfg.cutover.format)
+def app_files(cfg: Config) -> list[tuple[Path, str]]:
+    """Every app config file with its format (``cutover.format``, or from each file's name)."""
+    paths = cfg.cutover.app_configs or ((cfg.cutover.app_config,) if cfg.cutover.app_config else ())
+    return [(p, appconfig.detect_format(p, cfg.cutover.format)) for p in paths]
 
 
 async def run_reload(cfg: Config) -> str:
@@ -241,16 +242,31 @@ class Switch:
     # --- shared checks ---
 
     def check_app_config(self, values: dict[str, str]) -> list[str]:
-        app = app_file(self.cfg)
-        if app is None:
-            return ["[cutover] app_config is not set: syncd cannot point the app at the other stores; "
-                    "set app_config and the forward/rollback values"]
         try:
-            appconfig.check_writable(app[0])
-            appconfig.read_values(app[0], app[1], values)
+            files = app_files(self.cfg)
+            if not files:
+                return ["[cutover] app_config is not set: syncd cannot point the app at the other stores; "
+                        "set app_config and the forward/rollback values"]
+            for path, fmt, mine in appconfig_set.assign(files, values):
+                appconfig.check_writable(path)
+                appconfig.read_values(path, fmt, mine)
         except SyncdError as exc:
             return [str(exc)]
         return []
+
+    async def flip(self, values: Mapping[str, str], *, backup: bool = True) -> str:
+        """Flip every app config file to *values* as one step (:mod:`syncd.cutover.appconfig_set`):
+        stage them all, record the intent in ``syncd.cutover``, rename them all. Returns the note."""
+        leftovers = appconfig_set.forget(self.state.detail.get("app_flip"))
+        staged = await asyncio.to_thread(appconfig_set.stage, app_files(self.cfg), values, backup=backup)
+        await self.record(detail={**self.state.detail, "app_flip": appconfig_set.intent(staged)})
+        op = self.outcome.operation
+        await asyncio.to_thread(appconfig_set.commit, staged,
+                                lambda n: killpoints.at(f"{op}:flip-renamed:{n}"))
+        parts = [f"{s.path}" + (f" (backup {s.backup.name})" if s.backup else " (already set)")
+                 for s in staged]
+        return ", ".join(parts) + (f"; an interrupted flip had left {'; '.join(leftovers)}"
+                                   if leftovers else "")
 
     async def check_streams(self, names: Callable[[str], bool],
                             stored_lags: Mapping[str, float | None] | None = None) -> list[str]:
@@ -326,14 +342,14 @@ def chroma_dir_of(cfg: Config) -> Path | None:
 def print_plan(sw: Switch, *, forward: bool) -> None:
     cfg = sw.cfg
     values = cfg.cutover.forward if forward else cfg.cutover.rollback
-    app = app_file(cfg)
+    files = ", ".join(str(p) for p, _ in app_files(cfg)) or "?"
     old = ("SQLite " + str(cfg.sqlite.path) if cfg.sqlite else "") + (" + Chroma" if cfg.chroma else "")
     if forward:
         sw.say(f"plan: fence {old} (writers wait up to their busy timeout), drain the forward streams,")
     else:
         sw.say("plan: fence PostgreSQL (writers get an error until the app reloads), "
                "drain the reverse streams,")
-    sw.say(f"      set {', '.join(f'{k}={v}' for k, v in values.items())} in {app[0] if app else '?'}, "
+    sw.say(f"      set {', '.join(f'{k}={v}' for k, v in values.items())} in {files}, "
            f"run {' '.join(cfg.cutover.reload_command) or '(no reload command)'},")
     sw.say("      then stream " + ("PostgreSQL back into the old stores" if forward else
                                    "the old stores into PostgreSQL again") + ".")

@@ -18,14 +18,13 @@ import asyncpg
 
 from syncd import killpoints
 from syncd.config import Config
-from syncd.cutover import appconfig, fence
+from syncd.cutover import fence
 from syncd.cutover import state as cutover_state
 from syncd.cutover.plan import (
     REVERSE_TABLES_STREAM,
     CutoverRefused,
     Outcome,
     Switch,
-    app_file,
     by_schema,
     chroma_dir_of,
     discover,
@@ -144,8 +143,6 @@ async def rollback(cfg: Config, dsn: str, out: TextIO, *, dry_run: bool = False,
 
 async def _do_rollback(sw: Switch) -> None:
     cfg, conn = sw.cfg, sw.conn
-    app = app_file(cfg)
-    assert app is not None
     # An interrupted cutover may have let the app write to PostgreSQL: stream those back first.
     await sw.record(direction=REVERSE, operation="rollback", step="preflight")
     killpoints.at("rollback:preflight")
@@ -193,8 +190,7 @@ async def _do_rollback(sw: Switch) -> None:
 
             await asyncio.to_thread(chroma_fence.remove_fence, chroma_dir)
     async with sw.step("flip") as t:
-        result = await asyncio.to_thread(appconfig.flip, app[0], app[1], dict(cfg.cutover.rollback))
-        t.note = f"{app[0]}" + (f" (backup {result.backup.name})" if result.backup else " (already set)")
+        t.note = await sw.flip(dict(cfg.cutover.rollback))
     await sw.record(step="flip")
     killpoints.at("rollback:flip")
     try:

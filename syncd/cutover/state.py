@@ -6,7 +6,8 @@ streams the daemon runs: ``forward`` (app on SQLite/Chroma; sqlite → postgres 
 chroma → pgvector) or ``reverse`` (app on PostgreSQL; postgres → sqlite and pgvector →
 chroma). ``operation``/``step`` are set while a cutover or rollback runs and cleared when
 it ends, so a crash leaves a record of how far it got; ``detail`` carries what a resume
-needs (the reverse start positions, the backup of the app config).
+needs (the reverse start positions, the app config files' flip intent: which files, their old and
+new SHA-256, their temporary files — :func:`syncd.cutover.appconfig_set.intent`).
 """
 
 from __future__ import annotations

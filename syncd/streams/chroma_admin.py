@@ -19,6 +19,7 @@ from syncd.stores.chroma import retention as chroma_retention
 from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, server_only, wanted
+from syncd.stores.pgvector.index import adopted_rows
 from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
 
 # --- collections deleted or renamed --------------------------------------------------------
@@ -114,6 +115,10 @@ async def init_chroma(config: Config, dsn: str) -> list[str]:
                 how = "created" if table.created else "adopted"
                 kept = table.index is not None and not table.created
                 found = f"; vector index {table.index.describe()} kept" if table.index and kept else ""
+                rows = await adopted_rows(conn, table.schema, table.name) if kept else None
+                if rows is not None:
+                    found += (f", built on {rows} rows: rebuilt after the snapshot (REINDEX CONCURRENTLY) if "
+                              "the load at least doubles them; target.reindex_ivfflat = false keeps it as is")
                 lines.append(f"collection {info.name}: {how} {table.schema}.{table.name} "
                              f"({table.vector_type}, {info.space}){found}")
         finally:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from syncd.sql import STATE_SCHEMA, qi
+
 VECTOR_METHODS = ("hnsw", "ivfflat")
 
 _DISTANCES = {"cosine": ("cosine", "<=>"), "l2": ("L2", "<->"), "ip": ("inner product", "<#>"),
@@ -90,3 +92,45 @@ def mismatch(index: VectorIndex, collection: str, space: str, table: str) -> str
             f"distance of collection {collection!r}; syncd keeps it and adds none, and verify's search "
             f"parity ranks by its operator {index.operator}. If the app searches by "
             f"{distance_name(space)}, create an index with {want} and drop {index.name}")
+
+
+# --- an adopted ivfflat index built on a table far smaller than the load ------------------------
+
+REBUILD_GROWTH = 2
+"""An adopted ivfflat index is rebuilt after the snapshot when the table has at least this many
+times the rows it had when syncd adopted the index (an app's index made on its empty table)."""
+
+
+async def record_adopted_ivfflat(conn: asyncpg.Connection, collection_id: str, qualified: str) -> int:
+    """Note in ``syncd.chroma_collections.ivfflat_rows`` how many rows the table has as syncd adopts
+    its ivfflat index: ivfflat took its list centres from at most those rows."""
+    rows = int(await conn.fetchval(f"SELECT count(*) FROM {qualified}"))
+    await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET ivfflat_rows = $2 "
+                       "WHERE collection_id = $1", collection_id, rows)
+    return rows
+
+
+async def adopted_rows(conn: asyncpg.Connection, schema: str, table: str) -> int | None:
+    """The rows the table had when its ivfflat index was adopted, while a rebuild is pending."""
+    value = await conn.fetchval(
+        f"SELECT ivfflat_rows FROM {STATE_SCHEMA}.chroma_collections WHERE schema_name = $1 "
+        "AND table_name = $2 AND deleted_at IS NULL", schema, table)
+    return None if value is None else int(value)
+
+
+async def rebuild_outgrown(conn: asyncpg.Connection, index: VectorIndex, schema: str, table: str,
+                           qualified: str, timeout: float) -> tuple[int, int] | None:
+    """After the snapshot: REINDEX the adopted ivfflat *index* (CONCURRENTLY: the app's searches
+    and writes go on) when the table grew at least :data:`REBUILD_GROWTH`-fold since it was adopted
+    (at least to the index's lists). Once: the pending mark is cleared either way. Returns
+    (rows then, rows now) when rebuilt."""
+    before = await adopted_rows(conn, schema, table)
+    if before is None or index.method != "ivfflat":
+        return None
+    rows = int(await conn.fetchval(f"SELECT count(*) FROM {qualified}"))
+    rebuilt = rows >= max(REBUILD_GROWTH * before, index.lists) and rows > before
+    if rebuilt:
+        await conn.execute(f"REINDEX INDEX CONCURRENTLY {qi(schema)}.{qi(index.name)}", timeout=timeout)
+    await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET ivfflat_rows = NULL "
+                       "WHERE schema_name = $1 AND table_name = $2", schema, table)
+    return (before, rows) if rebuilt else None

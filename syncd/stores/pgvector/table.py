@@ -15,7 +15,7 @@ from syncd.pg.connect import transaction, translate
 from syncd.ports.collections import ChromaCollection, CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.pgvector import doubt as pgvector_doubt
-from syncd.stores.pgvector.index import mismatch, vector_indexes
+from syncd.stores.pgvector.index import mismatch, rebuild_outgrown, record_adopted_ivfflat, vector_indexes
 from syncd.stores.pgvector.mapping import Existing, parse_columns, target_entry
 from syncd.stores.pgvector.plan import VectorTable, create_table_sql, plan
 
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.chroma_collections (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE {STATE_SCHEMA}.chroma_collections ADD COLUMN IF NOT EXISTS deferred_indexes text[];
+ALTER TABLE {STATE_SCHEMA}.chroma_collections ADD COLUMN IF NOT EXISTS ivfflat_rows bigint;
 CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.chroma_seen (
     stream text NOT NULL,
     id     text NOT NULL,
@@ -133,6 +134,9 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
                                    "WHERE collection_id = $1", info.id, deferred)
             found = await vector_indexes(conn, table.qualified, table.embedding_col)
             table.index = found[0] if found else None
+            if (record is None and not table.created and table.index is not None
+                    and table.index.method == "ivfflat" and target.reindex_ivfflat):
+                await record_adopted_ivfflat(conn, info.id, table.qualified)
     except SyncdError:
         raise
     except Exception as exc:
@@ -200,6 +204,12 @@ async def build_index(conn: asyncpg.Connection, t: VectorTable) -> None:
     found = await vector_indexes(conn, t.qualified, t.embedding_col)
     if found:
         t.index = found[0]
+        began = time.monotonic()
+        grown = await rebuild_outgrown(conn, t.index, t.schema, t.name, t.qualified, INDEX_TIMEOUT)
+        if grown is not None:
+            log.warning("ivfflat index rebuilt", table=t.qualified, index=t.index.name, rows_adopted=grown[0],
+                        rows=grown[1], seconds=round(time.monotonic() - began, 2),
+                        why="ivfflat takes its list centres from the rows present when it is built")
         return
     deferred = await conn.fetchval(
         f"SELECT deferred_indexes FROM {STATE_SCHEMA}.chroma_collections WHERE schema_name = $1 "

@@ -165,3 +165,21 @@ def test_qckstrt_env_maps_the_collection_to_the_seeds_table(tmp_path: Path) -> N
                                    "content": "document"}
     seed = (SEEDS / "qckstrt" / "vector_embeddings.sql").read_text()
     assert entry.create == "".join(seed.splitlines(keepends=True)[2:])  # the seed's lines, header dropped
+
+
+def test_two_app_files_are_both_flipped(tmp_path: Path) -> None:
+    """`--from-app .env --from-app config.yaml`, each holding keys cutover writes: syncd.toml lists
+    both files, which cutover then flips as one step."""
+    env = tmp_path / ".env"
+    shutil.copy(QCKSTRT_ENV, env)
+    yaml = tmp_path / "signal-hub.yaml"
+    shutil.copy(SEEDS / "signal-hub" / "signal-hub.yaml", yaml)
+    out = tmp_path / "syncd.toml"
+    proc = run_syncd("config", "--from-app", str(env), "--from-app", str(yaml), "--write", str(out),
+                     "--target", "postgresql://qckstrt_user@db.example/qckstrt",
+                     "--state-dir", str(tmp_path / "state"))
+    assert f"cutover.app_config = {env}, {yaml}" in proc.stdout, proc.stdout
+    cfg = config_mod.load(out, env={})
+    assert cfg.cutover.app_configs == (env, yaml)
+    assert cfg.cutover.forward["RELATIONAL_DB_PROVIDER"] == "postgres"
+    assert cfg.cutover.forward["storage.vector_store"] == "postgresql"
