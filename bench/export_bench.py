@@ -1,6 +1,7 @@
 """`syncd export` + `syncd import` against syncd's own snapshot, on a generated app database.
 
     python -m bench.export_bench --users 200000 --documents 500000 [--out bench/out/export]
+                                 [--format jsonl|parquet]
 
 Generates the database once (bench/gen_app_db.py), starts an embedded PostgreSQL, then:
 
@@ -31,21 +32,23 @@ def bundle_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def run(out: Path, users: int, documents: int, batch_size: int | None, workers: int) -> dict[str, Any]:
+def run(out: Path, users: int, documents: int, batch_size: int | None, workers: int,
+        chunk_format: str = "jsonl") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     source = out / f"app-{users}-{documents}.sqlite"
     if not source.exists():
         generate(source, users, documents)
     server = pg.start(out / "pg")
     results: dict[str, Any] = {"users": users, "documents": documents, "rows": users + documents,
-                               "sqlite_bytes": source.stat().st_size}
+                               "sqlite_bytes": source.stat().st_size, "format": chunk_format}
     _, snap = snapshot(server, source, out / "snapshot", "bench_snapshot")
     results["snapshot"] = {k: snap[k] for k in ("seconds", "peak_rss", "complete")}
 
     setup = prepare(server, source, out / "export", "bench_import")
     bundle = setup.work / "bundle"
     warm_file(setup.sqlite)
-    ex = run_measured(setup.argv("export", "--to", str(bundle)), setup.work / "export.log",
+    ex = run_measured(setup.argv("export", "--to", str(bundle), "--format", chunk_format),
+                      setup.work / "export.log",
                       timeout=3600).check()
     results["export"] = {"seconds": ex.seconds, "peak_rss": ex.peak_rss, "bundle_bytes": bundle_size(bundle)}
     pg.checkpoint(server)
@@ -69,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/out/export"))
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.out, args.users, args.documents, args.batch_size, args.workers), indent=2))
+    print(json.dumps(run(args.out, args.users, args.documents, args.batch_size, args.workers, args.format),
+                     indent=2))
     return 0
 
 

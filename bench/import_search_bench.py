@@ -46,7 +46,7 @@ if fill:
 SEARCH = re.compile(r"^verify collection docs: search (.*)$", re.M)
 
 
-def run(out: Path, items: int, dim: int, uniform: bool) -> dict[str, Any]:
+def run(out: Path, items: int, dim: int, uniform: bool, chunk_format: str = "jsonl") -> dict[str, Any]:
     shutil.rmtree(out / "work", ignore_errors=True)
     work = (out / "work").resolve()
     work.mkdir(parents=True)
@@ -77,8 +77,11 @@ def run(out: Path, items: int, dim: int, uniform: bool) -> dict[str, Any]:
     assert init["exit"] == 0, (work / "init.log").read_text()
     fill(True)
     bundle = work / "bundle"
-    results: dict[str, Any] = {"items": items, "dim": dim, "vectors": "uniform" if uniform else "clustered"}
-    results["export"] = syncd("export", "export", "--to", str(bundle), "--collection", "docs")
+    results: dict[str, Any] = {"items": items, "dim": dim, "vectors": "uniform" if uniform else "clustered",
+                               "format": chunk_format}
+    results["export"] = syncd("export", "export", "--to", str(bundle), "--collection", "docs",
+                              "--format", chunk_format)
+    results["bundle_bytes"] = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
     pg.recreate_database(server, "bench_import_search")
     results["import_no_verify"] = syncd("import", "import", str(bundle), "--no-verify")
     for n in (0, 20, 100):
@@ -93,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--uniform", action="store_true", help="Gaussian noise instead of clustered vectors")
     ap.add_argument("--out", type=Path, default=Path("bench/out/import_search"))
+    ap.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.out, args.items, args.dim, args.uniform), indent=2))
+    print(json.dumps(run(args.out, args.items, args.dim, args.uniform, args.format), indent=2))
     return 0
 
 

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--table", action="append", metavar="NAME", help="only this table (repeatable)")
     ex.add_argument("--collection", action="append", metavar="NAME", help="only this collection (repeatable)")
     ex.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
-                    help="chunk file format (default jsonl; parquet needs pyarrow, not installed)")
+                    help="chunk file format: jsonl (the default) or parquet (needs pyarrow: "
+                         "pip install 'syncd[parquet]'); import reads either")
     ex.add_argument("--chunk-rows", type=_at_least(1), default=None, metavar="N",
                     help="rows per chunk file (default: stream.chunk_rows)")
     im = _sub(sub, "import", "load a bundle into the target (PostgreSQL / pgvector), then verify it",

@@ -22,11 +22,15 @@ from typing import Any
 import numpy as np
 
 from syncd.errors import FatalError
-from syncd.files.manifest import fsync_dir, load
+from syncd.files.manifest import fsync_dir, load, sha256_file
 from syncd.ports.tables import Column, ForeignKey, Index, Table
 
 FORMAT = "syncd-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest version this syncd reads: 1 JSONL chunks, 2 parquet chunks (a syncd without
+parquet refuses such a bundle with one line, as any newer format)."""
+JSONL, PARQUET = "jsonl", "parquet"
+CHUNK_FORMATS = (JSONL, PARQUET)
 MANIFEST = "manifest.json"
 _EXACT_INT = 1 << 53
 
@@ -190,15 +194,23 @@ def read_chunk(root: Path, entry: ChunkEntry) -> list[bytes]:
 
 
 def check_chunk(root: Path, entry: ChunkEntry) -> None:
-    read_chunk(root, entry)
+    """The chunk file's sha256, read a block at a time (FatalError naming the file)."""
+    try:
+        sha = sha256_file(root / entry.file)
+    except OSError as exc:
+        raise FatalError(f"bundle {root}: cannot read {entry.file}: {exc.strerror or exc}") from exc
+    if sha != entry.sha256:
+        raise FatalError(f"bundle {root}: {entry.file} does not match its sha256 in {MANIFEST} (corrupted "
+                         "or changed); nothing was loaded from it: export it again")
 
 
 # --- manifest ---------------------------------------------------------------------------------
 
 def write_manifest(root: Path, data: dict[str, Any]) -> None:
     tmp = root / (MANIFEST + ".tmp")
+    version = 2 if data.get("chunk_format") == PARQUET else 1
     with open(tmp, "w") as f:
-        json.dump({"format": FORMAT, "version": FORMAT_VERSION, **data}, f, indent=1, sort_keys=True)
+        json.dump({"format": FORMAT, "version": version, **data}, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / MANIFEST)
@@ -210,14 +222,25 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     data, _version = load(root, fmt=FORMAT, newest=FORMAT_VERSION, what="export bundle", command="export",
                           then="import")
+    kind = data.setdefault("chunk_format", JSONL)
+    if kind not in CHUNK_FORMATS:
+        raise FatalError(f"{path}: chunk_format {kind!r} is not one this syncd reads "
+                         f"({', '.join(CHUNK_FORMATS)})")
     for obj in [*data.get("tables", []), *data.get("collections", [])]:
         for c in obj.get("chunks", []):
             f = str(c.get("file", ""))
             if f.startswith("/") or ".." in f.split("/"):
                 raise FatalError(f"{path}: chunk file {f!r} is outside the bundle; refusing it")
+            if not f.endswith("." + kind):
+                raise FatalError(f"{path}: chunk file {f!r} is not a {kind} file as chunk_format says; "
+                                 "refusing the bundle")
+    if kind == PARQUET:
+        from syncd.files.parquet import require
+
+        require(f"bundle {root} has parquet chunks")
     return data
 
 
-def chunk_name(kind: str, index: int, number: int) -> str:
+def chunk_name(kind: str, index: int, number: int, suffix: str = JSONL) -> str:
     """``tables/0003/000001.jsonl``: objects by their index (any name is safe), chunks numbered."""
-    return f"{kind}/{index:04d}/{number:06d}.jsonl"
+    return f"{kind}/{index:04d}/{number:06d}.{suffix}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,21 @@ from syncd.ports import Chunk, Pending
 from syncd.ports.collections import CollectionInfo, Doubt, Hnsw, Item, Vector
 from syncd.stores.chroma.source import COLUMNS as ITEM_COLUMNS
 
-Decode = Callable[[bytes], tuple[Any, ...]]
+
+def chunk_rows(root: Path, entry: bd.ChunkEntry,
+               columns: tuple[str, ...] | None) -> Iterator[tuple[Any, ...]]:
+    """The decoded rows of one chunk file, JSONL or parquet (by its name, which the manifest's
+    ``chunk_format`` fixes), its sha256 checked first: a table's *columns*, or (None) collection items."""
+    if entry.file.endswith("." + bd.PARQUET):
+        from syncd.files import parquet
+
+        if columns is None:
+            return parquet.read_items(root, entry)
+        return parquet.read_table_rows(root, entry, columns)
+    lines = bd.read_chunk(root, entry)
+    if columns is None:
+        return (_item(line) for line in lines)
+    return (bd.decode_row(columns, line) for line in lines)
 
 
 class BundleSource:
@@ -32,13 +46,14 @@ class BundleSource:
 
     def __init__(self, root: Path, objects: Sequence[dict[str, Any]], position: int,
                  columns: dict[str, tuple[str, ...]], key_index: dict[str, list[int]],
-                 decode: dict[str, Decode], workers: int = 1) -> None:
+                 items: bool = False, workers: int = 1) -> None:
         self.root = root
         self.objects = {o["key"]: o for o in objects}
         self.position = Position(position)
         self.columns = columns
         self.key_index = key_index
-        self.decode = decode
+        self.items = items
+        """Collection items (else table rows)."""
         self.workers = max(1, workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="syncd-import")
         self.source_id: str | None = None
@@ -69,8 +84,8 @@ class BundleSource:
               prepare: Callable[[Chunk], Any] | None) -> list[Chunk] | None:
         """One chunk file, checked, decoded and cut into chunks of *rows* (on a worker thread);
         with *skip_to*, only the rows after that key (None: the file does not hold it)."""
-        decode, cols, idx = self.decode[obj], self.columns[obj], self.key_index[obj]
-        decoded = [decode(line) for line in bd.read_chunk(self.root, entry)]
+        cols, idx = self.columns[obj], self.key_index[obj]
+        decoded = list(chunk_rows(self.root, entry, None if self.items else cols))
         if skip_to is not None:
             at = next((n for n, r in enumerate(decoded) if tuple(r[i] for i in idx) == tuple(skip_to)), None)
             if at is None:
@@ -136,21 +151,14 @@ class BundleSource:
 def table_source(root: Path, tables: Sequence[dict[str, Any]], position: int, workers: int) -> BundleSource:
     from syncd.files.bundle import table_from_json
 
-    columns, keys, decode = {}, {}, {}
+    columns, keys = {}, {}
     objs = []
     for obj in tables:
         t = table_from_json(obj["schema"])
         cols = t.target_columns
         columns[t.name], keys[t.name] = cols, [cols.index(k) for k in t.pk]
-        decode[t.name] = _row_decoder(cols)
         objs.append({**obj, "key": t.name})
-    return BundleSource(root, objs, position, columns, keys, decode, workers)
-
-
-def _row_decoder(cols: tuple[str, ...]) -> Decode:
-    def decode(line: bytes) -> tuple[Any, ...]:
-        return bd.decode_row(cols, line)
-    return decode
+    return BundleSource(root, objs, position, columns, keys, workers=workers)
 
 
 def _item(line: bytes) -> tuple[Any, ...]:
@@ -179,7 +187,7 @@ class CollectionBundleSource(BundleSource):
     def __init__(self, root: Path, obj: dict[str, Any], workers: int) -> None:
         self.info = collection_info(obj)
         super().__init__(root, [{**obj, "key": self.info.id}], int(obj["position"]),
-                         {self.info.id: ITEM_COLUMNS}, {self.info.id: [0]}, {self.info.id: _item}, workers)
+                         {self.info.id: ITEM_COLUMNS}, {self.info.id: [0]}, items=True, workers=workers)
         self.gap = None
         self.log = _NoLog()
 

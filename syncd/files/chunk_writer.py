@@ -59,8 +59,10 @@ def die_with_parent(parent: int) -> None:
 
 
 def encode_table_chunk(root: str, rel: str, columns: Sequence[str], types: Sequence[tuple[str, str, bool]],
-                       rows: Sequence[Sequence[Any]]) -> tuple[str, int, str]:
-    """Write one chunk file and hash its rows (in a worker process): sha256, hashed rows, XOR."""
+                       rows: Sequence[Sequence[Any]], affinities: Sequence[str] | None = None
+                       ) -> tuple[str, int, str]:
+    """Write one chunk file (parquet with *affinities*, else JSONL) and hash its rows (in a worker
+    process): sha256, hashed rows, XOR."""
     hasher = TableHasher(types)
     acc, hashed = 0, 0
     for r in rows:
@@ -68,5 +70,9 @@ def encode_table_chunk(root: str, rel: str, columns: Sequence[str], types: Seque
         if h is not None:
             acc ^= h
             hashed += 1
+    if affinities is not None:
+        from syncd.files import parquet
+
+        return parquet.write_table_chunk(Path(root), rel, columns, affinities, rows), hashed, f"{acc:016x}"
     sha = bd.write_chunk(Path(root), rel, (bd.encode_row(columns, r) for r in rows))
     return sha, hashed, f"{acc:016x}"

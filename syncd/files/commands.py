@@ -64,15 +64,16 @@ def status_line(cfg: Config) -> str:
 def export_lines(cfg: Config, args: argparse.Namespace) -> list[str]:
     from syncd.files.export import export
 
-    if args.format != "jsonl":
-        import importlib.util
-
-        if importlib.util.find_spec("pyarrow") is None:
-            raise ConfigError("--format parquet: pyarrow is not installed with this syncd; use --format "
-                              "jsonl (the default)")
-        raise ConfigError("--format parquet: not built yet; use --format jsonl (the default)")
-    m = export(cfg, args.to, tables=args.table, collections=args.collection, chunk_rows=args.chunk_rows)
-    lines = [f"bundle written: {args.to} (format {m.get('format', 'syncd-export')} 1, manifest.json)"]
+    if args.format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError("--format parquet: pyarrow is not installed with this syncd; install it (pip "
+                              "install 'syncd[parquet]') or use --format jsonl (the default)") from None
+    m = export(cfg, args.to, tables=args.table, collections=args.collection, chunk_rows=args.chunk_rows,
+               chunk_format=args.format)
+    lines = [f"bundle written: {args.to} (format {m.get('format', 'syncd-export')} {m.get('version', 1)}, "
+             f"{m.get('chunk_format', 'jsonl')} chunks, manifest.json)"]
     for t in m["tables"]:
         lines.append(f"table {t['name']}: {t['rows']} rows in {len(t['chunks'])} chunks")
     for c in m["collections"]:

@@ -36,7 +36,7 @@ from syncd import killpoints
 from syncd.config import Config
 from syncd.errors import FatalError, SourceError
 from syncd.files import bundle as bd
-from syncd.files import chroma_export
+from syncd.files import chroma_export, parquet
 from syncd.files.chunk_writer import die_with_parent, encode_table_chunk, sqlite_value
 from syncd.ports.collections import CollectionInfo
 from syncd.ports.tables import Table
@@ -74,8 +74,8 @@ def _stamp(path: Path) -> list[int]:
 
 class Exporter:
     def __init__(self, cfg: Config, root: Path, *, tables: Sequence[str] | None,
-                 collections: Sequence[str] | None, chunk_rows: int) -> None:
-        self.cfg, self.root, self.chunk_rows = cfg, root, chunk_rows
+                 collections: Sequence[str] | None, chunk_rows: int, chunk_format: str = bd.JSONL) -> None:
+        self.cfg, self.root, self.chunk_rows, self.format = cfg, root, chunk_rows, chunk_format
         self.only_tables, self.only_collections = tables, collections
         self.state: dict[str, Any] = {}
         self.kill = killpoints.counter("export")
@@ -109,14 +109,18 @@ class Exporter:
         progress = self.root / PROGRESS
         if progress.is_file():
             self.state = json.loads(progress.read_text())
+            was = self.state.get("chunk_format", bd.JSONL)
+            if was != self.format:
+                raise FatalError(f"the export in {self.root} was started with --format {was}; run it again "
+                                 f"with --format {was} (or export to a new directory)")
             log.info("export resumed", path=str(self.root))
         elif self.root.is_dir() and any(self.root.iterdir()):
             raise FatalError(f"{self.root} is not empty and holds no export in progress; export to a new "
                              "or empty directory")
         else:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.state = {"created_at": _now(), "tables": [], "collections": [], "sqlite": None,
-                          "chroma": None}
+            self.state = {"created_at": _now(), "chunk_format": self.format, "tables": [], "collections": [],
+                          "sqlite": None, "chroma": None}
 
     def save(self) -> None:
         tmp = self.root / (PROGRESS + ".tmp")
@@ -218,6 +222,7 @@ class Exporter:
         types = [(c.name, c.pg_type, c.rounded) for c in tt.columns]
         columns = table.target_columns
         key_idx = [columns.index(k) for k in table.pk]
+        affinities = parquet.affinities(table) if self.format == bd.PARQUET else None
         last = self._resume_point(obj, table)
         if self.meter.bars is not None:
             total = conn.execute(f"SELECT count(*) FROM {qi(table.name)}").fetchone()[0]
@@ -232,10 +237,11 @@ class Exporter:
             while True:
                 rows = next(batches, [])
                 if rows:
-                    rel = bd.chunk_name("tables", obj["index"], len(obj["chunks"]) + len(pending) + 1)
+                    rel = bd.chunk_name("tables", obj["index"], len(obj["chunks"]) + len(pending) + 1,
+                                        self.format)
                     key = [bd.encode_value(sqlite_value(rows[-1][i])) for i in key_idx]
                     pending.append((self.pool().submit(encode_table_chunk, str(self.root), rel, columns,
-                                                       types, rows), rel, len(rows), key))
+                                                       types, rows, affinities), rel, len(rows), key))
                 while pending and (not rows or len(pending) > self.workers):
                     future, rel, n, key = pending.popleft()
                     sha, hashed, xor = future.result()
@@ -327,8 +333,11 @@ class Exporter:
                 if exp.parts is not None:
                     acc ^= row_hash_int("|".join(exp.parts))
                     hashed += 1
-            rel = bd.chunk_name("collections", obj["index"], len(obj["chunks"]) + 1)
-            sha = bd.write_chunk(self.root, rel, (chroma_export.line(i) for i in items))
+            rel = bd.chunk_name("collections", obj["index"], len(obj["chunks"]) + 1, self.format)
+            if self.format == bd.PARQUET:
+                sha = parquet.write_items(self.root, rel, items, info.dimension or 0)
+            else:
+                sha = bd.write_chunk(self.root, rel, (chroma_export.line(i) for i in items))
             entry = bd.ChunkEntry(rel, sha, len(items), hashed, f"{acc:016x}", [items[-1].id])
             self._chunk_done(obj, entry)
         obj["done"] = True
@@ -353,7 +362,7 @@ def _batches(conn: sqlite3.Connection, reads: Sequence[tuple[str, Sequence[Any]]
 
 def export(cfg: Config, to: Path, *, tables: Sequence[str] | None = None,
            collections: Sequence[str] | None = None, chunk_rows: int | None = None,
-           out: Callable[[str], None] = print) -> dict[str, Any]:
+           out: Callable[[str], None] = print, chunk_format: str = bd.JSONL) -> dict[str, Any]:
     """Write (or complete) the bundle at *to*; return its manifest."""
     if cfg.sqlite is None and cfg.chroma is None:
         raise FatalError("nothing to export: configure [source.sqlite] and/or [source.chroma]")
@@ -362,7 +371,7 @@ def export(cfg: Config, to: Path, *, tables: Sequence[str] | None = None,
     if collections and cfg.chroma is None:
         raise FatalError("--collection needs [source.chroma] in the config")
     ex = Exporter(cfg, to, tables=tables, collections=collections,
-                  chunk_rows=chunk_rows or cfg.stream.chunk_rows)
+                  chunk_rows=chunk_rows or cfg.stream.chunk_rows, chunk_format=chunk_format)
     ex.load()
     only_one = bool(tables) != bool(collections)
     try:

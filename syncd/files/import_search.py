@@ -27,7 +27,7 @@ import asyncpg
 import numpy as np
 
 from syncd.files import bundle as bd
-from syncd.files.bundle_source import _item
+from syncd.files.bundle_source import chunk_rows
 from syncd.sql import qi
 from syncd.stores.pgvector.index import distance_name, vector_indexes
 from syncd.stores.pgvector.plan import VectorTable
@@ -53,19 +53,19 @@ def _draw(root: Path, obj: dict[str, Any], n: int) -> list[tuple[str, np.ndarray
     rows = int(obj["rows"])
     order = random.Random(SEED).sample(range(rows), min(rows, 2 * n + 10))
     wanted = set(order)
-    lines: dict[int, bytes] = {}
+    items: dict[int, tuple[Any, ...]] = {}
     start = 0
     for c in obj["chunks"]:
         entry = bd.ChunkEntry.from_json(c)
         if any(start <= i < start + entry.rows for i in wanted):
-            for at, line in enumerate(bd.read_chunk(root, entry)):
+            for at, item in enumerate(chunk_rows(root, entry, None)):
                 if start + at in wanted:
-                    lines[start + at] = line
+                    items[start + at] = item
         start += entry.rows
     out = []
     for i in order:
-        if i in lines:
-            item_id, vector, _doc, _meta, _seq, error = _item(lines[i])
+        if i in items:
+            item_id, vector, _doc, _meta, _seq, error = items[i]
             out.append((str(item_id), vector, error))
     return out
 

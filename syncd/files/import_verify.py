@@ -25,7 +25,7 @@ import asyncpg
 from syncd import exitcodes
 from syncd.config import Config
 from syncd.files import bundle as bd
-from syncd.files.bundle_source import CollectionBundleSource, _item
+from syncd.files.bundle_source import CollectionBundleSource, chunk_rows
 from syncd.files.chunk_writer import TableHasher
 from syncd.files.import_search import search_parity
 from syncd.pg.state import jsonable
@@ -50,9 +50,9 @@ async def _rejected(conn: asyncpg.Connection, stream: str, obj: str) -> set[str]
     return {_key_text(json.loads(r[0])) for r in rows}
 
 
-def _lines(root: Path, obj: dict[str, Any]) -> Iterator[bytes]:
+def _rows(root: Path, obj: dict[str, Any], columns: tuple[str, ...] | None) -> Iterator[tuple[Any, ...]]:
     for c in obj["chunks"]:
-        yield from bd.read_chunk(root, bd.ChunkEntry.from_json(c))
+        yield from chunk_rows(root, bd.ChunkEntry.from_json(c), columns)
 
 
 def _bundle_side(obj: dict[str, Any]) -> tuple[int, int]:
@@ -104,8 +104,7 @@ class BundleCheck:
             cols = table.target_columns
             key_idx = [cols.index(k) for k in table.pk]
             n, acc = 0, 0
-            for line in _lines(self.root, obj):
-                r = bd.decode_row(cols, line)
+            for r in _rows(self.root, obj, cols):
                 h = hasher.row(r)
                 if rejected and _key_text(jsonable([r[i] for i in key_idx])) in rejected:
                     gone += 1
@@ -134,8 +133,7 @@ class BundleCheck:
         gone = 0
         if rejected:
             wn, wacc = 0, 0
-            for line in _lines(self.root, obj):
-                item_id, vector, document, metadata, seq, error = _item(line)
+            for item_id, vector, document, metadata, seq, error in _rows(self.root, obj, None):
                 if _key_text([item_id]) in rejected:
                     gone += 1
                     continue
