@@ -20,7 +20,9 @@ SOAK_CHECKS = ("daemon RSS flat after warm-up", "open file descriptors bounded",
                "PostgreSQL connections bounded", "_syncd_changelog bounded by pruning",
                "applied changes pruned",
                "SQLite WAL bounded", "acknowledged writes lost", "acknowledged writes doubled",
-               "rows equal (own comparison)", "syncd verify")
+               "rows equal (own comparison)", "syncd verify",
+               "Chroma embeddings_queue bounded by pruning", "applied Chroma log rows pruned")
+CHROMA_CHECKS = ("chroma items lost", "chroma items doubled", "chroma items equal (own comparison)")
 CHAOS_CHECKS = ("kills done", "PostgreSQL crashes done", "daemon never exited by itself",
                 "checkpoint never went backwards",
                 "acknowledged writes lost", "streamed writes applied (audit trigger)",
@@ -45,8 +47,9 @@ def passed(out: str, names: tuple[str, ...]) -> None:
 def test_short_soak(tmp_path: Path) -> None:
     out = campaign("bench.soak", "--minutes", "0.5", "--rate", "200", "--scrape", "5",
                    "--warmup", "5", "--scale", "50", "--work", str(tmp_path))
-    passed(out, SOAK_CHECKS)
+    passed(out, SOAK_CHECKS + CHROMA_CHECKS)
     assert "acknowledged writes lost: 0 " in out and "acknowledged writes doubled: 0 " in out
+    assert "chroma items lost: 0 " in out and "chroma items doubled: 0 " in out
 
 
 def test_short_kill_campaign(tmp_path: Path) -> None:
