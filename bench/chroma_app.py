@@ -127,8 +127,8 @@ class ChromaWriter:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._pause = threading.Event()
-        for _ in range(populate // 20):
-            self._add(20)
+        while self.next_id < populate:
+            self._add(min(100, populate - self.next_id))
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -249,6 +249,24 @@ class ChromaWriter:
         return self.record
 
 
+@dataclass
+class Chroma:
+    """A campaign's Chroma server and the app's writer to it."""
+    store: ChromaStore
+    writer: ChromaWriter
+    rate: float
+
+    @classmethod
+    def start(cls, path: Path, seed: int, rate: float, *, populate: int) -> Chroma:
+        """The server, and *populate* items written before syncd starts."""
+        store = ChromaStore(path)
+        try:
+            return cls(store, ChromaWriter(store.url, seed, rate, populate=populate), rate)
+        except BaseException:
+            store.stop()
+            raise
+
+
 # --- syncd's Chroma position and the final checks --------------------------------------------
 
 async def chroma_position(conn: asyncpg.Connection, collection_id: str) -> tuple[int, bool] | None:
@@ -269,9 +287,10 @@ def caught_up(conn: asyncpg.Connection, store: ChromaStore,
     checkpoint has reached the newest row of its log."""
     async def check() -> bool:
         cp = await chroma_position(conn, collection_id)
-        if cp is None or not cp[1]:
-            return False
-        return cp[0] >= await asyncio.to_thread(store.newest, collection_id)
+        newest = await asyncio.to_thread(store.newest, collection_id)
+        if cp is None:
+            return newest == 0  # an empty collection has no stream yet
+        return cp[1] and cp[0] >= newest
     return check
 
 

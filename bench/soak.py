@@ -35,6 +35,7 @@ import psutil
 
 from bench import campaign, chroma_app
 from bench.campaign import Check
+from bench.chroma_app import Chroma
 from bench.noise import CpuLedger
 from bench.procs import tree_rss
 from bench.stream_lag import percentile, slope
@@ -115,14 +116,6 @@ def windows(lags: list[tuple[float, float]], width: float) -> list[tuple[float, 
     return out
 
 
-@dataclass
-class Chroma:
-    """The soak's Chroma server and the app's writer to it."""
-    store: chroma_app.ChromaStore
-    writer: chroma_app.ChromaWriter
-    rate: float
-
-
 def bound_checks(samples: list[Sample], warm: float, rate: float,
                  chroma_rate: float | None = None) -> list[Check]:
     after = [s for s in samples if s.t >= warm] or samples[-1:]
@@ -186,10 +179,8 @@ async def soak(args: argparse.Namespace) -> int:
     chroma: Chroma | None = None
     try:
         if args.chroma_share > 0:
-            store = chroma_app.ChromaStore(work / "chroma")
-            crate = args.rate * args.chroma_share
-            chroma = Chroma(store, chroma_app.ChromaWriter(store.url, args.seed + 2, crate,
-                                                           populate=args.scale), crate)
+            chroma = Chroma.start(work / "chroma", args.seed + 2, args.rate * args.chroma_share,
+                                  populate=args.scale)
         setup = campaign.prepare(server.server, work / "run", database="soak", seed=args.seed,
                                  scale=args.scale,
                                  chroma=(chroma.store.url, chroma.store.path) if chroma else None)

@@ -53,10 +53,13 @@ def test_short_soak(tmp_path: Path) -> None:
 
 
 def test_short_kill_campaign(tmp_path: Path) -> None:
-    out = campaign("bench.chaos", "--kills", "3", "--pg-crashes", "1", "--archive-rows", "5000",
-                   "--rate", "150", "--work", str(tmp_path))
-    passed(out, CHAOS_CHECKS)
-    assert "kills done: 3 of 3" in out
+    """Kills (the first one aimed at the Chroma stream's snapshot or index build), a PostgreSQL
+    crash and a Chroma server SIGKILL + restart while syncd streams."""
+    out = campaign("bench.chaos", "--kills", "3", "--pg-crashes", "1", "--chroma-restarts", "1",
+                   "--archive-rows", "5000", "--rate", "150", "--work", str(tmp_path))
+    passed(out, CHAOS_CHECKS + CHROMA_CHECKS + ("Chroma restarts done",))
+    assert "kills done: 3 of 3" in out and "Chroma restarts done: 1 of 1" in out
+    assert "kill   1: chroma " in out
 
 
 DISK_FULL_CHECKS = ("daemon stayed up while full", "caught up after space was freed",
@@ -112,7 +115,7 @@ def test_short_switch_kill_campaign(tmp_path: Path) -> None:
 
 
 def test_short_network_campaign(tmp_path: Path) -> None:
-    """Random toxics on syncd's PostgreSQL connection for 20 s."""
+    """Random toxics on syncd's PostgreSQL and Chroma connections for 20 s."""
     out = campaign("bench.netchaos", "--minutes", "0.33", "--rate", "150", "--work", str(tmp_path))
-    passed(out, NET_CHECKS)
+    passed(out, NET_CHECKS + CHROMA_CHECKS)
     assert "acknowledged writes lost: 0 " in out and "acknowledged writes doubled: 0 " in out
