@@ -20,6 +20,11 @@ phases the daemon goes through:
    SIGKILL (postmaster and backends), left down for a moment and started again; the daemon
    must ride it out (it is not restarted).
 
+6. with Chroma (``--chroma-share``, bench/chroma_app.py) the app also writes a collection on a
+   ``chroma run`` server; kills aim at the Chroma stream's snapshot, its index build (seen in
+   ``pg_stat_progress_create_index``), catch-up and streaming too, and ``--chroma-restarts``
+   times the server is SIGKILLed and started again while syncd streams (not restarted).
+
 The phase of each kill is the one ``/status`` reported just before it. After every kill the
 committed checkpoint must not have gone backwards. At the end: acknowledged writes lost 0,
 doubled 0, every row equal, ``syncd verify`` equal (bench.campaign.final_checks).

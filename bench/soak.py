@@ -9,7 +9,9 @@ commits at the given rate. Every ``--scrape`` seconds the harness reads ``/metri
 ``/status`` from the daemon's health listener and samples the daemon's RSS and open file
 descriptors (``/proc/<pid>/fd``), the target database's connections (``pg_stat_activity``),
 the rows in ``_syncd_changelog`` (and how many of them are applied, at or below the
-committed checkpoint, and only wait to be pruned) and the size of the SQLite WAL. Every second it samples the
+committed checkpoint, and only wait to be pruned), the size of the SQLite WAL and the rows in
+Chroma's ``embeddings_queue``
+(the app also writes a collection: bench/chroma_app.py). Every second it samples the
 lag as seen from outside: now minus the commit-time stamp of the newest ``events`` row in
 PostgreSQL. At the end it stops the writer, waits for the stream to catch up, and checks
 (bench.campaign.final_checks): nothing lost, nothing doubled, every row equal, ``syncd verify``.
