@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,12 +156,14 @@ def prepare(server: pg.Server | None, work: Path, *, database: str, seed: int, s
             archive_rows: int = 0, stream: dict[str, Any] | None = None,
             sqlite_dir: Path | None = None, state_dir: Path | None = None,
             target: tuple[str, str] | None = None,
-            target_options: dict[str, Any] | None = None) -> Setup:
+            target_options: dict[str, Any] | None = None,
+            chroma: tuple[str, Path] | None = None) -> Setup:
     """A populated app database (``scale`` sets its size), an empty target and the config.
     The app's file goes in *sqlite_dir* and syncd's state in *state_dir* if given (a small
     filesystem of their own), else in *work*. *target* is (the DSN the harness reads, the one
     syncd is given, e.g. through a proxy) of an empty database the caller made; else *server*
-    gets a fresh database *database*."""
+    gets a fresh database *database*. *chroma* is (url, persist directory) of a ``chroma run``
+    server the app writes to (bench/chroma_app.py)."""
     work.mkdir(parents=True, exist_ok=True)
     db = (sqlite_dir or work) / "app.sqlite"
     for suffix in ("", "-wal", "-shm"):
@@ -180,6 +183,9 @@ def prepare(server: pg.Server | None, work: Path, *, database: str, seed: int, s
     health = f"127.0.0.1:{free_port()}"
     lines = ["[source.sqlite]", f"path = {json.dumps(str(db))}", "",
              "[target]", f"dsn = {json.dumps(syncd_dsn)}"]
+    if chroma is not None:
+        lines[2:2] = ["", "[source.chroma]", f"url = {json.dumps(chroma[0])}",
+                      f"path = {json.dumps(str(chroma[1]))}"]
     lines += [f"{k} = {v!r}" for k, v in (target_options or {}).items()]
     lines += ["",
              "[state]", f"dir = {json.dumps(str(state_dir or work / 'state'))}", "",
@@ -236,15 +242,18 @@ class Daemon:
         except OSError:
             return None
 
-    def status(self) -> dict[str, Any] | None:
+    def statuses(self) -> list[dict[str, Any]]:
+        """Every stream's ``/status`` entry (none while the listener does not answer)."""
         body = self.get("/status")
-        if body is None:
-            return None
-        streams = json.loads(body).get("streams") or []
-        return streams[0] if streams else None
+        return list(json.loads(body).get("streams") or []) if body is not None else []
 
-    def phase(self) -> str:
-        st = self.status()
+    def status(self, kind: str = "sqlite") -> dict[str, Any] | None:
+        """The first stream whose name starts with *kind* (``sqlite`` / ``chroma``)."""
+        streams = self.statuses()
+        return next((s for s in streams if str(s.get("name", "")).startswith(kind)), None)
+
+    def phase(self, kind: str = "sqlite") -> str:
+        st = self.status(kind)
         return str(st["phase"]) if st else "starting"
 
     def kill(self) -> int:
@@ -348,8 +357,10 @@ async def stored_position(conn: asyncpg.Connection) -> tuple[int, bool] | None:
 
 
 async def wait_caught_up(conn: asyncpg.Connection, setup: Setup, daemon: Daemon,
-                         within: float = 600) -> None:
-    """Until the snapshot is complete and no change in the changelog is past the checkpoint."""
+                         within: float = 600,
+                         also: Callable[[], Awaitable[bool]] | None = None) -> None:
+    """Until the snapshot is complete and no change in the changelog is past the checkpoint
+    (and *also*, e.g. the Chroma stream caught up, says True)."""
     deadline = time.monotonic() + within
     while True:
         if not daemon.alive:
@@ -357,7 +368,7 @@ async def wait_caught_up(conn: asyncpg.Connection, setup: Setup, daemon: Daemon,
         cp = await stored_position(conn)
         if cp is not None and cp[1]:
             top = sqlite_value(setup.sqlite, "SELECT coalesce(max(id), 0) FROM _syncd_changelog")
-            if top <= cp[0]:
+            if top <= cp[0] and (also is None or await also()):
                 return
         if time.monotonic() > deadline:
             raise RuntimeError(f"not caught up within {within} s (checkpoint {cp})")

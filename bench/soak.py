@@ -9,7 +9,9 @@ commits at the given rate. Every ``--scrape`` seconds the harness reads ``/metri
 ``/status`` from the daemon's health listener and samples the daemon's RSS and open file
 descriptors (``/proc/<pid>/fd``), the target database's connections (``pg_stat_activity``),
 the rows in ``_syncd_changelog`` (and how many of them are applied, at or below the
-committed checkpoint, and only wait to be pruned) and the size of the SQLite WAL. Every second it samples the
+committed checkpoint, and only wait to be pruned), the size of the SQLite WAL and the rows in
+Chroma's ``embeddings_queue``
+(the app also writes a collection: bench/chroma_app.py). Every second it samples the
 lag as seen from outside: now minus the commit-time stamp of the newest ``events`` row in
 PostgreSQL. At the end it stops the writer, waits for the stream to catch up, and checks
 (bench.campaign.final_checks): nothing lost, nothing doubled, every row equal, ``syncd verify``.
@@ -33,8 +35,9 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from bench import campaign
+from bench import campaign, chroma_app
 from bench.campaign import Check
+from bench.chroma_app import Chroma
 from bench.noise import CpuLedger
 from bench.procs import tree_rss
 from bench.stream_lag import percentile, slope
@@ -58,13 +61,17 @@ class Sample:
     """Changelog rows at or below the committed checkpoint: applied, waiting to be pruned."""
     wal: int
     phase: str
+    chroma_queue: int
+    """Rows in Chroma's ``embeddings_queue`` (0 without Chroma)."""
+    chroma_kept: int
+    """Of them at or below syncd's committed Chroma position: applied, waiting to be pruned."""
     metrics_ok: bool
     syncd_lag: float | None
     """The lag syncd reports itself in ``/status`` (age of the oldest change not applied)."""
 
 
 async def sample(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaign.Daemon,
-                 t: float) -> Sample:
+                 t: float, chroma: Chroma | None = None) -> Sample:
     proc = psutil.Process(daemon.pid)
     fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
     conns = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
@@ -75,9 +82,13 @@ async def sample(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campai
                                  f"WHERE id <= {cp[0] if cp else 0}")
     metrics = await asyncio.to_thread(daemon.get, "/metrics")
     st = await asyncio.to_thread(daemon.status)
+    queue = (0, 0)
+    if chroma is not None:
+        ccp = await chroma_app.chroma_position(conn, chroma.writer.collection_id)
+        queue = await asyncio.to_thread(chroma.store.log_size, ccp[0] if ccp else None)
     return Sample(t, tree_rss(proc), fds, int(conns), int(changelog), int(kept),
                   wal_size(setup.sqlite),
-                  str(st["phase"]) if st else "?",
+                  str(st["phase"]) if st else "?", queue[0], queue[1],
                   metrics is not None and b"syncd_lag_seconds" in metrics,
                   st.get("lag_seconds") if st else None)
 
@@ -107,7 +118,8 @@ def windows(lags: list[tuple[float, float]], width: float) -> list[tuple[float, 
     return out
 
 
-def bound_checks(samples: list[Sample], warm: float, rate: float) -> list[Check]:
+def bound_checks(samples: list[Sample], warm: float, rate: float,
+                 chroma_rate: float | None = None) -> list[Check]:
     after = [s for s in samples if s.t >= warm] or samples[-1:]
     third = max(1, len(after) // 3)
     first = statistics.median(s.rss for s in after[:third])
@@ -143,6 +155,22 @@ def bound_checks(samples: list[Sample], warm: float, rate: float) -> list[Check]
               f"max {wal / MIB:.1f} MiB, last {samples[-1].wal / MIB:.1f} MiB; "
               f"bound {WAL_BOUND / MIB:.0f} MiB"),
         Check("/metrics and /status answered", failed == 0, f"{failed} of {len(samples)} failed"),
+    ] + ([] if chroma_rate is None else chroma_bounds(samples, after, chroma_rate))
+
+
+def chroma_bounds(samples: list[Sample], after: list[Sample], rate: float) -> list[Check]:
+    """Chroma's log is bounded by syncd's pruning like the changelog (Chroma's own purge is
+    off while syncd runs; syncd prunes at its checkpoint and below the index's saved position,
+    which moves every 1,000 records)."""
+    bound = max(20_000, int(CHANGELOG_BOUND_SECONDS * rate))
+    queue = max(s.chroma_queue for s in after)
+    kept = max(s.chroma_kept for s in after)
+    return [
+        Check("Chroma embeddings_queue bounded by pruning", queue <= bound,
+              f"max {queue} rows after warm-up, last {samples[-1].chroma_queue}; bound {bound}"),
+        Check("applied Chroma log rows pruned", kept <= bound,
+              f"max {kept} applied rows still in the log after warm-up, last "
+              f"{samples[-1].chroma_kept}; bound {bound}"),
     ]
 
 
@@ -150,29 +178,40 @@ async def soak(args: argparse.Namespace) -> int:
     work: Path = args.work
     server = campaign.Postgres(work / "pg")
     ledger = CpuLedger(server.data_dir / "postmaster.pid")
+    chroma: Chroma | None = None
     try:
+        if args.chroma_share > 0:
+            chroma = Chroma.start(work / "chroma", args.seed + 2, args.rate * args.chroma_share,
+                                  populate=args.scale)
         setup = campaign.prepare(server.server, work / "run", database="soak", seed=args.seed,
-                                 scale=args.scale)
+                                 scale=args.scale,
+                                 chroma=(chroma.store.url, chroma.store.path) if chroma else None)
         init = campaign.run_cli(setup, "init")
         if init.returncode != 0:
             print(f"FAIL  syncd init: exit {init.returncode}: {init.stderr.strip()[-300:]}")
             return 1
         conn = await asyncpg.connect(setup.dsn)
         daemon = campaign.Daemon(setup)
+        also = (chroma_app.caught_up(conn, chroma.store, chroma.writer.collection_id)
+                if chroma else None)
         try:
             ledger.mark("snapshot")
-            await campaign.wait_caught_up(conn, setup, daemon)
+            await campaign.wait_caught_up(conn, setup, daemon, also=also)
             await conn.execute(campaign.AUDIT)  # no write yet: all that follows is streamed
             ledger.mark("soak")
-            checks, samples, lags = await drive(conn, setup, daemon, args)
+            checks, samples, lags = await drive(conn, setup, daemon, args, chroma)
             ledger.mark("end")
             code = await daemon_exit(daemon)
             checks.append(Check("daemon stops on SIGTERM with exit 0", code == 0, f"exit {code}"))
         finally:
+            if chroma:
+                chroma.writer.halt()
             if daemon.alive:
                 daemon.kill()
             await conn.close()
     finally:
+        if chroma:
+            chroma.store.stop()
         server.stop()
     print_figures(samples, lags, args, ledger)
     print(f"work dir: {work}")
@@ -184,9 +223,11 @@ async def daemon_exit(daemon: campaign.Daemon) -> int:
 
 
 async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaign.Daemon,
-                args: argparse.Namespace
+                args: argparse.Namespace, chroma: Chroma | None
                 ) -> tuple[list[Check], list[Sample], list[tuple[float, float]]]:
     writer = campaign.PacedWriter(setup.sqlite, args.seed + 1, args.rate)
+    if chroma:
+        chroma.writer.start()
     print(HEADER, flush=True)
     started = time.monotonic()
     seconds = args.minutes * 60
@@ -198,35 +239,40 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
             if not daemon.alive:
                 raise RuntimeError(f"syncd exited {daemon.proc.returncode}:\n{daemon.tail()}")
             if t >= next_scrape:
-                samples.append(await sample(conn, setup, daemon, t))
+                samples.append(await sample(conn, setup, daemon, t, chroma))
                 print(row(samples[-1]), flush=True)
                 next_scrape += args.scrape
             age = await newest_event_age(conn)
             if age is not None:
                 lags.append((t, age))
             await asyncio.sleep(1.0)
-        samples.append(await sample(conn, setup, daemon, time.monotonic() - started))
+        samples.append(await sample(conn, setup, daemon, time.monotonic() - started, chroma))
     finally:
         tally = writer.stop()
+        record = await asyncio.to_thread(chroma.writer.stop) if chroma else None
     elapsed = time.monotonic() - started
     top = campaign.sqlite_value(setup.sqlite, "SELECT coalesce(max(id), 0) FROM _syncd_changelog")
-    await campaign.wait_caught_up(conn, setup, daemon)
+    await campaign.wait_caught_up(conn, setup, daemon, also=chroma_app.caught_up(
+        conn, chroma.store, chroma.writer.collection_id) if chroma else None)
     warm = min(args.warmup, seconds / 3)
     checks = [Check("offered load (information)", True,
                     f"{tally.transactions} transactions, {top} captured changes in {elapsed:.0f} s "
                     f"= {top / elapsed:.0f} changes/s (target {args.rate:.0f})")]
-    checks += bound_checks(samples, warm, args.rate)
+    checks += bound_checks(samples, warm, args.rate, chroma.rate if chroma else None)
+    if record is not None:
+        checks += await chroma_app.chroma_checks(conn, record)
     checks += await campaign.final_checks(conn, setup, tally, (0, 0))
     return checks, samples, lags
 
 
-HEADER = ("   t s  phase       RSS MiB  fds  pg conns  changelog  (applied)  WAL MiB  metrics"
-          "  syncd lag s")
+HEADER = ("   t s  phase       RSS MiB  fds  pg conns  changelog  (applied)  WAL MiB"
+          "  chroma log  (applied)  metrics  syncd lag s")
 
 
 def row(s: Sample) -> str:
     return (f"{s.t:6.0f}  {s.phase:<10} {s.rss / MIB:8.1f} {s.fds:4d} {s.pg_connections:9d} "
-            f"{s.changelog:10d} {s.kept:10d} {s.wal / MIB:8.1f}  {'ok' if s.metrics_ok else 'FAILED':<7}  "
+            f"{s.changelog:10d} {s.kept:10d} {s.wal / MIB:8.1f} {s.chroma_queue:11d} {s.chroma_kept:10d}"
+            f"  {'ok' if s.metrics_ok else 'FAILED':<7}  "
             f"{'-' if s.syncd_lag is None else f'{s.syncd_lag:.2f}'}")
 
 
@@ -248,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=500.0, help="row changes per second")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--scale", type=int, default=200, help="initial rows (x2..x5 per table)")
+    ap.add_argument("--chroma-share", type=float, default=0.1,
+                    help="Chroma writes per second as a share of --rate (0: no Chroma)")
     ap.add_argument("--scrape", type=float, default=15.0, help="seconds between scrapes")
     ap.add_argument("--window", type=float, default=None, help="lag window in seconds")
     ap.add_argument("--warmup", type=float, default=120.0, help="seconds not judged for RSS")

@@ -20,7 +20,9 @@ SOAK_CHECKS = ("daemon RSS flat after warm-up", "open file descriptors bounded",
                "PostgreSQL connections bounded", "_syncd_changelog bounded by pruning",
                "applied changes pruned",
                "SQLite WAL bounded", "acknowledged writes lost", "acknowledged writes doubled",
-               "rows equal (own comparison)", "syncd verify")
+               "rows equal (own comparison)", "syncd verify",
+               "Chroma embeddings_queue bounded by pruning", "applied Chroma log rows pruned")
+CHROMA_CHECKS = ("chroma items lost", "chroma items doubled", "chroma items equal (own comparison)")
 CHAOS_CHECKS = ("kills done", "PostgreSQL crashes done", "daemon never exited by itself",
                 "checkpoint never went backwards",
                 "acknowledged writes lost", "streamed writes applied (audit trigger)",
@@ -45,15 +47,19 @@ def passed(out: str, names: tuple[str, ...]) -> None:
 def test_short_soak(tmp_path: Path) -> None:
     out = campaign("bench.soak", "--minutes", "0.5", "--rate", "200", "--scrape", "5",
                    "--warmup", "5", "--scale", "50", "--work", str(tmp_path))
-    passed(out, SOAK_CHECKS)
+    passed(out, SOAK_CHECKS + CHROMA_CHECKS)
     assert "acknowledged writes lost: 0 " in out and "acknowledged writes doubled: 0 " in out
+    assert "chroma items lost: 0 " in out and "chroma items doubled: 0 " in out
 
 
 def test_short_kill_campaign(tmp_path: Path) -> None:
-    out = campaign("bench.chaos", "--kills", "3", "--pg-crashes", "1", "--archive-rows", "5000",
-                   "--rate", "150", "--work", str(tmp_path))
-    passed(out, CHAOS_CHECKS)
-    assert "kills done: 3 of 3" in out
+    """Kills (the first one aimed at the Chroma stream's snapshot or index build), a PostgreSQL
+    crash and a Chroma server SIGKILL + restart while syncd streams."""
+    out = campaign("bench.chaos", "--kills", "3", "--pg-crashes", "1", "--chroma-restarts", "1",
+                   "--archive-rows", "5000", "--rate", "150", "--work", str(tmp_path))
+    passed(out, CHAOS_CHECKS + CHROMA_CHECKS + ("Chroma restarts done",))
+    assert "kills done: 3 of 3" in out and "Chroma restarts done: 1 of 1" in out
+    assert "kill   1: chroma " in out
 
 
 DISK_FULL_CHECKS = ("daemon stayed up while full", "caught up after space was freed",
@@ -109,7 +115,7 @@ def test_short_switch_kill_campaign(tmp_path: Path) -> None:
 
 
 def test_short_network_campaign(tmp_path: Path) -> None:
-    """Random toxics on syncd's PostgreSQL connection for 20 s."""
+    """Random toxics on syncd's PostgreSQL and Chroma connections for 20 s."""
     out = campaign("bench.netchaos", "--minutes", "0.33", "--rate", "150", "--work", str(tmp_path))
-    passed(out, NET_CHECKS)
+    passed(out, NET_CHECKS + CHROMA_CHECKS)
     assert "acknowledged writes lost: 0 " in out and "acknowledged writes doubled: 0 " in out
