@@ -45,6 +45,8 @@ def _key_text(key: Any) -> str:
 
 
 async def _rejected(conn: asyncpg.Connection, stream: str, obj: str) -> set[str]:
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.rejects"):
+        return set()  # a target without syncd's state (--verify-only of a target loaded elsewhere)
     rows = await conn.fetch(f"SELECT key::text FROM {STATE_SCHEMA}.rejects WHERE stream = $1 AND object = $2 "
                             "AND resolved_at IS NULL", stream, obj)
     return {_key_text(json.loads(r[0])) for r in rows}
@@ -88,7 +90,9 @@ class BundleCheck:
 
     async def table(self, obj: dict[str, Any]) -> None:
         table = bd.table_from_json(obj["schema"])
-        (tt,) = await PostgresSink.prepare(self.conn, SQLITE_STREAM, [table], self.cfg.target)
+        target = self.cfg.target  # the table as it is: planned over its columns, nothing created
+        existing = await PostgresSink.existing_columns(self.conn, target.schema, target.table_for(table.name))
+        tt = plan_table(table, target, existing)
         canon = RowCanon.for_columns(tt.columns, tt.source.pk)
         row = await self.conn.fetchrow(f"SELECT count(*), coalesce(bit_xor({canon.hash_sql()}), 0) "
                                        f"FROM {tt.qualified}")

@@ -202,9 +202,11 @@ class Importer:
 
     async def ready_to_verify(self, conn: asyncpg.Connection) -> None:
         """--verify-only: refused while an import into the target is under way (it would differ),
-        and when a table of the bundle is not in the target (verify would create it)."""
-        await ensure_state(conn)
-        other = await conn.fetchval(f"SELECT path FROM {STATE_SCHEMA}.imports LIMIT 1")
+        and when a table of the bundle is not in the target (verify would create it). Writes nothing
+        to the target (not even syncd's state tables)."""
+        other = None  # nothing written: a target without syncd's state has no import under way
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.imports"):
+            other = await conn.fetchval(f"SELECT path FROM {STATE_SCHEMA}.imports LIMIT 1")
         if other is not None:
             raise FatalError(f"the import of {other} did not finish; run `syncd import {other}` again to "
                              "finish it, then verify")

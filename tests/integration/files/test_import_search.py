@@ -194,3 +194,19 @@ async def test_items_at_one_point_are_ties_not_differences(tmp_path: Path, pg_ds
     m = search_line(proc.stdout)
     assert proc.returncode == 0 and m is not None, proc.stdout + proc.stderr
     assert float(m[1]) == 1.0 and int(m[2]) == 20 and "not among" not in proc.stdout, m[0]
+
+
+async def test_verify_only_writes_nothing_to_a_target_without_syncd_state(tmp_path: Path, pg_dsn: str,
+                                                                          pg: asyncpg.Connection) -> None:
+    """A target loaded by another route (syncd's state schema gone): `--verify-only` checks it and
+    creates nothing there."""
+    make_app(tmp_path / "app.sqlite", notes=50, invalid_utf8=False)
+    cfg = config(tmp_path, pg_dsn)
+    bundle = tmp_path / "bundle"
+    export(cfg, bundle)
+    assert do_import(cfg, bundle).returncode == 0
+    await pg.execute("DROP SCHEMA syncd CASCADE")
+    proc = do_import(cfg, bundle, "--verify-only")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    made = await pg.fetch("SELECT relname FROM pg_class WHERE relnamespace = to_regnamespace('syncd')")
+    assert await pg.fetchval("SELECT to_regnamespace('syncd')") is None, [r[0] for r in made]
