@@ -43,7 +43,7 @@ from syncd.service import progress
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.status import StreamStatus
 from syncd.stores.pgvector.sink import PgvectorSink
-from syncd.stores.pgvector.table import ensure_state, plan_name, prepare_table, stream_name
+from syncd.stores.pgvector.table import ensure_state, plan_name, prepare_table, register_codec, stream_name
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.tables import TargetTable
 from syncd.stream import Stream
@@ -204,6 +204,7 @@ class Importer:
         """--verify-only: refused while an import into the target is under way (it would differ),
         and when a table of the bundle is not in the target (verify would create it). Writes nothing
         to the target (not even syncd's state tables)."""
+        await register_codec(conn)
         other = None  # nothing written: a target without syncd's state has no import under way
         if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.imports"):
             other = await conn.fetchval(f"SELECT path FROM {STATE_SCHEMA}.imports LIMIT 1")

@@ -53,18 +53,24 @@ def stream_name(collection_id: str) -> str:
 
 async def ensure_state(conn: asyncpg.Connection) -> None:
     """The vector extension, syncd's schema and tables, and pgvector's binary codec on *conn*."""
-    from pgvector.asyncpg import register_vector
-
     async with transaction(conn):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         await pgstate.ensure(conn)
         await conn.execute(DDL)
         await conn.execute(pgvector_doubt.DDL)
+    await register_codec(conn)
+
+
+async def register_codec(conn: asyncpg.Connection) -> None:
+    """pgvector's binary codec on *conn*, when the extension is installed (nothing is created)."""
+    from pgvector.asyncpg import register_vector
+
     schema = await conn.fetchval(
         "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
         "WHERE e.extname = 'vector'")
-    await register_vector(conn, schema=schema)
+    if schema is not None:
+        await register_vector(conn, schema=schema)
 
 
 async def existing_columns(conn: asyncpg.Connection, schema: str, table: str) -> dict[str, Existing] | None:
