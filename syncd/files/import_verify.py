@@ -24,6 +24,7 @@ import asyncpg
 
 from syncd import exitcodes
 from syncd.config import Config
+from syncd.errors import FatalError
 from syncd.files import bundle as bd
 from syncd.files.bundle_source import CollectionBundleSource, chunk_rows
 from syncd.files.chunk_writer import TableHasher
@@ -31,7 +32,7 @@ from syncd.files.import_search import search_parity
 from syncd.pg.state import jsonable
 from syncd.ports.collections import Item
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.pgvector.table import prepare_table, stream_name
+from syncd.stores.pgvector.table import planned_table, stream_name
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.postgres.tables import plan_table
 from syncd.streams.supervisor import SQLITE_STREAM
@@ -120,9 +121,12 @@ class BundleCheck:
     async def collection(self, obj: dict[str, Any]) -> None:
         source = CollectionBundleSource(self.root, obj, 1)
         try:
-            table = await prepare_table(self.conn, source, self.cfg.target)  # type: ignore[arg-type]
+            table = await planned_table(self.conn, source, self.cfg.target)  # type: ignore[arg-type]
         finally:
             await source.close()
+        if table is None:
+            raise FatalError(f"collection {source.info.name!r}: its table is not in the target; run "
+                             f"`syncd import {self.root}`")
         schema = await self.conn.fetchval(
             "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
             "WHERE e.extname = 'vector'")

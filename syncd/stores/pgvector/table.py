@@ -157,6 +157,26 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
     return table
 
 
+async def planned_table(conn: asyncpg.Connection, source: ChromaCollection,
+                        target: Target) -> VectorTable | None:
+    """The collection's table as it is in the target, planned over its columns: nothing created or
+    recorded (a check of a target loaded elsewhere). None when the table does not exist."""
+    info = source.info
+    record = None
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.chroma_collections"):
+        record = await conn.fetchrow(f"SELECT table_name, created FROM {STATE_SCHEMA}.chroma_collections "
+                                     "WHERE collection_id = $1", info.id)
+    probe = record["table_name"] if record is not None else plan_name(info, target)
+    existing = await existing_columns(conn, target.schema, probe)
+    if existing is None:
+        return None
+    table = plan(info, target, existing, {}, lambda _w: None, table=probe)
+    table.created = bool(record["created"]) if record is not None else False
+    found = await vector_indexes(conn, table.qualified, table.embedding_col)
+    table.index = found[0] if found else None
+    return table
+
+
 async def _create_from_ddl(conn: asyncpg.Connection, target: Target, index: int, table: str) -> list[str]:
     """Run ``[[target.collections]] create`` (the app's own DDL) for a table that does not exist yet;
     its vector indexes are dropped again and built after the snapshot, as written (their

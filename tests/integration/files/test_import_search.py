@@ -201,12 +201,14 @@ async def test_verify_only_writes_nothing_to_a_target_without_syncd_state(tmp_pa
     """A target loaded by another route (syncd's state schema gone): `--verify-only` checks it and
     creates nothing there."""
     make_app(tmp_path / "app.sqlite", notes=50, invalid_utf8=False)
-    cfg = config(tmp_path, pg_dsn)
+    make_chroma(tmp_path / "chroma")
+    cfg = config(tmp_path, pg_dsn, chroma=tmp_path / "chroma")
     bundle = tmp_path / "bundle"
     export(cfg, bundle)
     assert do_import(cfg, bundle).returncode == 0
     await pg.execute("DROP SCHEMA syncd CASCADE")
     proc = do_import(cfg, bundle, "--verify-only")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verify collection docs" in proc.stdout and "recall@10" in proc.stdout, proc.stdout
     made = await pg.fetch("SELECT relname FROM pg_class WHERE relnamespace = to_regnamespace('syncd')")
     assert await pg.fetchval("SELECT to_regnamespace('syncd')") is None, [r[0] for r in made]
