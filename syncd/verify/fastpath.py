@@ -78,7 +78,7 @@ class FastPath:
         return int(rec[0]), rec[1]
 
     async def sqlite_digest(self, rng: Range) -> Digest:
-        return await self.check.ctx.reader.digest(self.check.tt.source, rng.bounds(), self.row.text,
+        return await self.check.ctx.reader.digest(self.check.tt.source, rng.bounds(), self.row.digest,
                                                   self.row.functions)
 
     async def compare(self, rng: Range) -> tuple[bool, Digest, int]:

@@ -170,22 +170,21 @@ class SqliteReader:
             return [tuple(r) for r in conn.execute(sql, (every,))]
         return await self._call(self._read, run)
 
-    async def digest(self, table: Table, bounds: Bounds, row_text: str,
+    async def digest(self, table: Table, bounds: Bounds, row_md5: str,
                      functions: Mapping[str, Callable[[Any], str | None]]) -> Digest:
         """Digest of the rows in *bounds*: MD5 over the MD5s of their canonical texts, in key order.
 
-        *row_text* is SQL for a row's canonical text, NULL when Python must decide a part;
-        *functions* are the SQLite functions it calls.
+        *row_md5* is SQL for the MD5 (hex) of a row's canonical text, NULL when Python must
+        decide the row; *functions* are the SQLite functions it calls.
         """
         where, params = self._range_sql(table, bounds)
         sql = (f"SELECT count(*), count(h), group_concat(h, '') FROM ("
-               f"SELECT syncd_md5(CAST({row_text} AS BLOB)) AS h FROM {qi(table.name)}{where} "
+               f"SELECT {row_md5} AS h FROM {qi(table.name)}{where} "
                f"ORDER BY {self._key_sql(table)})")
 
         def run(conn: sqlite3.Connection) -> Digest:
             for name, fn in functions.items():
                 conn.create_function(name, 1, fn, deterministic=True)
-            conn.create_function("syncd_md5", 1, _md5, deterministic=True)
             n, decided, hashes = conn.execute(sql, params).fetchone()
             return Digest(int(n), int(decided), _md5(hashes.encode("ascii")) if hashes else None,
                           self._head(conn))

@@ -66,13 +66,13 @@ async def test_cuts_and_digests_agree_with_the_python_expectation(tmp_path: Path
         edges: list[tuple[Any, ...] | None] = [None, *cuts, None]
         total = 0
         for lo, hi in itertools.pairwise(edges):
-            d = await reader.digest(table, Bounds(lo, hi), sql.text, sql.functions)
+            d = await reader.digest(table, Bounds(lo, hi), sql.digest, sql.functions)
             inside = [r for r in rows if (lo is None or r[0] > lo[0]) and (hi is None or r[0] <= hi[0])]
             assert (d.rows, d.md5) == _python_digest(inside)
             assert d.decided == d.rows
             total += d.rows
         assert total == len(rows)
-        empty = await reader.digest(table, Bounds((5000,), None), sql.text, sql.functions)
+        empty = await reader.digest(table, Bounds((5000,), None), sql.digest, sql.functions)
         assert (empty.rows, empty.decided, empty.md5) == (0, 0, None)
     finally:
         await reader.close()
@@ -92,7 +92,7 @@ async def test_a_value_python_must_judge_is_not_decided(tmp_path: Path) -> None:
     reader = SqliteReader(tmp_path / "b.sqlite")
     try:
         sql = row_sql(_expects(), [qi(c) for c in table.column_names], "p")
-        d = await reader.digest(table, Bounds(None, None), sql.text, sql.functions)
+        d = await reader.digest(table, Bounds(None, None), sql.digest, sql.functions)
         assert (d.rows, d.decided) == (100, 98)
     finally:
         await reader.close()
@@ -108,7 +108,7 @@ async def test_one_ulp_changes_the_digest(tmp_path: Path) -> None:
         reader = SqliteReader(tmp_path / f"c{n}.sqlite")
         try:
             sql = row_sql(_expects(), [qi(c) for c in table.column_names], "p")
-            digests.append((await reader.digest(table, Bounds(None, None), sql.text, sql.functions)).md5)
+            digests.append((await reader.digest(table, Bounds(None, None), sql.digest, sql.functions)).md5)
         finally:
             await reader.close()
     assert digests[0] != digests[1]
