@@ -16,6 +16,7 @@ per value, in SQLite's thread, without building rows in Python.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -217,12 +218,18 @@ def _remembered(fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
     return remembered
 
 
-def row_digest(text: bytes | None) -> str | None:
-    """MD5 (hex) of a row's canonical text, NULL when Python must look at the row.
+def row_digest(*parts: bytes | None) -> str | None:
+    """MD5 (hex) of a row's canonical text (its parts joined with ``|``), NULL when Python must
+    look at the row: a part is NULL, or the text holds NUL.
 
     No part verify decides contains NUL (text holding NUL is unfit; every other part is
-    digits, hex or words), so a NUL anywhere means a text value SQL let through unchecked."""
-    if text is None or b"\x00" in text:
+    digits, hex or words), so a NUL anywhere means a text value SQL let through unchecked.
+    The parts come as separate BLOB arguments: SQLite's ``||`` would copy the growing row text
+    once per column."""
+    if None in parts:
+        return None
+    text = b"|".join(parts)  # type: ignore[arg-type]  # no None left
+    if b"\x00" in text:
         return None
     return hashlib.md5(text, usedforsecurity=False).hexdigest()
 
@@ -232,16 +239,26 @@ ROW_DIGEST = "syncd_row_md5"
 
 @dataclass(frozen=True, slots=True)
 class RowSql:
-    """A table's canonical row text as one SQLite expression, and the functions it calls."""
+    """A table's canonical row text as SQLite expressions, and the functions they call."""
 
-    text: str
-    """The row's parts joined with ``|`` (NULL when a value is unfit, or rounded on purpose)."""
-    functions: dict[str, Callable[[Any], str | None]]
+    parts: tuple[str, ...]
+    """Each column's part (NULL when a value is unfit, or rounded on purpose)."""
+    functions: dict[str, Callable[..., str | None]]
+
+    def register(self, conn: sqlite3.Connection) -> None:
+        """Make the functions known to *conn*."""
+        for name, fn in self.functions.items():
+            conn.create_function(name, -1 if name == ROW_DIGEST else 1, fn, deterministic=True)
+
+    @property
+    def text(self) -> str:
+        """The row's parts joined with ``|``."""
+        return " || '|' || ".join(self.parts)
 
     @property
     def digest(self) -> str:
         """The row's MD5 (hex), NULL when Python must decide the row (:func:`row_digest`)."""
-        return f"{ROW_DIGEST}(CAST({self.text} AS BLOB))"
+        return f"{ROW_DIGEST}({', '.join(f'CAST({p} AS BLOB)' for p in self.parts)})"
 
 
 def row_sql(expects: Sequence[Expect], sources: Sequence[str], prefix: str) -> RowSql:
@@ -251,14 +268,14 @@ def row_sql(expects: Sequence[Expect], sources: Sequence[str], prefix: str) -> R
     called only for the values SQL leaves open) decides the rest.
     """
     parts: list[str] = []
-    functions: dict[str, Callable[[Any], str | None]] = {ROW_DIGEST: row_digest}
+    functions: dict[str, Callable[..., str | None]] = {ROW_DIGEST: row_digest}
     for i, (e, x) in enumerate(zip(expects, sources, strict=True)):
         name = f"{prefix}_{i}"
         functions[name] = part_function(e)
         sql = part_sql(e, x, e.strict is not None)
         call = f"{name}({x})" if sql is None else f"coalesce({sql}, {name}({x}))"
         parts.append(f"CASE WHEN {x} IS NULL THEN 'N' ELSE {call} END")
-    return RowSql(" || '|' || ".join(parts), functions)
+    return RowSql(tuple(parts), functions)
 
 
 __all__ = ["ROW_DIGEST", "RowSql", "part_function", "part_sql", "row_digest", "row_sql"]

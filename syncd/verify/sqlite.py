@@ -13,6 +13,7 @@ import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,6 +79,8 @@ class SqliteReader:
             raise SourceError(f"SQLite {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise SourceError(f"SQLite {self.path}: {type(exc).__name__}: {exc}") from exc
+        except BrokenProcessPool as exc:
+            raise SourceError(f"SQLite {self.path}: a digest worker process ended: {exc}") from exc
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -78,8 +78,7 @@ def digest(conn: sqlite3.Connection, spec: RowSpec, sql: str, params: list[Any],
     """Run a :func:`digest_sql` query for *spec* in the open read transaction of *conn*;
     *registered*: the specs whose functions *conn* has already."""
     if spec not in registered:
-        for name, fn in spec.row().functions.items():
-            conn.create_function(name, 1, fn, deterministic=True)
+        spec.row().register(conn)
         registered.add(spec)
     n, decided, hashes = conn.execute(sql, params).fetchone()
     md5 = hashlib.md5(hashes.encode("ascii"), usedforsecurity=False).hexdigest() if hashes else None

@@ -62,8 +62,7 @@ def _store(values: list[Any]) -> sqlite3.Connection:
 def _sql_parts(pg_type: str, conn: sqlite3.Connection, rounded: bool = False) -> list[tuple[Any, str | None]]:
     e = expect("x", pg_type, rounded)
     rs = row_sql([e], ['"x"'], "syncd_t")
-    for name, fn in rs.functions.items():
-        conn.create_function(name, 1, fn, deterministic=True)
+    rs.register(conn)
     rows = conn.execute(f"SELECT x, {rs.text}, {rs.digest} FROM t ORDER BY i").fetchall()
     return [(v, None if digest is None else text) for v, text, digest in rows]
 
