@@ -18,6 +18,7 @@ import atexit
 import functools
 import hashlib
 import multiprocessing
+import signal
 import sqlite3
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ _worker: list[tuple[sqlite3.Connection, set[RowSpec]]] = []
 
 
 def _worker_open(path: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is verify's to handle; it shuts the pool down
     _worker.append((sqlite3.connect(uri(path, "ro"), uri=True, timeout=30, isolation_level=None), set()))
 
 
