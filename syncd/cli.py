@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--digest-rows", type=_at_least(0), default=None, metavar="N",
                    help="rows per key range compared by digest in both databases; ranges that differ "
                         "are compared row by row (default 10000; 0: every row in Python)")
+    v.add_argument("--digest-workers", type=_at_least(0), default=None, metavar="N",
+                   help="processes computing SQLite's digests in parallel (default: one per CPU, "
+                        "at most 4; 0: none)")
     v.add_argument("--counts", action="store_true", help="compare row counts only (quick)")
     v.add_argument("--sample-size", type=_at_least(0), default=None, metavar="N",
                    help="query vectors per collection for search parity (default 20; 0: none)")
@@ -333,7 +336,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_async(verify(cfg, as_json=args.json, tables=args.table, collections=args.collection,
                                 chunk_rows=args.chunk_rows, counts_only=args.counts,
                                 sample_size=args.sample_size, k=args.k, min_recall=args.min_recall,
-                                ef_search=args.ef_search, digest_rows=args.digest_rows))
+                                ef_search=args.ef_search, digest_rows=args.digest_rows,
+                                digest_workers=args.digest_workers))
     if args.command in ("cutover", "rollback"):
         from syncd.cutover.command import command
 

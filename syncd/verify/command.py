@@ -20,7 +20,7 @@ from syncd.verify.report import EXIT_QUARANTINED, render
 async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collections: list[str] | None,
                  chunk_rows: int | None, counts_only: bool, sample_size: int | None = None, k: int = 10,
                  min_recall: float = 0.9, ef_search: int | None = None,
-                 digest_rows: int | None = None) -> int:
+                 digest_rows: int | None = None, digest_workers: int | None = None) -> int:
     """Compare the stores; print a summary (or JSON); exit 0 only when everything matches."""
     if chunk_rows is not None and chunk_rows < 2:
         raise ConfigError("--chunk-rows: must be at least 2")
@@ -35,8 +35,11 @@ async def verify(cfg: Config, *, as_json: bool, tables: list[str] | None, collec
     assert exitcodes.QUARANTINED == EXIT_QUARANTINED
     if digest_rows is not None and digest_rows < 0:
         raise ConfigError("--digest-rows: must be 0 (compare every row in Python) or more")
+    if digest_workers is not None and digest_workers < 0:
+        raise ConfigError("--digest-workers: must be 0 (digest on verify's own thread) or more")
     options = verify_mod.TableOptions(chunk_rows=chunk_rows or 5000,
-                                      digest_rows=10_000 if digest_rows is None else digest_rows)
+                                      digest_rows=10_000 if digest_rows is None else digest_rows,
+                                      digest_workers=digest_workers)
     coll_options = verify_mod.CollectionOptions(sample_size=sample_size, k=k, min_recall=min_recall,
                                                 ef_search=ef_search)
     dsn = await supervisor.target_dsn(cfg)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
 import re
 import struct
 import uuid
@@ -30,7 +31,7 @@ from typing import Any
 from syncd.model import InvalidText
 from syncd.pg.datetime import INFINITY, MINUS_INFINITY, OutOfRange
 from syncd.verify.calendar import DAY, PG_DAYS, clock, day_text, days_from_civil, month_days
-from syncd.verify.canon import CanonError, _md5_hex, _numeric_text, jsonb_text
+from syncd.verify.canon import CanonError, _numeric_text, jsonb_utf8
 
 
 class Unfit(Exception):
@@ -282,7 +283,7 @@ def _json(v: Any) -> str:
     if type(v) is not str:
         raise _unfit(v, "jsonb")
     try:
-        return _md5_hex(jsonb_text(v))
+        return hashlib.md5(jsonb_utf8(v), usedforsecurity=False).hexdigest()
     except CanonError as exc:
         raise _unfit(v, "jsonb", str(exc)) from None
 

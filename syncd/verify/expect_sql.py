@@ -15,6 +15,8 @@ per value, in SQLite's thread, without building rows in Python.
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,8 @@ HEX = "[0-9a-f]"
 _UUID_GLOB = "-".join(HEX * n for n in (8, 4, 4, 4, 12))
 _DIGITS = "[0-9]"
 _DATE_GLOB = f"{_DIGITS * 4}-{_DIGITS * 2}-{_DIGITS * 2}"
-_CLOCK_GLOB = f"{_DIGITS * 2}:{_DIGITS * 2}:{_DIGITS * 2}"
+_CLOCK_GLOB = f"{_DIGITS * 2}:[0-5]{_DIGITS}:[0-5]{_DIGITS}"
+_STAMP_GLOB = f"{_DATE_GLOB}[ T]{_CLOCK_GLOB}*"
 _TRUE = ("1", "true", "t", "yes", "y", "on")
 _FALSE = ("0", "false", "f", "no", "n", "off")
 
@@ -62,12 +65,16 @@ def _numeric(x: str, precision: int | None, scale: int | None) -> str | None:
 
 
 def _text(x: str, limit: int | None, padded: bool) -> str:
-    """Text (no NUL, within the limit; ``character`` drops trailing blanks), or an integer's digits."""
+    """Text within the limit (``character`` drops trailing blanks), or an integer's digits.
+
+    A text holding NUL is unfit, and no other part contains NUL: such a row is left to
+    Python by :func:`row_digest`, which looks for NUL in the whole row at C speed (a
+    per-value ``instr`` scan cost as much as the rest of a 1 KB text's part)."""
     as_int = f"CAST({x} AS TEXT)"
     fits, int_fits = (f" AND length({x}) <= {limit}", f" AND length({as_int}) <= {limit}") \
         if limit is not None else ("", "")
     s = f"rtrim({x}, ' ')" if padded else x
-    return (f"CASE WHEN typeof({x}) = 'text' AND {_no_nul(x)}{fits} THEN length({s}) || ':' || {s} "
+    return (f"CASE WHEN typeof({x}) = 'text'{fits} THEN length({s}) || ':' || {s} "
             f"WHEN typeof({x}) = 'integer'{int_fits} THEN length({as_int}) || ':' || {as_int} END")
 
 
@@ -80,8 +87,11 @@ def _bool(x: str) -> str:
 
 
 def _valid_date(d: str) -> str:
-    """*d* (text) is ``YYYY-MM-DD``, a real calendar day from year 1 on."""
-    return f"{d} GLOB '{_DATE_GLOB}' AND {d} >= '0001-01-01' AND date({d}, '+0 days') = {d}"  # normalised
+    """*d* (text) is ``YYYY-MM-DD``, a real calendar day from year 1 on.
+
+    Days 01-28 of months 01-12 exist in every year: only days 29-31 ask ``date()``."""
+    return (f"{d} GLOB '{_DATE_GLOB}' AND {d} >= '0001-01-01' AND substr({d}, 6, 2) BETWEEN '01' AND '12' "
+            f"AND (substr({d}, 9, 2) BETWEEN '01' AND '28' OR date({d}, '+0 days') = {d})")
 
 
 def _date(x: str) -> str:
@@ -89,8 +99,8 @@ def _date(x: str) -> str:
 
 
 def _valid_clock(c: str) -> str:
-    """*c* (text) is ``HH:MM:SS`` of one day (SQLite's time() lets hour 24 through)."""
-    return f"{c} GLOB '{_CLOCK_GLOB}' AND {c} < '24' AND time({c}) = {c}"
+    """*c* (text) is ``HH:MM:SS`` of one day: the GLOB keeps minutes and seconds below 60."""
+    return f"{c} GLOB '{_CLOCK_GLOB}' AND {c} < '24'"
 
 
 def _time(x: str) -> str:
@@ -98,14 +108,22 @@ def _time(x: str) -> str:
 
 
 def _timestamp(x: str, precision: int, zone: bool) -> str:
-    """``YYYY-MM-DD[ T]HH:MM:SS[.f{1,6}]`` (no offset); the fraction's trailing zeros trimmed."""
-    day, clock, frac = f"substr({x}, 1, 10)", f"substr({x}, 12, 8)", f"substr({x}, 21)"
-    trimmed = f"rtrim({frac}, '0')"
-    cond = (f"typeof({x}) = 'text' AND length({x}) BETWEEN 19 AND 26 AND {_valid_date(day)} "
-            f"AND substr({x}, 11, 1) IN (' ', 'T') AND {_valid_clock(clock)} "
+    """``YYYY-MM-DD[ T]HH:MM:SS[.f{1,6}]`` (no offset); the fraction's trailing zeros trimmed.
+
+    One GLOB checks the layout (digits, separators, minutes and seconds below 60); string
+    comparisons check month, hour and year; ``date()`` is asked only for days 29-31."""
+    day = f"substr({x}, 1, 10)"
+    frac = f"substr({x}, 21)"
+    spaced = f"CASE WHEN substr({x}, 11, 1) = 'T' THEN {day} || ' ' || substr({x}, 12) ELSE {x} END"
+    digits = f"length(rtrim({x}, '0')) - 20"  # of the fraction, trailing zeros trimmed
+    fine = "" if precision >= 6 else f" AND {digits} <= {precision}"
+    cond = (f"typeof({x}) = 'text' AND length({x}) BETWEEN 19 AND 26 AND {x} GLOB '{_STAMP_GLOB}' "
+            f"AND {x} >= '0001-01-01' AND substr({x}, 6, 2) BETWEEN '01' AND '12' "
+            f"AND substr({x}, 12, 2) < '24' "
+            f"AND (substr({x}, 9, 2) BETWEEN '01' AND '28' OR date({day}, '+0 days') = {day}) "
             f"AND (length({x}) = 19 OR (substr({x}, 20, 1) = '.' AND length({x}) > 20 "
-            f"AND NOT {frac} GLOB '*[^0-9]*' AND length({trimmed}) <= {precision}))")
-    text = f"{day} || ' ' || {clock} || CASE WHEN {trimmed} = '' THEN '' ELSE '.' || {trimmed} END"
+            f"AND NOT {frac} GLOB '*[^0-9]*'{fine}))")
+    text = f"CASE WHEN length({x}) = 19 THEN {spaced} ELSE rtrim(rtrim({spaced}, '0'), '.') END"
     zone_sql = " || '+00'" if zone else ""
     return f"CASE WHEN {cond} THEN {text}{zone_sql} END"
 
@@ -157,7 +175,10 @@ def part_sql(e: Expect, x: str, rounded: bool = False) -> str | None:
 
 def part_function(e: Expect) -> Callable[[Any], str | None]:
     """The expectation's own part as a SQLite function: the part, or NULL when the value is unfit
-    (or, in a column rounded on purpose, when it was rounded: the row-by-row path shows it)."""
+    (or, in a column rounded on purpose, when it was rounded: the row-by-row path shows it).
+
+    JSON parts are remembered by text (:func:`_remembered`): app columns such as settings
+    repeat a few values over many rows, and jsonb's text costs microseconds per value."""
     part, strict = e.part, e.strict
 
     def fn(v: Any) -> str | None:
@@ -169,16 +190,75 @@ def part_function(e: Expect) -> Callable[[Any], str | None]:
             return part(v)
         except Unfit:
             return None
-    return fn
+    return _remembered(fn) if kind_of(e.pg_type)[0] in ("json", "jsonb") else fn
+
+
+REMEMBERED = 4096
+"""Distinct texts a JSON part function keeps (the first ones seen; then it only looks up)."""
+REMEMBERED_CHARS = 1024
+"""Longer texts are not kept."""
+_MISS = object()
+
+
+def _remembered(fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    """*fn* with its results kept for up to :data:`REMEMBERED` texts (keyed by the exact text:
+    the part is a function of it alone; other storage classes are not kept, ``1`` and ``1.0``
+    being equal keys with different parts)."""
+    kept: dict[str, str | None] = {}
+
+    def remembered(v: Any) -> str | None:
+        if type(v) is not str or len(v) > REMEMBERED_CHARS:
+            return fn(v)
+        out = kept.get(v, _MISS)
+        if out is _MISS:
+            out = fn(v)
+            if len(kept) < REMEMBERED:
+                kept[v] = out
+        return out  # type: ignore[return-value]  # _MISS was replaced
+    return remembered
+
+
+def row_digest(*parts: bytes | None) -> str | None:
+    """MD5 (hex) of a row's canonical text (its parts joined with ``|``), NULL when Python must
+    look at the row: a part is NULL, or the text holds NUL.
+
+    No part verify decides contains NUL (text holding NUL is unfit; every other part is
+    digits, hex or words), so a NUL anywhere means a text value SQL let through unchecked.
+    The parts come as separate BLOB arguments: SQLite's ``||`` would copy the growing row text
+    once per column."""
+    if None in parts:
+        return None
+    text = b"|".join(parts)  # type: ignore[arg-type]  # no None left
+    if b"\x00" in text:
+        return None
+    return hashlib.md5(text, usedforsecurity=False).hexdigest()
+
+
+ROW_DIGEST = "syncd_row_md5"
 
 
 @dataclass(frozen=True, slots=True)
 class RowSql:
-    """A table's canonical row text as one SQLite expression, and the functions it calls."""
+    """A table's canonical row text as SQLite expressions, and the functions they call."""
 
-    text: str
-    """The row's parts joined with ``|`` (NULL when a value is unfit, or rounded on purpose)."""
-    functions: dict[str, Callable[[Any], str | None]]
+    parts: tuple[str, ...]
+    """Each column's part (NULL when a value is unfit, or rounded on purpose)."""
+    functions: dict[str, Callable[..., str | None]]
+
+    def register(self, conn: sqlite3.Connection) -> None:
+        """Make the functions known to *conn*."""
+        for name, fn in self.functions.items():
+            conn.create_function(name, -1 if name == ROW_DIGEST else 1, fn, deterministic=True)
+
+    @property
+    def text(self) -> str:
+        """The row's parts joined with ``|``."""
+        return " || '|' || ".join(self.parts)
+
+    @property
+    def digest(self) -> str:
+        """The row's MD5 (hex), NULL when Python must decide the row (:func:`row_digest`)."""
+        return f"{ROW_DIGEST}({', '.join(f'CAST({p} AS BLOB)' for p in self.parts)})"
 
 
 def row_sql(expects: Sequence[Expect], sources: Sequence[str], prefix: str) -> RowSql:
@@ -188,14 +268,14 @@ def row_sql(expects: Sequence[Expect], sources: Sequence[str], prefix: str) -> R
     called only for the values SQL leaves open) decides the rest.
     """
     parts: list[str] = []
-    functions: dict[str, Callable[[Any], str | None]] = {}
+    functions: dict[str, Callable[..., str | None]] = {ROW_DIGEST: row_digest}
     for i, (e, x) in enumerate(zip(expects, sources, strict=True)):
         name = f"{prefix}_{i}"
         functions[name] = part_function(e)
         sql = part_sql(e, x, e.strict is not None)
         call = f"{name}({x})" if sql is None else f"coalesce({sql}, {name}({x}))"
         parts.append(f"CASE WHEN {x} IS NULL THEN 'N' ELSE {call} END")
-    return RowSql(" || '|' || ".join(parts), functions)
+    return RowSql(tuple(parts), functions)
 
 
-__all__ = ["RowSql", "part_function", "part_sql", "row_sql"]
+__all__ = ["ROW_DIGEST", "RowSql", "part_function", "part_sql", "row_digest", "row_sql"]

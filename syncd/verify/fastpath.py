@@ -7,11 +7,13 @@ verify's own expectation, never the sink's converters), the MD5 over the MD5s of
 canonical texts in key order, and the row count:
 
 - PostgreSQL: ``md5(string_agg(md5(row_text), '' ORDER BY key))`` over the range, using
-  the primary-key index;
+  the primary-key index (the row MD5s in a subquery: only key and MD5 are sorted);
 - SQLite: the same text built by SQL expressions where SQL can render the part exactly,
   by the expectation's own Python part registered as a SQLite function where it cannot
   (float bits, jsonb text); each row's MD5 by a registered function, the concatenation by
-  ``group_concat``; no row objects in Python.
+  ``group_concat``; no row objects in Python. The Python functions hold the GIL, so a
+  table of several ranges is digested by the reader's worker processes, a few ranges
+  ahead (:mod:`syncd.verify.sqlite_digest`).
 
 Equal counts and equal digests: the range is equal, row for row (an ordered digest over
 row hashes is at least as strong as the count and XOR the row-by-row scan uses). Anything
@@ -26,14 +28,18 @@ byte-ordered, a database encoding other than UTF-8).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from syncd.sql import qi
-from syncd.verify.expect_sql import row_sql
 from syncd.verify.rowcompare import RowCompare
 from syncd.verify.rows import Range, Row
-from syncd.verify.sqlite import Digest
+from syncd.verify.sqlite_digest import Digest, RowSpec
+
+PARALLEL_RANGES = 3
+"""Tables of at least this many ranges are digested in the reader's worker processes."""
 
 
 class FastPath:
@@ -43,9 +49,13 @@ class FastPath:
         self.check = check
         tt = check.tt
         sources = (["rowid"] if tt.source.synthetic_key else []) + [qi(c) for c in tt.source.column_names]
-        self.row = row_sql(check.expects, sources, "syncd_part")
-        self.pg_sql = (f"SELECT count(*), md5(string_agg(md5({check.canon.row_text_sql()}), '' "
-                       f"ORDER BY {', '.join(check.key_exprs)})) FROM {tt.qualified} WHERE ")
+        self.spec = RowSpec(tuple((c.name, c.pg_type, c.rounded) for c in tt.columns), tuple(sources))
+        # the rows' MD5s are computed first and only (key, MD5) is sorted: sorting whole rows
+        # spills to disk for ranges of wide rows
+        keys = [f"k{i}" for i in range(len(check.key_exprs))]
+        aliased = ", ".join(f"{x} AS {k}" for x, k in zip(check.key_exprs, keys, strict=True))
+        self.pg_sql = (f"SELECT count(*), md5(string_agg(h, '' ORDER BY {', '.join(keys)})) FROM ("
+                       f"SELECT {aliased}, md5({check.canon.row_text_sql()}) AS h FROM {tt.qualified} WHERE ")
 
     async def unusable(self) -> str | None:
         """Why the fast path cannot be used for this table (None: it can)."""
@@ -73,19 +83,49 @@ class FastPath:
     async def pg_digest(self, rng: Range) -> tuple[int, str | None]:
         params: list[Any] = []
         where = self.check._where(rng, params)
-        rec = await self.check.ctx.conn.fetchrow(self.pg_sql + where, *params)
+        rec = await self.check.ctx.conn.fetchrow(f"{self.pg_sql}{where}) s", *params)
         assert rec is not None
         return int(rec[0]), rec[1]
 
-    async def sqlite_digest(self, rng: Range) -> Digest:
-        return await self.check.ctx.reader.digest(self.check.tt.source, rng.bounds(), self.row.text,
-                                                  self.row.functions)
+    async def sqlite_digest(self, rng: Range, parallel: bool = False) -> Digest:
+        return await self.check.ctx.reader.digest(self.check.tt.source, rng.bounds(), self.spec, parallel)
 
     async def compare(self, rng: Range) -> tuple[bool, Digest, int]:
         """(equal, SQLite's digest, PostgreSQL's row count) of one range, both sides at once."""
         mine, (n_pg, theirs) = await asyncio.gather(self.sqlite_digest(rng), self.pg_digest(rng))
-        equal = mine.rows == mine.decided == n_pg and mine.md5 == theirs
-        return equal, mine, n_pg
+        return self._equal(mine, n_pg, theirs), mine, n_pg
+
+    @staticmethod
+    def _equal(mine: Digest, n_pg: int, theirs: str | None) -> bool:
+        return mine.rows == mine.decided == n_pg and mine.md5 == theirs
+
+    async def compare_all(self, ranges: list[Range]) -> AsyncGenerator[tuple[Range, bool, Digest, int], None]:
+        """:meth:`compare` of every range, in order. SQLite's digests of the next ranges are
+        computed ahead (in the reader's worker processes when the table has enough ranges), one
+        more than there are workers; PostgreSQL's are asked one at a time, when the caller
+        wants the range (the connection is the caller's between two ranges)."""
+        workers = self.check.ctx.reader.workers
+        parallel = workers > 0 and len(ranges) >= PARALLEL_RANGES
+        depth = workers + 1 if parallel else 1
+        todo = iter(ranges)
+        ahead: collections.deque[tuple[Range, asyncio.Future[Digest]]] = collections.deque()
+        try:
+            while True:
+                while len(ahead) < depth and (rng := next(todo, None)) is not None:
+                    ahead.append((rng, asyncio.ensure_future(self.sqlite_digest(rng, parallel))))
+                if not ahead:
+                    return
+                rng, mine_f = ahead.popleft()
+                if depth == 1:
+                    mine, (n_pg, theirs) = await asyncio.gather(mine_f, self.pg_digest(rng))
+                else:
+                    n_pg, theirs = await self.pg_digest(rng)
+                    mine = await mine_f
+                yield rng, self._equal(mine, n_pg, theirs), mine, n_pg
+        finally:
+            for _, f in ahead:
+                f.cancel()
+            await asyncio.gather(*(f for _, f in ahead), return_exceptions=True)
 
 
 __all__ = ["FastPath"]

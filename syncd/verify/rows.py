@@ -29,6 +29,8 @@ class TableOptions:
     """Stop waiting when the stream's checkpoint has not moved for this long."""
     digest_rows: int = 10_000
     """Rows per key range compared by digest (:mod:`syncd.verify.fastpath`); 0: row by row only."""
+    digest_workers: int | None = None
+    """Processes digesting SQLite key ranges in parallel; 0: verify's own thread; None: one per CPU."""
     stream_keys: bool | None = None
     """Force (True) or forbid (False) streaming key hashes instead of range aggregates; None: auto."""
 

@@ -18,6 +18,7 @@ encoding both sides hash: :mod:`syncd.verify.canon`; decisions: ``docs/verify.md
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -160,6 +161,15 @@ def _choose(tables: Sequence[Table], names: Sequence[str] | None) -> list[Table]
     return [by_name[n] for n in dict.fromkeys(names)]
 
 
+def _workers(options: TableOptions) -> int:
+    if options.digest_workers is not None:
+        return options.digest_workers
+    return min(os.cpu_count() or 1, MAX_DIGEST_WORKERS)
+
+
+MAX_DIGEST_WORKERS = 4
+
+
 async def _stream_problem(conn: asyncpg.Connection, reader: SqliteReader) -> str | None:
     """Why the tables cannot be compared yet, or None.
 
@@ -238,7 +248,7 @@ async def verify(cfg: Config, dsn: str, *, mode: str = "full", tables: Sequence[
     try:
         if cfg.sqlite is not None and not (collections and not tables):
             chosen = _choose(discover_tables(cfg), tables)
-            reader = SqliteReader(cfg.sqlite.path)
+            reader = SqliteReader(cfg.sqlite.path, _workers(options))
             conn = await connect(cfg.target, dsn)
             await _session(conn)
             checks += await _table_checks(cfg, conn, reader, chosen, options, progress)

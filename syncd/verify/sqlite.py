@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from syncd.sql import qi
 from syncd.stores.sqlite.capture import CHANGELOG, META
 from syncd.stores.sqlite.schema import uri
 from syncd.stores.sqlite.values import decode_key, fetch_all, param
+from syncd.verify.sqlite_digest import Digest, DigestPool, RowSpec, changelog_head, digest, digest_sql
 
 T = TypeVar("T")
 Raw = tuple[Any, ...]
@@ -52,40 +53,34 @@ class Tail:
     """Raw keys of the table changed after the position."""
 
 
-@dataclass(frozen=True, slots=True)
-class Digest:
-    """What SQLite says about the rows of one key range (:meth:`SqliteReader.digest`)."""
-
-    rows: int
-    decided: int
-    """Rows whose every part SQL (or a registered part function) decided; fewer: Python must look."""
-    md5: str | None
-    """None for an empty range."""
-    head: int
-
-
-def _md5(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
 class SqliteReader:
     """A read-only connection to the source database, used from one thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, workers: int = 0) -> None:
+        """*workers*: processes that digest key ranges in parallel (:class:`DigestPool`, started
+        at the first parallel digest); 0 digests on the reader's own thread."""
         self.path = path
+        self.workers = workers
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-verify")
         self._conn: sqlite3.Connection | None = None
+        self._registered: set[RowSpec] = set()
+        self._pool: DigestPool | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
+        return await self._translated(loop.run_in_executor(self._executor, fn, *args))
+
+    async def _translated(self, future: Awaitable[T]) -> T:
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await future
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise SourceBusy(f"SQLite {self.path}: {exc}") from exc
             raise SourceError(f"SQLite {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise SourceError(f"SQLite {self.path}: {type(exc).__name__}: {exc}") from exc
+        except BrokenProcessPool as exc:
+            raise SourceError(f"SQLite {self.path}: a digest worker process ended: {exc}") from exc
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -100,9 +95,13 @@ class SqliteReader:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+                self._registered.clear()
         with contextlib.suppress(Exception):
             await self._call(close)
         self._executor.shutdown(wait=True)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.get_running_loop().run_in_executor(None, pool.close)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run *fn* inside one read transaction."""
@@ -115,11 +114,7 @@ class SqliteReader:
 
     @staticmethod
     def _head(conn: sqlite3.Connection) -> int:
-        try:
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
-        except sqlite3.OperationalError:  # no AUTOINCREMENT table at all: no capture
-            return 0
-        return int(row[0]) if row else 0
+        return changelog_head(conn)
 
     # --- SQL -------------------------------------------------------------------------------
 
@@ -170,25 +165,18 @@ class SqliteReader:
             return [tuple(r) for r in conn.execute(sql, (every,))]
         return await self._call(self._read, run)
 
-    async def digest(self, table: Table, bounds: Bounds, row_text: str,
-                     functions: Mapping[str, Callable[[Any], str | None]]) -> Digest:
-        """Digest of the rows in *bounds*: MD5 over the MD5s of their canonical texts, in key order.
-
-        *row_text* is SQL for a row's canonical text, NULL when Python must decide a part;
-        *functions* are the SQLite functions it calls.
-        """
+    async def digest(self, table: Table, bounds: Bounds, spec: RowSpec, parallel: bool = False) -> Digest:
+        """Digest of the rows in *bounds*: MD5 over the MD5s of their canonical texts, in key order
+        (:mod:`syncd.verify.sqlite_digest`); *parallel*: in a worker process, if the reader has any."""
         where, params = self._range_sql(table, bounds)
-        sql = (f"SELECT count(*), count(h), group_concat(h, '') FROM ("
-               f"SELECT syncd_md5(CAST({row_text} AS BLOB)) AS h FROM {qi(table.name)}{where} "
-               f"ORDER BY {self._key_sql(table)})")
+        sql = digest_sql(qi(table.name), self._key_sql(table), where, spec.row().digest)
+        if parallel and self.workers > 0:
+            if self._pool is None:
+                self._pool = DigestPool(self.path, self.workers)
+            return await self._translated(asyncio.wrap_future(self._pool.submit(spec, sql, params)))
 
         def run(conn: sqlite3.Connection) -> Digest:
-            for name, fn in functions.items():
-                conn.create_function(name, 1, fn, deterministic=True)
-            conn.create_function("syncd_md5", 1, _md5, deterministic=True)
-            n, decided, hashes = conn.execute(sql, params).fetchone()
-            return Digest(int(n), int(decided), _md5(hashes.encode("ascii")) if hashes else None,
-                          self._head(conn))
+            return digest(conn, spec, sql, params, self._registered)
         return await self._call(self._read, run)
 
     async def encoding(self) -> str:

@@ -78,29 +78,36 @@ class TableCheck(RowCompare):
         """Digest per key range on both sides; the ranges that disagree are compared row by row."""
         found = _Found(self, result)
         newest = 0
-        for rng in await fast.ranges():
-            equal, digest, n_pg = await fast.compare(rng)
-            result.chunks += 1
-            newest = max(newest, digest.head)
-            if equal:
-                result.source_rows = (result.source_rows or 0) + digest.rows
-                result.target_rows = (result.target_rows or 0) + n_pg
-                if rng.hi is not None and self.ordered:
-                    self._last_key = rng.hi.conv_key
-                found.add([], digest.rows)
-                continue
-            result.chunks_by_row += 1
-            [raws], tail = await self.ctx.reader.ranges(self.tt.source, [rng.bounds()], None)
-            rows = self.prepare(raws, note_rounded=True)
-            newest = max(newest, tail.head)
-            self._track_order(rows)
-            result.source_rows = (result.source_rows or 0) + len(rows)
-            for piece, piece_rows in self._pieces(rng, rows):
-                aggregate = asyncio.ensure_future(self.pg_buckets(piece, []))
-                if found.add(await self._finish_chunk(piece, piece_rows, tail.head, aggregate, result),
-                             len(piece_rows)):
-                    return found.ranges(), newest
+        async with contextlib.aclosing(fast.compare_all(await fast.ranges())) as compared:
+            async for rng, equal, digest, n_pg in compared:
+                result.chunks += 1
+                newest = max(newest, digest.head)
+                if equal:
+                    result.source_rows = (result.source_rows or 0) + digest.rows
+                    result.target_rows = (result.target_rows or 0) + n_pg
+                    if rng.hi is not None and self.ordered:
+                        self._last_key = rng.hi.conv_key
+                    found.add([], digest.rows)
+                    continue
+                stop, head = await self._by_row(rng, found, result)
+                newest = max(newest, head)
+                if stop:
+                    break
         return found.ranges(), newest
+
+    async def _by_row(self, rng: Range, found: _Found, result: CheckResult) -> tuple[bool, int]:
+        """Compare a range whose digests differ row by row: (the scan must stop, SQLite's head)."""
+        result.chunks_by_row += 1
+        [raws], tail = await self.ctx.reader.ranges(self.tt.source, [rng.bounds()], None)
+        rows = self.prepare(raws, note_rounded=True)
+        self._track_order(rows)
+        result.source_rows = (result.source_rows or 0) + len(rows)
+        for piece, piece_rows in self._pieces(rng, rows):
+            aggregate = asyncio.ensure_future(self.pg_buckets(piece, []))
+            if found.add(await self._finish_chunk(piece, piece_rows, tail.head, aggregate, result),
+                         len(piece_rows)):
+                return True, tail.head
+        return False, tail.head
 
     def _pieces(self, rng: Range, rows: list[Row]) -> list[tuple[Range, list[Row]]]:
         """*rows* of *rng* in ranges of about ``chunk_rows`` rows, as the row-by-row scan reads them

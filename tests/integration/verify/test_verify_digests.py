@@ -7,6 +7,7 @@ back. Verify runs as the real CLI, with digest ranges small enough to give many 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,58 @@ async def test_rejects_inside_equal_ranges_are_accounted_as_before(tmp_path: Pat
         assert [(r["key"], r["recorded"]) for r in t["rejected"]] == [([15000], True)]
         assert t["source_rows"] == 20_000 and t["target_rows"] == 19_999
     assert checks(fast[1])["t"]["chunks_by_row"] == 1
+
+
+SETTINGS = ['{"theme": "dark", "language": "en", "notifications": {"email": true, "push": false}}',
+            '{"theme": "light", "language": "fr", "notifications": {"email": false, "push": true}}',
+            '{"theme": "system", "page_size": 25}']
+
+
+def _app_row(i: int) -> tuple[Any, ...]:
+    tags = json.dumps(["a", "b"][: i % 3])
+    meta = (f'{{"price": 1.50, "n": {i}}}' if i % 7 == 0
+            else f'{{"source": "api", "tags": {tags}, "page": {i}}}')
+    return (i, SETTINGS[i % 3], meta, f"2024-01-{1 + i % 28:02d} 10:{i % 60:02d}:05.{i % 1000:03d}",
+            f"body {i} ü")
+
+
+async def test_digest_paths_still_find_one_character_one_microsecond_and_number_layout(
+        tmp_path: Path, make_config: Any, pg: asyncpg.Connection) -> None:
+    """The digest's cheap paths (JSON parts remembered by text, jsonb text by orjson, timestamps by
+    GLOB, NUL found in the row digest, ranges digested in worker processes) miss nothing:
+    one character of a repeated JSON text and of a per-row one, 1.50 against 1.5 inside JSON
+    (jsonb keeps both), 1 µs of a timestamp and one character of a text are each found."""
+    import sqlite3
+
+    db = tmp_path / "app.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE app (id INTEGER PRIMARY KEY, settings JSON, meta JSON, at DATETIME, "
+                 "body TEXT)")
+    conn.executemany("INSERT INTO app VALUES (?, ?, ?, ?, ?)", [_app_row(i) for i in range(12_000)])
+    conn.commit()
+    conn.close()
+    cfg = make_config(db)
+    from tests.conftest import run_syncd
+
+    run_syncd("--config", str(cfg), "init")
+    run_syncd("--config", str(cfg), "run", "--until-caught-up")
+    for workers in ("2", "0"):
+        code, report = verify_json(cfg, "--digest-rows", "1000", "--digest-workers", workers)
+        app = checks(report)["app"]
+        assert code == 0 and report["ok"], found(report)
+        assert (app["chunks"], app["chunks_by_row"]) == (13, 0), app  # every range decided by digest
+
+    assert await pg.fetchval("SELECT meta->>'price' FROM app WHERE id = 7000") == "1.50"
+    await pg.execute("UPDATE app SET settings = replace(settings::text, 'dark', 'dork')::jsonb "
+                     "WHERE id = 3000")
+    await pg.execute("UPDATE app SET meta = replace(meta::text, 'api', 'apj')::jsonb WHERE id = 5002")
+    await pg.execute("UPDATE app SET meta = jsonb_set(meta, '{price}', '1.5') WHERE id = 7000")
+    await pg.execute("UPDATE app SET at = at + interval '1 microsecond' WHERE id = 9004")
+    await pg.execute("UPDATE app SET body = 'body 11005 u' WHERE id = 11005")
+    want = [("app", [3000], "changed", ["settings"]), ("app", [5002], "changed", ["meta"]),
+            ("app", [7000], "changed", ["meta"]), ("app", [9004], "changed", ["at"]),
+            ("app", [11005], "changed", ["body"])]
+    for workers in ("2", "0"):
+        code, report = verify_json(cfg, "--digest-rows", "1000", "--digest-workers", workers)
+        assert code == 1 and sorted(found(report)) == want, found(report)
+        assert checks(report)["app"]["chunks_by_row"] == 5

@@ -63,6 +63,17 @@ EQUAL: list[tuple[str, object, str]] = [
     ("timestamptz", "0001-01-01T00:00:00Z", "0001-01-01 00:00:00+00"),
     ("jsonb", '{"b": 1, "a": [1.50, -0.0, 1e3]}', '{"a": [1.50, -0.0, 1e3], "b": 1}'),
     ("jsonb", 5, "5"),
+    # jsonb's text of JSON orjson parses (syncd.verify.canon): big integers, number layouts,
+    # escapes, duplicate keys, separators inside strings, key order by bytes
+    *(("jsonb", j, j) for j in [
+        '{"a": 18446744073709551616, "b": 18446744073709551615, "c": -9223372036854775809}',
+        "[123456789012345678901234567890, -0, 0, 7]", '{"x": 1.50}', '{"x": 1.5}',
+        "[-0.0, 1e3, 1E-2, 2.5e+10, 0.1, 100.000]", '{"x": 1.50, "y": {"z": [1, 2]}}',
+        '{"s": "\\u00e9\\u0041\\n\\t\\"\\\\\\u001f\\ud83d\\ude00\\u007f/"}',
+        '{"a": 1, "a": 2, "b": {"x": [1], "x": {"y": 3}}}', '{"k:1": "v,2", "k": [",", ":", ", "]}',
+        '{"\u00e9": 1, "ab": 2, "z": 3, "\u20ac\u20ac": 4, "aaa": 5, "\u00e9\u00e9": 6}',
+        '  [ {"b":1,"a":2} , [] , {} , "x" , true , false , null ]  ', '"top, level: string"', "null",
+    ]),
     ("uuid", "{5F0C3A52-8F7E-4C1D-9A3B-2D6E1F0A9B8C}", "5f0c3a52-8f7e-4c1d-9a3b-2d6e1f0a9b8c"),
 ]
 UNFIT: list[tuple[str, object]] = [

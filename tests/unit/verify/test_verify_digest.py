@@ -19,8 +19,8 @@ from syncd.sql import qi
 from syncd.stores.sqlite.schema import describe
 from syncd.verify.canon import NULL, SEP
 from syncd.verify.expect import Expect, Unfit, expect
-from syncd.verify.expect_sql import row_sql
 from syncd.verify.sqlite import Bounds, SqliteReader
+from syncd.verify.sqlite_digest import RowSpec
 
 COLUMNS = [("id", "bigint"), ("name", "text"), ("score", "double precision"),
            ("at", "timestamp without time zone"), ("meta", "jsonb"), ("flag", "boolean")]
@@ -46,6 +46,11 @@ def _expects() -> list[Expect]:
     return [expect(name, pg_type) for name, pg_type in COLUMNS]
 
 
+def _spec(table: Table) -> RowSpec:
+    return RowSpec(tuple((name, pg_type, False) for name, pg_type in COLUMNS),
+                   tuple(qi(c) for c in table.column_names))
+
+
 def _python_digest(rows: list[tuple[Any, ...]]) -> tuple[int, str | None]:
     """The digest from the Python expectation: MD5 over the MD5s of the row texts, in key order."""
     hashes = []
@@ -62,17 +67,17 @@ async def test_cuts_and_digests_agree_with_the_python_expectation(tmp_path: Path
     try:
         cuts = await reader.cuts(table, 300)
         assert cuts == [(300,), (600,), (900,)]
-        sql = row_sql(_expects(), [qi(c) for c in table.column_names], "p")
+        spec = _spec(table)
         edges: list[tuple[Any, ...] | None] = [None, *cuts, None]
         total = 0
         for lo, hi in itertools.pairwise(edges):
-            d = await reader.digest(table, Bounds(lo, hi), sql.text, sql.functions)
+            d = await reader.digest(table, Bounds(lo, hi), spec)
             inside = [r for r in rows if (lo is None or r[0] > lo[0]) and (hi is None or r[0] <= hi[0])]
             assert (d.rows, d.md5) == _python_digest(inside)
             assert d.decided == d.rows
             total += d.rows
         assert total == len(rows)
-        empty = await reader.digest(table, Bounds((5000,), None), sql.text, sql.functions)
+        empty = await reader.digest(table, Bounds((5000,), None), spec)
         assert (empty.rows, empty.decided, empty.md5) == (0, 0, None)
     finally:
         await reader.close()
@@ -91,8 +96,8 @@ async def test_a_value_python_must_judge_is_not_decided(tmp_path: Path) -> None:
             pass
     reader = SqliteReader(tmp_path / "b.sqlite")
     try:
-        sql = row_sql(_expects(), [qi(c) for c in table.column_names], "p")
-        d = await reader.digest(table, Bounds(None, None), sql.text, sql.functions)
+        spec = _spec(table)
+        d = await reader.digest(table, Bounds(None, None), spec)
         assert (d.rows, d.decided) == (100, 98)
     finally:
         await reader.close()
@@ -107,8 +112,26 @@ async def test_one_ulp_changes_the_digest(tmp_path: Path) -> None:
         table = _database(tmp_path / f"c{n}.sqlite", changed)
         reader = SqliteReader(tmp_path / f"c{n}.sqlite")
         try:
-            sql = row_sql(_expects(), [qi(c) for c in table.column_names], "p")
-            digests.append((await reader.digest(table, Bounds(None, None), sql.text, sql.functions)).md5)
+            spec = _spec(table)
+            digests.append((await reader.digest(table, Bounds(None, None), spec)).md5)
         finally:
             await reader.close()
     assert digests[0] != digests[1]
+
+
+async def test_worker_processes_give_the_same_digests(tmp_path: Path) -> None:
+    rows = [_row(i) for i in range(1, 1001)]
+    rows[500] = (501, "a\x00b", 1.5, "2024-01-01 00:00:00", "{}", 1)  # NUL: Python must look
+    table = _database(tmp_path / "w.sqlite", rows)
+    here, pooled = SqliteReader(tmp_path / "w.sqlite"), SqliteReader(tmp_path / "w.sqlite", workers=2)
+    try:
+        spec = _spec(table)
+        for lo, hi in [(None, (300,)), ((300,), (600,)), ((600,), None)]:
+            mine = await here.digest(table, Bounds(lo, hi), spec)
+            theirs = await pooled.digest(table, Bounds(lo, hi), spec, parallel=True)
+            assert (mine.rows, mine.decided, mine.md5, mine.head) == \
+                (theirs.rows, theirs.decided, theirs.md5, theirs.head)
+            assert mine.decided == mine.rows - (lo == (300,))
+    finally:
+        await here.close()
+        await pooled.close()
