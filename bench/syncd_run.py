@@ -38,9 +38,10 @@ class Setup:
     dsn: str
     health: str
     work: Path
+    syncd: Path = SYNCD
 
     def argv(self, *args: str) -> list[str]:
-        return [str(SYNCD), "--config", str(self.config), *args]
+        return [str(self.syncd), "--config", str(self.config), *args]
 
 
 def available() -> bool:

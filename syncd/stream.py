@@ -23,7 +23,7 @@ import tenacity
 from syncd.config import StreamOptions
 from syncd.errors import RetryableError, SchemaChanged, SyncdError, TargetUnavailable
 from syncd.model import Batch, InvalidText, Key, Phase, Position, SnapshotState, jsonb_holds, transition
-from syncd.ports import Chunk, Sink, Source
+from syncd.ports import ApplyResult, Chunk, Sink, Source
 from syncd.status import StreamStatus
 
 log = structlog.get_logger("syncd.stream")
@@ -245,10 +245,12 @@ class Stream:
         assert self.sink is not None
         self._publish(checkpoint=position.offset, degraded=False)
         last_prune = last_contact = time.monotonic()
+        ahead: Batch | None = None  # read while the previous batch was applied
         while not stop.is_set():
-            batch = await self.source.changes(position, self.options.batch_size)
+            batch = ahead or await self.source.changes(position, self.options.batch_size)
+            ahead = None
             if batch.position > position:
-                result = await self.sink.apply(self.name, batch)
+                result, ahead = await self._apply_reading_next(batch)
                 position = batch.position
                 last_contact = time.monotonic()
                 self._publish(checkpoint=position.offset, applied=self.status.applied + result.applied,
@@ -284,6 +286,21 @@ class Stream:
                         t.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await t
+
+    async def _apply_reading_next(self, batch: Batch) -> tuple[ApplyResult, Batch]:
+        """Apply *batch* while the batch after it is read: the source's reading and the sink's
+        writing overlap. The source is called by nothing else until that read is in; a failed
+        apply drops what was read ahead (the checkpoint is read again, :meth:`_run`)."""
+        assert self.sink is not None
+        reading = asyncio.ensure_future(self.source.changes(batch.position, self.options.batch_size))
+        try:
+            result = await self.sink.apply(self.name, batch)
+        except BaseException:
+            reading.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await reading
+            raise
+        return result, await reading
 
     async def _prune(self, position: Position, last: float) -> float:
         """Drop log entries up to *position* (committed) once per prune interval; the time it ran."""

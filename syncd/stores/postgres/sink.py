@@ -34,6 +34,44 @@ from syncd.stores.postgres.tables import TargetTable, create_table_sql, plan_tab
 
 log = structlog.get_logger("syncd.sink.postgres")
 
+Prepared = tuple[TargetTable, Change, tuple[Any, ...]]
+
+
+class _InOrder(Exception):
+    """The batch cannot be coalesced: apply its changes in their order."""
+
+
+def coalesce(prepared: Sequence[Prepared]) -> list[tuple[TargetTable, list[tuple[Any, ...]],
+                                                         list[tuple[Any, ...]]]] | None:
+    """Each key's last change, grouped by table (in the order tables first appear): the keys to
+    delete and the rows to upsert. A key's final row depends on its last change alone (an
+    upsert writes the whole row), so once keys are distinct their order does not matter to the
+    rows; it can matter to constraints checked row by row (a unique value moving between two
+    rows, a foreign key PostgreSQL checks immediately): PostgreSQL then refuses the grouped
+    statements and the caller applies the changes in their order instead. Keys are compared
+    after conversion (two source keys the target stores alike are one key). None when a key
+    holds a value not equal to itself (NaN), which this comparison cannot group."""
+    tables: dict[int, tuple[TargetTable, dict[tuple[Any, ...], tuple[bool, tuple[Any, ...]]]]] = {}
+    for tt, ch, args in prepared:
+        entry = tables.get(id(tt))
+        if entry is None:
+            entry = tables[id(tt)] = (tt, {})
+        if ch.op is Op.DELETE:
+            key = args
+        else:
+            key = tuple([args[i] for i in tt.key_index])
+        if any(v != v for v in key):
+            return None
+        last = entry[1]
+        last.pop(key, None)  # a key's place is its last change's
+        last[key] = (ch.op is Op.DELETE, args)
+    out = []
+    for tt, last in tables.values():
+        deletes = [args for is_delete, args in last.values() if is_delete]
+        upserts = [args for is_delete, args in last.values() if not is_delete]
+        out.append((tt, deletes, upserts))
+    return out
+
 
 class PostgresSink:
     """Writes one SQLite database's tables into PostgreSQL."""
@@ -218,8 +256,26 @@ class PostgresSink:
     # --- streaming ----------------------------------------------------------------------
 
     async def apply(self, stream: str, batch: Batch) -> ApplyResult:
+        """Apply a batch in one transaction with its checkpoint. First each key's last change
+        only, grouped by table (:func:`coalesce`); if PostgreSQL refuses that, the changes in
+        their order; if it refuses those, one by one, the refused ones going to the rejects."""
         prepared, rejects, absent = self._prepare(batch.changes)
         self._check_strict(rejects)
+        try:
+            grouped = coalesce(prepared)
+            if grouped is None:
+                raise _InOrder
+            async with transaction(self.conn):
+                await self._apply_grouped(grouped)
+                await self._finish_batch(stream, batch, [*prepared, *absent], rejects)
+            self._count(rejects)
+            return ApplyResult(applied=len(prepared), rejected=len(rejects))
+        except _InOrder:
+            pass
+        except Exception as exc:
+            err = translate(exc, "applying changes")
+            if not isinstance(err, RowError):
+                raise err from exc
         try:
             async with transaction(self.conn):
                 await self._apply_runs(prepared)
@@ -262,6 +318,15 @@ class PostgresSink:
                 continue
             out.append((tt, ch, args))
         return out, rejects, absent
+
+    async def _apply_grouped(self, grouped: list[tuple[TargetTable, list[tuple[Any, ...]],
+                                                        list[tuple[Any, ...]]]]) -> None:
+        """Per table: its deleted keys, then its upserted rows; two round trips at most."""
+        for tt, deletes, upserts in grouped:
+            if deletes:
+                await self.conn.executemany(tt.delete_sql, deletes)
+            if upserts:
+                await self.conn.executemany(tt.upsert_sql, upserts)
 
     async def _apply_runs(self, prepared: list[tuple[TargetTable, Change, tuple[Any, ...]]]) -> None:
         """Consecutive changes with the same table and statement go in one executemany."""

@@ -36,13 +36,16 @@ class TargetTable:
     key_converters: tuple[Converter, ...] = field(default_factory=tuple)
     upsert_sql: str = ""
     delete_sql: str = ""
+    key_index: tuple[int, ...] = ()
+    """Where the key's columns are in a converted row."""
 
     def __post_init__(self) -> None:
         self.converters = tuple(converter(c.pg_type, rounded=c.rounded) for c in self.columns)
         by_name = {c.name: c for c in self.columns}
+        names = [c.name for c in self.columns]
+        self.key_index = tuple(names.index(k) for k in self.source.pk)
         self.key_converters = tuple(converter(by_name[k].pg_type) for k in self.source.pk)
         qt = self.qualified
-        names = [c.name for c in self.columns]
         cols = ", ".join(qi(n) for n in names)
         params = ", ".join(f"${i}" for i in range(1, len(names) + 1))
         pk = ", ".join(qi(k) for k in self.source.pk)

@@ -20,6 +20,7 @@ def decode(conn: sqlite3.Connection, tables: Mapping[str, Table],
     """Changes from changelog rows ``(id, tbl, op, pk, row, ts)``; call it in the read
     transaction that read them (for :func:`zero_signs`)."""
     changes: list[Change] = []
+    signed: dict[str, tuple[str, ...]] = {}
     for cid, tbl, op, pk, row, ts in rows:
         table = tables.get(tbl)
         if table is None:
@@ -27,7 +28,11 @@ def decode(conn: sqlite3.Connection, tables: Mapping[str, Table],
         key = values.decode_key(pk)
         image = values.decode_row(row) if row is not None else None
         if image is not None:
-            zero_signs(conn, table, key, image)
+            keep = signed.get(tbl)
+            if keep is None:
+                keep = signed[tbl] = signed_zero_columns(table)
+            if keep:
+                zero_signs(conn, table, key, image, keep)
             if table.synthetic_key:
                 image[ROWID_COLUMN] = key[0]
         changes.append(Change(op=_OPS[op], object=tbl, key=key, row=image,
@@ -35,7 +40,14 @@ def decode(conn: sqlite3.Connection, tables: Mapping[str, Table],
     return changes
 
 
-def zero_signs(conn: sqlite3.Connection, table: Table, key: Key, image: dict[str, Any]) -> None:
+def signed_zero_columns(table: Table) -> tuple[str, ...]:
+    """The columns that can keep a ``-0.0`` (see :func:`zero_signs`)."""
+    return tuple(c.name for c in table.columns
+                 if affinity(c.declared) == "BLOB" or c.declared.strip().upper() == "ANY")
+
+
+def zero_signs(conn: sqlite3.Connection, table: Table, key: Key, image: dict[str, Any],
+               columns: Sequence[str] | None = None) -> None:
     """Give a REAL zero of the image the sign the row's value has now.
 
     The trigger prints a REAL with ``printf('%!.20e')``, which drops the sign of ``-0.0``,
@@ -49,9 +61,9 @@ def zero_signs(conn: sqlite3.Connection, table: Table, key: Key, image: dict[str
     with this one and come after it), so the end state is exact; an earlier image may carry
     the later sign for a moment.
     """
-    zeros = [c.name for c in table.columns
-             if (affinity(c.declared) == "BLOB" or c.declared.strip().upper() == "ANY")
-             and type(image.get(c.name)) is float and image[c.name] == 0.0]
+    if columns is None:
+        columns = signed_zero_columns(table)
+    zeros = [c for c in columns if type(image.get(c)) is float and image[c] == 0.0]
     if not zeros:
         return
     marks = [values.param(v) for v in key]

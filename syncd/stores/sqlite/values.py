@@ -16,10 +16,15 @@ from syncd.model import InvalidText
 def decode_value(v: Any) -> Any:
     """Undo the trigger's tagging of REAL and BLOB values; text that is not UTF-8 (read with
     ``surrogateescape``, see :func:`_loads`) becomes :class:`~syncd.model.InvalidText` again."""
-    if isinstance(v, list) and len(v) == 2 and v[0] in ("r", "b") and isinstance(v[1], str):
-        return float(v[1]) if v[0] == "r" else bytes.fromhex(v[1])
     if isinstance(v, str) and _ESCAPED.search(v):
         return InvalidText(v.encode("utf-8", "surrogateescape"))
+    return _untag(v)
+
+
+def _untag(v: Any) -> Any:
+    """Undo the trigger's tagging of REAL and BLOB values."""
+    if isinstance(v, list) and len(v) == 2 and v[0] in ("r", "b") and isinstance(v[1], str):
+        return float(v[1]) if v[0] == "r" else bytes.fromhex(v[1])
     return v
 
 
@@ -38,11 +43,16 @@ def _loads(text: str | InvalidText) -> Any:
 
 
 def decode_row(text: str | InvalidText) -> dict[str, Any]:
-    return {k: decode_value(v) for k, v in _loads(text).items()}
+    """A logged row image. Only an image read as :class:`InvalidText` can hold text that is not
+    UTF-8: one read as ``str`` is valid UTF-8, and ``json_object`` escapes no character into a
+    surrogate, so its values are only untagged."""
+    decode = decode_value if isinstance(text, InvalidText) else _untag
+    return {k: decode(v) for k, v in _loads(text).items()}
 
 
 def decode_key(text: str | InvalidText) -> tuple[Any, ...]:
-    return tuple(decode_value(v) for v in _loads(text))
+    decode = decode_value if isinstance(text, InvalidText) else _untag
+    return tuple(decode(v) for v in _loads(text))
 
 
 def param(value: Any) -> tuple[str, Any]:

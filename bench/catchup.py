@@ -1,0 +1,86 @@
+"""Backlog catch-up alone: how fast ``run --until-caught-up`` applies a backlog of mixed
+changes (the run_all writer: inserts, updates and deletes over two tables, 100 per commit)
+with no writer competing, on a small database so that a trial takes seconds.
+
+    python -m bench.catchup [--trials 3] [--seconds 10] [--profile FILE]
+
+Each trial: fresh copy of the database, ``init``, snapshot, the writer flat out for
+``--seconds`` with syncd stopped, then a timed ``run --until-caught-up``; the target is
+checked against the source (row counts and a content digest per table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import asyncio
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import gen_app_db, pg, stream_lag, syncd_run
+from bench.procs import run_measured
+
+OUT = Path(__file__).resolve().parent / "out" / "catchup"
+
+
+def trial(server: pg.Server, source: Path, seconds: float, profile: Path | None, seed: int,
+          syncd: Path) -> dict[str, Any]:
+    setup = syncd_run.prepare(server, source, OUT / "work", "catchup")
+    setup = dataclasses.replace(setup, syncd=syncd)
+    run_measured(setup.argv("init"), setup.work / "init.log", timeout=300).check()
+    run_measured(setup.argv("run", "--until-caught-up"), setup.work / "snapshot.log", timeout=600).check()
+    writer = asyncio.run(stream_lag.writer_capacity(setup.sqlite, seconds, seed=seed))
+    load = os.getloadavg()[0]
+    argv = setup.argv("run", "--until-caught-up")
+    if profile is not None:
+        argv = ([sys.executable, "/tmp/timed_syncd.py", *argv[1:]] if str(profile) == "timed" else
+                [sys.executable, "-m", "cProfile", "-o", str(profile), argv[0], *argv[1:]])
+    run = run_measured(argv, setup.work / "catch-up.log", timeout=900).check()
+    verify = run_measured(setup.argv("verify"), setup.work / "verify.log", timeout=600)
+    same = verify.returncode == 0
+    return {"changes": writer["changes"], "seconds": run.seconds, "rate": writer["changes"] / run.seconds,
+            "peak_rss": run.peak_rss, "load_before": load, "converged": same}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--documents", type=int, default=20_000)
+    ap.add_argument("--profile", type=Path)
+    ap.add_argument("--against", type=Path,
+                    help="another build's syncd: trials alternate between it and this tree's")
+    args = ap.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    source = OUT / f"app-{args.users}-{args.documents}.sqlite"
+    if not source.exists():
+        gen_app_db.generate(source, args.users, args.documents)
+    server = pg.start(OUT / "pgdata")
+    builds = {"this tree": syncd_run.SYNCD}
+    if args.against:
+        builds["other"] = args.against
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in builds}
+    for i in range(args.trials):
+        for name, syncd in builds.items():  # alternating, the same backlog (seed) for each
+            r = trial(server, source, args.seconds, args.profile, 1000 + i, syncd)
+            print(json.dumps({"build": name, **r}), flush=True)
+            results[name].append(r)
+    for name, runs in results.items():
+        rates = [r["rate"] for r in runs]
+        print(f"{name}: catch-up median {statistics.median(rates):,.0f} changes/s "
+              f"({min(rates):,.0f}–{max(rates):,.0f}) over {len(rates)} trials; "
+              f"all converged: {all(r['converged'] for r in runs)}")
+    if args.against:
+        ratios = [a["rate"] / b["rate"] for a, b in zip(results["this tree"], results["other"], strict=True)]
+        print(f"this tree / other: {statistics.median(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f}); "
+              f"load {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
