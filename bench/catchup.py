@@ -12,8 +12,8 @@ checked against the source (row counts and a content digest per table).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
