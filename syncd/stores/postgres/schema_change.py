@@ -90,6 +90,19 @@ async def align_keys(conn: asyncpg.Connection, tt: TargetTable) -> None:
                                f"{'SET' if want_notnull else 'DROP'} NOT NULL")
             log.info("NOT NULL changed in SQLite: changed in the target", table=tt.name, column=c.name,
                      not_null=want_notnull)
+    await relax_dropped(conn, tt, notnull)
+
+
+async def relax_dropped(conn: asyncpg.Connection, tt: TargetTable,
+                        notnull: Mapping[str, bool] | None = None) -> None:
+    """A column of a table syncd created that the source no longer has is kept, NULL from now
+    on: it loses its NOT NULL, or every row written after would be refused. Run at each start
+    too: the column may have gone before the first copy (``init`` created the table, the app's
+    migration ran, then ``run``). The caller holds a transaction."""
+    if notnull is None:
+        notnull = dict(await conn.fetch(
+            """SELECT attname::text, attnotnull FROM pg_attribute
+               WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped""", tt.qualified))
     kept = {c.name for c in tt.source.columns} | {ROWID_COLUMN}
     for name, is_notnull in notnull.items():  # dropped in SQLite: kept, NULL from now on
         if is_notnull and name not in kept:

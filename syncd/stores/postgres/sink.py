@@ -146,6 +146,8 @@ class PostgresSink:
             tt = plan_table(table, target, existing)
             if existing is None:
                 await conn.execute(create_table_sql(tt))
+            elif recorded is not None and recorded["created"]:
+                await schema_change.relax_dropped(conn, tt)
             if recorded is None:
                 await conn.execute(
                     f"INSERT INTO {STATE_SCHEMA}.objects (stream, object, target, created) "

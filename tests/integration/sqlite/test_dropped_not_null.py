@@ -60,3 +60,24 @@ async def test_rows_after_a_not_null_column_is_dropped_are_stored(
     src.close()
     assert [r[:2] for r in rows] == want
     assert [r[2] for r in rows] == [None] * 6  # left NULL after the drop (the copy again)
+
+
+async def test_a_not_null_column_dropped_before_the_first_copy(
+        tmp_path: Path, make_config: Any, pg: asyncpg.Connection) -> None:
+    """`init` creates the table with the column NOT NULL; the app's migration drops it before the
+    first `run` copies anything (fuzz seed 3004020: a daemon killed at once, then the rebuild):
+    the copy must store every row, not reject each for the NULL it leaves there."""
+    db = tmp_path / "app.sqlite"
+    conn = _app(db)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, views BIGINT NOT NULL, note TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, i * 10, f"n{i}") for i in range(1, 6)])
+    cfg = make_config(db)
+    run_syncd("--config", str(cfg), "init")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.executescript(REBUILD)
+    conn.execute("INSERT INTO t (id, note) VALUES (6, 'after')")
+    conn.close()
+    run_syncd("--config", str(cfg), "run", "--until-caught-up")
+    assert await open_rejects(pg) == []
+    rows = [tuple(r) for r in await pg.fetch("SELECT id, note, views FROM t ORDER BY id")]
+    assert rows == [(i, f"n{i}", None) for i in range(1, 6)] + [(6, "after", None)]
