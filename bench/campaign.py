@@ -211,6 +211,10 @@ class Daemon:
 
     nofile: int | None = None
     """``ulimit -n`` of every daemon started (None: inherited)."""
+    memory_dir: Path | None = None
+    """Run every daemon under bench/tracemem.py, its samples in this directory (None: not)."""
+    tracemalloc_frames: int = 0
+    """With *memory_dir*: tracemalloc's traceback depth (0: no tracemalloc)."""
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
@@ -225,7 +229,11 @@ class Daemon:
         with self.log.open("ab") as out:
             out.write(f"--- syncd run (ulimit -n {limit or 'inherited'})\n".encode())
             out.flush()
-            self.proc = subprocess.Popen(setup.syncd("run"), stdout=out, stderr=subprocess.STDOUT,
+            command = setup.syncd("run")
+            if Daemon.memory_dir is not None:
+                command[1:3] = ["-m", "bench.tracemem", str(Daemon.memory_dir),
+                                "--frames", str(Daemon.tracemalloc_frames), "--"]
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                          cwd=ROOT, env=env, preexec_fn=lower_limit)
 
     @property

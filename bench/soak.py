@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -222,6 +223,36 @@ async def daemon_exit(daemon: campaign.Daemon) -> int:
     return await asyncio.to_thread(daemon.terminate)
 
 
+class Pauses:
+    """``--pause-every``: SIGSTOP the daemon for ``--pause-for`` seconds every so often while
+    the app goes on writing, so that it resumes behind and reads full batches (backlog
+    episodes on demand, to see whether memory steps up at each one or only at the first)."""
+
+    def __init__(self, daemon: campaign.Daemon, every: float | None, length: float) -> None:
+        self.daemon, self.every, self.length = daemon, every, length
+        self.next = every or 0.0
+        self.until: float | None = None
+        self.count = 0
+
+    @property
+    def paused(self) -> bool:
+        return self.until is not None
+
+    def step(self, t: float) -> None:
+        if self.until is not None and t >= self.until:
+            self.end()
+        elif self.every and self.until is None and t >= self.next:
+            os.kill(self.daemon.pid, signal.SIGSTOP)
+            self.until, self.next = t + self.length, self.next + self.every
+            self.count += 1
+            print(f"{t:6.0f}  daemon paused for {self.length:.0f} s (#{self.count})", flush=True)
+
+    def end(self) -> None:
+        if self.until is not None:
+            os.kill(self.daemon.pid, signal.SIGCONT)
+            self.until = None
+
+
 async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaign.Daemon,
                 args: argparse.Namespace, chroma: Chroma | None
                 ) -> tuple[list[Check], list[Sample], list[tuple[float, float]]]:
@@ -234,11 +265,13 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
     samples: list[Sample] = []
     lags: list[tuple[float, float]] = []
     next_scrape = 0.0
+    pauses = Pauses(daemon, args.pause_every, args.pause_for)
     try:
         while (t := time.monotonic() - started) < seconds:
             if not daemon.alive:
                 raise RuntimeError(f"syncd exited {daemon.proc.returncode}:\n{daemon.tail()}")
-            if t >= next_scrape:
+            pauses.step(t)
+            if t >= next_scrape and not pauses.paused:
                 samples.append(await sample(conn, setup, daemon, t, chroma))
                 print(row(samples[-1]), flush=True)
                 next_scrape += args.scrape
@@ -248,6 +281,7 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
             await asyncio.sleep(1.0)
         samples.append(await sample(conn, setup, daemon, time.monotonic() - started, chroma))
     finally:
+        pauses.end()
         tally = writer.stop()
         record = await asyncio.to_thread(chroma.writer.stop) if chroma else None
     elapsed = time.monotonic() - started
@@ -301,9 +335,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=120.0, help="seconds not judged for RSS")
     ap.add_argument("--nofile", type=int, default=None, metavar="N",
                     help="start every daemon with ulimit -n N (e.g. 64)")
+    ap.add_argument("--memory-dir", type=Path, default=None, metavar="DIR",
+                    help="run the daemon under bench/tracemem.py: memory samples in DIR")
+    ap.add_argument("--tracemalloc-frames", type=int, default=0, metavar="N",
+                    help="with --memory-dir: trace allocations N frames deep, snapshots in DIR")
+    ap.add_argument("--pause-every", type=float, default=None, metavar="S",
+                    help="SIGSTOP the daemon every S seconds (backlog episodes; not scraped then)")
+    ap.add_argument("--pause-for", type=float, default=30.0, metavar="S",
+                    help="with --pause-every: seconds each pause lasts")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args(argv)
     campaign.Daemon.nofile = args.nofile
+    campaign.Daemon.memory_dir = args.memory_dir
+    campaign.Daemon.tracemalloc_frames = args.tracemalloc_frames
     if args.seed is None:
         args.seed = random.randrange(2**31)
     args.work = args.work or Path(tempfile.mkdtemp(prefix="syncd-soak-"))

@@ -32,7 +32,7 @@ import watchfiles
 
 from syncd.errors import SourceError, SyncdError
 from syncd.ports.collections import CollectionInfo, Doubt, Item, ItemPage
-from syncd.sql import call_on, sqlite_error
+from syncd.sql import call_on, named, sqlite_error
 from syncd.stores.chroma.catalog import read_catalog, read_images
 from syncd.stores.chroma.doubt import scan
 from syncd.stores.chroma.prune import prune_rows
@@ -361,10 +361,7 @@ class ChromaLog:
 
     async def _watch(self) -> None:
         names = {SQLITE_FILE, SQLITE_FILE + "-journal", SQLITE_FILE + "-wal"}
-
-        def only_db(_change: watchfiles.Change, path: str) -> bool:
-            return Path(path).name in names
-
+        only_db = named(names)
         try:
             async for _ in watchfiles.awatch(self.directory, watch_filter=only_db, debounce=20, step=5,
                                              stop_event=self._stop_watch, recursive=False):

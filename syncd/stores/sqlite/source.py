@@ -16,7 +16,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -27,7 +26,7 @@ from syncd.errors import CaptureError, SchemaChanged, SourceBusy
 from syncd.model import START, Batch, Key, Position
 from syncd.ports import Chunk, Pending
 from syncd.ports.tables import Captured, Table
-from syncd.sql import call_on, qi
+from syncd.sql import call_on, named, qi
 from syncd.stores.sqlite import capture, follow, images, paging, rowids, values
 from syncd.stores.sqlite.connect import open_connection, translate
 from syncd.stores.sqlite.schema import discover
@@ -368,10 +367,7 @@ class SqliteSource:
 
     async def _watch(self) -> None:
         names = {self.path.name, self.path.name + "-wal", self.path.name + "-journal"}
-
-        def only_db(_change: watchfiles.Change, path: str) -> bool:
-            return Path(path).name in names
-
+        only_db = named(names)
         try:
             async for _ in watchfiles.awatch(self.path.parent, watch_filter=only_db, debounce=20,
                                              step=5, stop_event=self._stop_watch,
