@@ -1,4 +1,4 @@
-"""jsonb's text by orjson (the fast path of :func:`syncd.verify.canon.jsonb_text`) is the text the
+"""jsonb's text by orjson (the fast path of :func:`syncd.verify.jsonb.jsonb_text`) is the text the
 exact stdlib path gives, byte for byte, or is not used at all.
 
 The exact path is checked against PostgreSQL itself in
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.verify.canon import CanonError, _jsonb_text_exact, _no_numbers_but_integers, jsonb_text, jsonb_utf8
 from syncd.verify.expect import expect
+from syncd.verify.jsonb import CanonError, _jsonb_text_exact, _no_numbers_but_integers, jsonb_text, jsonb_utf8
 
 KEYS = st.text(alphabet=st.sampled_from([*'ab,: "\\é€\n\t\x1f/', "\U0001F600"]), max_size=4)
 NUMBERS = st.sampled_from(["0", "-0", "7", "-12", "1.5", "1.50", "-0.0", "1e3", "1E-2", "2.5e+10", "0.1",
