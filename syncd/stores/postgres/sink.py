@@ -37,10 +37,6 @@ log = structlog.get_logger("syncd.sink.postgres")
 Prepared = tuple[TargetTable, Change, tuple[Any, ...]]
 
 
-class _InOrder(Exception):
-    """The batch cannot be coalesced: apply its changes in their order."""
-
-
 def coalesce(prepared: Sequence[Prepared]) -> list[tuple[TargetTable, list[tuple[Any, ...]],
                                                          list[tuple[Any, ...]]]] | None:
     """Each key's last change, grouped by table (in the order tables first appear): the keys to
@@ -263,21 +259,9 @@ class PostgresSink:
         their order; if it refuses those, one by one, the refused ones going to the rejects."""
         prepared, rejects, absent = self._prepare(batch.changes)
         self._check_strict(rejects)
-        try:
-            grouped = coalesce(prepared)
-            if grouped is None:
-                raise _InOrder
-            async with transaction(self.conn):
-                await self._apply_grouped(grouped)
-                await self._finish_batch(stream, batch, [*prepared, *absent], rejects)
+        if await self._applied_grouped(stream, batch, prepared, absent, rejects):
             self._count(rejects)
             return ApplyResult(applied=len(prepared), rejected=len(rejects))
-        except _InOrder:
-            pass
-        except Exception as exc:
-            err = translate(exc, "applying changes")
-            if not isinstance(err, RowError):
-                raise err from exc
         try:
             async with transaction(self.conn):
                 await self._apply_runs(prepared)
@@ -294,14 +278,14 @@ class PostgresSink:
         self._count(rejects)
         return ApplyResult(applied=len(prepared), rejected=len(rejects))
 
-    def _prepare(self, changes: Sequence[Change]) -> tuple[list[tuple[TargetTable, Change, tuple[Any, ...]]],
+    def _prepare(self, changes: Sequence[Change]) -> tuple[list[Prepared],
                                                         list[Reject],
-                                                        list[tuple[TargetTable, Change, tuple[Any, ...]]]]:
+                                                        list[Prepared]]:
         """(changes to apply, rejects, deletes of keys the target cannot hold: nothing to delete,
         and the key's open rejects are resolved with the batch)."""
-        out: list[tuple[TargetTable, Change, tuple[Any, ...]]] = []
+        out: list[Prepared] = []
         rejects: list[Reject] = []
-        absent: list[tuple[TargetTable, Change, tuple[Any, ...]]] = []
+        absent: list[Prepared] = []
         for ch in changes:
             tt = self.tables.get(ch.object)
             if tt is None or (tt.copied_from is not None and ch.position.offset <= tt.copied_from):
@@ -321,6 +305,24 @@ class PostgresSink:
             out.append((tt, ch, args))
         return out, rejects, absent
 
+    async def _applied_grouped(self, stream: str, batch: Batch, prepared: list[Prepared],
+                               absent: list[Prepared], rejects: list[Reject]) -> bool:
+        """Apply the batch as :func:`coalesce` groups it; False when it cannot be grouped or
+        PostgreSQL refuses a row that way (nothing of it committed)."""
+        grouped = coalesce(prepared)
+        if grouped is None:
+            return False
+        try:
+            async with transaction(self.conn):
+                await self._apply_grouped(grouped)
+                await self._finish_batch(stream, batch, [*prepared, *absent], rejects)
+        except Exception as exc:
+            err = translate(exc, "applying changes")
+            if not isinstance(err, RowError):
+                raise err from exc
+            return False
+        return True
+
     async def _apply_grouped(self, grouped: list[tuple[TargetTable, list[tuple[Any, ...]],
                                                         list[tuple[Any, ...]]]]) -> None:
         """Per table: its deleted keys, then its upserted rows; two round trips at most."""
@@ -330,7 +332,7 @@ class PostgresSink:
             if upserts:
                 await self.conn.executemany(tt.upsert_sql, upserts)
 
-    async def _apply_runs(self, prepared: list[tuple[TargetTable, Change, tuple[Any, ...]]]) -> None:
+    async def _apply_runs(self, prepared: list[Prepared]) -> None:
         """Consecutive changes with the same table and statement go in one executemany."""
         i = 0
         while i < len(prepared):
@@ -347,8 +349,8 @@ class PostgresSink:
             await self.conn.executemany(sql, args)
             i = j
 
-    async def _apply_one_by_one(self, prepared: list[tuple[TargetTable, Change, tuple[Any, ...]]],
-                                rejects: list[Reject]) -> list[tuple[TargetTable, Change, tuple[Any, ...]]]:
+    async def _apply_one_by_one(self, prepared: list[Prepared],
+                                rejects: list[Reject]) -> list[Prepared]:
         applied = []
         for tt, ch, args in prepared:
             try:
@@ -363,7 +365,7 @@ class PostgresSink:
         return applied
 
     async def _finish_batch(self, stream: str, batch: Batch,
-                            applied: list[tuple[TargetTable, Change, tuple[Any, ...]]],
+                            applied: list[Prepared],
                             rejects: list[Reject]) -> None:
         await pgstate.insert_rejects(self.conn, stream, rejects)
         if await self._has_open_rejects(stream):

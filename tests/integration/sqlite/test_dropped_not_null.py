@@ -28,15 +28,21 @@ def _app(db: Path) -> sqlite3.Connection:
     return sqlite3.connect(db, isolation_level=None)
 
 
-@pytest.mark.parametrize("live", [False, True], ids=["caught-up", "streaming"])
-async def test_rows_after_a_not_null_column_is_dropped_are_stored(
-        tmp_path: Path, make_config: Any, pg: asyncpg.Connection, live: bool) -> None:
-    db = tmp_path / "app.sqlite"
+def _initialised(db: Path, make_config: Any) -> tuple[sqlite3.Connection, Path]:
+    """Five rows in a table with a NOT NULL column, and `syncd init` run on them."""
     conn = _app(db)
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, views BIGINT NOT NULL, note TEXT)")
     conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, i * 10, f"n{i}") for i in range(1, 6)])
     cfg = make_config(db)
     run_syncd("--config", str(cfg), "init")
+    return conn, cfg
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["caught-up", "streaming"])
+async def test_rows_after_a_not_null_column_is_dropped_are_stored(
+        tmp_path: Path, make_config: Any, pg: asyncpg.Connection, live: bool) -> None:
+    db = tmp_path / "app.sqlite"
+    conn, cfg = _initialised(db, make_config)
     run_syncd("--config", str(cfg), "run", "--until-caught-up")
     daemon = Daemon(cfg, tmp_path / "daemon.log") if live else None
     try:
@@ -68,11 +74,7 @@ async def test_a_not_null_column_dropped_before_the_first_copy(
     first `run` copies anything (fuzz seed 3004020: a daemon killed at once, then the rebuild):
     the copy must store every row, not reject each for the NULL it leaves there."""
     db = tmp_path / "app.sqlite"
-    conn = _app(db)
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, views BIGINT NOT NULL, note TEXT)")
-    conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, i * 10, f"n{i}") for i in range(1, 6)])
-    cfg = make_config(db)
-    run_syncd("--config", str(cfg), "init")
+    conn, cfg = _initialised(db, make_config)
     conn.execute("PRAGMA foreign_keys = OFF")
     conn.executescript(REBUILD)
     conn.execute("INSERT INTO t (id, note) VALUES (6, 'after')")
