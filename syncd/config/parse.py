@@ -165,7 +165,8 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
             raise ConfigError(f"target.collections[{i}].columns: values must be strings")
         collections.append(
             CollectionTarget(name=c.require("name", str), table=c.require("table", str), columns=cols,
-                             create=c.get("create", str, None) or None)
+                             create=c.get("create", str, None) or None,
+                             documents=c.get("documents", str, None) or None)
         )
         c.check_unknown()
     schema = t.get("schema", str, "public")

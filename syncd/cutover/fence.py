@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 
 from syncd.sql import qi, ql
+from syncd.stores.pgvector import split
 from syncd.stores.sqlite.capture import ORIGIN
 
 SQLITE_PREFIX = "_syncd_fence_"
@@ -87,7 +88,7 @@ async def install_pg(conn: asyncpg.Connection, schema: str, tables: Sequence[str
     async with conn.transaction():
         await conn.execute("CREATE SCHEMA IF NOT EXISTS syncd")
         await conn.execute(_PG_FUNCTION)
-        for table in tables:
+        for table in await split.with_documents(conn, schema, list(tables)):
             q = _qname(schema, table)
             await conn.execute(f"DROP TRIGGER IF EXISTS {PG_TRIGGER} ON {q}")
             await conn.execute(f"CREATE TRIGGER {PG_TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE "
@@ -96,7 +97,7 @@ async def install_pg(conn: asyncpg.Connection, schema: str, tables: Sequence[str
 
 async def remove_pg(conn: asyncpg.Connection, schema: str, tables: Sequence[str]) -> None:
     async with conn.transaction():
-        for table in tables:
+        for table in await split.with_documents(conn, schema, list(tables)):
             if await conn.fetchval("SELECT to_regclass($1)", _qname(schema, table)) is not None:
                 await conn.execute(f"DROP TRIGGER IF EXISTS {PG_TRIGGER} ON {_qname(schema, table)}")
 

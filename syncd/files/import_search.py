@@ -94,7 +94,7 @@ async def search_parity(conn: asyncpg.Connection, table: VectorTable, id_text: s
     n = DEFAULT_QUERIES if options.sample_size is None else options.sample_size
     if n <= 0:
         return True
-    found = await vector_indexes(conn, table.qualified, table.embedding_col)
+    found = await vector_indexes(conn, table.indexed, table.embedding_col)
     if not found:
         out(f"{what} not checked: no vector index on {table.qualified} (pgvector indexes at most 4,000 "
             "dimensions)")

@@ -38,6 +38,7 @@ import structlog
 from syncd.errors import CaptureError, SyncdError
 from syncd.pg.connect import translate
 from syncd.sql import qi, ql
+from syncd.stores.pgvector import split
 
 log = structlog.get_logger("syncd.pg.capture")
 
@@ -186,6 +187,9 @@ async def install(conn: asyncpg.Connection, schema: str, tables: Sequence[str]) 
                     raise CaptureError(f"cannot capture {schema}.{table} for the reverse stream: it has "
                                        "no primary key; add one (syncd keys changes by primary key)")
                 present, recorded = await _installed(conn, schema, table)
+                if await _install_split(conn, schema, table, pk, present and recorded == pk):
+                    changed.append(table)
+                    continue
                 if present and recorded == pk:
                     continue
                 qt, args = qualified(schema, table), ", ".join(ql(k) for k in pk)
@@ -209,6 +213,32 @@ async def install(conn: asyncpg.Connection, schema: str, tables: Sequence[str]) 
     return changed
 
 
+async def _install_split(conn: asyncpg.Connection, schema: str, table: str, pk: list[str],
+                         present: bool) -> bool:
+    """Capture of a collection split over two tables (:mod:`syncd.stores.pgvector.split`): the
+    triggers on both tables log the item under *table*'s name. False when *table* is no split;
+    True when it is (its triggers were made again unless *present*)."""
+    s = await split.lookup(conn, schema, table)
+    if s is None:
+        return False
+    fn, truncate = f"{SCHEMA}.{qi(s.view + '_capture')}", f"{SCHEMA}.{qi(s.view + '_capture_truncate')}"
+    await conn.execute(split.capture_sql(s, await split.key_type(conn, s), CHANGELOG, CHANNEL, _SKIP_OWN))
+    docs_present, _ = await _installed(conn, schema, s.documents)
+    if present and docs_present:
+        return False
+    for q in (s.emb_qualified, s.docs_qualified):
+        await conn.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {q}")
+        await conn.execute(f"DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {q}")
+        await conn.execute(f"CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {q} "
+                           f"FOR EACH ROW EXECUTE FUNCTION {fn}()")
+        await conn.execute(f"CREATE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {q} "
+                           f"FOR EACH STATEMENT EXECUTE FUNCTION {truncate}()")
+    await conn.execute(
+        f"INSERT INTO {CAPTURED} (nsp, tbl, pk) VALUES ($1, $2, $3) "
+        "ON CONFLICT (nsp, tbl) DO UPDATE SET pk = EXCLUDED.pk, installed_at = now()", schema, table, pk)
+    return True
+
+
 async def uninstall(conn: asyncpg.Connection, schema: str, tables: Sequence[str]) -> None:
     """Drop the capture triggers of *tables*; when no table is captured any more, drop the
     changelog, its sequence, functions and bookkeeping too (a later install starts a new
@@ -216,7 +246,7 @@ async def uninstall(conn: asyncpg.Connection, schema: str, tables: Sequence[str]
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-            for table in tables:
+            for table in await split.with_documents(conn, schema, list(tables)):
                 if await _primary_key(conn, schema, table) is not None:
                     qt = qualified(schema, table)
                     await conn.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {qt}")

@@ -39,6 +39,7 @@ from syncd.model import Op, Position
 from syncd.pg.capture import CAPTURED, CHANGELOG, CHANNEL, SEQUENCE, generation, qualified
 from syncd.pg.connect import close_quietly, translate
 from syncd.ports import Pending
+from syncd.stores.pgvector import split
 
 log = structlog.get_logger("syncd.pg.capture")
 
@@ -186,9 +187,13 @@ class ChangeReader:
         if pk is None:
             raise CaptureError(f"the changelog holds changes of {self.schema}.{table}, which is no "
                                "longer captured; install reverse capture for it again")
+        rowtype = qualified(self.schema, table)
+        pair = await split.lookup(conn, self.schema, table)
+        if pair is not None:  # a collection over two tables: rows of syncd's view, keyed by item id
+            rowtype, pk = pair.view_qualified, [split.ITEM_COL]
         stmt = await conn.prepare(
             f"""SELECT c.id, r.* FROM {CHANGELOG} c CROSS JOIN LATERAL jsonb_populate_record(
-                    NULL::{qualified(self.schema, table)},
+                    NULL::{rowtype},
                     coalesce(c."row", (SELECT jsonb_object_agg(a.k, c.pk -> (a.n::int - 1))
                                        FROM unnest($2::text[]) WITH ORDINALITY AS a(k, n)))) r
                 WHERE c.id = ANY($1::bigint[])""")

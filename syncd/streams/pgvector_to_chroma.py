@@ -42,7 +42,7 @@ from syncd.stores.chroma.topology import Topology, wanted
 from syncd.stores.chroma.writer import ChromaWriter
 from syncd.stores.pgvector.plan import VectorTable, plan
 from syncd.stores.pgvector.source import PgvectorSource
-from syncd.stores.pgvector.table import existing_columns
+from syncd.stores.pgvector.table import columns_of
 from syncd.stream import Stream
 
 log = structlog.get_logger("syncd.streams.pgvector_to_chroma")
@@ -139,13 +139,13 @@ async def reverse_pending(config: Config, conn: asyncpg.Connection) -> list[str]
 async def vector_table(conn: asyncpg.Connection, config: Config, info: CollectionInfo,
                        recorded: Recorded) -> VectorTable:
     """The mapping of *recorded*'s table, as the forward stream planned it."""
-    existing = await existing_columns(conn, recorded.schema, recorded.table)
+    existing, pair = await columns_of(conn, recorded.schema, recorded.table)
     if existing is None:
         raise SchemaError(f"collection {recorded.name!r}: its table {recorded.schema}.{recorded.table} "
                           "is gone; the reverse stream cannot read it")
     target = dataclasses.replace(config.target, schema=recorded.schema)
     table = plan(info, target, existing, {}, lambda w: log.warning("mapping", warning=w),
-                 table=recorded.table)
+                 table=recorded.table, split=pair)
     table.created = recorded.created
     return table
 

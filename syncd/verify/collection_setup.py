@@ -25,7 +25,7 @@ from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, wanted
 from syncd.stores.pgvector.index import vector_indexes
 from syncd.stores.pgvector.plan import VectorTable, plan
-from syncd.stores.pgvector.table import existing_columns, stream_name
+from syncd.stores.pgvector.table import columns_of, stream_name
 from syncd.verify.collections import CollectionCheck, CollectionContext, CollectionOptions
 from syncd.verify.report import ERROR, MATCH, CheckResult
 from syncd.verify.rows import Stall
@@ -101,12 +101,12 @@ class ChromaVerify:
             return [CheckResult("collection", info.name, status=MATCH, source_rows=0,
                                 detail="no items yet (syncd creates the table with the first one)")]
         table_name = await self._stream_table(conn, info)
-        existing = await existing_columns(conn, self.cfg.target.schema, table_name)
+        existing, pair = await columns_of(conn, self.cfg.target.schema, table_name)
         if existing is None:
             raise SyncdError(f"target table {self.cfg.target.schema}.{table_name} of collection "
                              f"{info.name!r} does not exist")
         notes: list[str] = []
-        table = plan(info, self.cfg.target, existing, {}, notes.append, table=table_name)
+        table = plan(info, self.cfg.target, existing, {}, notes.append, table=table_name, split=pair)
         problems = [_dimension(info, table)] if table.dim != info.dimension else []
         notes = [n for n in notes if "dimensional" not in n]
         source = ChromaCollectionSource(self.topology.log, self.topology.server, info)
@@ -115,7 +115,7 @@ class ChromaVerify:
         out: list[Item] = [CollectionCheck(info.name, ctx, problems, notes)]
         samples = self.options.samples(self.mode)
         if samples > 0:
-            found = await vector_indexes(conn, table.qualified, table.embedding_col)
+            found = await vector_indexes(conn, table.indexed, table.embedding_col)
             index = found[0] if found else None
             out.append(SearchCheck(info.name, conn, source, canon, self.options, samples, index))
         return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 
 from syncd.ports.collections import Item, Vector
 from syncd.stores.pgvector.plan import VectorTable
+from syncd.stores.pgvector.split import ITEM_COL, NAMESPACE
 from syncd.verify.canon import NULL
 from syncd.verify.expect import Expect, Unfit, expect
 
@@ -73,6 +75,7 @@ class ItemExpect:
                                _takes_bool(m.pg_type), _kind(m.pg_type) in ("text", "character varying"),
                                _kind(m.pg_type) in ("json", "jsonb")) for m in t.mapped]
         self.mapped_keys = frozenset(m.key for m in t.mapped)
+        self.item = expect(ITEM_COL, "text") if t.split else None
 
     # --- the values, as Chroma holds them ------------------------------------------------------
 
@@ -89,6 +92,8 @@ class ItemExpect:
         if self.metadata is not None:
             out.append(self.rest(item.metadata))
         out += [item.metadata.get(m.key) for m in self.mapped]
+        if self.item is not None:
+            out.append(item.id)
         return out
 
     # --- the parts -----------------------------------------------------------------------------
@@ -96,7 +101,7 @@ class ItemExpect:
     def parts(self, item: Item) -> list[str]:
         """The canonical part of each column; :class:`Unfit` when the item cannot be stored exactly."""
         t = self.table
-        out = [self.id.part(item.id), self._vector(item.vector)]
+        out = [self._key(item.id), self._vector(item.vector)]
         if self.document is not None:
             if item.document is None and t.document_not_null:
                 raise Unfit(f"column {t.document_col!r} is NOT NULL and the item has no document")
@@ -105,7 +110,23 @@ class ItemExpect:
             out.append(self._rest_part(item.metadata))
         for m in self.mapped:
             out.append(self._mapped_part(m, item.metadata.get(m.key)))
+        if self.item is not None:
+            out.append(self.item.part(item.id))
         return out
+
+    def _key(self, item_id: str) -> str:
+        """The id column's part. Split over two tables, the key is a UUID: the id itself when it is
+        one, spelt canonically; else the UUIDv5 of the id in syncd's namespace (the rule as
+        docs/mapping.md states it, computed here on its own)."""
+        if self.table.split is None:
+            return self.id.part(item_id)
+        try:
+            key = str(uuid.UUID(item_id))
+        except ValueError:
+            key = ""
+        if key != item_id:
+            key = str(uuid.uuid5(NAMESPACE, item_id))
+        return self.id.part(key)
 
     def _vector(self, vector: Vector | None) -> str:
         t = self.table

@@ -23,6 +23,7 @@ import numpy as np
 from syncd.ports.collections import Item, Vector
 from syncd.sql import qi
 from syncd.stores.pgvector.plan import VectorTable
+from syncd.stores.pgvector.split import ITEM_COL
 from syncd.stores.postgres.types import ColumnMap
 from syncd.verify.canon import NULL, ColumnCanon, column_canon, jsonb_text, part_hash
 from syncd.verify.expect import Unfit
@@ -63,13 +64,15 @@ class VectorCanon:
         self.table = table
         self.vector_send = vector_send
         t = table
-        self.id_text = qi(t.id_col) if t.id_type == "text" else f"{qi(t.id_col)}::text"
+        self.id_text = t.item_text
         self.columns: list[ColumnCanon | None] = [column_canon(ColumnMap(t.id_col, "", t.id_type)), None]
         if t.document_col:
             self.columns.append(column_canon(ColumnMap(t.document_col, "", "text")))
         if t.metadata_col:
             self.columns.append(column_canon(ColumnMap(t.metadata_col, "", "jsonb")))
         self.columns += [column_canon(ColumnMap(m.name, "", m.pg_type)) for m in t.mapped]
+        if t.split:
+            self.columns.append(column_canon(ColumnMap(ITEM_COL, "", "text")))
         self.names = list(t.columns)
         self.expect = ItemExpect(table)
 
@@ -119,7 +122,7 @@ class VectorCanon:
         cols = ", ".join(qi(c) if c != t.metadata_col else f"{qi(c)}::text" for c in self.names)
         rows = await conn.fetch(f"SELECT {cols} FROM {t.qualified} WHERE {self.id_text} = ANY($1::text[])",
                                 [p[0].item.id for p in pairs])
-        by_id = {str(r[0]): tuple(r) for r in rows}
+        by_id = {str(r[-1] if t.split else r[0]): tuple(r) for r in rows}
         out: list[tuple[list[str], str]] = []
         for exp, idx in pairs:
             row = by_id.get(exp.item.id)

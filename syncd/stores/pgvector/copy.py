@@ -68,6 +68,8 @@ def full_image(t: VectorTable, item_id: str, vector: Any, document: str | None,
         out.append(rest_json(t, metadata))
     if t.mapped:
         out.extend(t.convert_mapped(m, metadata.get(m.key)) for m in t.mapped)
+    if t.split:
+        out.append(item_id)
     return tuple(out)
 
 
@@ -241,8 +243,8 @@ async def copy_binary(conn: asyncpg.Connection, t: VectorTable, payload: list[by
         return False
     try:
         async with transaction(conn):
-            await conn.copy_to_table(t.name, source=copy_messages(payload), columns=t.columns,
-                                          schema_name=t.schema, format="binary")
+            await conn.copy_to_table(t.rel[1], source=copy_messages(payload), columns=t.columns,
+                                     schema_name=t.rel[0], format="binary")
     except Exception as exc:
         err = translate(exc, f"copying into {t.qualified}")
         if not isinstance(err, RowError):
@@ -257,8 +259,8 @@ async def copy_isolating(conn: asyncpg.Connection, t: VectorTable, records: list
         return
     try:
         async with transaction(conn):
-            await conn.copy_records_to_table(t.name, records=records, columns=t.columns,
-                                                  schema_name=t.schema)
+            await conn.copy_records_to_table(t.rel[1], records=records, columns=t.columns,
+                                             schema_name=t.rel[0])
     except Exception as exc:
         err = translate(exc, f"copying into {t.qualified}")
         if not isinstance(err, RowError):

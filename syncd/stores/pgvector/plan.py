@@ -26,7 +26,7 @@ from syncd.errors import RowError, SchemaError
 from syncd.pg.converters import Converter, converter
 from syncd.pg.families import family
 from syncd.ports.collections import CollectionInfo, Hnsw, Vector
-from syncd.sql import qi
+from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.pgvector.index import VectorIndex
 from syncd.stores.pgvector.mapping import (
     ColumnMapping,
@@ -38,6 +38,7 @@ from syncd.stores.pgvector.mapping import (
     target_entry,
     type_for_kinds,
 )
+from syncd.stores.pgvector.split import ITEM_COL, Split, item_key
 
 HNSW_MAX_DIM = 2000
 HALFVEC_MAX_DIM = 4000
@@ -67,6 +68,8 @@ class VectorTable:
     """The collection's HNSW settings: the index is built with the same ``m`` / ``ef_construction``."""
     index: VectorIndex | None = None
     """The vector index found on the table (the app's, or syncd's once built)."""
+    split: Split | None = None
+    """The documents table the items are split with; written and read through syncd's view."""
     _convert_id: Converter = field(default=converter("text"), repr=False)
     _convert_doc: Converter = field(default=converter("text"), repr=False)
 
@@ -75,7 +78,25 @@ class VectorTable:
 
     @property
     def qualified(self) -> str:
+        """What the items are written to and read from: the table, or the view over a split's tables."""
+        return self.split.view_qualified if self.split else self.indexed
+
+    @property
+    def indexed(self) -> str:
+        """The table that holds the vectors (and their index)."""
         return f"{qi(self.schema)}.{qi(self.name)}"
+
+    @property
+    def rel(self) -> tuple[str, str]:
+        """(schema, name) of :attr:`qualified`."""
+        return (STATE_SCHEMA, self.split.view) if self.split else (self.schema, self.name)
+
+    @property
+    def item_text(self) -> str:
+        """SQL of a row's Chroma id, as text."""
+        if self.split:
+            return qi(ITEM_COL)
+        return qi(self.id_col) if self.id_type == "text" else f"{qi(self.id_col)}::text"
 
     @property
     def mapped_keys(self) -> frozenset[str]:
@@ -89,13 +110,13 @@ class VectorTable:
             cols.append(self.document_col)
         if self.metadata_col:
             cols.append(self.metadata_col)
-        return cols + [m.name for m in self.mapped]
+        return cols + [m.name for m in self.mapped] + ([ITEM_COL] if self.split else [])
 
     # --- values --------------------------------------------------------------------------
 
     def convert_id(self, item_id: str) -> Any:
         try:
-            return self._convert_id(item_id)
+            return self._convert_id(str(item_key(item_id)) if self.split else item_id)
         except RowError as exc:
             raise RowError(f"column {self.id_col!r}: {exc.message}", column=self.id_col) from None
 
@@ -165,6 +186,8 @@ class VectorTable:
         if self.metadata_col:
             out.append(self.rest_json(metadata))
         out.extend(self.convert_mapped(m, metadata.get(m.key)) for m in self.mapped)
+        if self.split:
+            out.append(item_id)
         return tuple(out)
 
     def patch(self, item_id: str, vector: Vector | None, has_document: bool, document: str | None,
@@ -181,6 +204,8 @@ class VectorTable:
             present = m.key in metadata
             value = metadata.get(m.key)
             out += [present, self.convert_mapped(m, value, present=present) if present else None]
+        if self.split:
+            out.append(item_id)
         return tuple(out)
 
     # --- SQL -----------------------------------------------------------------------------
@@ -191,7 +216,7 @@ class VectorTable:
             casts.append("text")
         if self.metadata_col:
             casts.append("jsonb")
-        return casts + [m.pg_type for m in self.mapped]
+        return casts + [m.pg_type for m in self.mapped] + (["text"] if self.split else [])
 
     @property
     def add_sql(self) -> str:
@@ -207,6 +232,13 @@ class VectorTable:
         """A full image, replacing the row if the id exists (reconciliation)."""
         cols = ", ".join(qi(c) for c in self.columns)
         values = ", ".join(f"${i}::{t}" for i, t in enumerate(self._casts(), 1))
+        if self.split:  # a view takes no ON CONFLICT: update, else insert
+            sets = ", ".join(f"{qi(c)} = ${i}::{t}" for i, (c, t)
+                             in enumerate(zip(self.columns, self._casts(), strict=True), 1) if i > 1)
+            return (f"WITH u AS (UPDATE {self.qualified} SET {sets} "
+                    f"WHERE {qi(self.id_col)} = $1::{self.id_type} RETURNING 1) "
+                    f"INSERT INTO {self.qualified} ({cols}) SELECT {values} "
+                    "WHERE NOT EXISTS (SELECT 1 FROM u)")
         sets = ", ".join(f"{qi(c)} = EXCLUDED.{qi(c)}" for c in self.columns[1:])
         return (f"INSERT INTO {self.qualified} ({cols}) VALUES ({values}) "
                 f"ON CONFLICT ({qi(self.id_col)}) DO UPDATE SET {sets}")
@@ -233,6 +265,9 @@ class VectorTable:
             sets.append(f"{col} = CASE WHEN ${n + 1}::boolean THEN ${n + 2}::{m.pg_type} ELSE {col} END")
             values.append(f"${n + 2}::{m.pg_type}")
             n += 2
+        if self.split:
+            sets.append(f"{qi(ITEM_COL)} = ${n + 1}::text")
+            values.append(f"${n + 1}::text")
         return sets, values
 
     @property
@@ -267,10 +302,10 @@ class VectorTable:
         m = min(max(h.max_neighbors, 2), 100)  # pgvector's bounds: m 2-100, ef_construction 4-1000 and >= 2m
         with_ = f" WITH (m = {m}, ef_construction = {min(max(h.ef_construction, 2 * m, 4), 1000)})"
         if self.dim <= HNSW_MAX_DIM:
-            return (f"CREATE INDEX IF NOT EXISTS {qi(name)} ON {self.qualified} "
+            return (f"CREATE INDEX IF NOT EXISTS {qi(name)} ON {self.indexed} "
                     f"USING hnsw ({emb} vector_{ops}_ops){with_}")
         if self.dim <= HALFVEC_MAX_DIM:
-            return (f"CREATE INDEX IF NOT EXISTS {qi(name)} ON {self.qualified} "
+            return (f"CREATE INDEX IF NOT EXISTS {qi(name)} ON {self.indexed} "
                     f"USING hnsw (({emb}::halfvec({self.dim})) halfvec_{ops}_ops){with_}")
         return None
 
@@ -297,9 +332,10 @@ def index_name(table: str, column: str) -> str:
 
 def plan(info: CollectionInfo, target: Target, existing: dict[str, Existing] | None,
          key_types: Mapping[str, set[str]], warn: Callable[[str], None], *,
-         table: str | None = None) -> VectorTable:
+         table: str | None = None, split: Split | None = None) -> VectorTable:
     """Map *info* onto a new table (``existing`` None) or adopt an existing one; *table*
-    overrides the name from config (the name recorded when the collection was first synced)."""
+    overrides the name from config (the name recorded when the collection was first synced).
+    With *split*, *existing* are the columns of its view."""
     entry, index = target_entry(target, info.name)
     mapping = parse_columns(entry, index)
     table = pg_name(table or (entry.table if entry else info.name), "table name")
@@ -317,7 +353,9 @@ def plan(info: CollectionInfo, target: Target, existing: dict[str, Existing] | N
             dim=dim, vector_type=f"vector({dim})", created=True, id_col=mapping.id, id_type="text",
             embedding_col=mapping.embedding, document_col=mapping.document, metadata_col=mapping.metadata,
             mapped=tuple(mapped), hnsw=info.hnsw)
-    return _adopt(info, target, table, mapping, existing, warn)
+    adopted = _adopt(info, target, table, mapping, existing, warn)
+    adopted.split = split
+    return adopted
 
 
 def _adopt(info: CollectionInfo, target: Target, table: str, mapping: ColumnMapping,

@@ -30,7 +30,7 @@ from syncd.pg.echo import forget_echoes, take_echoes
 from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
 from syncd.ports.collections import ChromaCollection, Item, raw_image
-from syncd.sql import STATE_SCHEMA, qi
+from syncd.sql import STATE_SCHEMA
 from syncd.stores.pgvector import doubt as pgvector_doubt
 from syncd.stores.pgvector import seen as seen_rows
 from syncd.stores.pgvector.changes import (
@@ -333,11 +333,10 @@ class PgvectorSink:
         began = time.monotonic()
         copied = deleted = 0
         rejects_total = 0
-        text_id = "::text" if t.id_type != "text" else ""
-        key = f"{qi(t.id_col)}{text_id} COLLATE \"C\""
+        key = f"{t.item_text} COLLATE \"C\""
         delete_sql = (f"DELETE FROM {t.qualified} WHERE ($1::text IS NULL OR {key} > $1::text) "
                       f"AND ($2::text IS NULL OR {key} <= $2::text) "
-                      f"AND NOT ({qi(t.id_col)}{text_id} = ANY($3::text[]))")
+                      f"AND NOT ({t.item_text} = ANY($3::text[]))")
         async with guarded(f"reconciling {t.qualified}"):
             async with transaction(self.conn):
                 await seen_rows.clear(self.conn, stream)
@@ -347,7 +346,7 @@ class PgvectorSink:
                 rows = [(i.id, i.vector, i.document, i.metadata, i.seq, i.error) for i in page.items]
                 records, _, seen, rejects = snapshot_records(self.table, rows, start.offset)
                 self._check_strict(rejects)
-                keys = [str(t.convert_id(k)) for k, _ in page.keys if convertible(t, k)]
+                keys = [k if t.split else str(t.convert_id(k)) for k, _ in page.keys if convertible(t, k)]
                 async with transaction(self.conn):
                     upto = None if last_page else page.last_key
                     status = await self.conn.execute(delete_sql, after, upto, keys)

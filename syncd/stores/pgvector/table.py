@@ -15,6 +15,7 @@ from syncd.pg.connect import transaction, translate
 from syncd.ports.collections import ChromaCollection, CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.pgvector import doubt as pgvector_doubt
+from syncd.stores.pgvector import split
 from syncd.stores.pgvector.index import mismatch, rebuild_outgrown, record_adopted_ivfflat, vector_indexes
 from syncd.stores.pgvector.mapping import Existing, parse_columns, target_entry
 from syncd.stores.pgvector.plan import VectorTable, create_table_sql, plan
@@ -85,6 +86,16 @@ async def existing_columns(conn: asyncpg.Connection, schema: str, table: str) ->
     return {r["attname"]: Existing(r["type"], bool(r["attnotnull"])) for r in rows}
 
 
+async def columns_of(conn: asyncpg.Connection, schema: str, table: str
+                     ) -> tuple[dict[str, Existing] | None, split.Split | None]:
+    """The columns a collection recorded with *table* is planned over: the table's, or for a
+    collection split over two tables the columns of syncd's view of them (and the split)."""
+    s = await split.lookup(conn, schema, table)
+    if s is not None and await conn.fetchval("SELECT to_regclass($1)", s.view_qualified) is not None:
+        return await split.view_columns(conn, s), s
+    return await existing_columns(conn, schema, table), None
+
+
 async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
                         target: Target) -> VectorTable:
     """Create or adopt the collection's table (idempotent) and record it; return the mapping."""
@@ -105,18 +116,28 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
             if existing is None and record is None and entry is not None and entry.create:
                 deferred = await _create_from_ddl(conn, target, index, probe)
                 existing = await existing_columns(conn, target.schema, probe)
+            pair: split.Split | None = None
+            if entry is not None and entry.documents is not None and existing is not None:
+                pair = await split.ensure(conn, target.schema, probe, entry.documents,
+                                          f"target.collections[{index}]")
+                existing = await split.view_columns(conn, pair)
             key_types: dict[str, set[str]] = {}
             if existing is None:
                 keys = [k for _, k in parse_columns(entry, index).keys]
                 key_types = await source.log.key_types(info, keys) if keys else {}
-            table = plan(info, target, existing, key_types, warnings.append, table=probe)
+            if existing is None and entry is not None and entry.documents is not None:
+                raise SchemaError(f"target.collections[{index}]: there is no table {target.schema}.{probe}; "
+                                  "a collection split over two tables needs both to exist (the app's "
+                                  "migration, or the entry's create)")
+            table = plan(info, target, existing, key_types, warnings.append, table=probe, split=pair)
             if existing is None:
                 await conn.execute(create_table_sql(table))
             elif record is not None:
                 table.created = bool(record["created"])
             else:
                 table.created = deferred is not None
-                await _check_unique_id(conn, table)
+                if pair is None:
+                    await _check_unique_id(conn, table)
             owner = await conn.fetchval(
                 f"SELECT name FROM {STATE_SCHEMA}.chroma_collections WHERE schema_name = $1 "
                 "AND table_name = $2 AND collection_id <> $3 AND deleted_at IS NULL",
@@ -138,11 +159,11 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
             if deferred:
                 await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET deferred_indexes = $2 "
                                    "WHERE collection_id = $1", info.id, deferred)
-            found = await vector_indexes(conn, table.qualified, table.embedding_col)
+            found = await vector_indexes(conn, table.indexed, table.embedding_col)
             table.index = found[0] if found else None
             if (record is None and not table.created and table.index is not None
                     and table.index.method == "ivfflat" and target.reindex_ivfflat):
-                await record_adopted_ivfflat(conn, info.id, table.qualified)
+                await record_adopted_ivfflat(conn, info.id, table.indexed)
     except SyncdError:
         raise
     except Exception as exc:
@@ -167,12 +188,12 @@ async def planned_table(conn: asyncpg.Connection, source: ChromaCollection,
         record = await conn.fetchrow(f"SELECT table_name, created FROM {STATE_SCHEMA}.chroma_collections "
                                      "WHERE collection_id = $1", info.id)
     probe = record["table_name"] if record is not None else plan_name(info, target)
-    existing = await existing_columns(conn, target.schema, probe)
+    existing, pair = await columns_of(conn, target.schema, probe)
     if existing is None:
         return None
-    table = plan(info, target, existing, {}, lambda _w: None, table=probe)
+    table = plan(info, target, existing, {}, lambda _w: None, table=probe, split=pair)
     table.created = bool(record["created"]) if record is not None else False
-    found = await vector_indexes(conn, table.qualified, table.embedding_col)
+    found = await vector_indexes(conn, table.indexed, table.embedding_col)
     table.index = found[0] if found else None
     return table
 
@@ -227,11 +248,11 @@ async def build_index(conn: asyncpg.Connection, t: VectorTable) -> None:
     """Build the table's vector index once, after the bulk load, with room to build it in memory:
     the indexes of its ``create`` DDL as written, else an HNSW index for the collection's space
     (a vector index already there, the app's, is kept and none added)."""
-    found = await vector_indexes(conn, t.qualified, t.embedding_col)
+    found = await vector_indexes(conn, t.indexed, t.embedding_col)
     if found:
         t.index = found[0]
         began = time.monotonic()
-        grown = await rebuild_outgrown(conn, t.index, t.schema, t.name, t.qualified, INDEX_TIMEOUT)
+        grown = await rebuild_outgrown(conn, t.index, t.schema, t.name, t.indexed, INDEX_TIMEOUT)
         if grown is not None:
             log.warning("ivfflat index rebuilt", table=t.qualified, index=t.index.name, rows_adopted=grown[0],
                         rows=grown[1], seconds=round(time.monotonic() - began, 2),
@@ -257,6 +278,6 @@ async def build_index(conn: asyncpg.Connection, t: VectorTable) -> None:
             await conn.execute(sql, timeout=INDEX_TIMEOUT)
         await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET deferred_indexes = NULL "
                            "WHERE schema_name = $1 AND table_name = $2", t.schema, t.name)
-    await conn.execute(f"ANALYZE {t.qualified}", timeout=INDEX_TIMEOUT)
+    await conn.execute(f"ANALYZE {t.indexed}", timeout=INDEX_TIMEOUT)
     log.info("index built", table=t.qualified, rows=rows, space=t.space,
              maintenance_work_mem_mb=mem_mb, seconds=round(time.monotonic() - began, 2))
