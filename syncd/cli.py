@@ -263,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the environment variable that holds the target's password")
     fa.add_argument("--chroma-path", default=None, metavar="DIR",
                     help="the Chroma server's persist directory on this machine ([source.chroma] path)")
+    fa.add_argument("--chroma-url", default=None, metavar="URL",
+                    help="the Chroma server's address, when the app's config names none "
+                         "([source.chroma] url)")
+    fa.add_argument("--collection", default=None, metavar="NAME",
+                    help="the app's Chroma collection (default: qckstrt-embeddings for qckstrt, signal-hub "
+                         "for Signal Hub)")
     d = _sub(sub, "demo", "try syncd on a generated app database and the embedded PostgreSQL",
              "Needs no config. Leaves its files (and a config to try the other commands) in DIR.",
              "  syncd demo\n  syncd demo --dir ./syncd-demo")
@@ -304,7 +310,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return from_app.command(args.from_app, args.target, args.write, force=args.force,
                                 state_dir=args.state_dir, password_env=args.password_env,
-                                chroma_path=args.chroma_path)
+                                chroma_path=args.chroma_path, chroma_url=args.chroma_url,
+                                collection=args.collection)
     if args.command == "run" and args.timeout is not None and (not args.until_caught_up or args.timeout <= 0):
         raise ConfigError("--timeout: needs --until-caught-up and a number of seconds > 0")
     from syncd import config as config_mod

@@ -49,6 +49,10 @@ class Derived:
     dimensions: Found | None = None
     qckstrt_vectors: bool = False
     """VECTOR_DB_PROVIDER seen: the collection goes to qckstrt's own ``vector_embeddings``."""
+    signal_hub_vectors: bool = False
+    """storage.vector_store seen: the collection goes to Signal Hub's ``documents`` + ``embeddings``."""
+    collection: Found | None = None
+    """``--collection``: the Chroma collection's name, instead of the app's default."""
     dsn: Found | None = None
     app_configs: list[Path] = field(default_factory=list)
     """The app's files cutover flips, in the order given (all of them as one step)."""
@@ -132,10 +136,19 @@ def _target_parts(dsn: str, password_env: str) -> tuple[str, dict[str, str]]:
     return dsn, parts
 
 
-def derive(files: Sequence[Path], target: str | None, password_env: str = DEFAULT_PASSWORD_ENV
-           ) -> Derived:
-    """Read each app config file and infer syncd's sources, target and cutover keys."""
+def derive(files: Sequence[Path], target: str | None, password_env: str = DEFAULT_PASSWORD_ENV, *,
+           chroma_path: str | None = None, chroma_url: str | None = None,
+           collection: str | None = None) -> Derived:
+    """Read each app config file and infer syncd's sources, target and cutover keys; *chroma_path*,
+    *chroma_url* and *collection* are given on the command line and win over the app's files."""
     d = Derived()
+    if chroma_path is not None:
+        d.chroma_path = Found(str(Path(chroma_path).expanduser().resolve()), "--chroma-path")
+    if collection is not None:
+        if not collection.strip():
+            raise ConfigError("--collection: expected the Chroma collection's name, "
+                              "e.g. --collection signal-hub")
+        d.collection = Found(collection, "--collection")
     seen: dict[str, tuple[Path, Found]] = {}
     for f in files:
         for key, found in read_app_config(f).items():
@@ -151,11 +164,17 @@ def derive(files: Sequence[Path], target: str | None, password_env: str = DEFAUL
             d.lines.append(f"target.dsn: the password at {password[1].where} is not copied in clear; add "
                            "it to the DSN as ${NAME} and set NAME in syncd's environment")
     _qckstrt(d, seen, parts)
+    if chroma_url is not None:
+        d.chroma_url = Found(chroma_url, "--chroma-url")
     _signal_hub(d, seen)
+    if d.collection is not None and d.qckstrt_vectors and d.signal_hub_vectors:
+        raise ConfigError("--collection: the app files hold both qckstrt's and Signal Hub's keys, each with "
+                          "its own collection; run `syncd config --from-app` once per app")
     if d.dsn is None:
         d.lines.append("target.dsn: not found; pass --target postgresql://USER:PASSWORD@HOST:PORT/DB "
                        "(the password is written as a ${NAME} reference)")
-    if d.sqlite_path is None and d.chroma_url is None and not any(x.startswith("source") for x in d.lines):
+    no_source = d.sqlite_path is None and d.chroma_url is None and d.chroma_path is None
+    if no_source and not any(x.startswith("source") for x in d.lines):
         d.lines.append("source: neither a SQLite file nor a Chroma server found in the app's config; "
                        "add [source.sqlite] path = \"…\" and/or [source.chroma] url = \"…\" (or path)")
     return d
@@ -236,9 +255,11 @@ def _signal_hub(d: Derived, seen: Mapping[str, tuple[Path, Found]]) -> None:
     f, found = store
     rollback = found if found.value != "postgresql" else Found("chromadb", f"{found.where} (now postgresql)")
     _flip(d, "storage.vector_store", "postgresql", rollback, f)
-    if d.chroma_url is None:
+    d.signal_hub_vectors = True
+    if d.chroma_url is None and d.chroma_path is None:
         d.lines.append(f"source.chroma: {f} names no Chroma location; add [source.chroma] "
-                       "path = \"…\" (its persist directory) or url = \"http://…\"")
+                       "path = \"…\" (its persist directory) or url = \"http://…\"; or pass --chroma-path "
+                       "DIR --chroma-url URL")
 
 
 # qckstrt's pgvector provider's table and index (seed 000, "ChromaDB -> pgvector", Step 4), with
@@ -271,11 +292,100 @@ def _qckstrt_collection(d: Derived) -> list[str]:
             f"# not exist yet (vector({dim}): {where}); the text goes to content, the metadata keys",
             "# userId / documentId to their columns",
             "[[target.collections]]",
-            f"name = {json.dumps(QCKSTRT_COLLECTION)}",
+            f"name = {json.dumps(_collection_name(d, QCKSTRT_COLLECTION))}",
             'table = "vector_embeddings"',
             'columns = { user_id = "metadata.userId", document_id = "metadata.documentId", '
             'content = "document" }',
             'create = """', QCKSTRT_DDL.format(dim=dim) + '"""', ""]
+
+
+# Signal Hub's schema (seed 003, "Step 2: Initialize Database Schema", "Create Schema"), verbatim;
+# tests/fixtures/seeds/signal-hub/schema.sql. A Chroma item is one documents row and one embeddings row.
+SIGNAL_HUB_COLLECTION = "signal-hub"
+SIGNAL_HUB_COLUMNS = {"content": "document", "file_path": "metadata.file_path",
+                      "chunk_index": "metadata.chunk_index", "start_line": "metadata.start_line",
+                      "end_line": "metadata.end_line", "language": "metadata.language",
+                      "model": "metadata.model"}
+SIGNAL_HUB_DDL = """-- Enable pgvector extension
+CREATE EXTENSION IF NOT EXISTS vector;
+
+-- Create main tables
+CREATE TABLE IF NOT EXISTS documents (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    file_path TEXT NOT NULL,
+    content TEXT NOT NULL,
+    chunk_index INTEGER NOT NULL,
+    start_line INTEGER,
+    end_line INTEGER,
+    language VARCHAR(50),
+    metadata JSONB,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    UNIQUE(file_path, chunk_index)
+);
+
+-- Create embeddings table
+CREATE TABLE IF NOT EXISTS embeddings (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    document_id UUID REFERENCES documents(id) ON DELETE CASCADE,
+    embedding vector(1536),  -- OpenAI embedding dimension
+    model VARCHAR(100),
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+
+-- Create indexes for performance
+CREATE INDEX idx_embeddings_vector ON embeddings USING ivfflat (embedding vector_cosine_ops);
+CREATE INDEX idx_documents_file_path ON documents(file_path);
+CREATE INDEX idx_documents_metadata ON documents USING GIN(metadata);
+
+-- Create search function
+CREATE OR REPLACE FUNCTION search_similar(
+    query_embedding vector,
+    match_count int DEFAULT 10,
+    min_similarity float DEFAULT 0.7
+)
+RETURNS TABLE(
+    document_id UUID,
+    file_path TEXT,
+    content TEXT,
+    similarity float
+)
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT\x20
+        d.id,
+        d.file_path,
+        d.content,
+        1 - (e.embedding <=> query_embedding) as similarity
+    FROM embeddings e
+    JOIN documents d ON e.document_id = d.id
+    WHERE 1 - (e.embedding <=> query_embedding) > min_similarity
+    ORDER BY e.embedding <=> query_embedding
+    LIMIT match_count;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+
+def _collection_name(d: Derived, default: str) -> str:
+    return d.collection.value if d.collection else default
+
+
+def _signal_hub_collection(d: Derived) -> list[str]:
+    name = _collection_name(d, SIGNAL_HUB_COLLECTION)
+    origin = "--collection" if d.collection else "the default; --collection NAME names another"
+    columns = ", ".join(f"{col} = {json.dumps(src)}" for col, src in SIGNAL_HUB_COLUMNS.items())
+    return ["# Signal Hub's tables, created with the app's own schema (its migration guide's Step 2)",
+            "# when they do not exist yet. Each Chroma item is one documents row (the document, the",
+            "# metadata keys of columns, the other keys in documents.metadata) and one embeddings row",
+            "# (the vector, metadata.model), joined by embeddings.document_id.",
+            "[[target.collections]]",
+            f"name = {json.dumps(name)}    # {origin}",
+            'table = "embeddings"',
+            'documents = "documents"',
+            f"columns = {{ {columns} }}",
+            'create = """', SIGNAL_HUB_DDL + '"""', ""]
 
 
 def toml_text(d: Derived, state_dir: str | None) -> str:
@@ -298,6 +408,8 @@ def toml_text(d: Derived, state_dir: str | None) -> str:
         out += ["[target]", f"dsn = {q(d.dsn.value)}    # {d.dsn.where}", ""]
     if d.qckstrt_vectors:
         out += _qckstrt_collection(d)
+    if d.signal_hub_vectors:
+        out += _signal_hub_collection(d)
     out += ["[state]", f"dir = {q(state_dir)}" if state_dir else '# dir = "/var/lib/syncd"', ""]
     if d.app_configs:
         files = [q(str(f.resolve())) for f in d.app_configs]
@@ -322,19 +434,25 @@ def report(d: Derived) -> list[str]:
     if d.app_configs:
         lines.append(f"cutover.app_config = {', '.join(str(f) for f in d.app_configs)}")
     if d.qckstrt_vectors:
-        lines.append(f"target.collections: {QCKSTRT_COLLECTION} -> vector_embeddings (qckstrt's DDL)")
+        lines.append(f"target.collections: {_collection_name(d, QCKSTRT_COLLECTION)} -> vector_embeddings "
+                     "(qckstrt's DDL)")
+    if d.signal_hub_vectors:
+        how = ("--collection" if d.collection else
+               "the default: Signal Hub's config names no collection; pass --collection NAME for another")
+        lines.append(f"target.collections: {_collection_name(d, SIGNAL_HUB_COLLECTION)} -> documents + "
+                     f"embeddings (Signal Hub's schema)  ({how})")
     lines += [f"cutover.forward.{k} = {v.value}  ({v.where})" for k, v in d.forward.items()]
     lines += [f"cutover.rollback.{k} = {v.value}  ({v.where})" for k, v in d.rollback.items()]
     return lines + [f"missing: {line}" for line in d.lines]
 
 
 def command(files: Sequence[Path], target: str | None, write: Path, *, force: bool,
-            state_dir: str | None, password_env: str, chroma_path: str | None = None) -> int:
+            state_dir: str | None, password_env: str, chroma_path: str | None = None,
+            chroma_url: str | None = None, collection: str | None = None) -> int:
     if write.exists() and not force:
         raise ConfigError(f"{write} exists; pass --force to replace it, or --write another path")
-    d = derive(files, target, password_env)
-    if chroma_path is not None:
-        d.chroma_path = Found(str(Path(chroma_path).expanduser().resolve()), "--chroma-path")
+    d = derive(files, target, password_env, chroma_path=chroma_path, chroma_url=chroma_url,
+               collection=collection)
     text = toml_text(d, state_dir)
     try:
         write.write_text(text)
