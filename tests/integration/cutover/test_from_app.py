@@ -13,9 +13,7 @@ import asyncpg
 import pytest
 
 from syncd import config as config_mod
-from syncd.config.parse import parse
 from syncd.cutover.from_app import SIGNAL_HUB_DDL
-from syncd.errors import ConfigError
 from tests.conftest import run_syncd
 from tests.integration.daemon_support import free_port, start, stop, streaming, wait_for
 
@@ -24,24 +22,6 @@ QCKSTRT_ENV = SEEDS / "qckstrt" / "apps" / "backend" / ".env"
 HUB = SEEDS / "signal-hub"
 HUB_FILES = ("--from-app", str(HUB / "signal-hub.yaml"),
              "--from-app", str(HUB / "config" / "production.yaml"))
-
-
-def documents_key_parsed() -> bool:
-    """Whether syncd's config knows ``target.collections[].documents`` (Signal Hub's documents +
-    embeddings mapping). Until it does, a config holding Signal Hub's collection entry fails to load
-    on that key, and the tests marked NEEDS_DOCUMENTS_KEY are expected to fail with that error."""
-    data = {"source": {"chroma": {"path": "/nonexistent"}},
-            "target": {"dsn": "postgresql://u@h/db",
-                       "collections": [{"name": "c", "table": "embeddings", "documents": "documents"}]}}
-    try:
-        parse(data, base=Path("/"), env={})
-    except ConfigError as exc:
-        return ".documents: unknown key" not in str(exc)
-    return True
-
-
-NEEDS_DOCUMENTS_KEY = pytest.mark.xfail(not documents_key_parsed(), raises=ConfigError, strict=True,
-                                        reason="target.collections[].documents is not parsed yet")
 
 
 def test_qckstrt_env_gives_sources_target_and_cutover_keys(tmp_path: Path) -> None:
@@ -102,7 +82,6 @@ def test_bad_arguments_are_one_line(tmp_path: Path, args: tuple[str, ...], needl
     assert "Traceback" not in proc.stderr and "p@h" not in proc.stderr
 
 
-@NEEDS_DOCUMENTS_KEY
 def test_toml_app_config_with_lines(tmp_path: Path) -> None:
     app = tmp_path / "app.toml"
     app.write_text('# the app\n[storage]\nvector_store = "chromadb"\n\n[database.connection]\n'
@@ -118,7 +97,6 @@ def test_toml_app_config_with_lines(tmp_path: Path) -> None:
     assert cfg.cutover.app_config == app and cfg.cutover.rollback == {"storage.vector_store": "chromadb"}
 
 
-@NEEDS_DOCUMENTS_KEY
 def test_signal_hub_yaml_gives_target_and_flip_and_says_what_is_missing(tmp_path: Path) -> None:
     hub = SEEDS / "signal-hub"
     out = tmp_path / "syncd.toml"
@@ -195,7 +173,6 @@ def test_qckstrt_env_maps_the_collection_to_the_seeds_table(tmp_path: Path) -> N
     assert entry.create == "".join(seed.splitlines(keepends=True)[2:])  # the seed's lines, header dropped
 
 
-@NEEDS_DOCUMENTS_KEY
 def test_two_app_files_are_both_flipped(tmp_path: Path) -> None:
     """`--from-app .env --from-app config.yaml`, each holding keys cutover writes: syncd.toml lists
     both files, which cutover then flips as one step."""
@@ -268,7 +245,6 @@ def test_collection_option_with_both_apps_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "s.toml").exists()
 
 
-@NEEDS_DOCUMENTS_KEY
 def test_signal_hub_config_loads_with_its_collection(tmp_path: Path) -> None:
     out = tmp_path / "syncd.toml"
     run_syncd("config", *HUB_FILES, "--chroma-path", str(tmp_path / "chroma"), "--write", str(out))

@@ -37,7 +37,6 @@ from tests.integration.chroma_support import (
     run_chroma,
     ulps,
 )
-from tests.integration.cutover.test_from_app import documents_key_parsed
 from tests.integration.guides.test_qckstrt_guide import run_guide, stop_leftover_daemon, wait_for
 
 GUIDE = REPO / "docs" / "guides" / "signal-hub.md"
@@ -172,14 +171,6 @@ def chroma(tmp_path: Path) -> Iterator[ChromaServer]:
         yield server
 
 
-class MappingMissing(Exception):
-    """The guide stopped at `syncd backup`, its first command reading syncd.toml, because syncd's config
-    does not know target.collections[].documents yet (Signal Hub's documents + embeddings mapping)."""
-
-
-# Expected to fail with MappingMissing only, and only while the key is unknown; inert once it is known.
-@pytest.mark.xfail(not documents_key_parsed(), raises=MappingMissing, strict=True,
-                   reason="target.collections[].documents (Signal Hub's mapping) is not parsed yet")
 async def test_every_command_of_the_signal_hub_guide(tmp_path: Path, chroma: ChromaServer,
                                                      pg_dsn: str) -> None:
     root = tmp_path / "signal-hub"
@@ -245,13 +236,6 @@ async def test_every_command_of_the_signal_hub_guide(tmp_path: Path, chroma: Chr
     assert [b for info, b in guide if info == "sh env"], "the guide has no settings block"
     try:
         await run_guide(guide, settings, root, env, hooks, fired, outputs)
-    except AssertionError as exc:
-        text = str(exc)
-        unknown = [line for line in text.splitlines() if ".documents: unknown key" in line]
-        if text.startswith("syncd -c syncd.toml backup\n") and len(outputs) == 1 and unknown \
-                and not documents_key_parsed():
-            raise MappingMissing(unknown[0]) from exc
-        raise
     finally:
         stop_leftover_daemon(root)
     assert sorted(fired) == sorted(hooks), fired
