@@ -119,7 +119,12 @@ async def init_chroma(config: Config, dsn: str) -> list[str]:
                 if rows is not None:
                     found += (f", built on {rows} rows: rebuilt after the snapshot (REINDEX CONCURRENTLY) if "
                               "the load at least doubles them; target.reindex_ivfflat = false keeps it as is")
-                lines.append(f"collection {info.name}: {how} {table.schema}.{table.name} "
+                pair = ""
+                if table.split is not None:
+                    s = table.split
+                    pair = (f" with {s.schema}.{s.documents} (each item one {s.documents} row and one "
+                            f"{table.name} row joined by {s.fk}; written through {s.view_qualified})")
+                lines.append(f"collection {info.name}: {how} {table.schema}.{table.name}{pair} "
                              f"({table.vector_type}, {info.space}){found}")
         finally:
             await close_quietly(conn)

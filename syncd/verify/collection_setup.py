@@ -23,6 +23,7 @@ from syncd.ports.collections import CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, wanted
+from syncd.stores.pgvector import split
 from syncd.stores.pgvector.index import vector_indexes
 from syncd.stores.pgvector.plan import VectorTable, plan
 from syncd.stores.pgvector.table import columns_of, stream_name
@@ -108,6 +109,8 @@ class ChromaVerify:
         notes: list[str] = []
         table = plan(info, self.cfg.target, existing, {}, notes.append, table=table_name, split=pair)
         problems = [_dimension(info, table)] if table.dim != info.dimension else []
+        if table.split is not None:
+            problems += await split.problems(conn, table.split)
         notes = [n for n in notes if "dimensional" not in n]
         source = ChromaCollectionSource(self.topology.log, self.topology.server, info)
         canon = VectorCanon(table, self.vector_send)

@@ -329,3 +329,27 @@ async def view_columns(conn: asyncpg.Connection, s: Split) -> dict[str, Existing
            FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
            ORDER BY a.attnum""", s.view_qualified, s.docs_qualified, s.emb_qualified)
     return {r["attname"]: Existing(r["type"], bool(r["notnull"])) for r in rows if r["attname"] != ITEM_COL}
+
+
+async def problems(conn: asyncpg.Connection, s: Split) -> list[str]:
+    """What the view cannot show: documents without an embedding row (no Chroma item holds them),
+    documents with several (one item holds one vector), embeddings of no document."""
+    lone = int(await conn.fetchval(
+        f"SELECT count(*) FROM {s.docs_qualified} d WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {s.emb_qualified} e WHERE e.{qi(s.fk)} = d.{qi(s.doc_key)})"))
+    several = int(await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM {s.emb_qualified} WHERE {qi(s.fk)} IS NOT NULL "
+        f"GROUP BY {qi(s.fk)} HAVING count(*) > 1) x"))
+    loose = int(await conn.fetchval(f"SELECT count(*) FROM {s.emb_qualified} WHERE {qi(s.fk)} IS NULL"))
+    out = []
+    if lone:
+        out.append(f"{s.schema}.{s.documents}: {lone:,} rows have no {s.embeddings} row, so no Chroma "
+                   f"item holds them (find them with: SELECT {s.doc_key} FROM {s.schema}.{s.documents} d "
+                   f"WHERE NOT EXISTS (SELECT 1 FROM {s.schema}.{s.embeddings} e WHERE e.{s.fk} = "
+                   f"d.{s.doc_key}))")
+    if several:
+        out.append(f"{s.schema}.{s.embeddings}: {several:,} documents have more than one embedding row; a "
+                   "Chroma item holds one vector")
+    if loose:
+        out.append(f"{s.schema}.{s.embeddings}: {loose:,} rows have no {s.fk} (no document): not items")
+    return out

@@ -147,6 +147,12 @@ async def test_a_collection_split_over_signal_hubs_two_tables(
     verify = run_syncd("--config", str(cfg), "verify", check=False)
     assert verify.returncode == 5, verify.stdout + verify.stderr
 
+    # a document without its embedding row is in no Chroma item: verify says so
+    await pg.execute("INSERT INTO documents (file_path, content, chunk_index) VALUES ('lone.py', 'x', 0)")
+    lone = run_syncd("--config", str(cfg), "verify", check=False)
+    assert lone.returncode not in (0, 5), lone.stdout
+    assert "public.documents: 1 rows have no embeddings row" in lone.stdout, lone.stdout
+
 
 async def test_the_apps_writes_to_both_tables_reach_chroma(tmp_path: Path, chroma: ChromaServer, pg_dsn: str,
                                                            pg: asyncpg.Connection) -> None:
