@@ -166,7 +166,8 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         collections.append(
             CollectionTarget(name=c.require("name", str), table=c.require("table", str), columns=cols,
                              create=c.get("create", str, None) or None,
-                             documents=c.get("documents", str, None) or None)
+                             documents=c.get("documents", str, None) or None,
+                             constants=_constants(c, i, cols))
         )
         c.check_unknown()
     schema = t.get("schema", str, "public")
@@ -390,3 +391,15 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
     cfg = parse(data, base=path.resolve().parent, env=os.environ if env is None else env)
     return dataclasses.replace(cfg, path=path)
+
+
+def _constants(c: Any, i: int, columns: Mapping[str, str]) -> dict[str, str]:
+    """``[[target.collections]] constants``: column -> the one text value every item gets there."""
+    raw = c.get("constants", dict, {})
+    where = f"target.collections[{i}].constants"
+    if not all(isinstance(v, str) for v in raw.values()):
+        raise ConfigError(f"{where}: values must be strings (PostgreSQL casts them to the column's type)")
+    both = sorted(set(raw) & set(columns))
+    if both:
+        raise ConfigError(f"{where}: column {both[0]!r} is also in columns; give it one source")
+    return dict(raw)

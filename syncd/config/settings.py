@@ -35,6 +35,8 @@ class CollectionTarget:
     columns: Mapping[str, str] = field(default_factory=dict)
     create: str | None = None
     """The app's own DDL for the table, run when the table does not exist yet (then adopted)."""
+    constants: Mapping[str, str] = field(default_factory=dict)
+    """Columns filled with one value for every item (``model = "text-embedding-3-small"``)."""
     documents: str | None = None
     """A documents table that holds each item's document and metadata, *table* holding its
     vector and a foreign key to it (docs/mapping.md, "One collection, two tables")."""

@@ -61,6 +61,7 @@ class _Mapped:
     boolean: bool
     text: bool
     json: bool
+    constant: str | None = None
 
 
 class ItemExpect:
@@ -73,8 +74,8 @@ class ItemExpect:
         self.metadata = expect(t.metadata_col, "jsonb") if t.metadata_col else None
         self.mapped = [_Mapped(m.key, m.not_null, expect(m.name, m.pg_type),
                                _takes_bool(m.pg_type), _kind(m.pg_type) in ("text", "character varying"),
-                               _kind(m.pg_type) in ("json", "jsonb")) for m in t.mapped]
-        self.mapped_keys = frozenset(m.key for m in t.mapped)
+                               _kind(m.pg_type) in ("json", "jsonb"), m.constant) for m in t.mapped]
+        self.mapped_keys = frozenset(m.key for m in t.mapped if m.constant is None)
         self.item = expect(ITEM_COL, "text") if t.split else None
 
     # --- the values, as Chroma holds them ------------------------------------------------------
@@ -91,7 +92,7 @@ class ItemExpect:
             out.append(item.document)
         if self.metadata is not None:
             out.append(self.rest(item.metadata))
-        out += [item.metadata.get(m.key) for m in self.mapped]
+        out += [m.constant if m.constant is not None else item.metadata.get(m.key) for m in self.mapped]
         if self.item is not None:
             out.append(item.id)
         return out
@@ -109,7 +110,8 @@ class ItemExpect:
         if self.metadata is not None:
             out.append(self._rest_part(item.metadata))
         for m in self.mapped:
-            out.append(self._mapped_part(m, item.metadata.get(m.key)))
+            value = m.constant if m.constant is not None else item.metadata.get(m.key)
+            out.append(self._mapped_part(m, value))
         if self.item is not None:
             out.append(self.item.part(item.id))
         return out

@@ -67,7 +67,7 @@ def full_image(t: VectorTable, item_id: str, vector: Any, document: str | None,
     if t.metadata_col:
         out.append(rest_json(t, metadata))
     if t.mapped:
-        out.extend(t.convert_mapped(m, metadata.get(m.key)) for m in t.mapped)
+        out.extend(t.convert_mapped(m, m.value(metadata)) for m in t.mapped)
     if t.split:
         out.append(item_id)
     return tuple(out)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,11 @@ class MappedColumn:
     pg_type: str
     not_null: bool
     convert: Converter = field(compare=False)
+    constant: str | None = None
+    """The one value every item gets in the column (``constants``): no metadata key then."""
+
+    def value(self, metadata: Mapping[str, Any]) -> Any:
+        return self.constant if self.constant is not None else metadata.get(self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,8 @@ class ColumnMapping:
     metadata: str | None = None
     keys: tuple[tuple[str, str], ...] = ()
     """(column, metadata key)"""
+    constants: tuple[tuple[str, str], ...] = ()
+    """(column, value)"""
 
 
 def parse_columns(entry: CollectionTarget | None, index: int) -> ColumnMapping:
@@ -103,7 +111,7 @@ def parse_columns(entry: CollectionTarget | None, index: int) -> ColumnMapping:
         id=found.get("id", "id"), embedding=found.get("embedding", "embedding"),
         document=found.get("document", None if "document" in taken else "document"),
         metadata=found.get("metadata", None if "metadata" in taken else "metadata"),
-        keys=tuple(keys))
+        keys=tuple(keys), constants=tuple(entry.constants.items()))
 
 
 def target_entry(target: Target, name: str) -> tuple[CollectionTarget | None, int]:

@@ -100,7 +100,7 @@ class VectorTable:
 
     @property
     def mapped_keys(self) -> frozenset[str]:
-        return frozenset(m.key for m in self.mapped)
+        return frozenset(m.key for m in self.mapped if m.constant is None)
 
     @property
     def columns(self) -> list[str]:
@@ -185,7 +185,7 @@ class VectorTable:
             out.append(self.convert_document(document))
         if self.metadata_col:
             out.append(self.rest_json(metadata))
-        out.extend(self.convert_mapped(m, metadata.get(m.key)) for m in self.mapped)
+        out.extend(self.convert_mapped(m, m.value(metadata)) for m in self.mapped)
         if self.split:
             out.append(item_id)
         return tuple(out)
@@ -201,8 +201,8 @@ class VectorTable:
             out += [self.rest_json(metadata),
                     [k for k, v in metadata.items() if v is None and k not in keys]]
         for m in self.mapped:
-            present = m.key in metadata
-            value = metadata.get(m.key)
+            present = m.constant is not None or m.key in metadata
+            value = m.value(metadata)
             out += [present, self.convert_mapped(m, value, present=present) if present else None]
         if self.split:
             out.append(item_id)
@@ -348,6 +348,10 @@ def plan(info: CollectionInfo, target: Target, existing: dict[str, Existing] | N
                        or type_for_kinds(key_types.get(key, set())))
             mapped.append(MappedColumn(pg_name(column, "column name"), key, pg_type, False,
                                        column_converter(pg_type)))
+        for column, value in mapping.constants:
+            pg_type = target.column_types.get(f"{table}.{column}") or "text"
+            mapped.append(MappedColumn(pg_name(column, "column name"), "", pg_type, False,
+                                       column_converter(pg_type), constant=value))
         return VectorTable(
             collection_id=info.id, collection=info.name, space=info.space, schema=target.schema, name=table,
             dim=dim, vector_type=f"vector({dim})", created=True, id_col=mapping.id, id_type="text",
@@ -392,6 +396,12 @@ def _adopt(info: CollectionInfo, target: Target, table: str, mapping: ColumnMapp
             raise SchemaError(f"{where} has no column {column!r} (mapped from metadata.{key})")
         col = existing[column]
         mapped.append(MappedColumn(column, key, col.pg_type, col.not_null, column_converter(col.pg_type)))
+    for column, value in mapping.constants:
+        if column not in existing:
+            raise SchemaError(f"{where} has no column {column!r} (a constant of collection {info.name!r})")
+        col = existing[column]
+        mapped.append(MappedColumn(column, "", col.pg_type, col.not_null, column_converter(col.pg_type),
+                                   constant=value))
     return VectorTable(
         collection_id=info.id, collection=info.name, space=info.space, schema=target.schema, name=table,
         dim=dim, vector_type=emb, created=False, id_col=mapping.id, id_type=existing[mapping.id].pg_type,

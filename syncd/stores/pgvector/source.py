@@ -97,7 +97,8 @@ def decode_row(row: LogRow, table: VectorTable, obj: str) -> Change:
         elif parsed is not None:
             error = error or f"column {table.metadata_col!r} holds {type(parsed).__name__}, not a JSON object"
     for m in table.mapped:
-        metadata[m.key] = metadata_value(m, image.get(m.name))
+        if m.constant is None:  # a constant is the table's, not the item's
+            metadata[m.key] = metadata_value(m, image.get(m.name))
     has_document = table.document_col is not None
     document = image.get(table.document_col) if table.document_col else None
     op = "add" if row.op is Op.INSERT else "upsert"

@@ -208,3 +208,34 @@ async def test_the_apps_writes_to_both_tables_reach_chroma(tmp_path: Path, chrom
     assert items[ids[1]][1] == "edited" and items[ids[1]][2] == {**chunk(1), "repo": "r2"}
     assert ulps(items[ids[2]][0], vectors[n + 1]) <= COSINE_ULPS
     assert items[ids[0]][1] == "chunk 0" and items[ids[0]][2] == chunk(0)
+
+
+async def test_a_column_filled_with_a_constant(tmp_path: Path, chroma: ChromaServer, pg_dsn: str,
+                                               pg: asyncpg.Connection) -> None:
+    """`constants = { model = … }`: every item's row holds the value, verify expects it, and the
+    way back gives Chroma no such metadata key."""
+    rng = np.random.default_rng(5)
+    col = collection(chroma.client(), "signal-hub", "cosine")
+    ids = [f"src/mod0.py#{i}" for i in range(4)]
+    vectors = rng.standard_normal((5, DIM)).astype(np.float32)
+    metas = [{k: v for k, v in chunk(i).items() if k != "model"} for i in range(4)]
+    col.add(ids=ids, embeddings=vectors[:4], documents=[f"chunk {i}" for i in range(4)], metadatas=metas)
+    mapping = MAPPING.replace(', model = "metadata.model" }}', ' }}\nconstants = {{ model = "ada-002" }}')
+    assert 'constants = {{ model = "ada-002" }}' in mapping
+    config = await forward(tmp_path, pg_dsn, path=chroma.path, url=chroma.url,
+                           extra=mapping.format(ddl=json.dumps(SCHEMA)))
+    assert [r["model"] for r in await pg.fetch("SELECT model FROM embeddings")] == ["ada-002"] * 4
+    cfg = tmp_path / "syncd.toml"
+    assert run_syncd("--config", str(cfg), "verify", check=False).returncode == 0
+    await pg.execute("UPDATE embeddings SET model = 'other' WHERE document_id = $1", key_of(ids[2]))
+    differs = run_syncd("--config", str(cfg), "verify", check=False)
+    assert differs.returncode not in (0, 5) and ids[2] in differs.stdout, differs.stdout
+    app = await app_conn(pg_dsn)
+    try:
+        await app.execute("UPDATE documents SET content = 'edited' WHERE id = $1", key_of(ids[1]))
+    finally:
+        await app.close()
+    async with reverse_running(config, pg_dsn):
+        await wait_until(lambda: drained(config, pg))
+    items = chroma_items(col)
+    assert items[ids[1]][1] == "edited" and items[ids[1]][2] == metas[1]  # no "model" key added
