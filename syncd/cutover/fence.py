@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import asyncpg
 
+from syncd.pg import split
 from syncd.sql import qi, ql
-from syncd.stores.pgvector import split
 from syncd.stores.sqlite.capture import ORIGIN
 
 SQLITE_PREFIX = "_syncd_fence_"

@@ -36,9 +36,9 @@ import asyncpg
 import structlog
 
 from syncd.errors import CaptureError, SyncdError
+from syncd.pg import split
 from syncd.pg.connect import translate
 from syncd.sql import qi, ql
-from syncd.stores.pgvector import split
 
 log = structlog.get_logger("syncd.pg.capture")
 
@@ -215,7 +215,7 @@ async def install(conn: asyncpg.Connection, schema: str, tables: Sequence[str]) 
 
 async def _install_split(conn: asyncpg.Connection, schema: str, table: str, pk: list[str],
                          present: bool) -> bool:
-    """Capture of a collection split over two tables (:mod:`syncd.stores.pgvector.split`): the
+    """Capture of a collection split over two tables (:mod:`syncd.pg.split`): the
     triggers on both tables log the item under *table*'s name. False when *table* is no split;
     True when it is (its triggers were made again unless *present*)."""
     s = await split.lookup(conn, schema, table)

@@ -36,10 +36,10 @@ import structlog
 
 from syncd.errors import CaptureError, SyncdError
 from syncd.model import Op, Position
+from syncd.pg import split
 from syncd.pg.capture import CAPTURED, CHANGELOG, CHANNEL, SEQUENCE, generation, qualified
 from syncd.pg.connect import close_quietly, translate
 from syncd.ports import Pending
-from syncd.stores.pgvector import split
 
 log = structlog.get_logger("syncd.pg.capture")
 

@@ -17,13 +17,13 @@ import asyncpg
 from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
 from syncd.model import SnapshotState
+from syncd.pg import split
 from syncd.pg import state as pgstate
 from syncd.pg.connect import close_quietly, connect
 from syncd.ports.collections import CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, wanted
-from syncd.stores.pgvector import split
 from syncd.stores.pgvector.index import vector_indexes
 from syncd.stores.pgvector.plan import VectorTable, plan
 from syncd.stores.pgvector.table import columns_of, stream_name

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from syncd.pg.split import ITEM_COL, NAMESPACE
 from syncd.ports.collections import Item, Vector
 from syncd.stores.pgvector.plan import VectorTable
-from syncd.stores.pgvector.split import ITEM_COL, NAMESPACE
 from syncd.verify.canon import NULL
 from syncd.verify.expect import Expect, Unfit, expect
 

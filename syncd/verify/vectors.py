@@ -20,10 +20,10 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from syncd.pg.split import ITEM_COL
 from syncd.ports.collections import Item, Vector
 from syncd.sql import qi
 from syncd.stores.pgvector.plan import VectorTable
-from syncd.stores.pgvector.split import ITEM_COL
 from syncd.stores.postgres.types import ColumnMap
 from syncd.verify.canon import NULL, ColumnCanon, column_canon, jsonb_text, part_hash
 from syncd.verify.expect import Unfit

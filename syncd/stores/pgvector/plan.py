@@ -12,7 +12,6 @@ does not fit is a :class:`~syncd.errors.RowError` naming the column.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from syncd.config import Target
 from syncd.errors import RowError, SchemaError
 from syncd.pg.converters import Converter, converter
 from syncd.pg.families import family
+from syncd.pg.split import ITEM_COL, Split, item_key
 from syncd.ports.collections import CollectionInfo, Hnsw, Vector
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.pgvector.index import VectorIndex
@@ -38,11 +38,6 @@ from syncd.stores.pgvector.mapping import (
     target_entry,
     type_for_kinds,
 )
-from syncd.stores.pgvector.split import ITEM_COL, Split, item_key
-
-HNSW_MAX_DIM = 2000
-HALFVEC_MAX_DIM = 4000
-OPCLASS = {"cosine": "cosine", "l2": "l2", "ip": "ip"}
 
 
 @dataclass(slots=True)
@@ -291,24 +286,6 @@ class VectorTable:
     def delete_sql(self) -> str:
         return f"DELETE FROM {self.qualified} WHERE {qi(self.id_col)} = $1::{self.id_type}"
 
-    # --- index ---------------------------------------------------------------------------
-
-    def index_sql(self) -> str | None:
-        """The HNSW index for the collection's space, or None above pgvector's limits."""
-        ops = OPCLASS.get(self.space, "l2")
-        name = index_name(self.name, self.embedding_col)
-        emb = qi(self.embedding_col)
-        h = self.hnsw or Hnsw()  # Chroma's defaults: 16 neighbours, ef_construction 100
-        m = min(max(h.max_neighbors, 2), 100)  # pgvector's bounds: m 2-100, ef_construction 4-1000 and >= 2m
-        with_ = f" WITH (m = {m}, ef_construction = {min(max(h.ef_construction, 2 * m, 4), 1000)})"
-        if self.dim <= HNSW_MAX_DIM:
-            return (f"CREATE INDEX IF NOT EXISTS {qi(name)} ON {self.indexed} "
-                    f"USING hnsw ({emb} vector_{ops}_ops){with_}")
-        if self.dim <= HALFVEC_MAX_DIM:
-            return (f"CREATE INDEX IF NOT EXISTS {qi(name)} ON {self.indexed} "
-                    f"USING hnsw (({emb}::halfvec({self.dim})) halfvec_{ops}_ops){with_}")
-        return None
-
 
 def _finite(value: Any) -> bool:
     if isinstance(value, float):
@@ -318,14 +295,6 @@ def _finite(value: Any) -> bool:
     if isinstance(value, list):
         return all(_finite(v) for v in value)
     return True
-
-
-def index_name(table: str, column: str) -> str:
-    name = f"{table}_{column}_hnsw"
-    if len(name.encode()) <= 63:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{name.encode()[:50].decode(errors='ignore')}_{digest}_hnsw"
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -408,17 +377,3 @@ def _adopt(info: CollectionInfo, target: Target, table: str, mapping: ColumnMapp
         embedding_col=mapping.embedding, document_col=document,
         document_not_null=bool(document and existing[document].not_null), metadata_col=metadata,
         mapped=tuple(mapped), hnsw=info.hnsw)
-
-
-def create_table_sql(t: VectorTable) -> str:
-    cols = [f"{qi(t.id_col)} text COLLATE \"C\" PRIMARY KEY",
-            f"{qi(t.embedding_col)} {t.vector_type} NOT NULL"]
-    if t.document_col:
-        cols.append(f"{qi(t.document_col)} text")
-    if t.metadata_col:
-        cols.append(f"{qi(t.metadata_col)} jsonb")
-    cols += [f"{qi(m.name)} {m.pg_type}" for m in t.mapped]
-    # fillfactor 90: room on each page for HOT updates, so that a metadata-only change does not
-    # insert into the HNSW index again (an HNSW insert costs milliseconds)
-    return (f"CREATE TABLE IF NOT EXISTS {t.qualified} (\n  " + ",\n  ".join(cols)
-            + "\n) WITH (fillfactor = 90)")

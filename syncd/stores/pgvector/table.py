@@ -10,15 +10,16 @@ import structlog
 
 from syncd.config import Target
 from syncd.errors import SchemaError, SyncdError
+from syncd.pg import split
 from syncd.pg import state as pgstate
 from syncd.pg.connect import transaction, translate
 from syncd.ports.collections import ChromaCollection, CollectionInfo
 from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.pgvector import doubt as pgvector_doubt
-from syncd.stores.pgvector import split
+from syncd.stores.pgvector.ddl import create_table_sql, hnsw_index_sql
 from syncd.stores.pgvector.index import mismatch, rebuild_outgrown, record_adopted_ivfflat, vector_indexes
 from syncd.stores.pgvector.mapping import Existing, parse_columns, target_entry
-from syncd.stores.pgvector.plan import VectorTable, create_table_sql, plan
+from syncd.stores.pgvector.plan import VectorTable, plan
 
 log = structlog.get_logger("syncd.sink.pgvector")
 
@@ -86,13 +87,28 @@ async def existing_columns(conn: asyncpg.Connection, schema: str, table: str) ->
     return {r["attname"]: Existing(r["type"], bool(r["attnotnull"])) for r in rows}
 
 
+async def view_columns(conn: asyncpg.Connection, s: split.Split) -> dict[str, Existing]:
+    """The view's columns as a table's (:func:`~syncd.stores.pgvector.table.existing_columns`), each
+    NOT NULL as in the table it comes from; without :data:`split.ITEM_COL`, which is syncd's."""
+    rows = await conn.fetch(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type,
+                  coalesce((SELECT b.attnotnull FROM pg_attribute b WHERE b.attrelid = $2::regclass
+                            AND b.attname = a.attname AND NOT b.attisdropped),
+                           (SELECT b.attnotnull FROM pg_attribute b WHERE b.attrelid = $3::regclass
+                            AND b.attname = a.attname AND NOT b.attisdropped), false) AS notnull
+           FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+           ORDER BY a.attnum""", s.view_qualified, s.docs_qualified, s.emb_qualified)
+    return {r["attname"]: Existing(r["type"], bool(r["notnull"]))
+            for r in rows if r["attname"] != split.ITEM_COL}
+
+
 async def columns_of(conn: asyncpg.Connection, schema: str, table: str
                      ) -> tuple[dict[str, Existing] | None, split.Split | None]:
     """The columns a collection recorded with *table* is planned over: the table's, or for a
     collection split over two tables the columns of syncd's view of them (and the split)."""
     s = await split.lookup(conn, schema, table)
     if s is not None and await conn.fetchval("SELECT to_regclass($1)", s.view_qualified) is not None:
-        return await split.view_columns(conn, s), s
+        return await view_columns(conn, s), s
     return await existing_columns(conn, schema, table), None
 
 
@@ -120,7 +136,7 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
             if entry is not None and entry.documents is not None and existing is not None:
                 pair = await split.ensure(conn, target.schema, probe, entry.documents,
                                           f"target.collections[{index}]")
-                existing = await split.view_columns(conn, pair)
+                existing = await view_columns(conn, pair)
             key_types: dict[str, set[str]] = {}
             if existing is None:
                 keys = [k for _, k in parse_columns(entry, index).keys]
@@ -263,7 +279,7 @@ async def build_index(conn: asyncpg.Connection, t: VectorTable) -> None:
         "AND table_name = $2 AND deleted_at IS NULL", t.schema, t.name)
     statements = list(deferred or [])
     if not statements:
-        sql = t.index_sql()
+        sql = hnsw_index_sql(t)
         if sql is None:
             log.warning("no HNSW index: pgvector indexes at most 4,000 dimensions (halfvec)",
                         table=t.qualified, dimensions=t.dim)

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from syncd import config as config_mod
-from syncd.cutover.from_app import SIGNAL_HUB_DDL
+from syncd.cutover.seed_schemas import SIGNAL_HUB_DDL
 from tests.conftest import run_syncd
 from tests.integration.daemon_support import free_port, start, stop, streaming, wait_for
 

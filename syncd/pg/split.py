@@ -31,7 +31,6 @@ import structlog
 
 from syncd.errors import SchemaError
 from syncd.sql import STATE_SCHEMA, qi, ql
-from syncd.stores.pgvector.mapping import Existing
 
 log = structlog.get_logger("syncd.sink.pgvector")
 
@@ -315,20 +314,6 @@ async def key_type(conn: asyncpg.Connection, s: Split) -> str:
     return str(await conn.fetchval(
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::regclass "
         "AND attname = $2", s.docs_qualified, s.doc_key))
-
-
-async def view_columns(conn: asyncpg.Connection, s: Split) -> dict[str, Existing]:
-    """The view's columns as a table's (:func:`~syncd.stores.pgvector.table.existing_columns`), each
-    NOT NULL as in the table it comes from; without :data:`ITEM_COL`, which is syncd's."""
-    rows = await conn.fetch(
-        """SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type,
-                  coalesce((SELECT b.attnotnull FROM pg_attribute b WHERE b.attrelid = $2::regclass
-                            AND b.attname = a.attname AND NOT b.attisdropped),
-                           (SELECT b.attnotnull FROM pg_attribute b WHERE b.attrelid = $3::regclass
-                            AND b.attname = a.attname AND NOT b.attisdropped), false) AS notnull
-           FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
-           ORDER BY a.attnum""", s.view_qualified, s.docs_qualified, s.emb_qualified)
-    return {r["attname"]: Existing(r["type"], bool(r["notnull"])) for r in rows if r["attname"] != ITEM_COL}
 
 
 async def problems(conn: asyncpg.Connection, s: Split) -> list[str]:
