@@ -191,6 +191,8 @@ class ChangeReader:
         pair = await split.lookup(conn, self.schema, table)
         if pair is not None:  # a collection over two tables: rows of syncd's view, keyed by item id
             rowtype, pk = pair.view_qualified, [split.ITEM_COL]
+            if await conn.fetchval("SELECT to_regclass($1)", rowtype) is None:
+                await split.restore(conn, pair)  # dropped for a migration of the app's tables
         stmt = await conn.prepare(
             f"""SELECT c.id, r.* FROM {CHANGELOG} c CROSS JOIN LATERAL jsonb_populate_record(
                     NULL::{rowtype},

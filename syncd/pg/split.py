@@ -238,6 +238,16 @@ async def _index_fk(conn: asyncpg.Connection, s: Split) -> None:
                  index=name, why="each change looks the embedding up by its document")
 
 
+async def restore(conn: asyncpg.Connection, s: Split) -> Split:
+    """Make the view again (from the tables' current columns) after it was dropped: an app's
+    migration that drops or retypes a column the view shows must drop the view first."""
+    async with conn.transaction():
+        made = await ensure(conn, s.schema, s.embeddings, s.documents,
+                            f"collection table {s.schema}.{s.embeddings}")
+    log.info("view made again", view=f"{STATE_SCHEMA}.{s.view}", tables=[s.documents, s.embeddings])
+    return made
+
+
 async def lookup(conn: asyncpg.Connection, schema: str, table: str) -> Split | None:
     """The split recorded for *schema.table* (its embeddings table), if any."""
     if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SPLITS):
@@ -262,9 +272,15 @@ async def with_documents(conn: asyncpg.Connection, schema: str, tables: list[str
 # --- reverse capture ---------------------------------------------------------------------------
 
 def capture_sql(s: Split, key_type: str, changelog: str, channel: str, skip_own: str) -> str:
-    """The capture function of both tables: the view's row of each document a write touched, as
-    an upsert of the whole item (or a delete when it is no longer an item)."""
+    """The capture function of both tables: the item of each document a write touched — the view's
+    row, built from the two rows — as an upsert of the whole item (or a delete when it is no
+    longer an item). It reads the tables, not the view, and names no column but the two keys: the
+    app's migrations may drop or retype other columns (syncd's view, which depends on them, is
+    dropped in the migration's transaction and made again from the new columns; see
+    docs/mapping.md) without breaking the app's writes."""
     k, fk = qi(s.doc_key), qi(s.fk)
+    item = (f"COALESCE((SELECT m.item_id FROM {ITEM_IDS} m WHERE m.rel = {ql(s.view)} "
+            f"AND m.key = d.{k}::text), d.{k}::text)")
     nsp, tbl = ql(s.schema), ql(s.embeddings)
     fn = f"{qi(STATE_SCHEMA)}.{qi(s.view + '_capture')}"
     return f"""
@@ -283,7 +299,9 @@ BEGIN{skip_own}
         IF TG_OP <> 'DELETE' AND NEW.{fk} IS NOT NULL THEN syncd_keys := syncd_keys || NEW.{fk}; END IF;
     END IF;
     FOR syncd_k IN SELECT DISTINCT x FROM unnest(syncd_keys) AS x LOOP
-        SELECT to_jsonb(v) INTO syncd_img FROM {s.view_qualified} v WHERE v.{k} = syncd_k LIMIT 1;
+        SELECT (to_jsonb(e) - {ql(s.fk)}) || to_jsonb(d) || jsonb_build_object({ql(ITEM_COL)}, {item})
+          INTO syncd_img FROM {s.docs_qualified} d JOIN {s.emb_qualified} e ON e.{fk} = d.{k}
+         WHERE d.{k} = syncd_k LIMIT 1;
         IF syncd_img IS NULL AND TG_OP = 'INSERT' THEN
             CONTINUE;  -- a document without its embedding yet: not an item
         END IF;
@@ -302,7 +320,8 @@ CREATE OR REPLACE FUNCTION {qi(STATE_SCHEMA)}.{qi(s.view + '_capture_truncate')}
 LANGUAGE plpgsql AS $fn$
 BEGIN{skip_own}
     INSERT INTO {changelog} (nsp, tbl, op, pk, "row")
-        SELECT {nsp}, {tbl}, 'D', jsonb_build_array(v.{qi(ITEM_COL)}), NULL FROM {s.view_qualified} v;
+        SELECT {nsp}, {tbl}, 'D', jsonb_build_array({item}), NULL
+          FROM {s.docs_qualified} d JOIN {s.emb_qualified} e ON e.{fk} = d.{k};
     PERFORM pg_notify({ql(channel)}, '');
     RETURN NULL;
 END

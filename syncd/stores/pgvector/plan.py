@@ -326,14 +326,17 @@ def plan(info: CollectionInfo, target: Target, existing: dict[str, Existing] | N
             dim=dim, vector_type=f"vector({dim})", created=True, id_col=mapping.id, id_type="text",
             embedding_col=mapping.embedding, document_col=mapping.document, metadata_col=mapping.metadata,
             mapped=tuple(mapped), hnsw=info.hnsw)
-    adopted = _adopt(info, target, table, mapping, existing, warn)
+    adopted = _adopt(info, target, table, mapping, existing, warn, split)
     adopted.split = split
     return adopted
 
 
 def _adopt(info: CollectionInfo, target: Target, table: str, mapping: ColumnMapping,
-           existing: dict[str, Existing], warn: Callable[[str], None]) -> VectorTable:
+           existing: dict[str, Existing], warn: Callable[[str], None],
+           split: Split | None = None) -> VectorTable:
     where = f"existing table {target.schema}.{table}"
+    if split is not None:
+        where = f"existing tables {target.schema}.{split.documents} + {target.schema}.{table}"
     for role, column in (("the item id", mapping.id), ("the embedding", mapping.embedding)):
         if column not in existing:
             raise SchemaError(f"{where} has no column {column!r} for {role} of collection {info.name!r}; "

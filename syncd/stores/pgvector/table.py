@@ -107,7 +107,9 @@ async def columns_of(conn: asyncpg.Connection, schema: str, table: str
     """The columns a collection recorded with *table* is planned over: the table's, or for a
     collection split over two tables the columns of syncd's view of them (and the split)."""
     s = await split.lookup(conn, schema, table)
-    if s is not None and await conn.fetchval("SELECT to_regclass($1)", s.view_qualified) is not None:
+    if s is not None and await existing_columns(conn, schema, table) is not None:
+        if await conn.fetchval("SELECT to_regclass($1)", s.view_qualified) is None:
+            s = await split.restore(conn, s)  # dropped for a migration of the app's tables
         return await view_columns(conn, s), s
     return await existing_columns(conn, schema, table), None
 

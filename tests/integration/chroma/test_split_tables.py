@@ -239,3 +239,43 @@ async def test_a_column_filled_with_a_constant(tmp_path: Path, chroma: ChromaSer
         await wait_until(lambda: drained(config, pg))
     items = chroma_items(col)
     assert items[ids[1]][1] == "edited" and items[ids[1]][2] == metas[1]  # no "model" key added
+
+
+async def test_the_apps_migration_after_the_cutover(tmp_path: Path, chroma: ChromaServer, pg_dsn: str,
+                                                    pg: asyncpg.Connection) -> None:
+    """PostgreSQL refuses to drop a column syncd's view shows; the migration drops the view in its own
+    transaction (docs/mapping.md). The app's writes are captured meanwhile, and the reverse stream
+    makes the view again from the new columns."""
+    rng = np.random.default_rng(6)
+    col = collection(chroma.client(), "signal-hub", "cosine")
+    ids = [f"src/mod0.py#{i}" for i in range(3)]
+    vectors = rng.standard_normal((4, DIM)).astype(np.float32)
+    col.add(ids=ids, embeddings=vectors[:3], documents=[f"chunk {i}" for i in range(3)],
+            metadatas=[chunk(i) for i in range(3)])
+    config = await forward(tmp_path, pg_dsn, path=chroma.path, url=chroma.url,
+                           extra=MAPPING.format(ddl=json.dumps(SCHEMA)))
+    app = await app_conn(pg_dsn)
+    try:
+        with pytest.raises(asyncpg.exceptions.DependentObjectsStillExistError, match="items_embeddings"):
+            await app.execute("ALTER TABLE documents DROP COLUMN updated_at")
+        async with app.transaction():
+            await app.execute("DROP VIEW syncd.items_embeddings")
+            await app.execute("ALTER TABLE documents DROP COLUMN updated_at")
+            await app.execute("ALTER TABLE documents ADD COLUMN author text")
+        await app.execute("UPDATE documents SET content = 'after', author = 'ann' WHERE id = $1",
+                          key_of(ids[0]))
+        async with app.transaction():
+            new = await app.fetchval("INSERT INTO documents (file_path, content, chunk_index) "
+                                     "VALUES ('n.py', 'new', 0) RETURNING id")
+            await app.execute("INSERT INTO embeddings (document_id, embedding) VALUES ($1, $2)", new,
+                              vectors[3])
+    finally:
+        await app.close()
+    async with reverse_running(config, pg_dsn):
+        await wait_until(lambda: drained(config, pg))
+    assert await pg.fetchval("SELECT to_regclass('syncd.items_embeddings') IS NOT NULL")
+    items = chroma_items(col)
+    assert set(items) == {*ids, str(new)}
+    assert items[ids[0]][1] == "after"
+    assert items[ids[0]][2] == chunk(0)  # a column no mapping names is not the item's
+    assert items[str(new)][1] == "new" and ulps(items[str(new)][0], vectors[3]) <= COSINE_ULPS
