@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,34 @@ async def env(secure_pg: SecurePostgres) -> AsyncIterator[Env]:
         shutil.rmtree(e.dir, ignore_errors=True)
 
 
+def process_report(pid: int) -> str:
+    """The kernel's view of *pid* and its children: state, signals pending / blocked / caught,
+    where it sleeps, its kernel stack when readable, and its threads' Python stacks when py-spy is
+    installed."""
+    lines: list[str] = []
+    pids = [pid]
+    try:
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        for name in ("status", "wchan", "stack"):
+            try:
+                text = Path(f"/proc/{p}/{name}").read_text()
+            except OSError as exc:
+                text = f"({exc.strerror})"
+            if name == "status":
+                text = "\n".join(line for line in text.splitlines()
+                                 if line.split(":")[0] in ("Name", "State", "SigPnd", "ShdPnd", "SigBlk",
+                                                           "SigIgn", "SigCgt", "Threads"))
+            lines.append(f"--- /proc/{p}/{name}\n{text}")
+        spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if spy:
+            dump = subprocess.run([spy, "dump", "--pid", str(p)], capture_output=True, text=True, timeout=30)
+            lines.append(f"--- py-spy dump {p}\n{dump.stdout}{dump.stderr}")
+    return "\n".join(lines)
+
+
 def run(case: Case, env: Env) -> subprocess.CompletedProcess[str]:
     argv = [env.fill(a) for a in case.argv]
     as_other = case.other_user and OTHER is not None
@@ -78,7 +107,12 @@ def run(case: Case, env: Env) -> subprocess.CompletedProcess[str]:
                 hole = next(h for h in env.helpers if isinstance(h, Blackhole))
                 hole.wait_for_client()
             proc.send_signal(case.signal)
-        out, err = proc.communicate(timeout=180)
+        try:
+            out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            # what the process was doing when it did not end: for a hang seen once and not since
+            report = process_report(proc.pid)
+            raise AssertionError(f"{case.name}: syncd did not exit within 180 s\n{report}") from None
     except BaseException:
         proc.kill()
         proc.communicate()
