@@ -70,6 +70,8 @@ class Ledger:
     aimed: Counter[str] = field(default_factory=Counter)
     pg_crashes: int = 0
     chroma_restarts: int = 0
+    chroma_restarts_early: Counter[str] = field(default_factory=Counter)
+    """Chroma restarts aimed at the Chroma stream's snapshot or index build, by the phase hit."""
     daemon_died: list[str] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)
     last_position: int = 0
@@ -205,6 +207,42 @@ class Campaign:
             if daemon.alive:
                 daemon.kill()
 
+    async def chroma_restart_in(self, aim: str) -> str:
+        """Start the daemon, wait for the Chroma stream's *aim* (``snapshot``, or ``index build``
+        as PostgreSQL reports it), SIGKILL the Chroma server, start it again a moment later; the
+        daemon must ride it out. It is then stopped with SIGTERM (the snapshot resumes at the
+        next start); return the phase the restart fell in."""
+        assert self.chroma is not None
+        label = f"chroma restart in {aim}"
+        self.ledger.aimed[label] += 1
+        daemon = campaign.Daemon(self.setup)
+        try:
+            if aim == "index build":
+                building = await self.wait_index_build(daemon, within=120)
+            else:
+                building = False
+                await wait_phase(daemon, aim, within=120, kind="chroma")
+                await asyncio.sleep(self.rng.uniform(0.0, 0.5))
+            phase = "index build" if building else await asyncio.to_thread(daemon.phase, "chroma")
+            await asyncio.to_thread(self.chroma.store.crash)
+            await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+            await asyncio.to_thread(self.chroma.store.restart)
+            self.ledger.chroma_restarts_early[phase] += 1
+            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+            if not daemon.alive:
+                self.ledger.daemon_died.append(f"exit {daemon.proc.returncode} after a Chroma restart "
+                                               f"in {phase}")
+                return phase
+            await asyncio.to_thread(daemon.terminate)
+        finally:
+            if daemon.alive:
+                daemon.kill()
+        await self.check_position(f"Chroma restart in {phase}")
+        n = sum(self.ledger.chroma_restarts_early.values())
+        print(f"Chroma restart {n} aimed at {aim}: fell in {phase}, daemon rode it out; chroma checkpoint "
+              f"{self.ledger.last_chroma_position}", flush=True)
+        return phase
+
     async def pg_crash(self) -> None:
         """SIGKILL PostgreSQL while the daemon streams; the daemon must survive it."""
         daemon = campaign.Daemon(self.setup)
@@ -309,6 +347,10 @@ async def drive(c: Campaign, args: argparse.Namespace) -> list[Check]:
     if c.chroma:
         c.chroma.writer.start()
     try:
+        for _ in range(args.chroma_restarts_early if c.chroma else 0):
+            if await c.chroma_done():
+                break
+            await c.chroma_restart_in(c.rng.choice(("snapshot", "index build")))
         snapshot_kills = max(1, args.kills // 3) if args.kills else 0
         done = 0
         while done < snapshot_kills:
@@ -384,8 +426,9 @@ def print_ledger(ledger: Ledger) -> None:
     print("kills aimed at: " + ", ".join(f"{p} {n}" for p, n in sorted(ledger.aimed.items())))
     print("kills by phase read from /status just before: "
           + ", ".join(f"{p} {n}" for p, n in sorted(ledger.kills.items())))
+    early = ", ".join(f"{n} in {p}" for p, n in sorted(ledger.chroma_restarts_early.items())) or "none early"
     print(f"PostgreSQL SIGKILL + restart: {ledger.pg_crashes}; Chroma SIGKILL + restart: "
-          f"{ledger.chroma_restarts}; "
+          f"{ledger.chroma_restarts} while streaming, {early}; "
           f"schema change mid-run: {'yes' if ledger.schema_changed else 'no'}")
 
 
@@ -400,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="items in the collection before syncd starts (its snapshot and index)")
     ap.add_argument("--chroma-restarts", type=int, default=0,
                     help="SIGKILLs + restarts of the Chroma server while syncd streams")
+    ap.add_argument("--chroma-restarts-early", type=int, default=0,
+                    help="SIGKILLs + restarts of the Chroma server aimed at the Chroma stream's snapshot "
+                         "and index build, before the kills")
     ap.add_argument("--no-schema-change", dest="schema_change", action="store_false")
     ap.add_argument("--rate", type=float, default=200.0, help="app row changes per second")
     ap.add_argument("--scale", type=int, default=100, help="initial rows (x2..x5 per table)")

@@ -279,3 +279,27 @@ async def test_the_apps_migration_after_the_cutover(tmp_path: Path, chroma: Chro
     assert items[ids[0]][1] == "after"
     assert items[ids[0]][2] == chunk(0)  # a column no mapping names is not the item's
     assert items[str(new)][1] == "new" and ulps(items[str(new)][0], vectors[3]) <= COSINE_ULPS
+
+
+@pytest.mark.parametrize(("ddl", "said"), [
+    ("CREATE TABLE embeddings (id uuid PRIMARY KEY, embedding vector(1536));",
+     "target.collections[0]: there is no table public.documents; create it"),
+    ("CREATE TABLE documents (id uuid PRIMARY KEY, content text); "
+     "CREATE TABLE embeddings (id uuid PRIMARY KEY, document_id uuid, embedding vector(1536));",
+     "target.collections[0]: public.embeddings needs exactly one foreign key column referencing "
+     "public.documents(id); it has 0"),
+])
+async def test_tables_that_cannot_hold_the_split_are_one_line(
+        tmp_path: Path, chroma: ChromaServer, pg_dsn: str, pg: asyncpg.Connection, ddl: str,
+        said: str) -> None:
+    col = collection(chroma.client(), "signal-hub", "cosine")
+    col.add(ids=["a"], embeddings=np.ones((1, DIM), dtype=np.float32), documents=["a"])
+    await pg.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    await pg.execute(ddl)
+    extra = '[[target.collections]]\nname = "signal-hub"\ntable = "embeddings"\ndocuments = "documents"\n'
+    cfg = write_config(tmp_path, pg_dsn, path=chroma.path, url=chroma.url, extra="\n" + extra)
+    proc = run_syncd("--config", str(cfg), "init", check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
