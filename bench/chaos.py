@@ -347,10 +347,10 @@ async def drive(c: Campaign, args: argparse.Namespace) -> list[Check]:
     if c.chroma:
         c.chroma.writer.start()
     try:
-        for _ in range(args.chroma_restarts_early if c.chroma else 0):
+        for i in range(args.chroma_restarts_early if c.chroma else 0):
             if await c.chroma_done():
                 break
-            await c.chroma_restart_in(c.rng.choice(("snapshot", "index build")))
+            await c.chroma_restart_in(("snapshot", "index build")[i % 2])
         snapshot_kills = max(1, args.kills // 3) if args.kills else 0
         done = 0
         while done < snapshot_kills:
