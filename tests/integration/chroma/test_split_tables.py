@@ -303,3 +303,26 @@ async def test_tables_that_cannot_hold_the_split_are_one_line(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and said in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+async def test_export_and_import_into_the_two_tables(tmp_path: Path, chroma: ChromaServer, pg_dsn: str,
+                                                     pg: asyncpg.Connection) -> None:
+    """`syncd export` of the collection, `syncd import` of the bundle into Signal Hub's two tables:
+    the rows, and the import's own verification (exit 0), read back."""
+    rng = np.random.default_rng(7)
+    col = collection(chroma.client(), "signal-hub", "cosine")
+    ids = [f"src/mod{i // 4}.py#{i % 4}" for i in range(12)]
+    vectors = rng.standard_normal((12, DIM)).astype(np.float32)
+    col.add(ids=ids, embeddings=vectors, documents=[f"chunk {i}" for i in range(12)],
+            metadatas=[chunk(i) for i in range(12)])
+    cfg = write_config(tmp_path, pg_dsn, path=chroma.path, url=chroma.url,
+                       extra=MAPPING.format(ddl=json.dumps(SCHEMA)))
+    bundle = tmp_path / "bundle"
+    run_syncd("--config", str(cfg), "export", "--to", str(bundle), "--collection", "signal-hub")
+    imported = run_syncd("--config", str(cfg), "import", str(bundle), check=False, timeout=300)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    rows = await pg_items(pg)
+    assert set(rows) == {key_of(i) for i in ids}
+    for i, item_id in enumerate(ids):
+        check_row(rows[key_of(item_id)], f"chunk {i}", chunk(i), vectors[i])
+    assert await pg.fetchval("SELECT count(*) FROM syncd.item_ids") == len(ids)
