@@ -1,6 +1,7 @@
 """The write pause the app sees during `syncd cutover` and `syncd rollback`, and each step's time.
 
     python -m bench.cutover_bench [--rates 200 1000] [--cycles 10] [--out bench/out/cutover]
+    python -m bench.cutover_bench --chroma --rates 30 --cycles 10     # the app writes embeddings too
 
 For each rate: a fresh SQLite app database and PostgreSQL database, the daemon, and the
 reference app (tests/app) writing users and documents at that rate; then *cycles* times
@@ -9,7 +10,9 @@ it caused (SQLite's write lock held, or PostgreSQL fenced, until the reload); th
 gives what it saw: the slowest write (first attempt → acknowledged, retries included) and the
 longest gap between two acknowledgements around each switch. At the end the app is stopped and
 every acknowledged write is checked present in both stores (lost writes are counted, not
-assumed zero).
+assumed zero). With --chroma the app also writes embeddings to a collection on a `chroma run`
+server (about a third of its writes): the pause it sees then includes Chroma's fence and the
+vector streams' drain, and the collection is checked too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -26,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import pg
+from bench.chroma_bench import start_chroma
 from tests.app import records
-from tests.integration.cutover_support import Migration
+from tests.integration.cutover_support import Migration, free_port
 
 TABLES = ("users", "documents")
+COLLECTION = "embeddings"  # the reference app's collection (VECTOR_DB_COLLECTION), and its table
 
 
 def seen_by_app(recs: list[records.Record], start: float, end: float) -> dict[str, float]:
@@ -46,8 +52,8 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 async def lost(m: Migration) -> int:
-    want = records.expected(m.records())
-    want = {t: want.get(t, {}) for t in TABLES}
+    everything = records.expected(m.records())
+    want = {t: everything.get(t, {}) for t in TABLES}
     deadline = time.monotonic() + 60
     while True:
         problems = records.diff(want, records.read_sqlite(m.db, TABLES)) + \
@@ -59,12 +65,32 @@ async def lost(m: Migration) -> int:
     for store in (records.read_sqlite(m.db, TABLES), await records.read_postgres(m.pg_dsn, TABLES)):
         for t in TABLES:
             missing += sum(1 for k in want[t] if k not in store.get(t, {}))
+    if m.vectors:  # the collection: every acknowledged embedding in Chroma and in pgvector
+        vectors = everything.get(COLLECTION, {})
+        chroma = records.read_chroma(chroma_client(m.chroma_url), COLLECTION).get(COLLECTION, {})
+        table = (await records.read_pgvector(m.pg_dsn, COLLECTION, COLLECTION)).get(COLLECTION, {})
+        missing += sum(1 for k in vectors if k not in chroma) + sum(1 for k in vectors if k not in table)
     return missing
 
 
-def run_rate(server: pg.Server, rate: float, cycles: int, work: Path) -> dict[str, Any]:
+def chroma_client(url: str | None) -> Any:
+    import chromadb
+    from chromadb.config import Settings
+
+    assert url is not None
+    host, port = url.removeprefix("http://").split(":")
+    return chromadb.HttpClient(host=host, port=int(port), settings=Settings(anonymized_telemetry=False))
+
+
+def run_rate(server: pg.Server, rate: float, cycles: int, work: Path, chroma: bool) -> dict[str, Any]:
     dsn = pg.recreate_database(server, f"cutover_{int(rate)}")
-    m = Migration(work, dsn)
+    server_proc = None
+    url = None
+    if chroma:
+        port = free_port()
+        server_proc = start_chroma(work / "chroma", port)
+        url = f"http://127.0.0.1:{port}"
+    m = Migration(work, dsn, chroma_url=url, chroma_dir=work / "chroma")
     switches: list[dict[str, Any]] = []
     try:
         m.init()
@@ -75,6 +101,8 @@ def run_rate(server: pg.Server, rate: float, cycles: int, work: Path) -> dict[st
         for i in range(cycles):
             for op in ("cutover", "rollback"):
                 m.wait_streaming("postgres→sqlite" if op == "rollback" else "sqlite")
+                if m.vectors:
+                    m.wait_streaming("pgvector→chroma" if op == "rollback" else "chroma")
                 started = time.time()
                 out = m.switch(op)
                 ended = time.time()
@@ -93,8 +121,12 @@ def run_rate(server: pg.Server, rate: float, cycles: int, work: Path) -> dict[st
         elapsed = max(r.t1 for r in recs) - min(r.t0 for r in recs)
     finally:
         m.close()
-    result: dict[str, Any] = {"rate": rate, "reached": acked / elapsed, "acknowledged": acked,
-                              "failed_writes": failed, "lost": missing, "switches": switches}
+        if server_proc is not None:
+            server_proc.terminate()
+            server_proc.wait(timeout=60)
+    result: dict[str, Any] = {"rate": rate, "chroma": chroma, "reached": acked / elapsed,
+                              "acknowledged": acked, "failed_writes": failed, "lost": missing,
+                              "switches": switches}
     for op in ("cutover", "rollback"):
         mine = [s for s in switches if s["op"] == op]
         result[op] = {
@@ -128,6 +160,7 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[200.0, 1000.0])
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("bench/out/cutover"))
+    ap.add_argument("--chroma", action="store_true", help="the app writes embeddings to Chroma too")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -136,10 +169,11 @@ def main() -> None:
         for rate in args.rates:
             work = Path(tmp) / f"rate-{int(rate)}"
             work.mkdir()
-            results.append(run_rate(server, rate, args.cycles, work))
+            results.append(run_rate(server, rate, args.cycles, work, args.chroma))
             print(f"rate {rate:.0f}: done", flush=True)
     report = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform()}, "results": results}
+                          "platform": platform.platform(), "load_average_at_end": os.getloadavg()},
+              "results": results}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     print(table(results))
 

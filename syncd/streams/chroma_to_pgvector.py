@@ -125,7 +125,7 @@ class ChromaStreams:
             conn = await connect(config.target, dsn)
             try:
                 await ensure_state(conn)
-                table = await prepare_table(conn, source, config.target)
+                table = await prepare_table(conn, source, config.target, reverse_capture=True)
             except BaseException as exc:
                 await close_quietly(conn)
                 if isinstance(exc, Exception) and not isinstance(exc, SyncdError):

@@ -70,7 +70,7 @@ async def open_remote_sink(config: Config, dsn: str, source: ScannedCollection, 
             await conn.execute(DDL)
         # the pgvector sink asks its source for ``info``, ``gap`` and ``log.key_types`` only
         shim: Any = source
-        table = await prepare_table(conn, shim, config.target)
+        table = await prepare_table(conn, shim, config.target, reverse_capture=True)
     except BaseException:
         await close_quietly(conn)
         raise

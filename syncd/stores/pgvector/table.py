@@ -10,6 +10,7 @@ import structlog
 
 from syncd.config import Target
 from syncd.errors import SchemaError, SyncdError
+from syncd.pg import capture as pg_capture
 from syncd.pg import split
 from syncd.pg import state as pgstate
 from syncd.pg.connect import transaction, translate
@@ -115,8 +116,11 @@ async def columns_of(conn: asyncpg.Connection, schema: str, table: str
 
 
 async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
-                        target: Target) -> VectorTable:
-    """Create or adopt the collection's table (idempotent) and record it; return the mapping."""
+                        target: Target, *, reverse_capture: bool = False) -> VectorTable:
+    """Create or adopt the collection's table (idempotent) and record it; return the mapping.
+    *reverse_capture*: install the reverse stream's capture on it too (`syncd init` does for the
+    collections that have items; one whose first item comes later gets it from its stream, so that
+    a cutover does not need `init` again)."""
     info = source.info
     warnings: list[str] = []
     try:
@@ -193,6 +197,8 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
             warnings.append(warn)
     for w in warnings:
         log.warning("mapping", collection=info.name, warning=w)
+    if reverse_capture:
+        await pg_capture.install(conn, table.schema, [table.name])
     return table
 
 

@@ -51,7 +51,8 @@ async def test_cutover_and_rollback_with_embeddings(tmp_path: Path, pg_dsn: str)
             m.start_daemon()
             m.wait_ready()
             await asyncio.sleep(1.5)
-            m.command("init")  # reverse capture on the collection's table, created by the snapshot
+            # no second `init`: the collection was empty at init, its table made by its stream, which
+            # installs the reverse capture there too
             out = m.switch("cutover")
             assert out["ok"], out
             assert "VECTOR_DB_PROVIDER=pgvector" in m.env.read_text()
