@@ -150,17 +150,19 @@ async def ensure(conn: asyncpg.Connection, schema: str, embeddings: str, documen
                           f"{schema}.{documents}({key[0]}); it has {len(fks)}")
     fk = str(fks[0]["attname"])
     emb_key = await _primary_key(conn, emb_q)
-    doc_cols = await _columns(conn, docs_q)
+    doc_cols, all_emb = await _columns(conn, docs_q), await _columns(conn, emb_q)
     key_type = next(c.pg_type for c in doc_cols if c.name == key[0])
-    own_key = emb_key[0] if len(emb_key) == 1 and emb_key[0] != fk else None
+    # the embedding row's own one-column key is set to the document's when the types agree (else
+    # it takes its default), so that a copy made again writes the same rows
+    own = emb_key[0] if len(emb_key) == 1 and emb_key[0] != fk else None
+    own_key = own if any(c.name == own and c.pg_type == key_type for c in all_emb) else None
     taken = {c.name for c in doc_cols}
-    emb_cols = [c for c in await _columns(conn, emb_q)
-                if c.name not in (fk, own_key) and c.name not in taken]
+    emb_cols = [c for c in all_emb if c.name not in (fk, own) and c.name not in taken]
     if ITEM_COL in taken or any(c.name == ITEM_COL for c in emb_cols):
         raise SchemaError(f"{where}: a column is named {ITEM_COL}, which syncd's view of the tables needs")
     split = Split(schema, documents, key[0], embeddings, fk, view_name(schema, embeddings))
     await conn.execute(DDL)
-    await _create_view(conn, split, doc_cols, emb_cols, own_key, key_type)
+    await _create_view(conn, split, doc_cols, emb_cols, own_key)
     await conn.execute(
         f"INSERT INTO {SPLITS} (nsp, tbl, documents, doc_key, fk, view) VALUES ($1, $2, $3, $4, $5, $6) "
         "ON CONFLICT (nsp, tbl) DO UPDATE SET documents = EXCLUDED.documents, doc_key = EXCLUDED.doc_key, "
@@ -170,7 +172,7 @@ async def ensure(conn: asyncpg.Connection, schema: str, embeddings: str, documen
 
 
 async def _create_view(conn: asyncpg.Connection, s: Split, doc_cols: list[_Column], emb_cols: list[_Column],
-                       own_key: str | None, key_type: str) -> None:
+                       own_key: str | None) -> None:
     v, k = s.view_qualified, qi(s.doc_key)
     select = [f"d.{qi(c.name)}" for c in doc_cols] + [f"e.{qi(c.name)}" for c in emb_cols]
     await conn.execute(f"DROP VIEW IF EXISTS {v}")
@@ -184,14 +186,8 @@ async def _create_view(conn: asyncpg.Connection, s: Split, doc_cols: list[_Colum
             await conn.execute(f"ALTER VIEW {v} ALTER COLUMN {qi(c.name)} SET DEFAULT {c.default}")
     doc_names = [qi(c.name) for c in doc_cols]
     emb_names = [qi(c.name) for c in emb_cols]
-    emb_insert = ([qi(own_key)] if own_key and key_type else []) + [qi(s.fk)] + emb_names
+    emb_insert = ([qi(own_key)] if own_key else []) + [qi(s.fk)] + emb_names
     emb_values = (["NEW." + k] if own_key else []) + ["NEW." + k] + [f"NEW.{n}" for n in emb_names]
-    if own_key:  # the embedding row's own key is the document's when the types agree
-        emb_type = await conn.fetchval(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::regclass "
-            "AND attname = $2", s.emb_qualified, own_key)
-        if emb_type != key_type:
-            emb_insert, emb_values = emb_insert[1:], emb_values[1:]
     remember = (f"IF NEW.{qi(ITEM_COL)} IS NOT NULL AND NEW.{qi(ITEM_COL)} <> NEW.{k}::text THEN "
                 f"INSERT INTO {ITEM_IDS} (rel, key, item_id) VALUES ({ql(s.view)}, NEW.{k}::text, "
                 f"NEW.{qi(ITEM_COL)}) ON CONFLICT (rel, key) DO UPDATE SET item_id = EXCLUDED.item_id; "
