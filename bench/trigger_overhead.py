@@ -1,17 +1,19 @@
 """What capture costs the app: time per write with and without syncd's triggers.
 
 Usage: python -m bench.trigger_overhead [--rows 4000] [--full-rows 400] [--runs 3]
-       [--journal wal delete] [--per-tx 1 10]
+       [--journal wal delete] [--per-tx 1 10] [--autoincrement]
 
 Inserts, then updates, then deletes *rows* ~1 KB rows of an app-shaped table, *per-tx* writes
-per transaction (1: how a web app writes), on two fresh SQLite files side by side: one without
-capture, one with syncd's triggers. The two are driven in turns of 20 transactions (which one
-goes first alternates), so that both see the same load on a shared machine; each run uses new
-files and each configuration runs *runs* times. WAL runs with ``synchronous=NORMAL``, the
-rollback journal (``delete``) with ``synchronous=FULL`` and *full-rows* rows (each commit
-waits for an fsync). Prints microseconds per write (wall clock, and the process's CPU time,
-which other load on a shared machine disturbs less), the ratio with / without per run and its
-median, the median CPU-time ratio, and the load average before and after each configuration.
+per transaction (1: how a web app writes), on fresh SQLite files side by side: one without
+capture, one with syncd's triggers (``--autoincrement``: a third, whose changelog is
+``AUTOINCREMENT`` as installs by older versions have it). They are driven in turns of 20
+transactions (which one goes first alternates), so that all see the same load on a shared
+machine; each run uses new files and each configuration runs *runs* times. WAL runs with
+``synchronous=NORMAL``, the rollback journal (``delete``) with ``synchronous=FULL`` and *full-
+rows* rows (each commit waits for an fsync). Prints microseconds per write (wall clock, and the
+process's CPU time, which other load on a shared machine disturbs less), the ratio with /
+without per run and its median, the median CPU-time ratio, and the load average before and
+after each configuration.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ Installer = Callable[[sqlite3.Connection], None]
 
 def install_capture(conn: sqlite3.Connection) -> None:
     capture.install(conn, [describe(conn, "documents", no_primary_key="rowid")])
+
+
+def install_autoincrement(conn: sqlite3.Connection) -> None:
+    """Capture into a changelog as syncd made it before: ``AUTOINCREMENT`` (every logged row
+    also rewrites the changelog's row in ``sqlite_sequence``)."""
+    conn.execute(f"CREATE TABLE {capture.CHANGELOG} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                 "tbl TEXT NOT NULL, op TEXT NOT NULL, pk TEXT NOT NULL, row TEXT, ts REAL NOT NULL)")
+    install_capture(conn)
 
 
 def open_db(path: Path, journal: str, install: Installer | None) -> sqlite3.Connection:
@@ -119,8 +129,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--journal", nargs="+", default=["wal", "delete"], choices=["wal", "delete"])
     ap.add_argument("--per-tx", nargs="+", type=int, default=[1, 10])
+    ap.add_argument("--autoincrement", action="store_true",
+                    help="also capture into an AUTOINCREMENT changelog (as older installs have)")
     args = ap.parse_args()
     variants: dict[str, Installer | None] = {"without": None, "with": install_capture}
+    if args.autoincrement:
+        variants["with_autoincrement"] = install_autoincrement
     report: dict[str, object] = {}
     for journal in args.journal:
         rows = args.rows if journal == "wal" else args.full_rows
