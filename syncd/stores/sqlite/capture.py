@@ -33,6 +33,7 @@ from syncd.ports.tables import Captured, Table
 from syncd.sql import qi, ql
 from syncd.stores.sqlite import rowids
 from syncd.stores.sqlite.schema import CHANGELOG as CHANGELOG  # re-exported
+from syncd.stores.sqlite.schema import changelog_head
 
 ORIGIN = "_syncd_origin"
 META = "_syncd_meta"
@@ -48,15 +49,16 @@ TRIGGER_PREFIX = "_syncd_"
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _MAX_PAIRS = 60  # json_object takes at most 127 arguments in older SQLite builds
 
-SETUP = f"""
-CREATE TABLE IF NOT EXISTS {CHANGELOG} (
-    id  INTEGER PRIMARY KEY AUTOINCREMENT,
+_CHANGELOG_COLUMNS = """(
+    id  INTEGER PRIMARY KEY,
     tbl TEXT NOT NULL,
     op  TEXT NOT NULL,
     pk  TEXT NOT NULL,
     row TEXT,
     ts  REAL NOT NULL
-);
+)"""
+SETUP = f"""
+CREATE TABLE IF NOT EXISTS {CHANGELOG} {_CHANGELOG_COLUMNS};
 CREATE TABLE IF NOT EXISTS {ORIGIN} (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     suppress INTEGER NOT NULL DEFAULT 0
@@ -251,8 +253,7 @@ def forget_notes(conn: sqlite3.Connection) -> None:
 
 
 def _head(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
-    return int(row[0]) if row else 0
+    return changelog_head(conn) or 0
 
 
 def _next_epoch(conn: sqlite3.Connection) -> int:
