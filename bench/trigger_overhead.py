@@ -45,9 +45,10 @@ def install_capture(conn: sqlite3.Connection) -> None:
 def install_autoincrement(conn: sqlite3.Connection) -> None:
     """Capture into a changelog as syncd made it before: ``AUTOINCREMENT`` (every logged row
     also rewrites the changelog's row in ``sqlite_sequence``)."""
+    install_capture(conn)  # (an install makes an AUTOINCREMENT changelog plain: swapped after)
+    conn.execute(f"DROP TABLE {capture.CHANGELOG}")
     conn.execute(f"CREATE TABLE {capture.CHANGELOG} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                  "tbl TEXT NOT NULL, op TEXT NOT NULL, pk TEXT NOT NULL, row TEXT, ts REAL NOT NULL)")
-    install_capture(conn)
 
 
 def open_db(path: Path, journal: str, install: Installer | None) -> sqlite3.Connection:
