@@ -36,7 +36,7 @@ from syncd.errors import FatalError, SourceError
 from syncd.files import manifest as mf
 from syncd.sql import qi
 from syncd.stores.chroma.records import OP_ADD, OP_DELETE, OP_UPSERT, seq_value
-from syncd.stores.sqlite.schema import list_tables, uri
+from syncd.stores.sqlite.schema import changelog_head, list_tables, uri
 
 log = structlog.get_logger("syncd.backup")
 
@@ -45,7 +45,6 @@ CHROMA_DB = "chroma.sqlite3"
 _SQLITE_SIDE = ("-wal", "-shm", "-journal")
 _CHROMA_ATTEMPTS = 5
 _BUSY_MS = 30_000
-CHANGELOG_HEAD = "SELECT seq FROM sqlite_sequence WHERE name = '_syncd_changelog'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +139,7 @@ def sqlite_facts(db: Path) -> dict[str, Any]:
         tables = {t: conn.execute(f"SELECT count(*) FROM {qi(t)}").fetchone()[0] for t in list_tables(conn)}
         head = None
         with contextlib.suppress(sqlite3.Error):
-            row = conn.execute(CHANGELOG_HEAD).fetchone()
-            head = int(row[0]) if row else None
+            head = changelog_head(conn)
     finally:
         _close(conn, db)
     return {"integrity_check": check, "tables": tables, "capture_position": head}

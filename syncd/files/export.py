@@ -47,7 +47,7 @@ from syncd.stores.chroma.records import DEFAULT_TOPIC_PREFIX
 from syncd.stores.pgvector.plan import plan as plan_vectors
 from syncd.stores.postgres.tables import plan_table
 from syncd.stores.sqlite import capture, paging
-from syncd.stores.sqlite.schema import discover, uri
+from syncd.stores.sqlite.schema import changelog_head, discover, uri
 from syncd.verify.canon import row_hash_int
 from syncd.verify.vectors import VectorCanon
 
@@ -169,9 +169,8 @@ class Exporter:
         has = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
         if capture.CHANGELOG not in has:
             return None
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (capture.CHANGELOG,)).fetchone()
         generation = capture.generation(conn) if capture.META in has else None
-        return {"position": int(row[0]) if row else 0, "generation": generation,
+        return {"position": changelog_head(conn) or 0, "generation": generation,
                 "captured": {t: [c.since, c.epoch] for t, c in capture.captured_since(conn).items()}}
 
     def _sqlite(self, conn: sqlite3.Connection, path: Path) -> None:

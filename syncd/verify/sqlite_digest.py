@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syncd.stores.sqlite.capture import CHANGELOG
+from syncd.stores.sqlite.schema import changelog_head as schema_changelog_head
 from syncd.stores.sqlite.schema import uri
 from syncd.verify.expect import expect
 from syncd.verify.expect_sql import RowSql, row_sql
@@ -62,11 +62,7 @@ class Digest:
 
 
 def changelog_head(conn: sqlite3.Connection) -> int:
-    try:
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
-    except sqlite3.OperationalError:  # no AUTOINCREMENT table at all: no capture
-        return 0
-    return int(row[0]) if row else 0
+    return schema_changelog_head(conn) or 0  # no changelog: no capture
 
 
 def digest_sql(table: str, key: str, where: str, row_md5: str) -> str:

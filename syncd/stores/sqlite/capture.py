@@ -33,6 +33,7 @@ from syncd.ports.tables import Captured, Table
 from syncd.sql import qi, ql
 from syncd.stores.sqlite import rowids
 from syncd.stores.sqlite.schema import CHANGELOG as CHANGELOG  # re-exported
+from syncd.stores.sqlite.schema import changelog_head
 
 ORIGIN = "_syncd_origin"
 META = "_syncd_meta"
@@ -48,15 +49,21 @@ TRIGGER_PREFIX = "_syncd_"
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _MAX_PAIRS = 60  # json_object takes at most 127 arguments in older SQLite builds
 
-SETUP = f"""
-CREATE TABLE IF NOT EXISTS {CHANGELOG} (
-    id  INTEGER PRIMARY KEY AUTOINCREMENT,
+_CHANGELOG_COLUMNS = """(
+    id  INTEGER PRIMARY KEY,
     tbl TEXT NOT NULL,
     op  TEXT NOT NULL,
     pk  TEXT NOT NULL,
     row TEXT,
     ts  REAL NOT NULL
-);
+)"""
+MIGRATE_ROWS = 100_000
+"""An ``AUTOINCREMENT`` changelog of at most this many rows is made a plain one by an install
+(:func:`_plain_changelog`); a longer one waits for a later install (the copy holds the write
+lock)."""
+
+SETUP = f"""
+CREATE TABLE IF NOT EXISTS {CHANGELOG} {_CHANGELOG_COLUMNS};
 CREATE TABLE IF NOT EXISTS {ORIGIN} (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     suppress INTEGER NOT NULL DEFAULT 0
@@ -217,6 +224,7 @@ def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
         for statement in SETUP.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        _plain_changelog(conn)
         tables = describe()
         head, epoch, file = _head(conn), _next_epoch(conn), rowids.file_id(conn)
         for table in tables:
@@ -241,6 +249,40 @@ def install_tables(conn: sqlite3.Connection, describe: Callable[[], list[Table]]
     return changed, tables, version
 
 
+def _plain_changelog(conn: sqlite3.Connection) -> None:
+    """Make a changelog an older syncd created ``AUTOINCREMENT`` a plain rowid table (every
+    captured write then skips the rewrite of its ``sqlite_sequence`` row), in the caller's
+    write transaction: its rows keep their ids, and when every row was pruned, a row with no
+    table holds the last id given out (the head; readers pass over a table they do not sync),
+    so ids go on from there. The triggers that write it are dropped and created again with the
+    same text (their install records stand: nothing is copied again)."""
+    row = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                       (CHANGELOG,)).fetchone()
+    if not row or "AUTOINCREMENT" not in str(row[0]).upper():
+        return
+    if int(conn.execute(f"SELECT count(*) FROM {CHANGELOG}").fetchone()[0]) > MIGRATE_ROWS:
+        return
+    head = _head(conn)
+    triggers = conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' "
+                            "AND instr(sql, ?) > 0", (CHANGELOG,)).fetchall()
+    for name, _ in triggers:
+        conn.execute(f"DROP TRIGGER {qi(name)}")
+    # copied through a temporary table: ALTER TABLE RENAME would check (and could refuse) the
+    # app's whole schema
+    copy, columns = f"temp.{CHANGELOG}_copy", "id, tbl, op, pk, row, ts"
+    conn.execute(f"DROP TABLE IF EXISTS {copy}")
+    conn.execute(f"CREATE TABLE {copy} AS SELECT {columns} FROM {CHANGELOG}")
+    conn.execute(f"DROP TABLE {CHANGELOG}")  # and its sqlite_sequence row
+    conn.execute(f"CREATE TABLE {CHANGELOG} {_CHANGELOG_COLUMNS}")
+    conn.execute(f"INSERT INTO {CHANGELOG} ({columns}) SELECT {columns} FROM {copy} ORDER BY id")
+    conn.execute(f"DROP TABLE {copy}")
+    if head and changelog_head(conn) != head:
+        conn.execute(f"INSERT INTO {CHANGELOG} ({columns}) VALUES (?, '', 'D', '[]', NULL, {_NOW})",
+                     (head,))
+    for _, sql in triggers:
+        conn.execute(sql)
+
+
 def forget_notes(conn: sqlite3.Connection) -> None:
     """Drop what BEFORE triggers noted for writes that did not happen (an OR IGNORE, a DO
     NOTHING): a note lives within one statement of the app, so under the write lock the caller
@@ -251,8 +293,7 @@ def forget_notes(conn: sqlite3.Connection) -> None:
 
 
 def _head(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
-    return int(row[0]) if row else 0
+    return changelog_head(conn) or 0
 
 
 def _next_epoch(conn: sqlite3.Connection) -> int:

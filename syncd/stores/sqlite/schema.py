@@ -15,6 +15,24 @@ CHANGELOG = "_syncd_changelog"
 """syncd's change log in the SQLite database (:mod:`syncd.stores.sqlite.capture`)."""
 
 
+def changelog_head(conn: sqlite3.Connection) -> int | None:
+    """The last id the changelog gave out (0 before the first change), None without a
+    changelog. A changelog made by an older syncd is ``AUTOINCREMENT`` (``sqlite_sequence`` keeps the
+    last id even once every row is pruned); a newer one is not (keeping ``sqlite_sequence``
+    costs each captured write ~5 µs): the prune keeps its newest row, so ``max(id)`` never goes
+    down and no id is given out twice."""
+    have = {r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name IN (?, 'sqlite_sequence')",
+        (CHANGELOG,))}
+    if CHANGELOG not in have:
+        return None
+    head = int(conn.execute(f"SELECT coalesce(max(id), 0) FROM {CHANGELOG}").fetchone()[0])
+    if "sqlite_sequence" in have:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
+        head = max(head, int(row[0]) if row else 0)
+    return head
+
+
 def uri(path: str | Path, mode: str) -> str:
     """A ``file:`` URI that opens exactly *path* (``#``, ``?``, ``%`` and spaces escaped), in *mode*
     (``ro``, ``rw``)."""

@@ -29,7 +29,7 @@ from syncd.ports.tables import Captured, Table
 from syncd.sql import call_on, named, qi
 from syncd.stores.sqlite import capture, follow, images, paging, rowids, values
 from syncd.stores.sqlite.connect import open_connection, translate
-from syncd.stores.sqlite.schema import discover
+from syncd.stores.sqlite.schema import changelog_head, discover
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
@@ -170,9 +170,8 @@ class SqliteSource:
     # --- positions ----------------------------------------------------------------------
 
     def _head(self) -> Position:
-        row = self._conn.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = ?", (capture.CHANGELOG,)).fetchone()
-        return Position(int(row[0])) if row else START
+        head = changelog_head(self._conn)
+        return Position(head) if head else START
 
     async def head(self) -> Position:
         return await self._call(self._head)
@@ -334,9 +333,11 @@ class SqliteSource:
                         if total == 0:
                             rowids.advance(self._conn, upto.offset)
                             capture.forget_notes(self._conn)
+                        # the newest row stays: its id is the head (schema.changelog_head)
                         cur = self._conn.execute(
                             f"DELETE FROM {capture.CHANGELOG} WHERE id IN (SELECT id FROM "
-                            f"{capture.CHANGELOG} WHERE id <= ? ORDER BY id LIMIT 5000)", (upto.offset,))
+                            f"{capture.CHANGELOG} WHERE id <= ? AND id < (SELECT max(id) FROM "
+                            f"{capture.CHANGELOG}) ORDER BY id LIMIT 5000)", (upto.offset,))
                         self._conn.execute("COMMIT")
                     except BaseException:
                         if self._conn.in_transaction:  # SQLITE_FULL has rolled it back already

@@ -28,7 +28,9 @@ def setup(path: Path) -> tuple[sqlite3.Connection, list[Table]]:
 def prune(conn: sqlite3.Connection, upto: int) -> None:
     conn.execute("BEGIN IMMEDIATE")
     rowids.advance(conn, upto)
-    conn.execute(f"DELETE FROM {CHANGELOG} WHERE id <= ?", (upto,))
+    # as the source prunes: the newest row stays, so no id is given out twice
+    conn.execute(f"DELETE FROM {CHANGELOG} WHERE id <= ? AND id < (SELECT max(id) FROM {CHANGELOG})",
+                 (upto,))
     conn.execute("COMMIT")
 
 

@@ -62,8 +62,8 @@ async def wait_pruned(db: Path, upto: int, daemon: Daemon, within: float = 60) -
     while True:
         daemon.ensure_alive()
         left = await asyncio.to_thread(
-            sqlite_scalar, db, "SELECT count(*) FROM _syncd_changelog WHERE id <= ?", (upto,))
-        if left == 0:
+            sqlite_scalar, db, "SELECT count(*) FROM _syncd_changelog WHERE id < ?", (upto,))
+        if left == 0:  # the newest row stays (its id is the changelog's head)
             return
         assert time.monotonic() < deadline, f"{left} changelog rows at or below checkpoint {upto} " \
                                             f"still there after {within} s"
