@@ -163,6 +163,30 @@ def transition(current: Phase, new: Phase) -> Phase:
     raise ValueError(f"phase cannot go from {current.value} to {new.value}")
 
 
+@dataclass(frozen=True, slots=True)
+class RowidCursor:
+    """Where a copy that pages a table by rowid stands, first in its resume key (the declared key
+    of the last row read follows it). ``rowid``: the last rowid read; ``since``: the changelog head
+    when this copy of the table began; ``schema_version``: ``PRAGMA schema_version`` at the last
+    read; ``epoch``: the table's capture epoch when the copy began. What each guards:
+    docs/architecture.md, "Paging by rowid"."""
+
+    rowid: int
+    since: int
+    schema_version: int
+    epoch: int
+
+    def to_json(self) -> list[int]:
+        return [self.rowid, self.since, self.schema_version, self.epoch]
+
+    @classmethod
+    def from_json(cls, value: object) -> RowidCursor:
+        if not (isinstance(value, list) and len(value) == 4
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ValueError(f"not a rowid cursor: {value!r}")
+        return cls(*value)
+
+
 @dataclass(slots=True)
 class SnapshotState:
     """Resumable progress of a snapshot, stored with the checkpoint.

@@ -22,7 +22,17 @@ import tenacity
 
 from syncd.config import StreamOptions
 from syncd.errors import RetryableError, SchemaChanged, SyncdError, TargetUnavailable
-from syncd.model import Batch, InvalidText, Key, Phase, Position, SnapshotState, jsonb_holds, transition
+from syncd.model import (
+    Batch,
+    InvalidText,
+    Key,
+    Phase,
+    Position,
+    RowidCursor,
+    SnapshotState,
+    jsonb_holds,
+    transition,
+)
 from syncd.ports import ApplyResult, Chunk, Sink, Source
 from syncd.status import StreamStatus
 
@@ -35,6 +45,8 @@ IDLE_PING_SECONDS = 5.0
 def _encode_value(v: Any) -> Any:
     if isinstance(v, bytes):
         return {"$hex": v.hex()}
+    if isinstance(v, RowidCursor):
+        return {"$rowid": v.to_json()}
     if isinstance(v, InvalidText):
         return {"$invalid_text_hex": v.raw.hex()}
     if isinstance(v, str) and not jsonb_holds(v):
@@ -55,6 +67,8 @@ def _decode_value(v: Any) -> Any:
         return InvalidText(bytes.fromhex(v["$invalid_text_hex"]))
     if "$float" in v:
         return float(v["$float"])
+    if "$rowid" in v:
+        return RowidCursor.from_json(v["$rowid"])
     raise ValueError(f"unknown key encoding {sorted(v)}")
 
 
@@ -62,7 +76,8 @@ def encode_key(key: Key) -> list[Any]:
     """A key as JSON that jsonb stores exactly (the snapshot's resume position): blobs as
     ``{"$hex": …}``, text jsonb cannot hold (NUL, invalid UTF-8) as ``{"$text_hex": …}`` (its
     UTF-8 bytes, lone surrogates kept), SQLite text that is not UTF-8 (:class:`InvalidText`) as
-    ``{"$invalid_text_hex": …}`` (its bytes), infinities as ``{"$float": "inf"}``."""
+    ``{"$invalid_text_hex": …}`` (its bytes), infinities as ``{"$float": "inf"}``, the cursor of a
+    table paged by rowid as ``{"$rowid": [rowid, since, schema_version, epoch]}``."""
     return [_encode_value(v) for v in key]
 
 

@@ -22,10 +22,11 @@ from syncd.model import Batch, Checkpoint, Key, Position, SnapshotState
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """A run of snapshot rows of one object, in key order.
+    """A run of snapshot rows of one object, in key order (or in the source's own order).
 
     ``rows`` are tuples in ``columns`` order; ``last_key`` is the key of the last
-    row, from which the next chunk starts.
+    row, from which the next chunk starts — or any position the source reads on from
+    (a SQLite table paged by rowid: its rowid cursor, then the row's key).
     """
 
     object: str

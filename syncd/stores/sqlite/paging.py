@@ -1,4 +1,6 @@
-"""The queries that read a table in key order, a chunk at a time: the snapshot's and the export's.
+"""The queries that read a table in key order, a chunk at a time: the export's, and the snapshot's
+of tables keyed by the rowid and WITHOUT ROWID tables (a rowid table with a declared key is
+copied in rowid order: :mod:`~syncd.stores.sqlite.rowid_pages`).
 
 A table is read in the order of its key (the rowid, or the declared primary key), each chunk
 after the last key of the one before, so that a resume reads on from a recorded key. A declared

@@ -23,11 +23,11 @@ import watchfiles
 
 from syncd.config import SqliteConfig
 from syncd.errors import CaptureError, SchemaChanged, SourceBusy
-from syncd.model import START, Batch, Key, Position
+from syncd.model import START, Batch, Key, Position, RowidCursor
 from syncd.ports import Chunk, Pending
 from syncd.ports.tables import Captured, Table
 from syncd.sql import call_on, named, qi
-from syncd.stores.sqlite import capture, follow, images, paging, rowids, values
+from syncd.stores.sqlite import capture, follow, images, paging, rowid_pages, rowids, values
 from syncd.stores.sqlite.connect import open_connection, translate
 from syncd.stores.sqlite.schema import changelog_head, discover
 
@@ -221,27 +221,49 @@ class SqliteSource:
         batch = values.fetch_all(self._conn, paging.null_key_select(table))
         return self._chunk(table, batch, last_key, prepare) if batch else None
 
+    def _read_rowid_page(self, table: Table, after: Key | None, rows: int,
+                         prepare: Callable[[Chunk], Any] | None,
+                         logged: Any) -> tuple[Chunk | None, bool, Any]:
+        try:
+            page, logged = rowid_pages.read(self._conn, table, after, rows, self._head().offset,
+                                            list(self.tables.values()), logged)
+        except SchemaChanged:  # recorded to be copied again: the sink must see the new epoch
+            self.captured = capture.captured_since(self._conn)
+            raise
+        if page is None:
+            self.captured = capture.captured_since(self._conn)
+            return None, False, logged
+        return self._chunk(table, page.rows, (page.cursor, *page.anchor), prepare), page.full, logged
+
+    def _read_key_page(self, table: Table, after: Key | None, rows: int,
+                       prepare: Callable[[Chunk], Any] | None, state: Any) -> tuple[Chunk | None, bool, Any]:
+        chunk = self._read_chunk(table, after, rows, prepare)
+        return chunk, chunk is not None and len(chunk.rows) == rows, state
+
     async def snapshot_chunks(self, obj: str, after: Key | None, rows: int,
                               prepare: Callable[[Chunk], Any] | None = None) -> AsyncIterator[Chunk]:
         """Chunks in key order; the next chunk is read (and prepared) while the caller writes this one.
-        A table whose key may hold NULLs ends with its NULL-key rows (:meth:`_read_null_keys`)."""
+        A table whose key may hold NULLs ends with its NULL-key rows (:meth:`_read_null_keys`).
+        A rowid table with a declared key is read in rowid order instead, NULL keys included
+        (:mod:`.rowid_pages`), unless its copy began in key order (a checkpoint of an older syncd)."""
         table = self.tables[obj]
-        next_read = asyncio.ensure_future(self._call(self._read_chunk, table, after, rows, prepare))
+        by_rowid = rowid_pages.by_rowid(table) and (after is None or isinstance(after[0], RowidCursor))
+        read = self._read_rowid_page if by_rowid else self._read_key_page
+        next_read = asyncio.ensure_future(self._call(read, table, after, rows, prepare, None))
         last_key = after
         try:
             while True:
-                chunk = await next_read
+                chunk, full, state = await next_read
                 if chunk is None:
                     break
                 last_key = chunk.last_key
-                full = len(chunk.rows) == rows
                 if full:
                     next_read = asyncio.ensure_future(
-                        self._call(self._read_chunk, table, chunk.last_key, rows, prepare))
+                        self._call(read, table, chunk.last_key, rows, prepare, state))
                 yield chunk
                 if not full:
                     break
-            if table.nullable_key:
+            if table.nullable_key and not by_rowid:
                 upto = last_key if last_key is not None else (None,) * len(table.pk)
                 nulls = await self._call(self._read_null_keys, table, upto, prepare)
                 if nulls is not None:

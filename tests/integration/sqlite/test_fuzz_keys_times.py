@@ -63,14 +63,16 @@ async def test_a_nul_in_a_text_key_is_a_reject_and_the_snapshot_resumes_behind_i
         tmp_path: Path, make_config: Any, pg: asyncpg.Connection) -> None:
     db = tmp_path / "app.sqlite"
     write_sqlite(db, KEYS)
-    # text sorts by its bytes: 'a' < 'x' NUL 'y' < 'z'; one row per chunk, so the NUL key is
-    # the second chunk's last key: the resume position committed with it
+    # inserted (rowid order, the snapshot's for this rowid table) as text sorts by its bytes:
+    # 'a' < 'x' NUL 'y' < 'z'; one row per chunk, so the NUL key is the second chunk's last key:
+    # the resume position committed with it (after the rowid cursor, as its anchor)
     nul_rows(db, "INSERT INTO k VALUES ('a', 1), ('x' || char(0) || 'y', 2), ('z', 3)")
     cfg = make_config(db, chunk_rows=1)
     run_syncd("--config", str(cfg), "init")
     run_killed(cfg, "chunk:2")
     state = json.loads(await pg.fetchval("SELECT snapshot::text FROM syncd.checkpoints"))
-    assert state["last_key"]["k"] == [{"$text_hex": "780079"}], state
+    assert "$rowid" in state["last_key"]["k"][0], state
+    assert state["last_key"]["k"][1:] == [{"$text_hex": "780079"}], state
     assert state["copied"]["k"] == 2
 
     proc = run_syncd("--config", str(cfg), "run", "--until-caught-up")  # resumes behind 'x\0y'

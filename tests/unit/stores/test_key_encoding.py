@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from syncd.model import SnapshotState, jsonb_holds
+from syncd.model import RowidCursor, SnapshotState, jsonb_holds
 from syncd.stream import decode_key, encode_key
 
 KEYS: list[tuple[Any, ...]] = [
@@ -19,6 +19,7 @@ KEYS: list[tuple[Any, ...]] = [
     ("nul \x00 and \udc80",),
     (float("inf"),), (float("-inf"),), (-0.0,), (2**63 - 1, -(2**63)),
     (None,),
+    (RowidCursor(rowid=2**62, since=17, schema_version=9, epoch=3), "uuid-key", b"\x00"),  # paged by rowid
 ]
 
 
@@ -60,3 +61,10 @@ def test_jsonb_holds() -> None:
 def test_an_unknown_encoding_is_an_error_not_a_guess() -> None:
     with pytest.raises(ValueError, match="unknown key encoding"):
         decode_key([{"$what": "1"}])
+
+
+def test_a_rowid_cursor_refuses_what_it_did_not_write() -> None:
+    with pytest.raises(ValueError, match="not a rowid cursor"):
+        decode_key([{"$rowid": [1, 2, 3]}])
+    with pytest.raises(ValueError, match="not a rowid cursor"):
+        decode_key([{"$rowid": [1, 2, 3, True]}])
