@@ -299,8 +299,9 @@ async def check_postgres(app: App, dsn: str) -> None:
         # the app keeps indexing with its own statements; syncd left no trigger, schema or function behind
         doc_id = await conn.fetchval("INSERT INTO documents (file_path, content, chunk_index) "
                                      "VALUES ('src/later.py', 'x', 0) RETURNING id")
+        later = app.rng.standard_normal(DIM).astype(np.float32)  # its own vector: a tie would order at random
         await conn.execute("INSERT INTO embeddings (document_id, embedding, model) VALUES ($1, $2, $3)",
-                           doc_id, searched.vector, MODEL)
+                           doc_id, later, MODEL)
         assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'syncd'") == 0
         assert await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == 0
     finally:
@@ -308,3 +309,5 @@ async def check_postgres(app: App, dsn: str) -> None:
     top = await search_similar(dsn, searched.vector, index_only=True)
     assert (top[0]["file_path"], top[0]["content"]) == ("src/late.py", searched.content), top
     assert abs(top[0]["similarity"] - 1) < 1e-6
+    top = await search_similar(dsn, later, index_only=True)
+    assert (top[0]["file_path"], top[0]["content"]) == ("src/later.py", "x"), top
