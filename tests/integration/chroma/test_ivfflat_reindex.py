@@ -101,12 +101,16 @@ async def test_an_ivfflat_index_made_on_the_empty_table_is_rebuilt_after_the_loa
     assert indexes == ["idx_embeddings_vector"]  # the app's index, none added
 
     queries = (centres[:50] + 0.3 * rng.standard_normal((50, DIM))).astype(np.float32)
-    largest = max([await reach(pg, q) for q in queries])
+    # pgvector's k-means starts from random centres (not seedable from SQL): the size of one list
+    # varies from run to run (80–161 rows rebuilt, 491–1369 kept, seen); the mean over 50 probes
+    # does not, by far: n / lists = 40 rows when balanced, several hundred when kept
+    reached = [await reach(pg, q) for q in queries]
+    mean = sum(reached) / len(reached)
     measured = await recall(pg, queries)
-    print(f"reindex={reindex}: recall@{K} with ivfflat.probes = 1: {measured:.3f}; rows one probe reaches "
-          f"at most: {largest} of {n} (lists 100)")
+    print(f"reindex={reindex}: recall@{K} with ivfflat.probes = 1: {measured:.3f}; rows one probe reaches: "
+          f"mean {mean:.0f}, at most {max(reached)} of {n} (lists 100)")
     if reindex:
         assert measured >= 0.9, measured
-        assert largest <= 4 * n // 100, largest  # balanced lists: a probe reads about n / lists rows
+        assert mean <= 3 * n // 100, reached  # balanced lists: a probe reads about n / lists rows
     else:
-        assert largest > 4 * n // 100, largest  # kept as the app made it
+        assert mean > 3 * n // 100, reached  # kept as the app made it
