@@ -12,7 +12,11 @@
    judged, one changed since is read again once the checkpoint passed the log head.
 3. **Classify.** Open rejects of the stream (``syncd.rejects``) and items the mapping
    cannot write are listed apart; the rest are missing / extra / changed, with the
-   differing vector components or metadata keys.
+   differing vector components or metadata keys. In a cosine collection, an item whose
+   vector had to be read from the server (its log rows are gone) and whose row differs from
+   it only by a few float32 steps per component is counted apart, not as a difference:
+   Chroma's cosine index no longer holds the bits written, only its rendering of them
+   (docs/verify.md, "Cosine vectors Chroma no longer holds bit for bit").
 
 Search parity is a check of its own: :mod:`syncd.verify.search`.
 """
@@ -27,10 +31,11 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import asyncpg
+import numpy as np
 
 from syncd.errors import SourceError
 from syncd.ports.collections import Item, ItemPage, settle_vector
-from syncd.sql import STATE_SCHEMA
+from syncd.sql import STATE_SCHEMA, qi
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.pgvector.table import stream_name
 from syncd.verify.chroma import View, head, read_view
@@ -40,6 +45,31 @@ from syncd.verify.rows import Stall
 from syncd.verify.vectors import Expected, Stored, VectorCanon
 
 EXPLAIN_BATCH = 500
+RENDER_STEPS = 4
+"""How many float32 steps per component a cosine collection's server may return a vector from
+the bits written (docs/chroma.md, "Which bits": one or two seen)."""
+
+
+def float32_steps(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest distance between two float32 vectors' components, in representable values
+    (``-0.0`` and ``0.0`` are 0 apart); a NaN or a length mismatch is far."""
+    x, y = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if x.shape != y.shape or np.isnan(x).any() or np.isnan(y).any():
+        return 1 << 32
+    if not len(x):
+        return 0
+
+    def ordered(v: np.ndarray) -> np.ndarray:
+        bits = v.view(np.int32).astype(np.int64)
+        return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+    return int(np.abs(ordered(x) - ordered(y)).max())
+
+
+def vector_from_text(text: str) -> np.ndarray:
+    """pgvector's text output (each component's shortest float32 decimal) as float32."""
+    body = text.strip()[1:-1]
+    return np.array([np.float32(x) for x in body.split(",")] if body else [], dtype=np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +132,10 @@ class CollectionCheck:
         self.notes = notes
         self.candidates: dict[str, str] = {}
         """Per id, the row hash of the other vector a vector doubt allows (:mod:`syncd.verify.doubt`)."""
+        self.served: set[str] = set()
+        """Ids whose vector the settle rounds read from Chroma's server (the log no longer had it)."""
+        self.rendered = 0
+        """Cosine items equal but for Chroma's rendering of their vector (counted apart)."""
 
     async def run(self, mode: str) -> CheckResult:
         result = CheckResult(self.kind, self.name, key_columns=["id"], problems=list(self.problems))
@@ -158,6 +192,10 @@ class CollectionCheck:
         await self.classify(findings, result)
         result.unsettled = [[i] for i in sorted(unsettled)]
         notes = []
+        if self.rendered:
+            notes.append(f"{self.rendered:,} vector{'s' if self.rendered != 1 else ''} within "
+                         f"{RENDER_STEPS} float32 steps of what Chroma's cosine index returns (its log "
+                         "no longer holds the bits written; not a difference)")
         if result.truncated:
             notes.append(f"stopped after {self.ctx.options.max_differences:,} items differed during the "
                          "scan; the rest of the collection was not compared")
@@ -260,6 +298,12 @@ class CollectionCheck:
                     view.tail.add(item.id)
                 else:
                     item.vector = settle_vector(vec, item.logged)
+                    if item.vector is vec:
+                        self.served.add(item.id)
+                    else:
+                        self.served.discard(item.id)
+        asked = {i.id for i in need}
+        self.served -= {i.id for i in view.items if i.id not in asked}  # read from the log this round
         return view
 
     def _judge(self, pending: set[str], view: View, stored: dict[str, Stored],
@@ -302,6 +346,28 @@ class CollectionCheck:
             "AND resolved_at IS NULL ORDER BY id LIMIT $2", self.ctx.stream, limit)
         return {str(r["id"]): str(r["error"]) for r in rows}
 
+    async def _drop_rendered(self, changed: list[Finding]) -> list[Finding]:
+        """*changed* without the cosine items whose only difference is Chroma's rendering of a
+        vector it no longer holds bit for bit (read from the server, a few steps off the row)."""
+        if self.ctx.source.info.space != "cosine":
+            return changed
+        maybe = {f.id: f for f in changed
+                 if f.columns == [1] and f.id in self.served and f.chroma is not None}
+        if not maybe:
+            return changed
+        t, canon = self.ctx.canon.table, self.ctx.canon
+        rows = await self.ctx.conn.fetch(
+            f"SELECT {canon.id_text} AS id, {qi(t.embedding_col)}::text AS v FROM {t.qualified} "
+            f"WHERE {canon.id_text} = ANY($1::text[])", sorted(maybe))
+        near: set[str] = set()
+        for r in rows:
+            f = maybe[str(r["id"])]
+            served = f.chroma.item.vector if f.chroma is not None else None
+            if served is not None and float32_steps(vector_from_text(str(r["v"])), served) <= RENDER_STEPS:
+                near.add(f.id)
+        self.rendered += len(near)
+        return [f for f in changed if f.id not in near]
+
     async def classify(self, findings: list[Finding], result: CheckResult) -> None:
         recorded = await self._open_rejects()
         changed: list[Finding] = []
@@ -316,6 +382,7 @@ class CollectionCheck:
             else:
                 changed.append(f)
         result.rejected += [Rejected([k], e, True) for k, e in recorded.items()]
+        changed = await self._drop_rendered(changed)
         for start in range(0, len(changed), EXPLAIN_BATCH):
             batch = changed[start:start + EXPLAIN_BATCH]
             pairs = [(f.chroma, f.columns) for f in batch if f.chroma is not None]
