@@ -28,10 +28,12 @@ async def retire(conn: asyncpg.Connection, collection_id: str, policy: str) -> s
     """A collection was deleted: drop its table, or keep it renamed and marked. Returns the table."""
     async with conn.transaction():
         record = await conn.fetchrow(
-            f"SELECT name, schema_name, table_name, created FROM {STATE_SCHEMA}.chroma_collections "
-            "WHERE collection_id = $1", collection_id)
+            f"SELECT name, schema_name, table_name, created, deleted_at "
+            f"FROM {STATE_SCHEMA}.chroma_collections WHERE collection_id = $1", collection_id)
         if record is None:
             return ""
+        if record["deleted_at"] is not None:  # retired already (a retry after an unacknowledged commit)
+            return str(record["table_name"])
         qualified = f"{qi(record['schema_name'])}.{qi(record['table_name'])}"
         exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
         table = record["table_name"]

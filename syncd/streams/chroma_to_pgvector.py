@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import asyncpg
 import structlog
 
 from syncd import killpoints
@@ -200,7 +201,8 @@ class ChromaStreams:
         if broken:
             raise FatalError("Chroma streams ended on an unexpected error: " + "; ".join(broken))
 
-    async def _stop_stream(self, cid: str) -> None:
+    async def _halt(self, cid: str) -> None:
+        """Stop the collection's stream task; its source and status stay (see :meth:`_forget`)."""
         task = self._tasks.pop(cid, None)
         self._stops.pop(cid, asyncio.Event()).set()
         if task is not None:
@@ -210,13 +212,20 @@ class ChromaStreams:
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+
+    async def _forget(self, cid: str) -> None:
+        """Drop a halted stream: close its source, remove it and its status."""
         source = self.sources.pop(cid, None)
         if source is not None:
             await source.close()
         self.streams.pop(cid, None)
 
     async def _follow(self) -> None:
-        """Start streams for new collections, retire deleted ones, follow renames."""
+        """Start streams for new collections, retire deleted ones, follow renames.
+
+        Each change is done in PostgreSQL before syncd forgets the old state, so one that
+        cannot be done now (the target is unreachable) is seen again, and done, at a later
+        poll; meanwhile the other streams go on (their own retries wait the outage out)."""
         try:
             found = await self._catalog()
             catalog = {c.id: c for c in found}
@@ -230,23 +239,40 @@ class ChromaStreams:
                if cid not in self.sources and wanted(self.config, c) and c.dimension is not None]
         if not (gone or renamed or new):
             return
+        try:
+            await self._apply_catalog(gone, renamed, new)
+        except FatalError:
+            raise
+        except (SyncdError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            error = translate(exc, "following Chroma's catalog")
+            if isinstance(error, FatalError):
+                raise error from exc
+            log.warning("following Chroma's catalog: not done yet, trying again at the next poll",
+                        error=str(error), deleted=len(gone), renamed=len(renamed), created=len(new))
+
+    async def _apply_catalog(self, gone: list[str], renamed: list[CollectionInfo],
+                             new: list[CollectionInfo]) -> None:
         conn = await connect(self.config.target, self.dsn)
         try:
             for cid in gone:
                 name = self.sources[cid].info.name
-                await self._stop_stream(cid)
+                await self._halt(cid)
                 what = await retire(conn, cid, self.chroma.on_delete)
+                await self._forget(cid)
                 log.warning("collection deleted in Chroma", collection=name, id=cid, table=what)
             for info in renamed:
                 old = self.sources[info.id].info.name
-                await self._stop_stream(info.id)
+                await self._halt(info.id)
                 table = await rename_table(conn, self.config, info, old)
+                rejects = await pgstate.count_rejects(conn, stream_name(info.id))
+                await self._forget(info.id)
                 log.info("collection renamed in Chroma", collection=info.name, previous=old, table=table)
-                self._add(info, await pgstate.count_rejects(conn, stream_name(info.id)))
+                self._add(info, rejects)
                 self._launch(info.id)
             for info in new:
+                rejects = await pgstate.count_rejects(conn, stream_name(info.id))
                 log.info("collection created in Chroma", collection=info.name, id=info.id)
-                self._add(info, await pgstate.count_rejects(conn, stream_name(info.id)))
+                self._add(info, rejects)
                 self._launch(info.id)
         finally:
             await close_quietly(conn)
