@@ -185,6 +185,16 @@ class Supervisor:
         if self.chroma is not None:
             self._chroma_task = asyncio.create_task(
                 self.chroma.run(self.stop_event, until_caught_up=self.until_caught_up), name="chroma")
+            self._chroma_task.add_done_callback(self._chroma_ended)
+
+    def _chroma_ended(self, task: asyncio.Task[None]) -> None:
+        """The Chroma streams ended on an error of their own: stop the whole daemon (exit 1, the
+        reason printed by :meth:`wait`) rather than live on with them stopped — a service manager
+        restarts it, and the operator sees why."""
+        if task.cancelled() or self.stop_event.is_set() or task.exception() is None:
+            return
+        log.error("chroma streams stopped; stopping the daemon", error=str(task.exception()))
+        self.request_stop()
 
     async def _start_reverse(self) -> None:
         """After a cutover: stream PostgreSQL back into SQLite and pgvector back into Chroma."""

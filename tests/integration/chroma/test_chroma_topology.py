@@ -8,6 +8,7 @@ A ``url`` whose server does not serve ``path`` is refused too.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,10 @@ from tests.integration.chroma_support import (
     chroma_items,
     collection,
     run_chroma,
+    start_daemon,
+    stop_daemon,
     table_items,
+    wait_streaming,
     write_config,
 )
 
@@ -76,3 +80,38 @@ async def test_server_must_serve_the_path(tmp_path: Path, pg_dsn: str) -> None:
         proc = run_syncd("--config", str(cfg), "init", check=False)
         assert proc.returncode == 1
         assert "does not serve" in proc.stderr, proc.stderr
+
+
+async def test_an_app_opening_the_directory_syncd_serves_stops_the_whole_daemon(
+        tmp_path: Path, pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """The Chroma streams stop on an error of their own (here: an app opened the directory
+    syncd serves with its private server) while the SQLite stream could go on: the daemon must
+    not live on with its Chroma side stopped and nothing but /readyz to say so — it exits 1 with
+    the reason (systemd restarts it; the unit's Restart=on-failure), as for any stream failure."""
+    directory = tmp_path / "chroma"
+    app = start_app(directory)
+    assert app.stdout is not None and app.stdout.readline().strip() == "ready"
+    app.communicate("", timeout=30)
+    db = tmp_path / "app.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.executemany("INSERT INTO notes VALUES (?, ?)", [(i, f"n{i}") for i in range(50)])
+    conn.close()
+    cfg = write_config(tmp_path, pg_dsn, path=directory, url=None)
+    cfg.write_text(f'[source.sqlite]\npath = "{db}"\n\n' + cfg.read_text())
+    run_syncd("--config", str(cfg), "init")
+    daemon = start_daemon(cfg)
+    try:
+        await wait_streaming(pg, 1)
+        app = start_app(directory)  # the app opens the directory syncd's private server serves
+        assert app.stdout is not None and app.stdout.readline().strip() == "ready"
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("syncd ran on with its Chroma streams stopped") from None
+        finally:
+            app.communicate("", timeout=30)
+    finally:
+        log = stop_daemon(daemon)
+    assert daemon.returncode == 1, log[-3000:]
+    assert f"process {app.pid}" in log and "chroma streams stopped" in log, log[-3000:]
