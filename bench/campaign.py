@@ -441,6 +441,7 @@ async def final_checks(conn: asyncpg.Connection, setup: Setup, tally: Tally,
     rejects = await open_rejects(conn)
     checks.append(Check("open rejects", not rejects, f"{len(rejects)} {rejects[:2]}"))
     verify = run_cli(setup, "verify")
+    (setup.work / "verify.out").write_text(verify.stdout + verify.stderr)
     last = (verify.stdout.strip().splitlines() or [verify.stderr.strip()])[-1:]
     checks.append(Check("syncd verify", verify.returncode == 0,
                         f"exit {verify.returncode}: {' '.join(last)[:200]}"))

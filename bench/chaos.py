@@ -105,7 +105,7 @@ class Campaign:
         connection: a PostgreSQL crash replaces it)."""
         if self.chroma is None:
             return None
-        return chroma_app.caught_up(self.conn, self.chroma.store, self.chroma.writer.collection_id)
+        return chroma_app.caught_up(self.conn, self.chroma.store, self.chroma.writer.collection_ids)
 
     async def chroma_done(self) -> bool:
         """The Chroma stream's snapshot is complete and its table's vector index built (it is
@@ -313,7 +313,8 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if args.chroma_share > 0:
             chroma = Chroma.start(work / "chroma", args.seed + 2, args.rate * args.chroma_share,
-                                  populate=args.chroma_items)
+                                  populate=args.chroma_items, space=args.space,
+                                  lifecycle=args.chroma_lifecycle)
         setup = campaign.prepare(pg.server, work / "run", database="chaos", seed=args.seed,
                                  scale=args.scale, archive_rows=args.archive_rows, stream=STREAM,
                                  chroma=(chroma.store.url, chroma.store.path) if chroma else None)
@@ -321,6 +322,8 @@ async def run(args: argparse.Namespace) -> int:
         if init.returncode != 0:
             print(f"FAIL  syncd init: exit {init.returncode}: {init.stderr.strip()[-300:]}")
             return 1
+        if chroma:
+            chroma.after_init()
         conn = await asyncpg.connect(setup.dsn)
         c = Campaign(conn, setup, pg, rng, chroma)
         try:
@@ -439,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-crashes", type=int, default=1)
     ap.add_argument("--chroma-share", type=float, default=0.1,
                     help="Chroma writes per second as a share of --rate (0: no Chroma)")
+    ap.add_argument("--space", choices=("l2", "cosine", "ip"), default="l2",
+                    help="the collections' distance")
+    ap.add_argument("--chroma-lifecycle", type=float, default=0.0, metavar="SHARE",
+                    help="share of the app's Chroma steps that create, write to, rename or delete "
+                         "side collections (0: none)")
     ap.add_argument("--chroma-items", type=int, default=3000,
                     help="items in the collection before syncd starts (its snapshot and index)")
     ap.add_argument("--chroma-restarts", type=int, default=0,

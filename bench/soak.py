@@ -183,7 +183,8 @@ async def soak(args: argparse.Namespace) -> int:
     try:
         if args.chroma_share > 0:
             chroma = Chroma.start(work / "chroma", args.seed + 2, args.rate * args.chroma_share,
-                                  populate=args.scale)
+                                  populate=args.scale, space=args.space,
+                                  lifecycle=args.chroma_lifecycle)
         setup = campaign.prepare(server.server, work / "run", database="soak", seed=args.seed,
                                  scale=args.scale,
                                  chroma=(chroma.store.url, chroma.store.path) if chroma else None)
@@ -191,9 +192,11 @@ async def soak(args: argparse.Namespace) -> int:
         if init.returncode != 0:
             print(f"FAIL  syncd init: exit {init.returncode}: {init.stderr.strip()[-300:]}")
             return 1
+        if chroma:
+            chroma.after_init()
         conn = await asyncpg.connect(setup.dsn)
         daemon = campaign.Daemon(setup)
-        also = (chroma_app.caught_up(conn, chroma.store, chroma.writer.collection_id)
+        also = (chroma_app.caught_up(conn, chroma.store, chroma.writer.collection_ids)
                 if chroma else None)
         try:
             ledger.mark("snapshot")
@@ -287,7 +290,7 @@ async def drive(conn: asyncpg.Connection, setup: campaign.Setup, daemon: campaig
     elapsed = time.monotonic() - started
     top = campaign.sqlite_value(setup.sqlite, "SELECT coalesce(max(id), 0) FROM _syncd_changelog")
     await campaign.wait_caught_up(conn, setup, daemon, also=chroma_app.caught_up(
-        conn, chroma.store, chroma.writer.collection_id) if chroma else None)
+        conn, chroma.store, chroma.writer.collection_ids) if chroma else None)
     warm = min(args.warmup, seconds / 3)
     checks = [Check("offered load (information)", True,
                     f"{tally.transactions} transactions, {top} captured changes in {elapsed:.0f} s "
@@ -328,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=500.0, help="row changes per second")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--scale", type=int, default=200, help="initial rows (x2..x5 per table)")
+    ap.add_argument("--space", choices=("l2", "cosine", "ip"), default="l2",
+                    help="the collections' distance")
+    ap.add_argument("--chroma-lifecycle", type=float, default=0.0, metavar="SHARE",
+                    help="share of the app's Chroma steps that create, write to, rename or delete "
+                         "side collections (0: none)")
     ap.add_argument("--chroma-share", type=float, default=0.1,
                     help="Chroma writes per second as a share of --rate (0: no Chroma)")
     ap.add_argument("--scrape", type=float, default=15.0, help="seconds between scrapes")

@@ -1,6 +1,6 @@
 """Switch kill campaign: SIGKILL ``syncd cutover`` / ``syncd rollback`` at random steps, under load.
 
-    python -m bench.switchchaos --kills 20 [--rate 100] [--seed S] [--work DIR]
+    python -m bench.switchchaos --kills 20 [--rate 100] [--vectors] [--seed S] [--work DIR]
 
 The reference app (tests/app/refapp.py: reads ``.env``, reloads on SIGHUP, logs every write
 and whether the store acknowledged it) writes all along; ``syncd run`` streams; the campaign's
@@ -18,12 +18,18 @@ shares nothing with syncd's converters): acknowledged writes lost (a key missing
 stops on SIGTERM with exit 0; the app writes that failed (the app saw the error and gave up
 retrying, e.g. on a fenced table while a killed rollback waits to be resumed) are counted.
 One line per check; exit 1 if any failed.
+
+With ``--vectors`` the app also writes its embeddings (a ``chroma run`` server of the
+campaign's own, then pgvector after a cutover, tests/integration/cutover_support.py): each
+switch also fences Chroma or pgvector and turns the collection's stream around, and the
+final checks cover the collection in Chroma and its table in PostgreSQL the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import subprocess
 import sys
@@ -38,10 +44,13 @@ import asyncpg
 from bench import campaign, pg
 from bench.campaign import Check
 from tests.app import records
+from tests.integration.chroma_support import ChromaServer, run_chroma
 from tests.integration.cutover_support import Migration
 
 STEPS = ("preflight", "fence", "drain", "flip", "reload")
 TABLES = ("users", "documents")
+COLLECTION = "embeddings"
+"""The reference app's collection (and its pgvector table) with ``--vectors``."""
 
 
 async def direction(dsn: str) -> tuple[str, str | None]:
@@ -55,10 +64,11 @@ async def direction(dsn: str) -> tuple[str, str | None]:
         await conn.close()
 
 
-def compare(want: records.State, have: records.State) -> tuple[int, int]:
+def compare(want: records.State, have: records.State, objects: tuple[str, ...] = TABLES
+            ) -> tuple[int, int]:
     """(lost: acknowledged keys missing or stale, doubled: keys no acknowledged write left)."""
     lost = doubled = 0
-    for table in TABLES:
+    for table in objects:
         w, h = want.get(table, {}), have.get(table, {})
         lost += sum(1 for k, row in w.items()
                     if k not in h or records.diff({table: {k: row}}, {table: {k: h[k]}}))
@@ -122,38 +132,52 @@ async def run(args: argparse.Namespace) -> int:
     try:
         dsn = pg.recreate_database(server.server, "switch")
         (work / "run").mkdir(parents=True, exist_ok=True)
-        m = Migration(work / "run", dsn)
-        try:
-            await asyncio.to_thread(m.start, args.rate)
-            c = Campaign(m, rng)
-            started = time.monotonic()
-            for n in range(1, args.kills + 1):
-                await c.round(n)
-            checks = await finish(c, args, time.monotonic() - started)
-        finally:
-            m.close()
+        with contextlib.ExitStack() as stack:
+            chroma = stack.enter_context(run_chroma(work / "chroma")) if args.vectors else None
+            m = Migration(work / "run", dsn, chroma_url=chroma.url if chroma else None,
+                          chroma_dir=chroma.path if chroma else None)
+            try:
+                await asyncio.to_thread(m.start, args.rate)
+                c = Campaign(m, rng)
+                started = time.monotonic()
+                for n in range(1, args.kills + 1):
+                    await c.round(n)
+                checks = await finish(c, args, time.monotonic() - started, chroma)
+            finally:
+                m.close()
     finally:
         server.stop()
     print(f"work dir: {work}")
     return campaign.report(checks)
 
 
-async def finish(c: Campaign, args: argparse.Namespace, seconds: float) -> list[Check]:
+async def finish(c: Campaign, args: argparse.Namespace, seconds: float,
+                 chroma: ChromaServer | None) -> list[Check]:
     m = c.m
     now, pending = await direction(m.pg_dsn)
     await asyncio.sleep(1.0)
     await asyncio.to_thread(m.stop_app)
     await asyncio.to_thread(m.wait_streaming, "sqlite" if now == "forward" else "postgres→sqlite",
                             120)
+    if chroma is not None:
+        await asyncio.to_thread(m.wait_streaming, "chroma:" if now == "forward" else "pgvector→chroma",
+                                120)
     recs = m.records()
     want = records.expected(recs)
     deadline = time.monotonic() + 30
+    lost_v = doubled_v = lost_g = doubled_g = 0
     while True:  # the other stream may still be draining
         in_sqlite = records.read_sqlite(m.db, TABLES)
         in_pg = await records.read_postgres(m.pg_dsn, TABLES)
         lost_s, doubled_s = compare(want, in_sqlite)
         lost_p, doubled_p = compare(want, in_pg)
-        if not (lost_s or doubled_s or lost_p or doubled_p) or time.monotonic() > deadline:
+        if chroma is not None:
+            in_chroma = await asyncio.to_thread(records.read_chroma, chroma.client(), COLLECTION)
+            in_pgvector = await records.read_pgvector(m.pg_dsn, COLLECTION, COLLECTION)
+            lost_v, doubled_v = compare(want, in_chroma, (COLLECTION,))
+            lost_g, doubled_g = compare(want, in_pgvector, (COLLECTION,))
+        if (not (lost_s or doubled_s or lost_p or doubled_p or lost_v or doubled_v or lost_g or doubled_g)
+                or time.monotonic() > deadline):
             break
         await asyncio.sleep(0.5)
     kills = sum(c.kills.values())
@@ -164,6 +188,16 @@ async def finish(c: Campaign, args: argparse.Namespace, seconds: float) -> list[
     code = await asyncio.to_thread(m.stop_daemon)
     rows = sum(len(v) for v in want.values())
     stats: dict[str, Any] = records.pause_stats(recs)
+    vectors = [] if chroma is None else [
+        Check("embeddings acknowledged (information)", True,
+              f"{len(want.get(COLLECTION, {}))} live items; written to Chroma "
+              f"{sum(1 for r in recs if r.ok and r.store == 'chromadb')}, to pgvector "
+              f"{sum(1 for r in recs if r.ok and r.store == 'pgvector')} times"),
+        Check("acknowledged embeddings lost", lost_v == 0 and lost_g == 0,
+              f"{lost_v + lost_g} (Chroma {lost_v}, pgvector {lost_g})"),
+        Check("acknowledged embeddings doubled", doubled_v == 0 and doubled_g == 0,
+              f"{doubled_v + doubled_g} (Chroma {doubled_v}, pgvector {doubled_g})"),
+    ]
     return [
         Check("switch kills done", kills == args.kills and not c.not_killed,
               f"{kills} of {args.kills}: " + ", ".join(f"{k} {n}" for k, n in sorted(c.kills.items()))
@@ -182,6 +216,7 @@ async def finish(c: Campaign, args: argparse.Namespace, seconds: float) -> list[
               f"{lost_s + lost_p} (SQLite {lost_s}, PostgreSQL {lost_p}; {rows} rows expected)"),
         Check("acknowledged writes doubled", doubled_s == 0 and doubled_p == 0,
               f"{doubled_s + doubled_p} (SQLite {doubled_s}, PostgreSQL {doubled_p})"),
+        *vectors,
         Check("syncd verify", verify.returncode == 0,
               f"exit {verify.returncode}: {' '.join(last)[:200]}"),
         Check("daemon stops on SIGTERM with exit 0", code == 0, f"exit {code}"),
@@ -193,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--rate", type=float, default=100.0, help="app writes per second")
+    ap.add_argument("--vectors", action="store_true",
+                    help="the app also writes embeddings (Chroma, then pgvector)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args(argv)
