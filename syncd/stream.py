@@ -94,7 +94,8 @@ class Stream:
                  on_progress: Callable[[StreamStatus], None] | None = None,
                  on_chunk: Callable[[str, Chunk], Awaitable[None]] | None = None,
                  on_batch: Callable[[Batch], Awaitable[None]] | None = None,
-                 busy: Callable[[str, str], contextlib.AbstractContextManager[None]] | None = None) -> None:
+                 busy: Callable[[str, str], contextlib.AbstractContextManager[None]] | None = None,
+                 may_release: Callable[[Sink], bool] | None = None) -> None:
         self.name = name
         self.source = source
         self.open_sink = open_sink
@@ -107,6 +108,10 @@ class Stream:
         self.on_batch = on_batch
         self.busy = busy or (lambda _name, _doing: contextlib.nullcontext())
         """Marks a long step that publishes no progress (index builds), for the liveness check."""
+        self.may_release = may_release
+        """Whether an idle stream may close its sink until its next change (``None``: never);
+        asked after ``options.release_idle_seconds`` without a change, once an idle ping has
+        run (the sink's idle work, e.g. settling vector doubts, is done first)."""
         self._wait = tenacity.wait_exponential_jitter(multiplier=0.2, max=options.retry_max_seconds)
         self._rate_window: list[tuple[float, int]] = []
         self._last_pending_check = 0.0
@@ -259,7 +264,7 @@ class Stream:
     async def _stream(self, stop: asyncio.Event, position: Position, until_caught_up: bool) -> None:
         assert self.sink is not None
         self._publish(checkpoint=position.offset, degraded=False)
-        last_prune = last_contact = time.monotonic()
+        last_prune = last_contact = last_change = time.monotonic()
         ahead: Batch | None = None  # read while the previous batch was applied
         while not stop.is_set():
             batch = ahead or await self.source.changes(position, self.options.batch_size)
@@ -267,7 +272,7 @@ class Stream:
             if batch.position > position:
                 result, ahead = await self._apply_reading_next(batch)
                 position = batch.position
-                last_contact = time.monotonic()
+                last_contact = last_change = time.monotonic()
                 self._publish(checkpoint=position.offset, applied=self.status.applied + result.applied,
                               rows_per_second=self._rate(len(batch)), last_checkpoint_at=time.time(),
                               degraded=False, last_error=None)
@@ -290,6 +295,13 @@ class Stream:
             if now - last_contact >= IDLE_PING_SECONDS:
                 await self.sink.ping()  # an outage shows in health even when nothing changes
                 last_contact = now
+                if (self.may_release is not None and now - last_change >= self.options.release_idle_seconds
+                        and self.may_release(self.sink)):
+                    ahead = await self._idle_released(stop, position)
+                    if ahead is None:
+                        return
+                    last_change = last_contact = time.monotonic()
+                    continue
             last_prune = await self._prune(position, last_prune)
             wake = asyncio.ensure_future(self.source.wait(self.options.poll_interval))
             halt = asyncio.ensure_future(stop.wait())
@@ -301,6 +313,38 @@ class Stream:
                         t.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await t
+
+    async def _idle_released(self, stop: asyncio.Event, position: Position) -> Batch | None:
+        """Close the sink (its connection) and wait for the next change without it; then open
+        it again, check that the checkpoint is still *position*, and return the change's batch
+        (None: stopped meanwhile)."""
+        await self._drop_sink()
+        log.debug("idle: connection released", stream=self.name, position=position.offset)
+        last_prune = 0.0
+        while not stop.is_set():
+            batch = await self.source.changes(position, self.options.batch_size)
+            if batch.position > position:
+                self.sink = await self.open_sink()
+                checkpoint = await self.sink.load_checkpoint(self.name)  # never trust memory
+                unfinished = checkpoint is not None and checkpoint.snapshot is not None \
+                    and not checkpoint.snapshot.complete
+                if checkpoint is None or unfinished or checkpoint.position != position:
+                    raise RetryableError("the checkpoint changed while the stream was idle; reading it again")
+                log.debug("idle: connection opened again", stream=self.name, position=position.offset)
+                return batch
+            await self._update_pending(position, force=True)
+            last_prune = await self._prune(position, last_prune)
+            wake = asyncio.ensure_future(self.source.wait(self.options.poll_interval))
+            halt = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({wake, halt}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (wake, halt):
+                    if not t.done():
+                        t.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await t
+        return None
 
     async def _apply_reading_next(self, batch: Batch) -> tuple[ApplyResult, Batch]:
         """Apply *batch* while the batch after it is read: the source's reading and the sink's

@@ -198,6 +198,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
         poll_interval=so.positive("poll_interval", float, 1.0),
         prune_interval=so.positive("prune_interval", float, 5.0),
         retry_max_seconds=so.positive("retry_max_seconds", float, 30.0),
+        release_idle_seconds=so.positive("release_idle_seconds", float, 30.0),
     )
     so.check_unknown()
 

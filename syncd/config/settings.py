@@ -82,6 +82,10 @@ class StreamOptions:
     poll_interval: float = 1.0
     prune_interval: float = 5.0
     retry_max_seconds: float = 30.0
+    release_idle_seconds: float = 30.0
+    """A Chroma collection's stream with nothing to apply for this long closes its PostgreSQL
+    connection until its next change (one connection per collection would exhaust the
+    server's ``max_connections`` with many collections)."""
 
 
 @dataclass(frozen=True, slots=True)

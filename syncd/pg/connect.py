@@ -21,6 +21,7 @@ _RETRY_STATES = {"57P01", "57P02", "57P03", "53300"}
 _CONFLICT_STATES = {"40001", "40P01"}
 """Serialization failure, deadlock: the transaction lost a conflict and is retried as it is."""
 _DISK_FULL = "53100"
+_TOO_MANY_CONNECTIONS = "53300"
 """The server could not extend a file: its transaction is rolled back whole; retried until
 someone frees space (the stream waits in ``degraded``, it does not stop)."""
 
@@ -76,6 +77,12 @@ def translate(exc: BaseException, where: str) -> SyncdError:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return RetryableError(f"{where}: PostgreSQL is out of disk space ({first}); free space "
                               "on the server's data directory; retrying until then")
+    if state == _TOO_MANY_CONNECTIONS:
+        return TargetUnavailable(f"{where}: PostgreSQL has no connection slot left ({exc}: its "
+                                 "max_connections is reached); syncd holds one per stream with work to "
+                                 "do (an idle Chroma collection's goes back after "
+                                 "stream.release_idle_seconds): raise max_connections or close other "
+                                 "clients; retrying")
     if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError | asyncpg.PostgresConnectionError
                   | asyncpg.InterfaceError | ConnectionError | asyncpg.exceptions.InternalClientError
                   ) or state in _RETRY_STATES:

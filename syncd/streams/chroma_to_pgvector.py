@@ -141,7 +141,8 @@ class ChromaStreams:
         stream = Stream(stream_name(info.id), source, open_sink, config.stream, rejects=rejects,
                         on_chunk=self._kill.get("chunk"), on_batch=self._kill.get("batch"),
                         on_progress=liveness.observe if liveness else None,
-                        busy=liveness.busy if liveness else None)
+                        busy=liveness.busy if liveness else None,
+                        may_release=lambda sink: isinstance(sink, PgvectorSink) and sink.idle_work_done())
         if self.ownership is not None:  # claimed on first open (new collections), checked on reopen
             stream.open_sink = self.ownership.guard(dsn, stream.name, stream.open_sink)
         self.streams[info.id] = stream

@@ -13,7 +13,7 @@ fault tests); PostgreSQL and Chroma are read back directly."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ async def test_catalog_changes_while_postgresql_is_away_are_done_once_it_is_back
     born = collection(client, "born_in_outage")
     want["born_in_outage"] = add(born, "b", 20, rng)
     want["keep_me"] |= add(keep, "k2-", 10, rng)
-    time.sleep(3.0)  # several polls of the catalog while PostgreSQL is away
+    await asyncio.sleep(3.0)  # several polls of the catalog while PostgreSQL is away
     daemon.ensure_alive()
     net.proxy.enable()
 

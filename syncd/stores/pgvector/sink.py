@@ -82,6 +82,11 @@ class PgvectorSink:
     async def close(self) -> None:
         await close_quietly(self.conn)
 
+    def idle_work_done(self) -> bool:
+        """Nothing left for idle pings to do (no open vector doubt to settle): the stream may
+        close this sink while its collection is idle (``stream.release_idle_seconds``)."""
+        return self._doubts is False
+
     # --- checkpoint ---------------------------------------------------------------------
 
     async def load_checkpoint(self, stream: str) -> Checkpoint | None:
