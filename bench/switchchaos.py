@@ -23,6 +23,11 @@ With ``--vectors`` the app also writes its embeddings (a ``chroma run`` server o
 campaign's own, then pgvector after a cutover, tests/integration/cutover_support.py): each
 switch also fences Chroma or pgvector and turns the collection's stream around, and the
 final checks cover the collection in Chroma and its table in PostgreSQL the same way.
+
+With ``--daemon-kills SHARE`` that share of the rounds also SIGKILLs ``syncd run`` right after
+the switch command died, and starts it again before the switch is finished: the daemon's own
+crash in the middle of a half-done switch (a fence up, the config flipped or not, the
+reverse streams started or not).
 """
 
 from __future__ import annotations
@@ -77,8 +82,9 @@ def compare(want: records.State, have: records.State, objects: tuple[str, ...] =
 
 
 class Campaign:
-    def __init__(self, m: Migration, rng: random.Random) -> None:
-        self.m, self.rng = m, rng
+    def __init__(self, m: Migration, rng: random.Random, daemon_kills: float = 0.0) -> None:
+        self.m, self.rng, self.daemon_kills = m, rng, daemon_kills
+        self.daemon_killed: Counter[str] = Counter()
         self.kills: Counter[str] = Counter()
         self.finished: Counter[str] = Counter()
         self.not_killed: list[str] = []
@@ -110,6 +116,14 @@ class Campaign:
                                    f"{(proc.stderr or proc.stdout).strip()[-200:]}")
             return
         self.kills[f"{op}:{step}"] += 1
+        if self.rng.random() < self.daemon_kills:
+            daemon = m.daemon
+            assert daemon is not None
+            daemon.kill()
+            await asyncio.to_thread(daemon.wait, 30)
+            self.daemon_killed[f"{op}:{step}"] += 1
+            await asyncio.sleep(self.rng.uniform(0.0, 1.0))
+            m.start_daemon()
         await asyncio.sleep(self.rng.uniform(0.2, 1.0))
         then = "resume" if op == "rollback" or self.rng.random() < 0.5 else "revert"
         args = (op, "--resume") if then == "resume" else ("rollback",)
@@ -138,7 +152,7 @@ async def run(args: argparse.Namespace) -> int:
                           chroma_dir=chroma.path if chroma else None)
             try:
                 await asyncio.to_thread(m.start, args.rate)
-                c = Campaign(m, rng)
+                c = Campaign(m, rng, args.daemon_kills)
                 started = time.monotonic()
                 for n in range(1, args.kills + 1):
                     await c.round(n)
@@ -202,6 +216,9 @@ async def finish(c: Campaign, args: argparse.Namespace, seconds: float,
         Check("switch kills done", kills == args.kills and not c.not_killed,
               f"{kills} of {args.kills}: " + ", ".join(f"{k} {n}" for k, n in sorted(c.kills.items()))
               + (f"; not killed: {c.not_killed[:2]}" if c.not_killed else "")),
+        Check("daemon SIGKILLed (and restarted) inside a killed switch", True,
+              f"{sum(c.daemon_killed.values())}: "
+              + ", ".join(f"{k} {n}" for k, n in sorted(c.daemon_killed.items()))),
         Check("every killed switch finished (resume / revert)", not c.failed,
               ", ".join(f"{k} {n}" for k, n in sorted(c.finished.items()))
               + (f"; failed: {c.failed[:2]}" if c.failed else "")),
@@ -228,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--rate", type=float, default=100.0, help="app writes per second")
+    ap.add_argument("--daemon-kills", type=float, default=0.0, metavar="SHARE",
+                    help="share of the rounds that also SIGKILL syncd run inside the killed switch")
     ap.add_argument("--vectors", action="store_true",
                     help="the app also writes embeddings (Chroma, then pgvector)")
     ap.add_argument("--seed", type=int, default=None)

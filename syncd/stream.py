@@ -303,16 +303,20 @@ class Stream:
                     last_change = last_contact = time.monotonic()
                     continue
             last_prune = await self._prune(position, last_prune)
-            wake = asyncio.ensure_future(self.source.wait(self.options.poll_interval))
-            halt = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({wake, halt}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (wake, halt):
-                    if not t.done():
-                        t.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await t
+            await self._sleep(stop)
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        """Until the source may have changes (or a poll interval), or *stop*."""
+        wake = asyncio.ensure_future(self.source.wait(self.options.poll_interval))
+        halt = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({wake, halt}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (wake, halt):
+                if not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
 
     async def _idle_released(self, stop: asyncio.Event, position: Position) -> Batch | None:
         """Close the sink (its connection) and wait for the next change without it; then open
@@ -334,16 +338,7 @@ class Stream:
                 return batch
             await self._update_pending(position, force=True)
             last_prune = await self._prune(position, last_prune)
-            wake = asyncio.ensure_future(self.source.wait(self.options.poll_interval))
-            halt = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({wake, halt}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (wake, halt):
-                    if not t.done():
-                        t.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await t
+            await self._sleep(stop)
         return None
 
     async def _apply_reading_next(self, batch: Batch) -> tuple[ApplyResult, Batch]:
