@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from urllib.parse import quote
 import structlog
 import watchfiles
 
-from syncd.errors import SourceError, SyncdError
+from syncd.errors import SourceError, SourceUnavailable, SyncdError
 from syncd.ports.collections import CollectionInfo, Doubt, Item, ItemPage
 from syncd.sql import call_on, named, sqlite_error
 from syncd.stores.chroma.catalog import read_catalog, read_images
@@ -47,6 +48,14 @@ SQLITE_FILE = "chroma.sqlite3"
 def translate(exc: BaseException, path: Path) -> SyncdError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and "readonly" in text:
+        name = str(getattr(exc, "sqlite_errorname", "") or "")
+        writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+        if name not in ("", "SQLITE_READONLY") or writable:
+            # an extended code (recovery after a crash, a file replaced) or a file syncd may
+            # write: Chroma's log was busy being recovered or replaced (a Chroma restart)
+            return SourceUnavailable(f"{path}: {text} ({name or 'SQLITE_READONLY'}) although syncd may "
+                                     "write there: Chroma's log is being recovered or was replaced "
+                                     "(a Chroma restart?); reopening it and retrying")
         return SourceError(f"{path}: {text}: syncd writes two things there (the switch that keeps Chroma's "
                            "log, and pruning the rows it has copied); give its user write access to the file "
                            "and its directory (a shared group or an ACL)")
@@ -62,6 +71,7 @@ class ChromaLog:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-chroma")
         self._ro: sqlite3.Connection | None = None
         self._rw: sqlite3.Connection | None = None
+        self._reopen = False
         self._topic_prefix: str | None = None
         self._has_arrays = True
         self._subscribers: set[asyncio.Event] = set()
@@ -100,7 +110,13 @@ class ChromaLog:
         self._ro = conn
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await call_on(self._executor, lambda exc: translate(exc, self.path), fn, *args)
+        return await call_on(self._executor, self._translate, fn, *args)
+
+    def _translate(self, exc: BaseException) -> SyncdError:
+        error = translate(exc, self.path)
+        if isinstance(error, SourceUnavailable):
+            self._reopen = True  # the write connection is opened again before its next use
+        return error
 
     async def close(self) -> None:
         self._stop_watch.set()
@@ -131,6 +147,11 @@ class ChromaLog:
 
     @property
     def rw(self) -> sqlite3.Connection:
+        if self._reopen and self._rw is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._rw.close()
+            self._rw = None
+        self._reopen = False
         if self._rw is None:
             uri = f"file:{quote(str(self.path.resolve()))}?mode=rw"
             self._rw = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None,
