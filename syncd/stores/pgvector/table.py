@@ -4,6 +4,7 @@ adopting a collection's table (recorded in ``syncd.chroma_collections``), and it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import asyncpg
 import structlog
@@ -128,10 +129,12 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(target.schema)}")
             record = await conn.fetchrow(
-                f"SELECT schema_name, table_name, created FROM {STATE_SCHEMA}.chroma_collections "
+                f"SELECT name, schema_name, table_name, created FROM {STATE_SCHEMA}.chroma_collections "
                 "WHERE collection_id = $1", info.id)
-            # a renamed collection keeps writing to the table it was recorded with
-            probe = record["table_name"] if record is not None else plan_name(info, target)
+            # a renamed collection keeps writing to the table it was recorded with, which follows
+            # its name if syncd created it under the collection's name (renamed while no daemon ran)
+            probe = (await _follow_rename(conn, target, info, record, warnings.append) if record is not None
+                     else plan_name(info, target))
             existing = await existing_columns(conn, target.schema, probe)
             entry, index = target_entry(target, info.name)
             deferred: list[str] | None = None
@@ -248,6 +251,27 @@ async def _create_from_ddl(conn: asyncpg.Connection, target: Target, index: int,
             definitions.append(found.definition)
             await conn.execute(f"DROP INDEX {qi(target.schema)}.{qi(found.name)}")
     return definitions
+
+
+async def _follow_rename(conn: asyncpg.Connection, target: Target, info: CollectionInfo,
+                         record: asyncpg.Record, warn: Callable[[str], None]) -> str:
+    """The recorded table of a collection; renamed first to the collection's current name when
+    the collection was renamed since it was recorded, syncd created the table under the
+    recorded name, neither name is mapped in the config, and the new name is free."""
+    table, old = str(record["table_name"]), str(record["name"])
+    if (old == info.name or not record["created"] or table != old or len(info.name.encode()) > 63
+            or target_entry(target, old)[0] is not None or target_entry(target, info.name)[0] is not None):
+        return table
+    schema = str(record["schema_name"])
+    if not await conn.fetchval("SELECT to_regclass($1) IS NULL", f"{qi(schema)}.{qi(info.name)}"):
+        warn(f"collection {old!r} was renamed to {info.name!r} while syncd was stopped; table "
+             f"{schema}.{info.name} exists already, so it keeps writing to {schema}.{table}")
+        return table
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{qi(schema)}.{qi(table)}"):
+        await conn.execute(f"ALTER TABLE {qi(schema)}.{qi(table)} RENAME TO {qi(info.name)}")
+        log.info("collection renamed in Chroma while syncd was stopped", collection=info.name,
+                 previous=old, table=info.name)
+    return info.name
 
 
 def plan_name(info: CollectionInfo, target: Target) -> str:

@@ -197,3 +197,37 @@ async def test_collections_deleted_recreated_renamed(tmp_path: Path, chroma: Chr
     assert states[old_id] and states[second_id] and not states[str(tmp.id)]
     streams = {r["stream"] for r in await pg.fetch("SELECT stream FROM syncd.checkpoints")}
     assert f"chroma:{old_id}" not in streams and f"chroma:{tmp.id}" in streams
+
+
+async def test_a_collection_renamed_while_syncd_is_stopped_takes_its_table_along(
+        tmp_path: Path, chroma: ChromaServer, pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """Renamed while no daemon ran, then renamed again while one runs: the table syncd created
+    follows each name, no table is left under an old one (found by the kill campaign's side
+    collections: a rename during a daemon's downtime left the table under the first name for
+    good, and every later rename too)."""
+    rng = np.random.default_rng(9)
+    client = chroma.client()
+    col = collection(client, "first")
+    col.add(ids=[f"f{i}" for i in range(10)], embeddings=rng.standard_normal((10, 4)).astype(np.float32))
+    cfg = write_config(tmp_path, pg_dsn, path=chroma.path, url=chroma.url)
+    run_syncd("--config", str(cfg), "init")
+    run_syncd("--config", str(cfg), "run", "--until-caught-up")
+    assert await pg.fetchval("SELECT to_regclass('public.first') IS NOT NULL")
+
+    col.modify(name="second")  # no daemon running
+    col.add(ids=["s0"], embeddings=rng.standard_normal((1, 4)).astype(np.float32))
+    daemon = start_daemon(cfg)
+    try:
+        async def followed(name: str, gone: tuple[str, ...]) -> None:
+            assert await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", f"public.{name}"), name
+            for old in gone:
+                assert await pg.fetchval("SELECT to_regclass($1) IS NULL", f"public.{old}"), old
+            assert_same(await table_items(pg, name), chroma_items(col), space="l2")
+
+        await wait_until(lambda: followed("second", ("first",)))
+        col.modify(name="third")  # while it runs
+        col.add(ids=["t0"], embeddings=rng.standard_normal((1, 4)).astype(np.float32))
+        await wait_until(lambda: followed("third", ("first", "second")))
+    finally:
+        log = stop_daemon(daemon)
+    assert daemon.returncode == 0, log[-3000:]
