@@ -464,17 +464,17 @@ def steps(a: np.ndarray, b: np.ndarray) -> int:
 
 def differences(want: dict[str, Item], table: dict[str, Item], *, rendered: set[str] | None = None,
                 near: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
-    """(lost, doubled, unequal) ids of *table* against *want*. Ids in *rendered* (a cosine
-    collection's items Chroma purged before init) may hold a vector up to RENDER_STEPS off the
-    bits written: listed in *near*, not unequal."""
+    """(lost, doubled, unequal) ids of *table* against *want*. With *near* (a cosine
+    collection), a vector up to RENDER_STEPS off the bits written is Chroma's rendering of them
+    — what syncd copies for items Chroma purged before init (*rendered*) and for items it read
+    from the server for any other reason (a reconciliation): listed in *near*, not unequal."""
     lost = sorted(set(want) - set(table))
     doubled = sorted(set(table) - set(want))
     unequal: list[str] = []
     for i in sorted(set(want) & set(table)):
         (v, d, m), (tv, td, tm) = want[i], table[i]
         if len(tv) != len(v) or not np.array_equal(tv.view(np.int32), v.view(np.int32)):
-            if (rendered is not None and near is not None and i in rendered and len(tv) == len(v)
-                    and steps(tv, v) <= RENDER_STEPS):
+            if near is not None and len(tv) == len(v) and steps(tv, v) <= RENDER_STEPS:
                 near.append(i)
                 continue
             unequal.append(f"{i}: vector")
@@ -500,7 +500,8 @@ async def side_checks(conn: asyncpg.Connection, record: Record) -> list[Check]:
     for side in live:
         if side.names[-1] not in tables:
             continue
-        lost, doubled, wrong = differences(side.items, await read_table(conn, side.names[-1]))
+        lost, doubled, wrong = differences(side.items, await read_table(conn, side.names[-1]),
+                                           near=[] if record.space == "cosine" else None)
         items += len(side.items)
         unequal += [f"{side.names[-1]}: lost {i}" for i in lost]
         unequal += [f"{side.names[-1]}: doubled {i}" for i in doubled]
@@ -524,8 +525,10 @@ async def chroma_checks(conn: asyncpg.Connection, record: Record) -> list[Check]
     table = await read_table(conn, COLLECTION)
     want = record.items
     near: list[str] = []
-    rendered = record.unlogged if record.space == "cosine" else set()
-    lost, doubled, unequal = differences(want, table, rendered=rendered, near=near)
+    cosine = record.space == "cosine"
+    rendered = record.unlogged if cosine else set()
+    lost, doubled, unequal = differences(want, table, rendered=rendered, near=near if cosine else None)
+    others = [i for i in near if i not in rendered]
     ops = ", ".join(f"{k} {n}" for k, n in sorted(record.ops.items()))
     sides = await side_checks(conn, record) if record.sides else []
     return [
@@ -537,8 +540,9 @@ async def chroma_checks(conn: asyncpg.Connection, record: Record) -> list[Check]
                     f"{len(doubled)} {doubled[:3]} (table rows {len(table)})"),
         Check("chroma items equal (own comparison)", not unequal,
                     f"{len(unequal)} of {len(set(want) & set(table))} {unequal[:3]}"
-                    + (f"; {len(near)} of the {len(rendered & set(want))} items Chroma purged before "
-                       f"init hold its cosine rendering (≤ {RENDER_STEPS} float32 steps off the bits "
-                       "written)" if rendered else "")),
+                    + (f"; {len(near) - len(others)} of the {len(rendered & set(want))} items Chroma "
+                       f"purged before init and {len(others)} others {others[:3]} hold its cosine "
+                       f"rendering (≤ {RENDER_STEPS} float32 steps off the bits written: read from "
+                       "the server, e.g. by a reconciliation)" if cosine else "")),
         *sides,
     ]
