@@ -21,9 +21,10 @@ _RETRY_STATES = {"57P01", "57P02", "57P03", "53300"}
 _CONFLICT_STATES = {"40001", "40P01"}
 """Serialization failure, deadlock: the transaction lost a conflict and is retried as it is."""
 _DISK_FULL = "53100"
-_TOO_MANY_CONNECTIONS = "53300"
 """The server could not extend a file: its transaction is rolled back whole; retried until
 someone frees space (the stream waits in ``degraded``, it does not stop)."""
+_TOO_MANY_CONNECTIONS = "53300"
+"""No connection slot left (``max_connections``): retried, with a line saying so."""
 
 
 def describe_dsn(dsn: str) -> str:

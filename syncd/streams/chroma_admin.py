@@ -20,7 +20,7 @@ from syncd.stores.chroma.log import ChromaLog
 from syncd.stores.chroma.source import ChromaCollectionSource
 from syncd.stores.chroma.topology import Topology, server_only, wanted
 from syncd.stores.pgvector.index import adopted_rows
-from syncd.stores.pgvector.table import ensure_state, prepare_table, stream_name
+from syncd.stores.pgvector.table import ensure_state, follow_name, prepare_table, stream_name
 
 # --- collections deleted or renamed --------------------------------------------------------
 
@@ -74,15 +74,7 @@ async def rename_table(conn: asyncpg.Connection, config: Config, info: Collectio
             "WHERE collection_id = $1", info.id)
         if record is None:
             return ""
-        table = str(record["table_name"])
-        configured = any(e.name in (old, info.name) for e in config.target.collections)
-        if record["created"] and table == old and not configured and len(info.name.encode()) <= 63:
-            free = await conn.fetchval("SELECT to_regclass($1) IS NULL",
-                                       f"{qi(record['schema_name'])}.{qi(info.name)}")
-            if free:
-                await conn.execute(f"ALTER TABLE {qi(record['schema_name'])}.{qi(table)} "
-                                   f"RENAME TO {qi(info.name)}")
-                table = info.name
+        table = await follow_name(conn, config.target, record, old, info.name)
         await conn.execute(f"UPDATE {STATE_SCHEMA}.chroma_collections SET name = $2, table_name = $3, "
                            "updated_at = now() WHERE collection_id = $1", info.id, info.name, table)
     return table

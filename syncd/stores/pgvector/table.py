@@ -133,8 +133,11 @@ async def prepare_table(conn: asyncpg.Connection, source: ChromaCollection,
                 "WHERE collection_id = $1", info.id)
             # a renamed collection keeps writing to the table it was recorded with, which follows
             # its name if syncd created it under the collection's name (renamed while no daemon ran)
-            probe = (await _follow_rename(conn, target, info, record, warnings.append) if record is not None
-                     else plan_name(info, target))
+            probe = (await follow_name(conn, target, record, str(record["name"]), info.name, warnings.append)
+                     if record is not None else plan_name(info, target))
+            if record is not None and probe != record["table_name"]:
+                log.info("collection renamed in Chroma while syncd was stopped", collection=info.name,
+                         previous=record["name"], table=probe)
             existing = await existing_columns(conn, target.schema, probe)
             entry, index = target_entry(target, info.name)
             deferred: list[str] | None = None
@@ -253,25 +256,23 @@ async def _create_from_ddl(conn: asyncpg.Connection, target: Target, index: int,
     return definitions
 
 
-async def _follow_rename(conn: asyncpg.Connection, target: Target, info: CollectionInfo,
-                         record: asyncpg.Record, warn: Callable[[str], None]) -> str:
-    """The recorded table of a collection; renamed first to the collection's current name when
-    the collection was renamed since it was recorded, syncd created the table under the
-    recorded name, neither name is mapped in the config, and the new name is free."""
-    table, old = str(record["table_name"]), str(record["name"])
-    if (old == info.name or not record["created"] or table != old or len(info.name.encode()) > 63
-            or target_entry(target, old)[0] is not None or target_entry(target, info.name)[0] is not None):
+async def follow_name(conn: asyncpg.Connection, target: Target, record: asyncpg.Record, old: str, new: str,
+                      warn: Callable[[str], None] | None = None) -> str:
+    """The table of a collection renamed from *old* to *new* (*record*: its row of
+    ``syncd.chroma_collections``). Renamed to *new* when syncd created it under *old*, neither
+    name is mapped in the config, and *new* fits and is free; else the recorded table."""
+    table, schema = str(record["table_name"]), str(record["schema_name"])
+    if (old == new or not record["created"] or table != old or len(new.encode()) > 63
+            or target_entry(target, old)[0] is not None or target_entry(target, new)[0] is not None):
         return table
-    schema = str(record["schema_name"])
-    if not await conn.fetchval("SELECT to_regclass($1) IS NULL", f"{qi(schema)}.{qi(info.name)}"):
-        warn(f"collection {old!r} was renamed to {info.name!r} while syncd was stopped; table "
-             f"{schema}.{info.name} exists already, so it keeps writing to {schema}.{table}")
+    if not await conn.fetchval("SELECT to_regclass($1) IS NULL", f"{qi(schema)}.{qi(new)}"):
+        if warn is not None:
+            warn(f"collection {old!r} was renamed to {new!r}; table {schema}.{new} exists already, "
+                 f"so it keeps writing to {schema}.{table}")
         return table
     if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{qi(schema)}.{qi(table)}"):
-        await conn.execute(f"ALTER TABLE {qi(schema)}.{qi(table)} RENAME TO {qi(info.name)}")
-        log.info("collection renamed in Chroma while syncd was stopped", collection=info.name,
-                 previous=old, table=info.name)
-    return info.name
+        await conn.execute(f"ALTER TABLE {qi(schema)}.{qi(table)} RENAME TO {qi(new)}")
+    return new
 
 
 def plan_name(info: CollectionInfo, target: Target) -> str:
