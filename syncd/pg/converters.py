@@ -262,8 +262,30 @@ def _instant(micros: int, type_name: str) -> dt.datetime | OutOfRange:
         return OutOfRange(type_name, micros)
 
 
+_PLAIN_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?")
+"""The shape apps write most (``YYYY-MM-DD HH:MM:SS[.ffffff]``, ASCII digits, no offset), which
+:meth:`datetime.fromisoformat` reads as :func:`_parse_micros` does: the wall-clock time, the
+fraction padded to microseconds."""
+
+
+def _plain(v: Any, zone: bool) -> dt.datetime | None:
+    """*v* read by the fast path (as UTC if *zone*), or None for the full rules (another shape,
+    or a value ``fromisoformat`` refuses, whose message :func:`_parse_micros` gives)."""
+    if isinstance(v, str) and _PLAIN_DATETIME.fullmatch(v):
+        try:
+            return dt.datetime.fromisoformat(v + "+00:00" if zone else v)
+        except ValueError:
+            return None
+    return None
+
+
 def _timestamp(pg_type: str, zone: bool = False) -> Converter:
+    whole = re.search(r"\((\d)\)", pg_type) is None  # no fractional digits to check
+
     def convert(v: Any) -> dt.datetime | Infinity | OutOfRange:
+        plain = _plain(v, zone) if whole else None
+        if plain is not None:
+            return plain
         inf = _infinity(v)
         if inf is not None:
             return inf
@@ -313,6 +335,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
+"""One decoder for every value (``json.loads`` with an option builds a new one per call)."""
+
+
 def _has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
@@ -335,7 +361,7 @@ def _json(v: Any) -> str:
     if not isinstance(v, str):
         raise _fail(v, "jsonb")
     try:
-        parsed = json.loads(v, parse_constant=_no_constant)
+        parsed = _JSON.decode(v)
     except ValueError as exc:
         raise _fail(v, "jsonb", f"invalid JSON ({exc.args[0].split(':')[0]})") from exc
     if "\\u0000" in v and _has_nul(parsed):

@@ -96,8 +96,10 @@ def _out_of_range(v: OutOfRange, date: bool) -> tuple[int]:
 
 
 def _micros(v: Any) -> int:
-    if isinstance(v, dt.datetime):
-        return (v.replace(tzinfo=None) - _EPOCH) // _MICRO
+    if isinstance(v, dt.datetime):  # its wall-clock time, whatever its zone; field by field, as
+        # subtracting datetimes costs four times as much on a snapshot's every value
+        days = v.toordinal() - _EPOCH_ORDINAL
+        return (((days * 24 + v.hour) * 60 + v.minute) * 60 + v.second) * 1_000_000 + v.microsecond
     if isinstance(v, dt.date):
         return (v.toordinal() - _EPOCH_ORDINAL) * 86_400_000_000
     raise TypeError(f"expected a datetime, date or Infinity, got {type(v).__name__}")
@@ -119,6 +121,8 @@ def encode_timestamptz(v: Any) -> tuple[int]:
     if isinstance(v, OutOfRange):
         return _out_of_range(v, date=False)
     if isinstance(v, dt.datetime):
+        if v.tzinfo is dt.UTC:  # what the converters give
+            return (_micros(v),)
         if v.tzinfo is None:
             v = v.astimezone()  # naive means local time, as asyncpg's own codec has it
         offset = v.utcoffset() or dt.timedelta(0)
