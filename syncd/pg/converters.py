@@ -15,6 +15,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from syncd.errors import RowError
 from syncd.model import InvalidText
 from syncd.pg.datetime import INFINITY, MINUS_INFINITY, Infinity, OutOfRange
@@ -361,9 +363,12 @@ def _json(v: Any) -> str:
     if not isinstance(v, str):
         raise _fail(v, "jsonb")
     try:
-        parsed = _JSON.decode(v)
-    except ValueError as exc:
-        raise _fail(v, "jsonb", f"invalid JSON ({exc.args[0].split(':')[0]})") from exc
+        parsed = orjson.loads(v)  # strict RFC 8259, three times as fast; what it refuses (NaN,
+    except orjson.JSONDecodeError:  # a lone surrogate, 1e400), the stdlib parser judges
+        try:
+            parsed = _JSON.decode(v)
+        except ValueError as exc:
+            raise _fail(v, "jsonb", f"invalid JSON ({exc.args[0].split(':')[0]})") from exc
     if "\\u0000" in v and _has_nul(parsed):
         raise _fail(v, "jsonb", "jsonb cannot hold \\u0000")
     return v

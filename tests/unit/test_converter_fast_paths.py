@@ -83,3 +83,23 @@ def test_the_timestamp_codec_counts_microseconds_as_datetime_arithmetic_does() -
         assert pgdatetime.encode_timestamptz(naive.replace(tzinfo=dt.UTC)) == (micros,)
         east = naive.replace(tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
         assert pgdatetime.encode_timestamptz(east) == (micros - 19_800_000_000,)  # 5 h 30 min
+
+
+def test_json_accepted_or_refused_as_the_stdlib_parser_does() -> None:
+    import json
+
+    jsonb = converters.converter("jsonb")
+    texts = ['{"a": 1, "a": 2}', "[1e400]", '"\\ud800"', " [1] ", "[1,]", '"a\tb"', "NaN", "-0",
+             '{"k": "\\u00e9\\n"}', "1" * 40, "[" * 50 + "]" * 50, '{"a": [true, false, null]}', ""]
+    for text in texts:
+        try:
+            json.loads(text, parse_constant=converters._no_constant)
+            stdlib_accepts = "\\u0000" not in text
+        except ValueError:
+            stdlib_accepts = False
+        try:
+            assert jsonb(text) == text
+            accepted = True
+        except RowError:
+            accepted = False
+        assert accepted == stdlib_accepts, text
