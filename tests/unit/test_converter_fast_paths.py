@@ -104,24 +104,3 @@ def test_json_accepted_or_refused_as_the_stdlib_parser_does() -> None:
             accepted = False
         assert accepted == stdlib_accepts, text
 
-
-def test_changelog_images_read_as_the_stdlib_parser_reads_them() -> None:
-    """Images are parsed by orjson; whatever it reads differently (a bare float, an integer over
-    64 bits) or refuses must come out as ``json.loads`` gives it."""
-    import json
-
-    from syncd.stores.sqlite import values
-
-    rnd = random.Random(11)
-    scalars: list[object] = [0, -1, 2**63 - 1, -(2**63), 2**64, -(2**64) - 1, 10**30, 1.5, 0.1, 1e300,
-                             -0.0, "", "é", "\x00", "a\nb", "\U0001f600", None, True, ["r", "0.1"],
-                             ["b", "00ff"]]
-    for _ in range(3_000):
-        row = {f"c{i}": rnd.choice(scalars) for i in range(rnd.randint(1, 6))}
-        text = json.dumps(row, ensure_ascii=rnd.random() < 0.5)
-        expected = {k: values._untag(v) for k, v in json.loads(text).items()}
-        got = values.decode_row(text)
-        assert got == expected, text
-        assert [type(v) for v in got.values()] == [type(v) for v in expected.values()], text
-        key = json.dumps(list(row.values()))
-        assert values.decode_key(key) == tuple(values._untag(v) for v in json.loads(key)), key

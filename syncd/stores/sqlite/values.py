@@ -10,8 +10,6 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from syncd.model import InvalidText
 
 
@@ -39,17 +37,9 @@ def _loads(text: str | InvalidText) -> Any:
     holding text that is not UTF-8 arrives as :class:`InvalidText` (``json_object`` copies
     such bytes as they are); each of its bytes that is not UTF-8 decodes to a lone surrogate,
     which :func:`decode_value` turns back into the exact bytes."""
-    if isinstance(text, InvalidText):  # lone surrogates: only the stdlib parser takes them
-        return json.loads(text.raw.decode("utf-8", "surrogateescape"))
-    try:
-        parsed = orjson.loads(text)  # a quarter of the stdlib's time per image
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-    if any(type(v) is float for v in (parsed.values() if isinstance(parsed, dict) else parsed)):
-        # the triggers tag every REAL; a bare number that is not a 64-bit integer (orjson reads
-        # a bigger one as a float) gets the stdlib's exact reading
-        return json.loads(text)
-    return parsed
+    if isinstance(text, InvalidText):
+        text = text.raw.decode("utf-8", "surrogateescape")
+    return json.loads(text)
 
 
 def decode_row(text: str | InvalidText) -> dict[str, Any]:
