@@ -99,10 +99,12 @@ def _instant(micros: int, type_name: str) -> dt.datetime | OutOfRange:
         return OutOfRange(type_name, micros)
 
 
-_PLAIN_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?")
+_PLAIN_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?")
 """The shape apps write most (``YYYY-MM-DD HH:MM:SS[.ffffff]``, ASCII digits, no offset), which
 :meth:`datetime.fromisoformat` reads as :func:`_parse_micros` does: the wall-clock time, the
-fraction padded to microseconds."""
+fraction padded to microseconds. Hours 24 and seconds 60 are left to the full rules, whatever a
+later Python's ``fromisoformat`` makes of them."""
 
 
 def _plain(v: Any, zone: bool) -> dt.datetime | None:
