@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="another build's syncd: trials alternate between it and this tree's")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    source = OUT / f"app-{args.users}-{args.documents}.sqlite"
-    if not source.exists():
-        gen_app_db.generate(source, args.users, args.documents)
+    source = gen_app_db.cached(OUT, args.users, args.documents)
     server = pg.start(OUT / "pgdata")
     builds = {"this tree": syncd_run.SYNCD}
     if args.against:

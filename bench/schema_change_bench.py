@@ -97,10 +97,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=OUT / "schema-change")
     args = ap.parse_args()
 
-    source = args.work / f"app-{args.users}-{args.documents}.sqlite"
-    if not source.exists():
-        print(f"generating {source} ...", flush=True)
-        gen_app_db.generate(source, args.users, args.documents)
+    source = gen_app_db.cached(args.work, args.users, args.documents)
     server = pg.start(args.work / "pgdata")  # stopped when this process exits
     setup, snap = syncd_run.snapshot(server, source, args.work / "run", "schema_change")
     print(f"first snapshot: {snap['seconds']:.1f} s", flush=True)

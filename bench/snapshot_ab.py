@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--against", type=Path, required=True, help="the other build's syncd executable")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    source = OUT / f"app-{args.users}-{args.documents}.sqlite"
-    if not source.exists():
-        gen_app_db.generate(source, args.users, args.documents)
+    source = gen_app_db.cached(OUT, args.users, args.documents)
     server = pg.start(OUT / "pgdata")
     builds = {"this tree": syncd_run.SYNCD, "other": args.against}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in builds}

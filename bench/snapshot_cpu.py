@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ceiling", action="store_true", help="also the binary COPY FROM file ceiling")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    source = OUT / f"app-{args.users}-{args.documents}.sqlite"
-    if not source.exists():
-        gen_app_db.generate(source, args.users, args.documents)
+    source = gen_app_db.cached(OUT, args.users, args.documents)
     server = pg.start(OUT / "pgdata")
     files = OUT / "copy_files"
     if args.ceiling and not (files / "users.bin").exists():
