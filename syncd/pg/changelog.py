@@ -45,6 +45,10 @@ log = structlog.get_logger("syncd.pg.capture")
 
 _PRUNE_CHUNK = 5000
 _MAX_CANDIDATES = 64
+# While ids wait above the horizon, the transactions holding it back end without a NOTIFY:
+# look again after this long, doubling up to _RECHECK_MAX while it stays held back.
+_RECHECK_FIRST = 0.002
+_RECHECK_MAX = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,7 @@ class ChangeReader:
         self._woken = asyncio.Event()
         self._candidates: collections.deque[tuple[int, int]] = collections.deque()
         self._safe = 0
+        self._recheck = _RECHECK_FIRST
         self._keys: dict[str, list[str]] = {}
 
     async def close(self) -> None:
@@ -142,6 +147,7 @@ class ChangeReader:
         xmin = int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
         while self._candidates and self._candidates[0][1] <= xmin:
             self._safe = max(self._safe, self._candidates.popleft()[0])
+            self._recheck = _RECHECK_FIRST
         return self._safe
 
     async def head(self) -> Position:
@@ -244,7 +250,15 @@ class ChangeReader:
         LISTEN runs on a dedicated connection, opened again after a loss; the timeout is the
         floor that covers a lost notification. Connection errors here are not raised: the
         next read reports them.
+
+        While ids wait above the horizon (their NOTIFY came while an older transaction was
+        still open), that transaction's end notifies nobody: the wait is then cut to a short
+        recheck (2 ms, doubling up to 200 ms while it stays open), not the whole *timeout* —
+        during a rollback's drain the app is fenced and nothing else would wake the stream.
         """
+        if self._candidates:
+            timeout = min(timeout, self._recheck)
+            self._recheck = min(self._recheck * 2, _RECHECK_MAX)
         if self._listen is None or self._listen.is_closed():
             try:
                 self._listen = await self._connect()

@@ -33,7 +33,8 @@ def free_port() -> int:
 
 class Migration:
     def __init__(self, tmp_path: Path, pg_dsn: str, *, chroma_url: str | None = None,
-                 chroma_dir: Path | None = None, dim: int = 8, extra_cutover: str = "") -> None:
+                 chroma_dir: Path | None = None, dim: int = 8, extra_cutover: str = "",
+                 poll_interval: float = 0.2) -> None:
         """With *chroma_url* (a `chroma run --path chroma_dir` server) the app also writes
         embeddings, and syncd reads that server's persist directory."""
         self.dir = tmp_path
@@ -51,6 +52,7 @@ class Migration:
         self.daemon: subprocess.Popen[str] | None = None
         self.app: subprocess.Popen[str] | None = None
         self.daemon_log = tmp_path / "daemon.log"
+        self.poll_interval = poll_interval
         self.env.write_text(self._env_text())
         self.config.write_text(self._config_text(extra_cutover))
 
@@ -76,7 +78,7 @@ class Migration:
             f'[target]\ndsn = "{self.pg_dsn}"\n\n'
             f'[state]\ndir = "{self.dir / "state"}"\n\n'
             f'[health]\nlisten = "127.0.0.1:{self.port}"\n\n'
-            '[stream]\npoll_interval = 0.2\nprune_interval = 0.5\n\n'
+            f'[stream]\npoll_interval = {self.poll_interval}\nprune_interval = 0.5\n\n'
             f'[cutover]\napp_config = "{self.env}"\n'
             f'reload_command = ["sh", "-c", "kill -HUP $(cat {self.pidfile})"]\n'
             'drain_timeout = 15\nmax_lag_seconds = 5\n'

@@ -1,0 +1,77 @@
+"""The reverse streams wake for a change that becomes readable without a new NOTIFY.
+
+A change in PostgreSQL is read only once it is below the changelog's safe horizon
+(:mod:`syncd.pg.changelog`): no transaction that began before it may still be open. When
+the change's NOTIFY arrives while another transaction is open, the first read finds
+nothing safe; that transaction's end sends no NOTIFY. The change must still come back to
+SQLite soon after, not a whole ``stream.poll_interval`` later — during a rollback's drain
+the app is fenced and nothing else wakes the stream, so the wait is the app's pause.
+
+Real SQLite file, real PostgreSQL, the real daemon and commands as subprocesses, and the
+reference app for the cutover. The poll interval is ten minutes, so a stream that waits
+for it never delivers within the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.integration.cutover_support import Migration
+
+pytestmark = pytest.mark.asyncio
+
+POLL_INTERVAL = 600.0
+
+
+def sqlite_user(db: Path, uid: int) -> tuple[object, ...] | None:
+    conn = sqlite3.connect(db)
+    try:
+        row: tuple[object, ...] | None = conn.execute("SELECT id, email FROM users WHERE id = ?",
+                                                      (uid,)).fetchone()
+        return row
+    finally:
+        conn.close()
+
+
+async def test_a_change_held_back_by_an_open_transaction_arrives_when_it_ends(tmp_path: Path,
+                                                                              pg_dsn: str) -> None:
+    m = Migration(tmp_path, pg_dsn, poll_interval=POLL_INTERVAL)
+    try:
+        m.start(rate=20)
+        await asyncio.sleep(0.5)
+        assert m.switch("cutover")["ok"]
+        await asyncio.sleep(0.5)
+        m.stop_app()
+        m.wait_streaming("postgres→sqlite")
+
+        blocker = await asyncpg.connect(pg_dsn)
+        writer = await asyncpg.connect(pg_dsn)
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.fetchval("SELECT pg_current_xact_id()")  # holds an xid, writes nothing captured
+            uid = 987_654_321
+            await writer.execute("INSERT INTO users (id, email, name, created_at) "
+                                 "VALUES ($1, 'late@example.com', 'Late', '2026-12-07 03:00:00')", uid)
+            await asyncio.sleep(1.0)  # the NOTIFY has been read; the change is above the horizon
+            assert sqlite_user(m.db, uid) is None, "read past an open transaction's ids"
+            await tx.rollback()
+
+            deadline = time.monotonic() + 30
+            while sqlite_user(m.db, uid) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert sqlite_user(m.db, uid) == (uid, "late@example.com"), (
+                f"the change did not reach SQLite within 30 s of the open transaction's end "
+                f"(poll interval {POLL_INTERVAL:g} s)\n{m.daemon_log.read_text()[-2000:]}")
+        finally:
+            await blocker.close()
+            await writer.close()
+        assert m.stop_daemon() == 0
+    finally:
+        m.close()
