@@ -58,8 +58,11 @@ from syncd.pg.connect import close_quietly, connect, translate
 from syncd.service import checks
 from syncd.sql import STATE_SCHEMA
 from syncd.status import NOT_STARTED
+from syncd.stores.chroma import fence as chroma_fence
 from syncd.stores.chroma.topology import server_only
 from syncd.stores.sqlite.capture import CHANGELOG
+from syncd.streams.chroma_admin import chroma_stored_status
+from syncd.streams.pgvector_to_chroma import reverse_stream_names
 
 # --- cutover -------------------------------------------------------------------------------
 
@@ -138,8 +141,6 @@ async def _forward_pending(sw: Switch, db: sqlite3.Connection | None) -> str | N
         elif checkpoint.position.offset < int(head):
             parts.append(f"sqlite at {checkpoint.position.offset} of {head}")
     if sw.cfg.chroma is not None:
-        from syncd.streams.chroma_admin import chroma_stored_status
-
         for s in await chroma_stored_status(sw.cfg, sw.dsn):
             if s["phase"] in (NOT_STARTED, Phase.SNAPSHOT.value):
                 parts.append(f"{s['name']} ({s['collection']}) has not finished its snapshot")
@@ -154,8 +155,6 @@ async def _reverse_start(sw: Switch) -> dict[str, int]:
     head = await pg_changelog_head(sw.conn)
     positions = {REVERSE_TABLES_STREAM: head} if sw.cfg.sqlite is not None else {}
     if sw.cfg.chroma is not None:
-        from syncd.streams.pgvector_to_chroma import reverse_stream_names
-
         for name in await reverse_stream_names(sw.cfg, sw.conn):
             positions[name] = head
     return positions
@@ -229,8 +228,6 @@ async def _do_cutover(sw: Switch, *, resume: bool) -> None:
                 await asyncio.to_thread(fence.install_sqlite, db, sw.objects.sqlite_tables)
             chroma_dir = chroma_dir_of(cfg)
             if chroma_dir is not None:
-                from syncd.stores.chroma import fence as chroma_fence
-
                 await asyncio.to_thread(chroma_fence.install_fence, chroma_dir)
                 chroma_fenced = True
             elif cfg.chroma is not None:
@@ -286,8 +283,6 @@ async def _undo_cutover(sw: Switch, db: sqlite3.Connection | None, *, chroma_fen
             await asyncio.to_thread(db.execute, "ROLLBACK")
         notes.append("SQLite fence undone")
     if chroma_fenced:
-        from syncd.stores.chroma import fence as chroma_fence
-
         chroma_dir = chroma_dir_of(cfg)
         assert chroma_dir is not None
         await asyncio.to_thread(chroma_fence.remove_fence, chroma_dir)

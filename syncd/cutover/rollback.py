@@ -38,12 +38,12 @@ from syncd.cutover.plan import (
 from syncd.cutover.state import FORWARD, REVERSE
 from syncd.errors import FatalError, SyncdError
 from syncd.pg.connect import close_quietly, connect, translate
+from syncd.stores.chroma import fence as chroma_fence
 from syncd.stores.sqlite.schema import uri
+from syncd.streams.pgvector_to_chroma import reverse_pending
 
 
 async def _reverse_pending(sw: Switch) -> str | None:
-    from syncd.pg import capture as pg_capture  # noqa: F401  (the changelog is pg_capture's)
-
     parts: list[str] = []
     conn = sw.conn
     if not await conn.fetchval("SELECT to_regclass('syncd.changelog') IS NOT NULL"):
@@ -60,8 +60,6 @@ async def _reverse_pending(sw: Switch) -> str | None:
         if n:
             parts.append(f"{REVERSE_TABLES_STREAM} {n} pending")
     if sw.cfg.chroma is not None:
-        from syncd.streams.pgvector_to_chroma import reverse_pending
-
         parts += await reverse_pending(sw.cfg, conn)
     return "; ".join(parts) or None
 
@@ -186,8 +184,6 @@ async def _do_rollback(sw: Switch) -> None:
             t.note = f"{len(names)} SQLite fence triggers dropped"
         chroma_dir = chroma_dir_of(cfg)
         if chroma_dir is not None:
-            from syncd.stores.chroma import fence as chroma_fence
-
             await asyncio.to_thread(chroma_fence.remove_fence, chroma_dir)
     async with sw.step("flip") as t:
         t.note = await sw.flip(dict(cfg.cutover.rollback))
