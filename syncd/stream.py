@@ -33,7 +33,7 @@ from syncd.model import (
     jsonb_holds,
     transition,
 )
-from syncd.ports import ApplyResult, Chunk, Sink, Source
+from syncd.ports import ApplyResult, Chunk, Pending, Sink, Source
 from syncd.status import StreamStatus
 
 log = structlog.get_logger("syncd.stream")
@@ -282,7 +282,10 @@ class Stream:
                 await self._update_pending(position, force=False)
                 last_prune = await self._prune(position, last_prune)  # a stream that stays behind prunes too
                 continue
-            await self._update_pending(position, force=True)
+            pending = await self._update_pending(position, force=True)
+            if until_caught_up and pending is not None and pending.held_back:
+                await self._sleep(stop)  # committed, but behind an open transaction: not caught up yet
+                continue
             if self.status.phase is Phase.CATCH_UP:
                 with self.busy(self.name, "creating indexes and foreign keys"):
                     await self.sink.after_catch_up(self.name)
@@ -366,12 +369,15 @@ class Stream:
             log.debug("pruned changelog", stream=self.name, rows=pruned, upto=position.offset)
         return now
 
-    async def _update_pending(self, position: Position, *, force: bool) -> None:
+    async def _update_pending(self, position: Position, *, force: bool) -> Pending | None:
+        """Publish what the source holds after *position* (at most every 0.5 s unless *force*);
+        return it, or None when not looked at."""
         now = time.monotonic()
         if not force and now - self._last_pending_check < 0.5:
-            return
+            return None
         self._last_pending_check = now
         pending = await self.source.pending(position)
         lag = 0.0 if not pending.count or pending.oldest_committed_at is None \
             else max(0.0, time.time() - pending.oldest_committed_at)
         self._publish(pending=pending.count, lag_seconds=lag, source_position=pending.head.offset)
+        return pending

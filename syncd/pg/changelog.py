@@ -214,13 +214,16 @@ class ChangeReader:
         return out
 
     async def pending(self, after: Position, tables: Collection[str]) -> Pending:
-        """How many changes of *tables* are committed after *after*, and the oldest one's time."""
+        """How many changes of *tables* are committed after *after*, the oldest one's time, and
+        how many of them the horizon still holds back."""
         async with self._session("counting pending changes in PostgreSQL") as conn:
-            head = await self._horizon(conn)
+            head = max(await self._horizon(conn), after.offset)
             row = await conn.fetchrow(
-                f"SELECT count(*), min(ts) FROM {CHANGELOG} WHERE id > $1 AND nsp = $2 "
-                "AND tbl = ANY($3::text[])", after.offset, self.schema, sorted(tables))
-        return Pending(count=int(row[0]), oldest_committed_at=row[1], head=Position(max(head, after.offset)))
+                f"SELECT count(*), min(ts), count(*) FILTER (WHERE id > $4) FROM {CHANGELOG} "
+                "WHERE id > $1 AND nsp = $2 AND tbl = ANY($3::text[])",
+                after.offset, self.schema, sorted(tables), head)
+        return Pending(count=int(row[0]), oldest_committed_at=row[1], head=Position(head),
+                       held_back=int(row[2]))
 
     async def prune(self, upto: Position, tables: Collection[str]) -> int:
         """Delete changes of *tables* at or below *upto*, in chunks; return how many. Rows of

@@ -40,11 +40,17 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """Changes a source holds after a position, and the oldest one's commit time."""
+    """Changes a source holds after a position, and the oldest one's commit time.
+
+    ``held_back``: how many of them are committed but not yet readable (PostgreSQL's changelog
+    reads only up to its safe horizon while an older transaction is open); a stream with such
+    changes is not caught up, even when its last read came back empty.
+    """
 
     count: int
     oldest_committed_at: float | None
     head: Position
+    held_back: int = 0
 
 
 @dataclass(frozen=True, slots=True)

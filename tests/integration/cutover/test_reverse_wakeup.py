@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.conftest import REPO, syncd_cmd
 from tests.integration.cutover_support import Migration
 
 pytestmark = pytest.mark.asyncio
@@ -73,5 +74,51 @@ async def test_a_change_held_back_by_an_open_transaction_arrives_when_it_ends(tm
             await blocker.close()
             await writer.close()
         assert m.stop_daemon() == 0
+    finally:
+        m.close()
+
+
+async def test_run_until_caught_up_waits_for_a_change_held_back_by_an_open_transaction(
+        tmp_path: Path, pg_dsn: str) -> None:
+    """`syncd run --until-caught-up` exits 0 only when every change committed before it
+    looked is applied — also one that an open transaction holds behind the horizon."""
+    m = Migration(tmp_path, pg_dsn)
+    try:
+        m.start(rate=20)
+        await asyncio.sleep(0.5)
+        assert m.switch("cutover")["ok"]
+        await asyncio.sleep(0.5)
+        m.stop_app()
+        m.wait_streaming("postgres→sqlite")
+        assert m.stop_daemon() == 0
+
+        blocker = await asyncpg.connect(pg_dsn)
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.fetchval("SELECT pg_current_xact_id()")
+            uid = 987_654_322
+            writer = await asyncpg.connect(pg_dsn)
+            await writer.execute("INSERT INTO users (id, email, name, created_at) "
+                                 "VALUES ($1, 'held@example.com', 'Held', '2026-12-07 03:00:00')", uid)
+            await writer.close()
+            run = await asyncio.create_subprocess_exec(
+                *syncd_cmd("--config", str(m.config), "run", "--until-caught-up", "--timeout", "60"),
+                cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            try:
+                out, _ = await asyncio.wait_for(run.communicate(), 3.0)
+                ended_early = True
+            except TimeoutError:
+                ended_early = False
+            await tx.rollback()
+            if not ended_early:
+                out, _ = await asyncio.wait_for(run.communicate(), 60)
+        finally:
+            await blocker.close()
+        text = out.decode(errors="replace")
+        assert run.returncode == 0, text[-2000:]
+        assert sqlite_user(m.db, uid) == (uid, "held@example.com"), (
+            f"`run --until-caught-up` exited 0 (ended while the transaction was open: {ended_early}) "
+            f"without the committed change in SQLite\n{text[-2000:]}")
     finally:
         m.close()
