@@ -15,12 +15,15 @@ for it never delivers within the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 
 from tests.conftest import REPO, syncd_cmd
 from tests.integration.cutover_support import Migration
@@ -40,39 +43,52 @@ def sqlite_user(db: Path, uid: int) -> tuple[object, ...] | None:
         conn.close()
 
 
+def cut_over(m: Migration) -> None:
+    """The app cut over to PostgreSQL, then stopped; the reverse stream caught up."""
+    m.start(rate=20)
+    time.sleep(0.5)
+    assert m.switch("cutover")["ok"]
+    time.sleep(0.5)
+    m.stop_app()
+    m.wait_streaming("postgres→sqlite")
+
+
+@contextlib.asynccontextmanager
+async def insert_behind_open_transaction(pg_dsn: str, uid: int, email: str) -> AsyncIterator[Transaction]:
+    """A transaction holding an xid (and writing nothing captured) stays open while another
+    commits the insert of user *uid*; yields the open one, to be ended by the caller."""
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.fetchval("SELECT pg_current_xact_id()")
+        writer = await asyncpg.connect(pg_dsn)
+        try:
+            await writer.execute("INSERT INTO users (id, email, name, created_at) "
+                                 "VALUES ($1, $2, 'Held', '2026-12-07 03:00:00')", uid, email)
+        finally:
+            await writer.close()
+        yield tx
+    finally:
+        await blocker.close()
+
+
 async def test_a_change_held_back_by_an_open_transaction_arrives_when_it_ends(tmp_path: Path,
                                                                               pg_dsn: str) -> None:
     m = Migration(tmp_path, pg_dsn, poll_interval=POLL_INTERVAL)
     try:
-        m.start(rate=20)
-        await asyncio.sleep(0.5)
-        assert m.switch("cutover")["ok"]
-        await asyncio.sleep(0.5)
-        m.stop_app()
-        m.wait_streaming("postgres→sqlite")
-
-        blocker = await asyncpg.connect(pg_dsn)
-        writer = await asyncpg.connect(pg_dsn)
-        try:
-            tx = blocker.transaction()
-            await tx.start()
-            await blocker.fetchval("SELECT pg_current_xact_id()")  # holds an xid, writes nothing captured
-            uid = 987_654_321
-            await writer.execute("INSERT INTO users (id, email, name, created_at) "
-                                 "VALUES ($1, 'late@example.com', 'Late', '2026-12-07 03:00:00')", uid)
+        cut_over(m)
+        uid = 987_654_321
+        async with insert_behind_open_transaction(pg_dsn, uid, "late@example.com") as tx:
             await asyncio.sleep(1.0)  # the NOTIFY has been read; the change is above the horizon
             assert sqlite_user(m.db, uid) is None, "read past an open transaction's ids"
             await tx.rollback()
-
-            deadline = time.monotonic() + 30
-            while sqlite_user(m.db, uid) is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            assert sqlite_user(m.db, uid) == (uid, "late@example.com"), (
-                f"the change did not reach SQLite within 30 s of the open transaction's end "
-                f"(poll interval {POLL_INTERVAL:g} s)\n{m.daemon_log.read_text()[-2000:]}")
-        finally:
-            await blocker.close()
-            await writer.close()
+        deadline = time.monotonic() + 30
+        while sqlite_user(m.db, uid) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert sqlite_user(m.db, uid) == (uid, "late@example.com"), (
+            f"the change did not reach SQLite within 30 s of the open transaction's end "
+            f"(poll interval {POLL_INTERVAL:g} s)\n{m.daemon_log.read_text()[-2000:]}")
         assert m.stop_daemon() == 0
     finally:
         m.close()
@@ -84,24 +100,10 @@ async def test_run_until_caught_up_waits_for_a_change_held_back_by_an_open_trans
     looked is applied — also one that an open transaction holds behind the horizon."""
     m = Migration(tmp_path, pg_dsn)
     try:
-        m.start(rate=20)
-        await asyncio.sleep(0.5)
-        assert m.switch("cutover")["ok"]
-        await asyncio.sleep(0.5)
-        m.stop_app()
-        m.wait_streaming("postgres→sqlite")
+        cut_over(m)
         assert m.stop_daemon() == 0
-
-        blocker = await asyncpg.connect(pg_dsn)
-        try:
-            tx = blocker.transaction()
-            await tx.start()
-            await blocker.fetchval("SELECT pg_current_xact_id()")
-            uid = 987_654_322
-            writer = await asyncpg.connect(pg_dsn)
-            await writer.execute("INSERT INTO users (id, email, name, created_at) "
-                                 "VALUES ($1, 'held@example.com', 'Held', '2026-12-07 03:00:00')", uid)
-            await writer.close()
+        uid = 987_654_322
+        async with insert_behind_open_transaction(pg_dsn, uid, "held@example.com") as tx:
             run = await asyncio.create_subprocess_exec(
                 *syncd_cmd("--config", str(m.config), "run", "--until-caught-up", "--timeout", "60"),
                 cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -111,10 +113,8 @@ async def test_run_until_caught_up_waits_for_a_change_held_back_by_an_open_trans
             except TimeoutError:
                 ended_early = False
             await tx.rollback()
-            if not ended_early:
-                out, _ = await asyncio.wait_for(run.communicate(), 60)
-        finally:
-            await blocker.close()
+        if not ended_early:
+            out, _ = await asyncio.wait_for(run.communicate(), 60)
         text = out.decode(errors="replace")
         assert run.returncode == 0, text[-2000:]
         assert sqlite_user(m.db, uid) == (uid, "held@example.com"), (
