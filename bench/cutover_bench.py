@@ -41,10 +41,15 @@ COLLECTION = "embeddings"  # the reference app's collection (VECTOR_DB_COLLECTIO
 def seen_by_app(recs: list[records.Record], start: float, end: float) -> dict[str, float]:
     """Slowest write begun in [start, end] and the longest gap between acknowledgements there."""
     inside = [r for r in recs if r.ok and start - 1.0 <= r.t0 <= end]
-    slowest = max((r.t1 - r.t0 for r in inside), default=0.0)
+    worst = max(inside, key=lambda r: r.t1 - r.t0, default=None)
     acks = sorted(r.t1 for r in recs if r.ok and start - 1.0 <= r.t1 <= end + 2.0)
     gap = max((b - a for a, b in itertools.pairwise(acks)), default=0.0)
-    return {"slowest_write": slowest, "longest_gap": gap}
+    if worst is None:
+        return {"slowest_write": 0.0, "longest_gap": gap}
+    return {"slowest_write": worst.t1 - worst.t0, "longest_gap": gap,
+            "slowest": {"object": worst.object, "op": worst.op, "store": worst.store,
+                        "attempts": worst.attempts, "began_after_switch_start": worst.t0 - start,
+                        "acked_after_switch_end": worst.t1 - end}}
 
 
 def summary(values: list[float]) -> dict[str, float]:
