@@ -91,6 +91,7 @@ class ChangeReader:
         self._woken = asyncio.Event()
         self._candidates: collections.deque[tuple[int, int]] = collections.deque()
         self._safe = 0
+        self._read_upto = 0  # the horizon the last read stopped at
         self._recheck = _RECHECK_FIRST
         self._keys: dict[str, list[str]] = {}
 
@@ -161,7 +162,7 @@ class ChangeReader:
         """Up to *limit* changes of *tables* after *after*, in id order, never past the horizon."""
         names = sorted(tables)
         async with self._session("reading the PostgreSQL changelog") as conn:
-            horizon = await self._horizon(conn)
+            horizon = self._read_upto = await self._horizon(conn)
             if horizon <= after.offset or not names:
                 return []
             meta = await conn.fetch(
@@ -258,7 +259,12 @@ class ChangeReader:
         still open), that transaction's end notifies nobody: the wait is then cut to a short
         recheck (2 ms, doubling up to 200 ms while it stays open), not the whole *timeout* —
         during a rollback's drain the app is fenced and nothing else would wake the stream.
+        When the horizon moved past the last read without it (a count of pending changes
+        moves it too), there may be changes to read: return at once.
         """
+        if self._safe > self._read_upto:
+            self._read_upto = self._safe
+            return
         if self._candidates:
             timeout = min(timeout, self._recheck)
             self._recheck = min(self._recheck * 2, _RECHECK_MAX)

@@ -186,6 +186,35 @@ async def test_prune_only_touches_its_tables_and_wait_wakes_on_notify(
     assert loop.time() - started < 5
 
 
+async def test_wait_returns_when_a_count_let_the_horizon_past_unread_changes(
+        pg: asyncpg.Connection, pg_dsn: str, reader: changelog.ChangeReader) -> None:
+    """A read finds a change held back by an open transaction; the transaction ends (no NOTIFY);
+    the stream's count of pending changes moves the horizon past the change. The next wait
+    must not sleep its whole timeout: the change is readable and nothing else will wake it."""
+    await pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    await pg_capture.install(pg, "public", ["t"])
+    await reader.wait(0.01)  # opens the LISTEN connection
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.fetchval("SELECT pg_current_xact_id()")
+        await pg.execute("INSERT INTO t VALUES (1)")
+        await asyncio.sleep(0.2)  # its NOTIFY arrives
+        assert await reader.read(START, 100, {"t"}) == []
+        await reader.wait(10)  # the NOTIFY is consumed (the wait is cut short either way)
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    pending = await reader.pending(START, {"t"})
+    assert (pending.count, pending.held_back) == (1, 0)
+    try:
+        await asyncio.wait_for(reader.wait(60), 5)
+    except TimeoutError:
+        raise AssertionError("wait slept on with a readable change past the horizon") from None
+    assert [r.key for r in await reader.read(START, 100, {"t"})] == [(1,)]
+
+
 # --- the reverse stream: postgres -> sqlite ---------------------------------------------------
 
 TYPES_SCHEMA = """
