@@ -87,7 +87,8 @@ def chroma_client(url: str | None) -> Any:
     return chromadb.HttpClient(host=host, port=int(port), settings=Settings(anonymized_telemetry=False))
 
 
-def run_rate(server: pg.Server, rate: float, cycles: int, work: Path, chroma: bool) -> dict[str, Any]:
+def run_rate(server: pg.Server, rate: float, cycles: int, work: Path, chroma: bool,
+             keep_clients: bool = False) -> dict[str, Any]:
     dsn = pg.recreate_database(server, f"cutover_{int(rate)}")
     server_proc = None
     url = None
@@ -96,6 +97,8 @@ def run_rate(server: pg.Server, rate: float, cycles: int, work: Path, chroma: bo
         server_proc = start_chroma(work / "chroma", port)
         url = f"http://127.0.0.1:{port}"
     m = Migration(work, dsn, chroma_url=url, chroma_dir=work / "chroma")
+    if keep_clients:
+        m.app_args = ("--keep-clients",)
     switches: list[dict[str, Any]] = []
     try:
         m.init()
@@ -129,7 +132,8 @@ def run_rate(server: pg.Server, rate: float, cycles: int, work: Path, chroma: bo
         if server_proc is not None:
             server_proc.terminate()
             server_proc.wait(timeout=60)
-    result: dict[str, Any] = {"rate": rate, "chroma": chroma, "reached": acked / elapsed,
+    result: dict[str, Any] = {"rate": rate, "chroma": chroma, "app_keeps_clients": keep_clients,
+                              "reached": acked / elapsed,
                               "acknowledged": acked, "failed_writes": failed, "lost": missing,
                               "switches": switches}
     for op in ("cutover", "rollback"):
@@ -166,6 +170,8 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("bench/out/cutover"))
     ap.add_argument("--chroma", action="store_true", help="the app writes embeddings to Chroma too")
+    ap.add_argument("--app-keeps-clients", action="store_true",
+                    help="the reference app reuses its Chroma client across reloads (refapp --keep-clients)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -174,7 +180,7 @@ def main() -> None:
         for rate in args.rates:
             work = Path(tmp) / f"rate-{int(rate)}"
             work.mkdir()
-            results.append(run_rate(server, rate, args.cycles, work, args.chroma))
+            results.append(run_rate(server, rate, args.cycles, work, args.chroma, args.app_keeps_clients))
             print(f"rate {rate:.0f}: done", flush=True)
     report = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform(), "load_average_at_end": os.getloadavg()},

@@ -268,7 +268,21 @@ class PgvectorStore:
                 conn.terminate()
 
 
-def chroma_client(path: Path | None, url: str | None) -> Any:
+_KEPT: dict[tuple[Path | None, str | None], Any] = {}
+
+
+def chroma_client(path: Path | None, url: str | None, *, keep: bool = False) -> Any:
+    """A Chroma client for *path* or *url*; with *keep*, the one made before for them, if any
+    (building a ``chromadb.HttpClient`` takes ~75 ms here: httpx loads the CA bundle twice)."""
+    if keep and (path, url) in _KEPT:
+        return _KEPT[(path, url)]
+    client = _new_chroma_client(path, url)
+    if keep:
+        _KEPT[(path, url)] = client
+    return client
+
+
+def _new_chroma_client(path: Path | None, url: str | None) -> Any:
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -285,13 +299,15 @@ def chroma_client(path: Path | None, url: str | None) -> Any:
 class ChromaStore:
     name = "chromadb"
 
-    def __init__(self, path: Path | None, url: str | None, collection: str) -> None:
+    def __init__(self, path: Path | None, url: str | None, collection: str, *,
+                 keep_client: bool = False) -> None:
         self.path, self.url, self.collection_name = path, url, collection
+        self.keep_client = keep_client
         self._collection: Any = None
 
     def _get(self) -> Any:
         if self._collection is None:
-            client = chroma_client(self.path, self.url)
+            client = chroma_client(self.path, self.url, keep=self.keep_client)
             self._collection = client.get_collection(self.collection_name, embedding_function=None)
         return self._collection
 
@@ -324,7 +340,9 @@ class ChromaStore:
         self._collection = None
 
 
-def open_stores(settings: Settings) -> tuple[Store, Store | None]:
+def open_stores(settings: Settings, *, keep_clients: bool = False) -> tuple[Store, Store | None]:
+    """The stores *settings* name; *keep_clients*: reuse a Chroma client made before for the
+    same URL or directory (an app that keeps its clients across reloads)."""
     relational: Store
     if settings.relational == "sqlite":
         assert settings.sqlite_path is not None
@@ -334,7 +352,8 @@ def open_stores(settings: Settings) -> tuple[Store, Store | None]:
         relational = PostgresStore(settings.pg_dsn)
     vector: Store | None = None
     if settings.vector == "chromadb":
-        vector = ChromaStore(settings.chroma_path, settings.chroma_url, settings.collection)
+        vector = ChromaStore(settings.chroma_path, settings.chroma_url, settings.collection,
+                             keep_client=keep_clients)
     elif settings.vector == "pgvector":
         assert settings.pg_dsn is not None
         vector = PgvectorStore(settings.pg_dsn, settings.vector_table)

@@ -53,6 +53,7 @@ class Migration:
         self.app: subprocess.Popen[str] | None = None
         self.daemon_log = tmp_path / "daemon.log"
         self.poll_interval = poll_interval
+        self.app_args: tuple[str, ...] = ()  # more options of every app instance started
         self.env.write_text(self._env_text())
         self.config.write_text(self._config_text(extra_cutover))
 
@@ -121,7 +122,7 @@ class Migration:
         self.logs.append(log)
         self.app = subprocess.Popen(
             [sys.executable, "-m", "tests.app.refapp", "--env", str(self.env), "--log", str(log),
-             "--rate", str(rate), "--vector-dim", str(self.dim), "--seed", str(seed)],
+             "--rate", str(rate), "--vector-dim", str(self.dim), "--seed", str(seed), *self.app_args],
             cwd=REPO, text=True, stdout=subprocess.DEVNULL, stderr=(self.dir / "app.err").open("a"))
         self.pidfile.write_text(str(self.app.pid))
 
