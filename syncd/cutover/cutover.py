@@ -141,7 +141,7 @@ async def _forward_pending(sw: Switch, db: sqlite3.Connection | None) -> str | N
         elif checkpoint.position.offset < int(head):
             parts.append(f"sqlite at {checkpoint.position.offset} of {head}")
     if sw.cfg.chroma is not None:
-        for s in await chroma_stored_status(sw.cfg, sw.dsn):
+        for s in await chroma_stored_status(sw.cfg, sw.dsn, sw.conn):
             if s["phase"] in (NOT_STARTED, Phase.SNAPSHOT.value):
                 parts.append(f"{s['name']} ({s['collection']}) has not finished its snapshot")
             elif s["pending"]:

@@ -139,10 +139,14 @@ async def uninstall_chroma(config: Config) -> list[str]:
     return [f"chroma: {what} in {chroma_log.path}"]
 
 
-async def chroma_stored_status(config: Config, dsn: str) -> list[StreamReport]:
-    """Per-collection status from the stores (works with the daemon stopped)."""
+async def chroma_stored_status(config: Config, dsn: str, conn: asyncpg.Connection | None = None
+                               ) -> list[StreamReport]:
+    """Per-collection status from the stores (works with the daemon stopped); on *conn* when
+    given (a cutover's drain asks on the connection it holds), else on a connection of its own."""
     assert config.chroma is not None
-    conn = await connect(config.target, dsn)
+    own = conn is None
+    if conn is None:
+        conn = await connect(config.target, dsn)
     try:
         if not await pgstate.has_state(conn) or not await conn.fetchval(
                 "SELECT to_regclass($1) IS NOT NULL", f"{STATE_SCHEMA}.chroma_collections"):
@@ -156,7 +160,8 @@ async def chroma_stored_status(config: Config, dsn: str) -> list[StreamReport]:
                 LEFT JOIN {STATE_SCHEMA}.checkpoints k ON k.stream = c.stream
                 WHERE c.deleted_at IS NULL ORDER BY c.name""")
     finally:
-        await close_quietly(conn)
+        if own:
+            await close_quietly(conn)
     out: list[StreamReport] = []
     chroma_log = await ChromaLog.open(config.chroma.path) if config.chroma.path else None
     try:
