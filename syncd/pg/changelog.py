@@ -46,9 +46,9 @@ log = structlog.get_logger("syncd.pg.capture")
 _PRUNE_CHUNK = 5000
 _MAX_CANDIDATES = 64
 # While ids wait above the horizon, the transactions holding it back end without a NOTIFY:
-# look again after this long, doubling up to _RECHECK_MAX while it stays held back.
+# look again after this long, doubling while it stays held back (up to the poll interval,
+# so that a long transaction costs each reader no more than its usual polling).
 _RECHECK_FIRST = 0.002
-_RECHECK_MAX = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +257,7 @@ class ChangeReader:
 
         While ids wait above the horizon (their NOTIFY came while an older transaction was
         still open), that transaction's end notifies nobody: the wait is then cut to a short
-        recheck (2 ms, doubling up to 200 ms while it stays open), not the whole *timeout* —
+        recheck (2 ms, doubling up to *timeout* while it stays open), not the whole *timeout* —
         during a rollback's drain the app is fenced and nothing else would wake the stream.
         When the horizon moved past the last read without it (a count of pending changes
         moves it too), there may be changes to read: return at once.
@@ -266,8 +266,7 @@ class ChangeReader:
             self._read_upto = self._safe
             return
         if self._candidates:
-            timeout = min(timeout, self._recheck)
-            self._recheck = min(self._recheck * 2, _RECHECK_MAX)
+            timeout, self._recheck = min(timeout, self._recheck), min(self._recheck * 2, timeout)
         if self._listen is None or self._listen.is_closed():
             try:
                 self._listen = await self._connect()
