@@ -151,7 +151,6 @@ def generate(path: Path, n_users: int, n_documents: int, seed: int = 42) -> dict
     return {"seconds": time.perf_counter() - started, "bytes": float(path.stat().st_size)}
 
 
-
 def cached(directory: Path, n_users: int, n_documents: int) -> Path:
     """``directory/app-<users>-<documents>.sqlite``, generated (seed 42) unless it is there."""
     path = directory / f"app-{n_users}-{n_documents}.sqlite"
@@ -159,6 +158,7 @@ def cached(directory: Path, n_users: int, n_documents: int) -> Path:
         print(f"generating {path} ...", flush=True)
         generate(path, n_users, n_documents)
     return path
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
