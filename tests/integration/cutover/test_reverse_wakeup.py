@@ -107,14 +107,10 @@ async def test_run_until_caught_up_waits_for_a_change_held_back_by_an_open_trans
             run = await asyncio.create_subprocess_exec(
                 *syncd_cmd("--config", str(m.config), "run", "--until-caught-up", "--timeout", "60"),
                 cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-            try:
-                out, _ = await asyncio.wait_for(run.communicate(), 3.0)
-                ended_early = True
-            except TimeoutError:
-                ended_early = False
+            finished = asyncio.ensure_future(run.communicate())
+            ended_early = bool((await asyncio.wait({finished}, timeout=3.0))[0])
             await tx.rollback()
-        if not ended_early:
-            out, _ = await asyncio.wait_for(run.communicate(), 60)
+        out, _ = await asyncio.wait_for(finished, 60)
         text = out.decode(errors="replace")
         assert run.returncode == 0, text[-2000:]
         assert sqlite_user(m.db, uid) == (uid, "held@example.com"), (
