@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 
 from syncd.stores.sqlite import capture
 from syncd.stores.sqlite.schema import describe
-from syncd.stores.sqlite.values import decode_row
+from syncd.stores.sqlite.values import decode_key, decode_row
+
+TAG_LIKE = ['["r","1.5e+00"]', '["b","00ff"]', '[', '["', '\\"', 'x["r",', '["r","1.5e+00"]]']
+"""Texts that read like the triggers' tags for a REAL or a BLOB: they stay text."""
 
 values = st.one_of(
     st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=False),
-    st.text(), st.binary(max_size=64),
+    st.text(), st.binary(max_size=64), st.sampled_from(TAG_LIKE),
 )
 
 
@@ -62,3 +65,18 @@ def test_wide_table_and_origin_suppression(tmp_path: Path) -> None:
     dropped = capture.uninstall(conn)
     assert len(dropped) == 3
     assert conn.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_syncd%'").fetchone()[0] == 0
+
+
+def test_keys_and_texts_that_look_like_tags_decode_as_what_sqlite_holds(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "tags.sqlite", isolation_level=None)
+    conn.execute("CREATE TABLE k (a ANY, b ANY, v ANY, PRIMARY KEY (a, b)) STRICT")
+    capture.install(conn, [describe(conn, "k", no_primary_key="rowid")])
+    keys = [(t, 1) for t in TAG_LIKE] + [(1.5, t) for t in TAG_LIKE] + [(b"\x00", "x"), (2, 2.5)]
+    conn.executemany("INSERT INTO k VALUES (?, ?, ?)", [(a, b, a) for a, b in keys])
+    logged = conn.execute(f"SELECT pk, row FROM {capture.CHANGELOG} ORDER BY id").fetchall()
+    assert len(logged) == len(keys)
+    for (a, b), (pk, row) in zip(keys, logged, strict=True):
+        key = decode_key(pk)
+        assert key == (a, b) and [type(v) for v in key] == [type(a), type(b)]
+        image = decode_row(row)
+        assert image == {"a": a, "b": b, "v": a} and type(image["v"]) is type(a)
