@@ -40,6 +40,8 @@ log = structlog.get_logger("syncd.stream")
 
 IDLE_PING_SECONDS = 5.0
 """While no change arrives, the sink is still checked this often."""
+PENDING_EVERY_SECONDS = 0.5
+"""While changes are applied, what the source still holds is published at most this often."""
 
 
 def _encode_value(v: Any) -> Any:
@@ -115,6 +117,7 @@ class Stream:
         self._wait = tenacity.wait_exponential_jitter(multiplier=0.2, max=options.retry_max_seconds)
         self._rate_window: list[tuple[float, int]] = []
         self._last_pending_check = 0.0
+        self._pending_gap = PENDING_EVERY_SECONDS
         self.caught_up = False
         """Set when ``run(until_caught_up=True)`` ended because nothing was left to apply."""
 
@@ -370,13 +373,15 @@ class Stream:
         return now
 
     async def _update_pending(self, position: Position, *, force: bool) -> Pending | None:
-        """Publish what the source holds after *position* (at most every 0.5 s unless *force*);
-        return it, or None when not looked at."""
+        """Publish what the source holds after *position* (unless *force*, at most every 0.5 s,
+        or every 20 times what the last look took: counting a long backlog is work taken from
+        applying it); return it, or None when not looked at."""
         now = time.monotonic()
-        if not force and now - self._last_pending_check < 0.5:
+        if not force and now - self._last_pending_check < self._pending_gap:
             return None
-        self._last_pending_check = now
         pending = await self.source.pending(position)
+        self._last_pending_check = time.monotonic()
+        self._pending_gap = max(PENDING_EVERY_SECONDS, 20 * (self._last_pending_check - now))
         lag = 0.0 if not pending.count or pending.oldest_committed_at is None \
             else max(0.0, time.time() - pending.oldest_committed_at)
         self._publish(pending=pending.count, lag_seconds=lag, source_position=pending.head.offset)

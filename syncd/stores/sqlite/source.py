@@ -178,9 +178,11 @@ class SqliteSource:
 
     def _pending(self, after: Position) -> Pending:
         head = self._head()
-        row = self._conn.execute(
-            f"SELECT count(*), min(ts) FROM {capture.CHANGELOG} WHERE id > ?", (after.offset,)).fetchone()
-        return Pending(count=int(row[0]), oldest_committed_at=row[1], head=head)
+        count = self._conn.execute(f"SELECT count(*) FROM {capture.CHANGELOG} WHERE id > ?",
+                                   (after.offset,)).fetchone()[0]
+        oldest = self._conn.execute(f"SELECT ts FROM {capture.CHANGELOG} WHERE id > ? ORDER BY id "
+                                    "LIMIT 1", (after.offset,)).fetchone()  # one writer: ids in commit order
+        return Pending(count=int(count), oldest_committed_at=oldest[0] if oldest else None, head=head)
 
     async def pending(self, after: Position) -> Pending:
         return await self._call(self._pending, after)
