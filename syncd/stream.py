@@ -118,6 +118,7 @@ class Stream:
         self._rate_window: list[tuple[float, int]] = []
         self._last_pending_check = 0.0
         self._pending_gap = PENDING_EVERY_SECONDS
+        self._pruning: asyncio.Future[None] | None = None
         self.caught_up = False
         """Set when ``run(until_caught_up=True)`` ended because nothing was left to apply."""
 
@@ -265,6 +266,14 @@ class Stream:
         return True
 
     async def _stream(self, stop: asyncio.Event, position: Position, until_caught_up: bool) -> None:
+        try:
+            await self._stream_from(stop, position, until_caught_up)
+        except BaseException:
+            await self._end_prune(failed=True)
+            raise
+        await self._end_prune(failed=False)
+
+    async def _stream_from(self, stop: asyncio.Event, position: Position, until_caught_up: bool) -> None:
         assert self.sink is not None
         self._publish(checkpoint=position.offset, degraded=False)
         last_prune = last_contact = last_change = time.monotonic()
@@ -363,14 +372,37 @@ class Stream:
         return result, await reading
 
     async def _prune(self, position: Position, last: float) -> float:
-        """Drop log entries up to *position* (committed) once per prune interval; the time it ran."""
+        """Drop log entries up to *position* (committed) once per prune interval; the time it
+        began. The source prunes beside the stream, which reads and applies meanwhile (a
+        backlog's prune takes most of a second); an error of it is raised at the next call."""
+        if self._pruning is not None:
+            if not self._pruning.done():
+                return last
+            task, self._pruning = self._pruning, None
+            await task
         now = time.monotonic()
         if now - last < self.options.prune_interval:
             return last
+        self._pruning = asyncio.ensure_future(self._prune_upto(position))
+        return now
+
+    async def _prune_upto(self, position: Position) -> None:
         pruned = await self.source.prune(position)
         if pruned:
             log.debug("pruned changelog", stream=self.name, rows=pruned, upto=position.offset)
-        return now
+
+    async def _end_prune(self, *, failed: bool) -> None:
+        """Stop a prune under way (it goes on next time) before the stream ends; raise the error
+        of one that ended with it, unless the stream itself *failed*."""
+        task, self._pruning = self._pruning, None
+        if task is None:
+            return
+        if task.done() and not failed:
+            await task
+            return
+        task.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await task
 
     async def _update_pending(self, position: Position, *, force: bool) -> Pending | None:
         """Publish what the source holds after *position* (unless *force*, at most every 0.5 s,

@@ -27,15 +27,12 @@ from syncd.model import START, Batch, Key, Position, RowidCursor
 from syncd.ports import Chunk, Pending
 from syncd.ports.tables import Captured, Table
 from syncd.sql import call_on, named, qi
-from syncd.stores.sqlite import capture, follow, images, paging, rowid_pages, rowids, values
+from syncd.stores.sqlite import capture, follow, images, paging, prune, rowid_pages, rowids, values
 from syncd.stores.sqlite.connect import open_connection, translate
 from syncd.stores.sqlite.schema import changelog_head, discover
 
 log = structlog.get_logger("syncd.source.sqlite")
 T = TypeVar("T")
-
-
-PRUNE_BUSY_MS = 20
 
 
 class SqliteSource:
@@ -48,8 +45,7 @@ class SqliteSource:
         self._conn = conn
         self.tables = {t.name: t for t in tables}
         self._executor = executor
-        self._prune_full = False
-        """The last prune failed for want of space (warned once until one succeeds)."""
+        self._pruner = prune.Pruner(self.path)
         self._woken = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watch = asyncio.Event()
@@ -337,56 +333,19 @@ class SqliteSource:
     async def changes(self, after: Position, limit: int) -> Batch:
         return await self._call(self._read_changes, after, limit)
 
-    def _prune(self, upto: Position) -> int:
-        """Delete logged changes up to *upto*; give way at once when someone holds the write lock.
-
-        Pruning shares the reading thread: waiting out the usual busy timeout here would hold
-        up reading changes for seconds — during a cutover fence, the drain itself. The first
-        delete also moves the rowid references up to *upto* (:mod:`~syncd.stores.sqlite.rowids`),
-        in the same transaction: they must never be behind a pruned change; and it drops the
-        REPLACE notes of writes that did not happen (:func:`~syncd.stores.sqlite.capture.forget_notes`).
-        """
-        total = 0
-        busy = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
-        self._conn.execute(f"PRAGMA busy_timeout = {PRUNE_BUSY_MS}")
-        try:
-            while True:
-                try:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        if total == 0:
-                            rowids.advance(self._conn, upto.offset)
-                            capture.forget_notes(self._conn)
-                        # the newest row stays: its id is the head (schema.changelog_head)
-                        cur = self._conn.execute(
-                            f"DELETE FROM {capture.CHANGELOG} WHERE id IN (SELECT id FROM "
-                            f"{capture.CHANGELOG} WHERE id <= ? AND id < (SELECT max(id) FROM "
-                            f"{capture.CHANGELOG}) ORDER BY id LIMIT 5000)", (upto.offset,))
-                        self._conn.execute("COMMIT")
-                    except BaseException:
-                        if self._conn.in_transaction:  # SQLITE_FULL has rolled it back already
-                            self._conn.execute("ROLLBACK")
-                        raise
-                except sqlite3.OperationalError as exc:
-                    if "locked" in str(exc) or "busy" in str(exc):
-                        return total  # the app (or a cutover fence) is writing: prune next time
-                    if "full" in str(exc):  # SQLITE_FULL: the app's disk; reading goes on
-                        if not self._prune_full:
-                            log.warning("cannot prune the changelog: the disk is full; pruning "
-                                        "again once there is space", path=str(self.path),
-                                        error=str(exc))
-                        self._prune_full = True
-                        return total
-                    raise
-                self._prune_full = False
-                total += cur.rowcount
-                if cur.rowcount < 5000:
-                    return total
-        finally:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
+    def _prune_step(self, upto: int, first: bool) -> int | None:
+        return self._pruner.step(self._conn, upto, first)  # the connection now open (the file may move)
 
     async def prune(self, upto: Position) -> int:
-        return await self._call(self._prune, upto)
+        """Delete logged changes up to *upto*, a step at a time (:mod:`.prune`)."""
+        total = 0
+        while True:
+            deleted = await self._call(self._prune_step, upto.offset, total == 0)
+            if deleted is None:
+                return total
+            total += deleted
+            if deleted < prune.STEP_ROWS:
+                return total
 
     # --- waking -------------------------------------------------------------------------
 
