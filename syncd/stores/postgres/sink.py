@@ -29,7 +29,7 @@ from syncd.pg.state import Reject
 from syncd.ports import ApplyResult, Chunk
 from syncd.ports.tables import Captured, Table
 from syncd.sql import STATE_SCHEMA, qi
-from syncd.stores.postgres import constraints, schema_change
+from syncd.stores.postgres import constraints, schema_change, staged
 from syncd.stores.postgres.tables import TargetTable, create_table_sql, plan_table
 
 log = structlog.get_logger("syncd.sink.postgres")
@@ -316,6 +316,8 @@ class PostgresSink:
             async with transaction(self.conn):
                 await self._apply_grouped(grouped)
                 await self._finish_batch(stream, batch, [*prepared, *absent], rejects)
+        except asyncpg.CardinalityViolationError:
+            return False  # two keys PostgreSQL holds equal (:mod:`.staged`): change by change
         except Exception as exc:
             err = translate(exc, "applying changes")
             if not isinstance(err, RowError):
@@ -325,12 +327,12 @@ class PostgresSink:
 
     async def _apply_grouped(self, grouped: list[tuple[TargetTable, list[tuple[Any, ...]],
                                                         list[tuple[Any, ...]]]]) -> None:
-        """Per table: its deleted keys, then its upserted rows; two round trips at most."""
+        """Per table: its deleted keys, then its upserted rows (:mod:`.staged`)."""
         for tt, deletes, upserts in grouped:
             if deletes:
-                await self.conn.executemany(tt.delete_sql, deletes)
+                await staged.delete(self.conn, tt, deletes)
             if upserts:
-                await self.conn.executemany(tt.upsert_sql, upserts)
+                await staged.upsert(self.conn, tt, upserts)
 
     async def _apply_runs(self, prepared: list[Prepared]) -> None:
         """Consecutive changes with the same table and statement go in one executemany."""

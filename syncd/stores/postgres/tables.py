@@ -35,6 +35,8 @@ class TargetTable:
     converters: tuple[Converter, ...] = field(default_factory=tuple)
     key_converters: tuple[Converter, ...] = field(default_factory=tuple)
     upsert_sql: str = ""
+    on_conflict: str = ""
+    """``ON CONFLICT (key) DO …`` of :attr:`upsert_sql`, for an upsert from a staging table."""
     delete_sql: str = ""
     key_index: tuple[int, ...] = ()
     """Where the key's columns are in a converted row."""
@@ -52,7 +54,8 @@ class TargetTable:
         rest = [n for n in names if n not in self.source.pk]
         action = ("DO UPDATE SET " + ", ".join(f"{qi(n)} = EXCLUDED.{qi(n)}" for n in rest)
                   if rest else "DO NOTHING")
-        self.upsert_sql = f"INSERT INTO {qt} ({cols}) VALUES ({params}) ON CONFLICT ({pk}) {action}"
+        self.on_conflict = f"ON CONFLICT ({pk}) {action}"
+        self.upsert_sql = f"INSERT INTO {qt} ({cols}) VALUES ({params}) {self.on_conflict}"
         where = " AND ".join(f"{qi(k)} = ${i}" for i, k in enumerate(self.source.pk, 1))
         self.delete_sql = f"DELETE FROM {qt} WHERE {where}"
 

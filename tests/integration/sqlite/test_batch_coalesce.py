@@ -73,12 +73,43 @@ async def _target(pg: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
+def _big_rows(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO parents VALUES (?, ?)", [(i, f"p{i}") for i in range(100, 300)])
+    conn.executemany("INSERT INTO children VALUES (?, ?, ?, ?)",
+                     [(f"k{i}", 100 + i % 200, f"k{i}@x", i) for i in range(300)])
+    conn.execute("COMMIT")
+
+
+def _big_backlog(conn: sqlite3.Connection) -> None:
+    """In one transaction, more rows per table than go by executemany (a staging table and one
+    statement per table, :mod:`syncd.stores.postgres.staged`): inserts, updates of recurring
+    keys, deletes of copied rows, keys deleted and inserted anew. (A unique value moving between
+    rows makes PostgreSQL refuse the grouped statements; :func:`_backlog` has one.)"""
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO parents VALUES (?, ?)", [(i, f"p{i}") for i in range(300, 400)])
+    for n in range(3):
+        conn.executemany("UPDATE children SET n = ? WHERE id = ?",
+                         [(n * 1000 + i, f"k{i}") for i in range(0, 300, 2)])
+        conn.executemany("UPDATE parents SET name = ? WHERE id = ?",
+                         [(f"p{i}-{n}", i) for i in range(100, 300, 3)])
+    conn.executemany("DELETE FROM children WHERE id = ?", [(f"k{i}",) for i in range(0, 300, 3)])
+    conn.executemany("INSERT INTO children VALUES (?, ?, ?, ?)",
+                     [(f"k{i}", 300 + i % 100, f"k{i}-again@x", -i) for i in range(0, 300, 9)])
+    conn.executemany("INSERT INTO children VALUES (?, ?, ?, ?)",
+                     [(f"new{i}", 300 + i % 100, f"new{i}@x", i) for i in range(200)])
+    conn.execute("COMMIT")
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
 @pytest.mark.parametrize("tables", ["created", "adopted"])
 async def test_a_backlog_of_recurring_keys_ends_as_the_source(
-        tmp_path: Path, make_config: Any, pg: asyncpg.Connection, tables: str) -> None:
+        tmp_path: Path, make_config: Any, pg: asyncpg.Connection, tables: str, size: str) -> None:
     db = tmp_path / "app.sqlite"
     conn = _app(db)
     _seed(conn)
+    if size == "large":
+        _big_rows(conn)
     if tables == "adopted":  # the app's own tables: a foreign key checked at once, a unique constraint
         await pg.execute("CREATE TABLE parents (id bigint PRIMARY KEY, name text NOT NULL)")
         await pg.execute("CREATE TABLE children (id text PRIMARY KEY, parent_id bigint NOT NULL "
@@ -86,10 +117,32 @@ async def test_a_backlog_of_recurring_keys_ends_as_the_source(
     cfg = make_config(db)
     run_syncd("--config", str(cfg), "init")
     run_syncd("--config", str(cfg), "run", "--until-caught-up")
-    _backlog(conn)
+    (_big_backlog if size == "large" else _backlog)(conn)
     run_syncd("--config", str(cfg), "run", "--until-caught-up")
     assert await _target(pg) == _rows(conn)
     assert await open_rejects(pg) == []
     verify = run_syncd("--config", str(cfg), "verify", check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    conn.close()
+
+
+async def test_keys_postgresql_holds_equal_in_a_large_batch_are_applied_change_by_change(
+        tmp_path: Path, make_config: Any, pg: asyncpg.Connection) -> None:
+    """Two JSON keys that differ as text are one jsonb value: one staged statement cannot write
+    both (PostgreSQL refuses to update a row twice), so the batch goes change by change, as a
+    batch of a few rows always did (the later row wins)."""
+    db = tmp_path / "app.sqlite"
+    conn = _app(db)
+    conn.execute("CREATE TABLE docs (k JSON PRIMARY KEY, v INTEGER)")
+    cfg = make_config(db)
+    run_syncd("--config", str(cfg), "init")
+    run_syncd("--config", str(cfg), "run", "--until-caught-up")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO docs VALUES (?, ?)", [(f'{{"n": {i}}}', i) for i in range(100)])
+    conn.execute("""INSERT INTO docs VALUES ('{"n":7}', 700)""")  # jsonb's {"n": 7} again
+    conn.execute("COMMIT")
+    run_syncd("--config", str(cfg), "run", "--until-caught-up", timeout=60)
+    rows = {r["k"]: r["v"] for r in await pg.fetch("SELECT k::text AS k, v FROM docs")}
+    assert len(rows) == 100
+    assert rows['{"n": 7}'] == 700 and rows['{"n": 8}'] == 8
     conn.close()
