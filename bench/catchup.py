@@ -3,6 +3,7 @@ changes (the run_all writer: inserts, updates and deletes over two tables, 100 p
 with no writer competing, on a small database so that a trial takes seconds.
 
     python -m bench.catchup [--trials 3] [--seconds 10] [--profile FILE]
+                            [--against SYNCD | --against-tree DIR]
 
 Each trial: fresh copy of the database, ``init``, snapshot, the writer flat out for
 ``--seconds`` with syncd stopped, then a timed ``run --until-caught-up``; the target is
@@ -43,7 +44,20 @@ def trial(server: pg.Server, source: Path, seconds: float, profile: Path | None,
     verify = run_measured(setup.argv("verify"), setup.work / "verify.log", timeout=600)
     same = verify.returncode == 0
     return {"changes": writer["changes"], "seconds": run.seconds, "rate": writer["changes"] / run.seconds,
+            "cpu_us_per_change": run.cpu_seconds / writer["changes"] * 1e6,
             "peak_rss": run.peak_rss, "load_before": load, "converged": same}
+
+
+def tree_launcher(tree: Path) -> Path:
+    """A syncd command that imports syncd from *tree* (a checkout of another commit). Not
+    ``PYTHONPATH=tree python -m syncd.cli``: run from this repository, ``-m`` puts the current
+    directory first on the import path, and that is this tree's syncd."""
+    launcher = OUT / "against-tree-syncd"
+    code = (f"import sys; sys.path.insert(0, {str(tree.resolve())!r}); from syncd.cli import main; "
+            "sys.argv[0] = 'syncd'; sys.exit(main())")
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -c \"{code}\" \"$@\"\n")
+    launcher.chmod(0o755)
+    return launcher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path)
     ap.add_argument("--against", type=Path,
                     help="another build's syncd: trials alternate between it and this tree's")
+    ap.add_argument("--against-tree", type=Path,
+                    help="a checkout of another commit (git worktree add): its syncd, as --against")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.against_tree:
+        args.against = tree_launcher(args.against_tree)
     source = gen_app_db.cached(OUT, args.users, args.documents)
     server = pg.start(OUT / "pgdata")
     builds = {"this tree": syncd_run.SYNCD}
@@ -64,14 +82,17 @@ def main(argv: list[str] | None = None) -> int:
         builds["other"] = args.against
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in builds}
     for i in range(args.trials):
-        for name, syncd in builds.items():  # alternating, the same backlog (seed) for each
+        order = list(builds.items())
+        for name, syncd in order if i % 2 == 0 else order[::-1]:  # alternating, the same backlog (seed)
             r = trial(server, source, args.seconds, args.profile, 1000 + i, syncd)
             print(json.dumps({"build": name, **r}), flush=True)
             results[name].append(r)
     for name, runs in results.items():
         rates = [r["rate"] for r in runs]
+        cpu = [r["cpu_us_per_change"] for r in runs]
         print(f"{name}: catch-up median {statistics.median(rates):,.0f} changes/s "
-              f"({min(rates):,.0f}–{max(rates):,.0f}) over {len(rates)} trials; "
+              f"({min(rates):,.0f}–{max(rates):,.0f}) over {len(rates)} trials; syncd's CPU per change "
+              f"{statistics.median(cpu):.1f} µs ({min(cpu):.1f}–{max(cpu):.1f}); "
               f"all converged: {all(r['converged'] for r in runs)}")
     if args.against:
         ratios = [a["rate"] / b["rate"] for a, b in zip(results["this tree"], results["other"], strict=True)]

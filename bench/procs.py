@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import threading
 import time
@@ -63,6 +64,8 @@ class Measured:
     seconds: float
     peak_rss: int
     log: Path
+    cpu_seconds: float = 0.0
+    """User + system CPU of the process and the children it waited for."""
 
     def check(self) -> Measured:
         if self.returncode != 0:
@@ -74,8 +77,10 @@ class Measured:
 
 def run_measured(argv: Sequence[str], log: Path, *, timeout: float,
                  env: dict[str, str] | None = None) -> Measured:
-    """Run *argv* to completion (stdout+stderr to *log*), timing it and sampling its RSS."""
+    """Run *argv* to completion (stdout+stderr to *log*), timing it, sampling its RSS and
+    reading its CPU time (what this process's waited-for children used meanwhile)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -87,7 +92,9 @@ def run_measured(argv: Sequence[str], log: Path, *, timeout: float,
                 proc.wait()
                 code = -9
         seconds = time.perf_counter() - started
-    return Measured(list(argv), code, seconds, sampler.peak, log)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return Measured(list(argv), code, seconds, sampler.peak, log, cpu)
 
 
 def warm_file(path: Path) -> None:
