@@ -34,12 +34,19 @@ from syncd.model import (
     transition,
 )
 from syncd.ports import ApplyResult, Chunk, Pending, Sink, Source
+from syncd.pruning import Pruning
 from syncd.status import StreamStatus
 
 log = structlog.get_logger("syncd.stream")
 
 IDLE_PING_SECONDS = 5.0
 """While no change arrives, the sink is still checked this often."""
+BATCH_SIZE = 2000
+"""Changes per batch unless ``stream.batch_size`` says otherwise."""
+TABLE_BATCH_SIZE = 5000
+"""The same, for a SQLite database's tables: a catch-up applies 1.2-1.3x as many changes per
+second as with 2,000 (and fewer with 10,000; docs/benchmarks.md). Collections keep 2,000:
+PostgreSQL indexes a few hundred vectors a second, and a batch is one transaction."""
 PENDING_EVERY_SECONDS = 0.5
 """While changes are applied, what the source still holds is published at most this often."""
 
@@ -92,7 +99,7 @@ class Stream:
     """One source -> sink stream. Only the stream mutates its status."""
 
     def __init__(self, name: str, source: Source, open_sink: Callable[[], Awaitable[Sink]],
-                 options: StreamOptions, *, rejects: int = 0,
+                 options: StreamOptions, *, rejects: int = 0, batch_size: int = BATCH_SIZE,
                  on_progress: Callable[[StreamStatus], None] | None = None,
                  on_chunk: Callable[[str, Chunk], Awaitable[None]] | None = None,
                  on_batch: Callable[[Batch], Awaitable[None]] | None = None,
@@ -102,6 +109,7 @@ class Stream:
         self.source = source
         self.open_sink = open_sink
         self.options = options
+        self.batch_size = options.batch_size or batch_size
         self.sink: Sink | None = None
         self.status = StreamStatus(name=name, phase=Phase.STARTING, rejects=rejects,
                                    updated_at=time.time())
@@ -118,7 +126,7 @@ class Stream:
         self._rate_window: list[tuple[float, int]] = []
         self._last_pending_check = 0.0
         self._pending_gap = PENDING_EVERY_SECONDS
-        self._pruning: asyncio.Future[None] | None = None
+        self._pruning = Pruning(source, name, options.prune_interval)
         self.caught_up = False
         """Set when ``run(until_caught_up=True)`` ended because nothing was left to apply."""
 
@@ -269,9 +277,9 @@ class Stream:
         try:
             await self._stream_from(stop, position, until_caught_up)
         except BaseException:
-            await self._end_prune(failed=True)
+            await self._pruning.end(failed=True)
             raise
-        await self._end_prune(failed=False)
+        await self._pruning.end(failed=False)
 
     async def _stream_from(self, stop: asyncio.Event, position: Position, until_caught_up: bool) -> None:
         assert self.sink is not None
@@ -279,7 +287,7 @@ class Stream:
         last_prune = last_contact = last_change = time.monotonic()
         ahead: Batch | None = None  # read while the previous batch was applied
         while not stop.is_set():
-            batch = ahead or await self.source.changes(position, self.options.batch_size)
+            batch = ahead or await self.source.changes(position, self.batch_size)
             ahead = None
             if batch.position > position:
                 result, ahead = await self._apply_reading_next(batch)
@@ -292,7 +300,8 @@ class Stream:
                 if self.on_batch:
                     await self.on_batch(batch)
                 await self._update_pending(position, force=False)
-                last_prune = await self._prune(position, last_prune)  # a stream that stays behind prunes too
+                # a stream that stays behind prunes too
+                last_prune = await self._pruning.due(position, last_prune)
                 continue
             pending = await self._update_pending(position, force=True)
             if until_caught_up and pending is not None and pending.held_back:
@@ -317,7 +326,7 @@ class Stream:
                         return
                     last_change = last_contact = time.monotonic()
                     continue
-            last_prune = await self._prune(position, last_prune)
+            last_prune = await self._pruning.due(position, last_prune)
             await self._sleep(stop)
 
     async def _sleep(self, stop: asyncio.Event) -> None:
@@ -341,7 +350,7 @@ class Stream:
         log.debug("idle: connection released", stream=self.name, position=position.offset)
         last_prune = 0.0
         while not stop.is_set():
-            batch = await self.source.changes(position, self.options.batch_size)
+            batch = await self.source.changes(position, self.batch_size)
             if batch.position > position:
                 self.sink = await self.open_sink()
                 checkpoint = await self.sink.load_checkpoint(self.name)  # never trust memory
@@ -352,7 +361,7 @@ class Stream:
                 log.debug("idle: connection opened again", stream=self.name, position=position.offset)
                 return batch
             await self._update_pending(position, force=True)
-            last_prune = await self._prune(position, last_prune)
+            last_prune = await self._pruning.due(position, last_prune)
             await self._sleep(stop)
         return None
 
@@ -361,7 +370,7 @@ class Stream:
         writing overlap. The source is called by nothing else until that read is in; a failed
         apply drops what was read ahead (the checkpoint is read again, :meth:`_run`)."""
         assert self.sink is not None
-        reading = asyncio.ensure_future(self.source.changes(batch.position, self.options.batch_size))
+        reading = asyncio.ensure_future(self.source.changes(batch.position, self.batch_size))
         try:
             result = await self.sink.apply(self.name, batch)
         except BaseException:
@@ -370,39 +379,6 @@ class Stream:
                 await reading
             raise
         return result, await reading
-
-    async def _prune(self, position: Position, last: float) -> float:
-        """Drop log entries up to *position* (committed) once per prune interval; the time it
-        began. The source prunes beside the stream, which reads and applies meanwhile (a
-        backlog's prune takes most of a second); an error of it is raised at the next call."""
-        if self._pruning is not None:
-            if not self._pruning.done():
-                return last
-            task, self._pruning = self._pruning, None
-            await task
-        now = time.monotonic()
-        if now - last < self.options.prune_interval:
-            return last
-        self._pruning = asyncio.ensure_future(self._prune_upto(position))
-        return now
-
-    async def _prune_upto(self, position: Position) -> None:
-        pruned = await self.source.prune(position)
-        if pruned:
-            log.debug("pruned changelog", stream=self.name, rows=pruned, upto=position.offset)
-
-    async def _end_prune(self, *, failed: bool) -> None:
-        """Stop a prune under way (it goes on next time) before the stream ends; raise the error
-        of one that ended with it, unless the stream itself *failed*."""
-        task, self._pruning = self._pruning, None
-        if task is None:
-            return
-        if task.done() and not failed:
-            await task
-            return
-        task.cancel()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await task
 
     async def _update_pending(self, position: Position, *, force: bool) -> Pending | None:
         """Publish what the source holds after *position* (unless *force*, at most every 0.5 s,

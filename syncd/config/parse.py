@@ -193,7 +193,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
 
     so = root.table("stream")
     stream = StreamOptions(
-        batch_size=so.positive("batch_size", int, 2000),
+        batch_size=so.positive("batch_size", int, None) if "batch_size" in so.data else None,
         chunk_rows=so.positive("chunk_rows", int, 5000),
         poll_interval=so.positive("poll_interval", float, 1.0),
         prune_interval=so.positive("prune_interval", float, 5.0),

@@ -77,7 +77,9 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
-    batch_size: int = 2000
+    batch_size: int | None = None
+    """Changes per batch, applied in one transaction with its checkpoint. None: each stream's
+    own (:data:`syncd.stream.BATCH_SIZE`, :data:`syncd.stream.TABLE_BATCH_SIZE`)."""
     chunk_rows: int = 5000
     poll_interval: float = 1.0
     prune_interval: float = 5.0

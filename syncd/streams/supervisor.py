@@ -31,7 +31,7 @@ from syncd.service.health import Liveness
 from syncd.status import StreamStatus
 from syncd.stores.postgres.sink import PostgresSink
 from syncd.stores.sqlite.source import SqliteSource
-from syncd.stream import Stream
+from syncd.stream import TABLE_BATCH_SIZE, Stream
 from syncd.streams.ownership import Ownership
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def sqlite_stream(config: Config, dsn: str, source: SqliteSource,
                             source_id=source.source_id, captured=source.captured)
 
     kill = killpoints.from_environment()
-    stream = Stream(SQLITE_STREAM, source, open_sink, config.stream,
+    stream = Stream(SQLITE_STREAM, source, open_sink, config.stream, batch_size=TABLE_BATCH_SIZE,
                     on_chunk=kill.get("chunk"), on_batch=kill.get("batch"),
                     on_progress=liveness.observe if liveness else None,
                     busy=liveness.busy if liveness else None)
