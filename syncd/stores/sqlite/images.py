@@ -18,7 +18,7 @@ _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
 def decode(conn: sqlite3.Connection, tables: Mapping[str, Table],
            rows: Sequence[tuple[Any, ...]]) -> list[Change]:
     """Changes from changelog rows ``(id, tbl, op, pk, row, ts)``; call it in the read
-    transaction that read them (for :func:`zero_signs`)."""
+    transaction that read them when :func:`reads_rows` (for :func:`zero_signs`)."""
     changes: list[Change] = []
     signed: dict[str, tuple[str, ...]] = {}
     for cid, tbl, op, pk, row, ts in rows:
@@ -38,6 +38,11 @@ def decode(conn: sqlite3.Connection, tables: Mapping[str, Table],
         changes.append(Change(op=_OPS[op], object=tbl, key=key, row=image,
                               position=Position(cid), committed_at=ts))
     return changes
+
+
+def reads_rows(tables: Mapping[str, Table]) -> bool:
+    """Whether :func:`decode` reads rows of these tables (a column that can keep a ``-0.0``)."""
+    return any(signed_zero_columns(t) for t in tables.values())
 
 
 def signed_zero_columns(table: Table) -> tuple[str, ...]:
