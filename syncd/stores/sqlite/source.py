@@ -328,8 +328,8 @@ class SqliteSource:
         A checkpoint copies back only what every open read transaction sees, and the WAL starts
         over only once all of it was copied. Beside a busy app, syncd's reads kept catching the
         app's checkpoints: its WAL grew to tens of MB, each of its commits checkpointed again
-        and took 1.3-1.7x as long (docs/benchmarks.md). Here syncd holds no snapshot, so the
-        checkpoint gets to the end and the app's next write starts the WAL over. It never waits
+        and took 1.2-1.7x as long (docs/benchmarks.md). Here syncd holds no snapshot, so the
+        checkpoint can get to the end and the app's next write start the WAL over. It never waits
         for the app; while it runs the app's own checkpoint skips, as when another of the app's
         connections checkpoints. A failure (a full disk) is left to the app's checkpoints."""
         self._checkpoint_due = False
