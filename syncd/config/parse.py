@@ -89,7 +89,7 @@ class _Reader:
 
     def positive(self, name: str, kind: type, default: Any) -> Any:
         value = self.get(name, kind, default)
-        if value <= 0:
+        if value is not None and value <= 0:
             raise ConfigError(f"{self.key(name)}: must be > 0, got {value}")
         return value
 
@@ -193,7 +193,7 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str]) -> Con
 
     so = root.table("stream")
     stream = StreamOptions(
-        batch_size=so.positive("batch_size", int, None) if "batch_size" in so.data else None,
+        batch_size=so.positive("batch_size", int, None),
         chunk_rows=so.positive("chunk_rows", int, 5000),
         poll_interval=so.positive("poll_interval", float, 1.0),
         prune_interval=so.positive("prune_interval", float, 5.0),

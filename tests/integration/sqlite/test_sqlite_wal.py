@@ -3,9 +3,9 @@
 A checkpoint can copy back only what every open read transaction already sees, and the WAL
 starts over (from its first frame, so the file stops growing) only once all of it has been
 copied back. Beside a busy app, syncd's reads kept catching the app's own checkpoints: the WAL
-grew to 50-150 MB and each of the app's commits tried to checkpoint again (docs/benchmarks.md,
-"What syncd's reads cost the app's writes"). syncd now checkpoints (PASSIVE) right after each
-read that found changes, when it holds no snapshot.
+grew to tens of MB and each of the app's commits tried to checkpoint again (docs/benchmarks.md,
+"What syncd's reads cost the app's writes"). syncd now checkpoints (PASSIVE) before the read
+that follows one that found changes, when it holds no snapshot.
 """
 
 from __future__ import annotations
