@@ -67,6 +67,10 @@ def snapshot_table(r: dict[str, Any]) -> list[str]:
     if loop:
         add("plain loop: sqlite3 reads + asyncpg `copy_records_to_table`, + same constraints",
             loop["total_seconds"])
+    duck = r.get("duckdb")
+    if duck:
+        add(f"DuckDB `ATTACH` sqlite + postgres, + same constraints (median of {len(duck['runs'])}; "
+            "JSON → varchar, BOOLEAN → bigint)", duck["seconds"], duck["peak_rss"])
     for variant, label in (("default", "pgloader, default casts"),
                            ("typed", "pgloader, CAST to the same types")):
         p = r.get(f"pgloader_{variant}")

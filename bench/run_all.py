@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.run_all            # 200k users + 500k documents, ~10 minutes
 
 1. generate the app database (full size, and a quarter-size one for the RSS comparison);
-2. the plain sqlite3 + asyncpg loop, then the binary ``COPY FROM file`` ceiling (3 runs);
+2. the plain sqlite3 + asyncpg loop, then the binary ``COPY FROM file`` ceiling (3 runs), and
+   the DuckDB route as many times when the ``bench`` extra is installed (``bench.duckdb_route``);
 3. pgloader, default and with the same target types;
 4. syncd: ``init`` + ``run --until-caught-up`` at both sizes (time, peak RSS);
 5. syncd ``run`` streaming: lag at 1,000 changes/s, then higher rates until lag grows.
@@ -28,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import copy_ceiling, gen_app_db, pg, pgloader_run, report, stream_lag, syncd_run
+from bench import copy_ceiling, duckdb_route, gen_app_db, pg, pgloader_run, report, stream_lag, syncd_run
 from bench.noise import CpuLedger, wait_quiet
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -196,6 +197,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "copy_seconds": statistics.median(r["copy_seconds"] for r in runs),
         "total_seconds": statistics.median(r["total_seconds"] for r in runs),
     }
+    if duckdb_route.available():
+        copies = []
+        for i in range(args.ceiling_runs):
+            phase(f"DuckDB route, run {i + 1}/{args.ceiling_runs}")
+            dsn = pg.recreate_database(server, "bench_duckdb")
+            pg.checkpoint(server)
+            copies.append(duckdb_route.run(full, dsn, out / "duckdb.log"))
+            pg.drop_database(server, "bench_duckdb")
+        results["duckdb"] = {"runs": copies,
+                             "seconds": statistics.median(c["seconds"] for c in copies),
+                             "peak_rss": max(c["peak_rss"] for c in copies)}
+    else:
+        log("DuckDB route not measured: pip install -e '.[bench]'")
 
     if not args.skip_pgloader:
         for variant in ("default", "typed"):
