@@ -24,6 +24,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -172,8 +174,27 @@ def main() -> None:
     ap.add_argument("--chroma", action="store_true", help="the app writes embeddings to Chroma too")
     ap.add_argument("--app-keeps-clients", action="store_true",
                     help="the reference app reuses its Chroma client across reloads (refapp --keep-clients)")
+    ap.add_argument("--burn", type=int, default=0,
+                    help="a loaded machine: N processes spinning on the CPU (nice 0) throughout")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burn)]
+    try:
+        results = measure(args)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform(), "load_average_at_end": os.getloadavg(),
+                          "burners": args.burn},
+              "results": results}
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    print(table(results))
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory(prefix="syncd-cutover-") as tmp:
         server = pg.start(Path(tmp) / "pg")
@@ -181,12 +202,8 @@ def main() -> None:
             work = Path(tmp) / f"rate-{int(rate)}"
             work.mkdir()
             results.append(run_rate(server, rate, args.cycles, work, args.chroma, args.app_keeps_clients))
-            print(f"rate {rate:.0f}: done", flush=True)
-    report = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform(), "load_average_at_end": os.getloadavg()},
-              "results": results}
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    print(table(results))
+            print(f"rate {rate:.0f}: done; load average {os.getloadavg()[0]:.1f}", flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class Writer:
         commits = changes = 0
         first_tick = last_tick = None
         worst_behind = 0.0
+        write_times: list[float] = []
         started = time.monotonic()
         end = started + seconds
         while (due := started + commits * interval) < end:
@@ -105,11 +106,13 @@ class Writer:
                 break  # behind schedule: the offered rate is what was reached by the end
             else:
                 worst_behind = max(worst_behind, now - due)
+            began = time.monotonic()
             self.conn.execute("BEGIN IMMEDIATE")
             for _ in range(per_commit - 1):
                 self.change()
             cur = self.conn.execute(f"INSERT INTO {TICKS} (t) VALUES (?)", (time.time(),))
             self.conn.execute("COMMIT")
+            write_times.append(time.monotonic() - began)
             last_tick = cur.lastrowid
             first_tick = first_tick or last_tick
             commits += 1
@@ -123,6 +126,10 @@ class Writer:
             "changes_per_commit": per_commit,
             "seconds": elapsed,
             "worst_behind_schedule": worst_behind,
+            # each transaction from BEGIN IMMEDIATE (waiting for the write lock) to COMMIT's end
+            "write_p50": percentile(write_times, 50) if write_times else None,
+            "write_p99": percentile(write_times, 99) if write_times else None,
+            "write_max": max(write_times, default=None),
             "first_tick": first_tick,
             "last_tick": last_tick,
         }
