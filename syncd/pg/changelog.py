@@ -43,7 +43,7 @@ from syncd.ports import Pending
 
 log = structlog.get_logger("syncd.pg.capture")
 
-_PRUNE_CHUNK = 5000
+_PRUNE_CHUNK = 1000
 _MAX_CANDIDATES = 64
 # While ids wait above the horizon, the transactions holding it back end without a NOTIFY:
 # look again after this long, doubling while it stays held back (up to the poll interval,
@@ -81,6 +81,11 @@ class ChangeReader:
     reader keeps one for queries and one for LISTEN, and opens them again after a loss.
     Errors come out as :class:`~syncd.errors.SyncdError` (connection loss is retryable).
     Several readers may share the changelog; each reads and prunes only its own tables.
+
+    One operation at a time uses the query connection (:meth:`_session`): a prune runs as a
+    task beside the stream's reads (:mod:`syncd.pruning`), and an asyncpg connection given two
+    at once fails the second ("another operation is in progress") or loses its place in the
+    protocol. A prune takes it a chunk at a time, so reads get in between.
     """
 
     def __init__(self, connect: Connect, schema: str) -> None:
@@ -94,6 +99,7 @@ class ChangeReader:
         self._read_upto = 0  # the horizon the last read stopped at
         self._recheck = _RECHECK_FIRST
         self._keys: dict[str, list[str]] = {}
+        self._busy = asyncio.Lock()  # held for each use of the query connection
 
     async def close(self) -> None:
         for conn in (self._conn, self._listen):
@@ -102,21 +108,22 @@ class ChangeReader:
 
     @contextlib.asynccontextmanager
     async def _session(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await self._connect()
-        try:
-            yield self._conn
-        except SyncdError:
-            raise
-        except Exception as exc:
-            err = translate(exc, doing)
-            if isinstance(exc, asyncpg.UndefinedTableError):
-                err = CaptureError(f"{doing}: reverse capture is not installed in PostgreSQL "
-                                   f"({exc}); run the cutover, or install it with syncd")
-            if self._conn is not None and (self._conn.is_closed() or not isinstance(err, CaptureError)):
-                await close_quietly(self._conn)
-                self._conn = None
-            raise err from exc
+        async with self._busy:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await self._connect()
+            try:
+                yield self._conn
+            except SyncdError:
+                raise
+            except Exception as exc:
+                err = translate(exc, doing)
+                if isinstance(exc, asyncpg.UndefinedTableError):
+                    err = CaptureError(f"{doing}: reverse capture is not installed in PostgreSQL "
+                                       f"({exc}); run the cutover, or install it with syncd")
+                if self._conn is not None and (self._conn.is_closed() or not isinstance(err, CaptureError)):
+                    await close_quietly(self._conn)
+                    self._conn = None
+                raise err from exc
 
     async def generation(self) -> str | None:
         async with self._session("reading the changelog generation") as conn:
@@ -231,17 +238,17 @@ class ChangeReader:
         other tables (another reverse stream's) are left alone."""
         total = 0
         names = sorted(tables)
-        async with self._session("pruning the PostgreSQL changelog") as conn:
-            while True:
+        while True:
+            async with self._session("pruning the PostgreSQL changelog") as conn:  # a chunk at a time
                 status = await conn.execute(
                     f"""DELETE FROM {CHANGELOG} WHERE id IN (
                           SELECT id FROM {CHANGELOG} WHERE nsp = $1 AND tbl = ANY($2::text[])
                           AND id <= $3 ORDER BY id LIMIT {_PRUNE_CHUNK})""",
                     self.schema, names, upto.offset)
-                n = int(status.split()[-1])
-                total += n
-                if n < _PRUNE_CHUNK:
-                    return total
+            n = int(status.split()[-1])
+            total += n
+            if n < _PRUNE_CHUNK:
+                return total
 
     # --- waking -------------------------------------------------------------------------
 
