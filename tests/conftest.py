@@ -8,6 +8,7 @@ test that asks for ``pg_dsn`` gets a database of its own.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -103,6 +104,20 @@ def make_config(tmp_path: Path, pg_dsn: str) -> Callable[..., Path]:
         return path
 
     return make
+
+
+def log_events(text: str, event: str | None = None) -> list[dict[str, Any]]:
+    """syncd's JSON log lines in *text* (other lines skipped), only those whose ``event`` is
+    *event* when given."""
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (event is None or record.get("event") == event):
+            out.append(record)
+    return out
 
 
 def syncd_cmd(*args: str) -> list[str]:

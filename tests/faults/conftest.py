@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from tests.conftest import log_events
 from tests.pg_tcp import TcpPostgres, free_port
 from tests.toxiproxy_server import toxiproxy_api, use_client
 from tests.workload import Daemon, Writer, WriterThread
@@ -169,16 +170,7 @@ class Net:
 
     def log_events(self, event: str) -> list[dict[str, Any]]:
         """The daemon's JSON log lines whose ``event`` is *event*."""
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("event") == event:
-                    out.append(record)
-        return out
+        return log_events(self.log.read_text(errors="replace"), event)
 
     def cleanup(self) -> None:
         for daemon in self.daemons:

@@ -15,28 +15,21 @@ half second.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
 import asyncpg
 
 from tests.app import records
+from tests.conftest import log_events
 from tests.integration.cutover_support import Migration
 
 TABLES = ("users", "documents")
 
 
 def retries(log: Path, stream: str) -> list[str]:
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("stream") == stream and event.get("event") == "retrying":
-            out.append(str(event.get("error")))
-    return out
+    return [str(e.get("error")) for e in log_events(log.read_text(errors="replace"), "retrying")
+            if e.get("stream") == stream]
 
 
 def test_the_reverse_stream_reads_and_prunes_without_an_error(tmp_path: Path, pg_dsn: str) -> None:

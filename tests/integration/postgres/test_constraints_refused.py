@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.conftest import run_syncd
+from tests.conftest import log_events, run_syncd
 
 MISMATCH = """
 CREATE TABLE p (k TEXT PRIMARY KEY, name TEXT);
@@ -38,18 +38,6 @@ def sqlite_exec(db: Path, sql: str) -> None:
         conn.commit()
     finally:
         conn.close()
-
-
-def log_events(stderr: str) -> list[dict[str, Any]]:
-    out = []
-    for line in stderr.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            out.append(event)
-    return out
 
 
 def refusals(stderr: str) -> dict[str, dict[str, Any]]:
