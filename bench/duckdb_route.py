@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import run_measured
+from bench import pg
+from bench.procs import run_measured, warm_file
 from bench.schema import CONSTRAINTS, TABLES
 
 
@@ -69,11 +70,15 @@ def copy(sqlite_path: Path, dsn: str) -> dict[str, Any]:
             "types": {name: kind for name, kind in types}}
 
 
-def run(sqlite_path: Path, dsn: str, log: Path) -> dict[str, Any]:
-    """One copy in its own process: wall time from process start to exit and peak RSS, as
-    syncd's snapshot is timed."""
+def run(server: pg.Server, sqlite_path: Path, database: str, log: Path) -> dict[str, Any]:
+    """One copy into a fresh *database* (dropped after), in its own process: wall time from
+    process start to exit and peak RSS, as syncd's snapshot is timed."""
+    dsn = pg.recreate_database(server, database)
+    warm_file(sqlite_path)
+    pg.checkpoint(server)
     measured = run_measured([sys.executable, "-m", "bench.duckdb_route", str(sqlite_path), dsn], log,
                             timeout=3600).check()
+    pg.drop_database(server, database)
     inner: dict[str, Any] = json.loads(log.read_text().strip().splitlines()[-1])
     return {"seconds": measured.seconds, "peak_rss": measured.peak_rss, **inner}
 

@@ -201,10 +201,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         copies = []
         for i in range(args.ceiling_runs):
             phase(f"DuckDB route, run {i + 1}/{args.ceiling_runs}")
-            dsn = pg.recreate_database(server, "bench_duckdb")
-            pg.checkpoint(server)
-            copies.append(duckdb_route.run(full, dsn, out / "duckdb.log"))
-            pg.drop_database(server, "bench_duckdb")
+            copies.append(duckdb_route.run(server, full, "bench_duckdb", out / "duckdb.log"))
         results["duckdb"] = {"runs": copies,
                              "seconds": statistics.median(c["seconds"] for c in copies),
                              "peak_rss": max(c["peak_rss"] for c in copies)}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import copy_ceiling, duckdb_route, gen_app_db, pg, syncd_run
-from bench.procs import run_measured, warm_file
+from bench.procs import run_measured
 
 OUT = Path(__file__).resolve().parent / "out" / "snapshot_anchor"
 
@@ -34,15 +34,6 @@ def run_syncd(server: pg.Server, source: Path) -> dict[str, Any]:
     pg.drop_database(server, "anchor_syncd")
     return {"seconds": result["seconds"], "peak_rss": result["peak_rss"],
             "complete": result["complete"], "verified": verify.returncode == 0}
-
-
-def run_duckdb(server: pg.Server, source: Path) -> dict[str, Any]:
-    dsn = pg.recreate_database(server, "anchor_duckdb")
-    warm_file(source)
-    pg.checkpoint(server)
-    result = duckdb_route.run(source, dsn, OUT / "duckdb.log")
-    pg.drop_database(server, "anchor_duckdb")
-    return result
 
 
 def run_ceiling(server: pg.Server, files: Path) -> dict[str, Any]:
@@ -65,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"plain_loop_seconds": plain["plain_loop"]["total_seconds"]}), flush=True)
     contenders = {
         "syncd": lambda: run_syncd(server, source),
-        "duckdb": lambda: run_duckdb(server, source),
+        "duckdb": lambda: duckdb_route.run(server, source, "anchor_duckdb", OUT / "duckdb.log"),
         "ceiling": lambda: run_ceiling(server, OUT / "copyfiles"),
     }
     names = list(contenders)
